@@ -1,0 +1,219 @@
+//! Builds: turn a pushed commit into a release dir and a slug.
+//!
+//! The release dir is built at its final path (`releases/<app>/<build>`) because virtualenvs
+//! hard-code absolute paths. A failed build removes everything it wrote; a build that was
+//! killed outright leaves a dir no build row points at, which the next build of the app
+//! removes (see `deploy`). Nothing here touches the database: the caller records the build
+//! and its release in one transaction once this returned successfully.
+
+pub mod output;
+pub mod python;
+pub mod slug;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::app::AppName;
+use crate::git;
+use crate::home::Home;
+use crate::procfile::{Procfile, ProcfileError};
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Git(#[from] git::GitError),
+    #[error("no Procfile found in the root of the repository; add one, e.g. 'web: python app.py'")]
+    NoProcfile,
+    #[error(transparent)]
+    Procfile(#[from] ProcfileError),
+    #[error("{0}")]
+    Detect(String),
+    #[error("{step} failed ({status})")]
+    Command { step: String, status: String },
+    #[error("{action}: {source}")]
+    Io { action: String, source: io::Error },
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let action = action.into();
+    move |source| BuildError::Io { action, source }
+}
+
+/// What the app turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    Python,
+    Generic,
+}
+
+impl Stack {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stack::Python => "python",
+            Stack::Generic => "generic",
+        }
+    }
+}
+
+pub struct BuildRequest<'a> {
+    pub home: &'a Home,
+    pub settings: &'a Settings,
+    pub app: &'a AppName,
+    pub repo: &'a Path,
+    pub commit: &'a str,
+}
+
+pub struct Built {
+    pub id: String,
+    pub dir: PathBuf,
+    pub slug: PathBuf,
+    pub slug_bytes: u64,
+    pub procfile: Procfile,
+    pub stack: Stack,
+}
+
+/// Removes a build's outputs unless [`Cleanup::keep`] was called: every early return and panic
+/// of a failed build cleans up after itself.
+struct Cleanup {
+    paths: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.keep {
+            for p in &self.paths {
+                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+            }
+        }
+    }
+}
+
+pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
+    let short = &req.commit[..req.commit.len().min(7)];
+    let id = format!("{}-{short}", crate::timefmt::compact_now());
+    let dir = req.home.release_dir(req.app, &id);
+    let slug_path = req.home.slug(req.app, &id);
+    std::fs::create_dir_all(req.home.releases(req.app)).map_err(io_err("creating the releases dir"))?;
+    let mut cleanup = Cleanup { paths: vec![dir.clone(), slug_path.clone()], keep: false };
+    std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+
+    git::export_commit(req.repo, req.commit, &dir)?;
+    let procfile = read_procfile(&dir)?;
+    let stack = detect(&dir)?;
+    match stack {
+        Stack::Python => python::build(req, &dir)?,
+        Stack::Generic => output::step("No Python files found: building a generic app (code only)"),
+    }
+
+    output::step("Discovering process types");
+    let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
+    output::detail(&format!("Procfile declares types -> {}", types.join(", ")));
+
+    let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;
+    output::step(&format!("Compressing... done, {}", slug::human_size(slug_bytes)));
+    cleanup.keep = true;
+    Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack })
+}
+
+fn read_procfile(dir: &Path) -> Result<Procfile, BuildError> {
+    match std::fs::read_to_string(dir.join("Procfile")) {
+        Ok(text) => Ok(Procfile::parse(&text)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BuildError::NoProcfile),
+        Err(e) => Err(io_err("reading the Procfile")(e)),
+    }
+}
+
+/// Python when the app declares Python dependencies or has Python files at its root.
+pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
+    let markers = ["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock"];
+    let present: Vec<&str> = markers.iter().copied().filter(|m| dir.join(m).is_file()).collect();
+    if present.len() > 1 {
+        return Err(BuildError::Detect(format!(
+            "found {}: keep exactly one dependency file so the package manager is unambiguous",
+            present.join(" and ")
+        )));
+    }
+    if dir.join("Pipfile").is_file() && !dir.join("Pipfile.lock").is_file() {
+        return Err(BuildError::Detect("found a Pipfile without Pipfile.lock; run 'pipenv lock' and commit the lock file".into()));
+    }
+    if let Some(lock) = present.iter().find(|m| **m != "requirements.txt") {
+        return Err(BuildError::Detect(format!(
+            "{lock} is not supported by this slipway version yet; export your dependencies to requirements.txt"
+        )));
+    }
+    let has_python_files = std::fs::read_dir(dir)
+        .map_err(io_err("reading the app"))?
+        .filter_map(Result::ok)
+        .any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".py") || name == "pyproject.toml" || name == "setup.py"
+        });
+    Ok(if !present.is_empty() || has_python_files { Stack::Python } else { Stack::Generic })
+}
+
+/// A scrubbed environment for build commands: nothing of the server's own environment leaks
+/// into an app's build except what installers need to reach a package index.
+pub fn build_env(home: &Home, app: &AppName) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("HOME".into(), home.cache(app).join("home").display().to_string());
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    for key in ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "SSL_CERT_FILE"] {
+        if let Ok(v) = std::env::var(key) {
+            env.insert(key.into(), v);
+        }
+    }
+    env
+}
+
+/// Runs one build command in its own process group, relaying its output indented.
+pub fn run_step(step: &str, command: &mut Command) -> Result<(), BuildError> {
+    use std::os::unix::process::CommandExt;
+    let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
+    let writer2 = writer.try_clone().map_err(io_err("creating a pipe"))?;
+    command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
+    let mut child = command.spawn().map_err(io_err(format!("starting {step}")))?;
+    // The Command still holds the write ends; they must close for the reader to see EOF.
+    drop(std::mem::replace(command, Command::new("true")));
+    output::relay_indented(reader);
+    let status = child.wait().map_err(io_err(format!("waiting for {step}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        let status = match status.code() {
+            Some(code) => format!("exit {code}"),
+            None => "killed by a signal".to_string(),
+        };
+        Err(BuildError::Command { step: step.to_string(), status })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect(dir_with(&["requirements.txt"]).path()).unwrap(), Stack::Python);
+        assert_eq!(detect(dir_with(&["app.py"]).path()).unwrap(), Stack::Python);
+        assert_eq!(detect(dir_with(&["server.sh"]).path()).unwrap(), Stack::Generic);
+        let two = detect(dir_with(&["requirements.txt", "poetry.lock"]).path()).unwrap_err();
+        assert!(two.to_string().contains("requirements.txt and poetry.lock"), "{two}");
+        assert!(detect(dir_with(&["Pipfile"]).path()).unwrap_err().to_string().contains("Pipfile.lock"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line: a thin shell over the domain modules. `Cli` is parsed by clap both from
+//! the process arguments and, for `ssh-serve`, from the words of `SSH_ORIGINAL_COMMAND`; the
+//! same handlers run either way, so a command behaves identically locally and over SSH.
+
+mod apps;
+mod daemon;
+mod hook;
+mod keys;
+mod logs;
+mod ps;
+mod releases;
+mod ssh;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::home::Home;
+
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, about = "A single-node, self-hosted mini-PaaS: git push to deploy.")]
+pub struct Cli {
+    /// The slipway home (state, repos, releases, logs). Default: $SLIPWAY_HOME, else
+    /// /var/lib/slipway as root, else ~/.slipway.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List apps.
+    #[command(name = "apps")]
+    Apps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an app (a push creates it too).
+    #[command(name = "apps:create")]
+    AppsCreate { app: String },
+    /// Destroy an app: stop its dynos, delete its repo, releases, slugs, logs and rows.
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        app: String,
+        /// The app's name again, to confirm.
+        #[arg(long, value_name = "APP")]
+        confirm: Option<String>,
+    },
+    /// Show an app's release, formation and dynos.
+    #[command(name = "apps:info")]
+    AppsInfo {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an app's dynos.
+    #[command(name = "ps")]
+    Ps {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's log.
+    #[command(name = "logs")]
+    Logs {
+        app: String,
+        /// Number of lines to show.
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        lines: usize,
+    },
+    /// List an app's releases, newest first.
+    #[command(name = "releases")]
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the SSH keys that may push.
+    #[command(name = "keys")]
+    Keys {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authorise an SSH public key (read from stdin) under NAME.
+    #[command(name = "keys:add")]
+    KeysAdd { name: String },
+    /// Remove an SSH key.
+    #[command(name = "keys:remove")]
+    KeysRemove { name: String },
+    /// Run the daemon (detached unless --foreground), or stop it with --stop.
+    #[command(name = "daemon")]
+    Daemon {
+        #[arg(long, conflicts_with = "stop")]
+        foreground: bool,
+        /// Stop the running daemon; dynos keep running.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Is the daemon running?
+    #[command(name = "status")]
+    Status,
+    /// Internal: git hooks.
+    #[command(name = "hook", hide = true)]
+    Hook {
+        #[command(subcommand)]
+        hook: HookKind,
+    },
+    /// Internal: the forced command of every authorized key.
+    #[command(name = "ssh-serve", hide = true)]
+    SshServe {
+        #[arg(long)]
+        key: String,
+    },
+    /// Internal: the per-dyno output shim started by the daemon.
+    #[command(name = "dyno-shim", hide = true)]
+    DynoShim {
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        dyno: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookKind {
+    #[command(name = "pre-receive")]
+    PreReceive,
+}
+
+impl Command {
+    /// Commands a key may run over SSH. Internal plumbing and daemon control stay local.
+    pub fn allowed_over_ssh(&self) -> bool {
+        !matches!(
+            self,
+            Command::Daemon { .. } | Command::Hook { .. } | Command::SshServe { .. } | Command::DynoShim { .. }
+        )
+    }
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let home = Home::resolve(cli.home);
+    dispatch(&home, cli.command, None)
+}
+
+/// `who` is the SSH key name when the command came over SSH (used for release authorship).
+pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Result<i32> {
+    match command {
+        Command::Apps { json } => apps::list(home, json),
+        Command::AppsCreate { app } => apps::create(home, &app),
+        Command::AppsDestroy { app, confirm } => apps::destroy(home, &app, confirm.as_deref()),
+        Command::AppsInfo { app, json } => apps::info(home, &app, json),
+        Command::Ps { app, json } => ps::list(home, &app, json),
+        Command::Logs { app, lines } => logs::show(home, &app, lines),
+        Command::Releases { app, json } => releases::list(home, &app, json),
+        Command::Keys { json } => keys::list(home, json),
+        Command::KeysAdd { name } => keys::add(home, &name),
+        Command::KeysRemove { name } => keys::remove(home, &name),
+        Command::Daemon { foreground, stop } => daemon::daemon(home, foreground, stop),
+        Command::Status => daemon::status(home),
+        Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
+        Command::SshServe { key } => ssh::serve(home, &key),
+        Command::DynoShim { log, dyno, dir, command } => Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
+            log,
+            dyno,
+            dir,
+            command: command.join(" "),
+        })),
+    }
+}
+
+/// Prints a table with left-aligned columns.
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        crate::cli::out(padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// Writes a line to stdout; a closed pipe (`slipway logs x | head`) ends the process quietly
+/// with success, as a reader that has seen enough is not an error.
+pub(crate) fn out(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<i32> {
+    out(&serde_json::to_string_pretty(value)?);
+    Ok(0)
+}
+
+/// Parses an app argument into a validated name (the error is one clear sentence).
+pub(crate) fn app_name(app: &str) -> anyhow::Result<crate::app::AppName> {
+    Ok(app.parse()?)
+}
+
+pub(crate) fn open_store(home: &Home) -> anyhow::Result<crate::store::Store> {
+    home.ensure_layout().map_err(|e| anyhow::anyhow!("creating {}: {e}", home.root().display()))?;
+    Ok(crate::store::Store::open(&home.db())?)
+}

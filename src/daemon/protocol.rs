@@ -1,0 +1,99 @@
+//! The control socket's wire format: each message is a 4-byte big-endian length followed by
+//! that many bytes of JSON (a serde `Request` or `Response`). A connection starts with a
+//! `Hello` each way carrying [`PROTOCOL_VERSION`]; a mismatch is refused with a message telling
+//! the operator to restart the daemon (an upgraded binary talking to an old daemon).
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Messages are small; anything bigger is a bug or garbage on the socket.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Hello { protocol: u32, version: String },
+    Status,
+    /// Start release `version` of `app`, wait for its web dynos to boot, then stop the old ones.
+    Deploy { app: String, version: i64 },
+    /// Make the app's dynos match its formation and current release.
+    Converge { app: String },
+    /// Stop every dyno of the app and wait until they are gone (for apps:destroy).
+    StopApp { app: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Hello { protocol: u32, version: String },
+    Status { pid: u32, version: String, dynos: usize },
+    Deployed { version: i64, web: Vec<WebDyno> },
+    Done,
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebDyno {
+    pub name: String,
+    pub port: u16,
+}
+
+pub fn hello() -> Request {
+    Request::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").to_string() }
+}
+
+pub fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message too large"));
+    }
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub fn frame_len(header: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame exceeds the size limit"));
+    }
+    Ok(len)
+}
+
+/// Blocking write of one frame (CLI side).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
+    w.write_all(&encode(message)?)?;
+    w.flush()
+}
+
+/// Blocking read of one frame (CLI side).
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<T> {
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header)?;
+    let mut body = vec![0u8; frame_len(header)?];
+    r.read_exact(&mut body)?;
+    decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Deploy { app: "hello".into(), version: 3 }).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap();
+        assert!(matches!(back, Request::Deploy { version: 3, .. }));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(frame_len(header).is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! The pre-receive hook: what happens between `git push` and the ref being accepted.
+//!
+//! 1. classify the pushed refs (only `main`/`master` deploy; deleting it is refused),
+//! 2. make sure the daemon runs (else reject before building),
+//! 3. take the app's deploy lock (a second push waits, and says so),
+//! 4. build into the final release dir and pack the slug,
+//! 5. record the build and release `vN` (pending) in one transaction,
+//! 6. ask the daemon to roll the formation onto `vN` and wait for the web boot check.
+//!
+//! Any failure prints ` !     why`, and the hook exits non-zero so git rejects the push; the
+//! release that was serving keeps serving.
+
+use std::fs::{File, OpenOptions};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::app::AppName;
+use crate::build::{self, output};
+use crate::daemon::client::{self, Client, ClientError};
+use crate::daemon::protocol::{Request, Response};
+use crate::home::Home;
+use crate::logs::{self, Source};
+use crate::settings::Settings;
+use crate::store::{self, releases::BuildRow, Store};
+
+const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    pub name: String,
+}
+
+impl RefUpdate {
+    fn is_delete(&self) -> bool {
+        self.new.chars().all(|c| c == '0')
+    }
+}
+
+/// Parses pre-receive's stdin: one `OLD NEW REFNAME` per line.
+pub fn parse_ref_updates(input: impl BufRead) -> Vec<RefUpdate> {
+    input
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            Some(RefUpdate {
+                old: parts.next()?.to_string(),
+                new: parts.next()?.to_string(),
+                name: parts.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Which of the pushed refs deploys, if any; refusals come back as the message to print.
+pub fn deploy_ref(updates: &[RefUpdate]) -> Result<Option<&RefUpdate>, String> {
+    let deploys: Vec<&RefUpdate> = updates.iter().filter(|u| DEPLOY_BRANCHES.contains(&u.name.as_str())).collect();
+    if let Some(deleted) = deploys.iter().find(|u| u.is_delete()) {
+        return Err(format!("deleting {} is not allowed: it is the branch slipway deploys", deleted.name));
+    }
+    match deploys.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err("push either main or master, not both at once".into()),
+    }
+}
+
+/// The repository this hook runs in (git runs hooks inside the bare repo) and what it implies.
+pub struct HookContext {
+    pub home: Home,
+    pub app: AppName,
+    pub repo: PathBuf,
+}
+
+impl HookContext {
+    /// `<home>/repos/<app>.git` → home and app. Nothing comes from the hook script's text.
+    pub fn from_repo(repo: &Path) -> Result<HookContext, String> {
+        let repo = std::fs::canonicalize(repo).map_err(|e| format!("locating the repository: {e}"))?;
+        let name = repo.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let app = name.strip_suffix(".git").unwrap_or(name).parse::<AppName>().map_err(|e| e.to_string())?;
+        let home = repo
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("the repository is not inside a slipway home")?;
+        Ok(HookContext { home: Home::at(home), app, repo })
+    }
+}
+
+/// Runs the hook; `Err` carries the message already worth printing after ` !     `.
+pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> Result<(), String> {
+    let updates = parse_ref_updates(stdin);
+    for other in updates.iter().filter(|u| !DEPLOY_BRANCHES.contains(&u.name.as_str())) {
+        output::step(&format!("Accepting {} without a build: only main or master deploys", other.name));
+    }
+    let Some(update) = deploy_ref(&updates)? else {
+        return Ok(());
+    };
+    let settings = Settings::from_env().map_err(|e| e.to_string())?;
+    // Reject before building anything if nothing could run the result.
+    Client::connect(&ctx.home, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+
+    let _lock = take_deploy_lock(&ctx.home, &ctx.app)?;
+    let mut store = Store::open(&ctx.home.db()).map_err(|e| e.to_string())?;
+    remove_abandoned_builds(&ctx.home, &store, &ctx.app);
+
+    let short = &update.new[..update.new.len().min(7)];
+    let log_path = ctx.home.app_log(&ctx.app);
+    logs::append_event(&log_path, Source::Slipway, "api", &format!("Build started by {pushed_by} for commit {short}"));
+    let request = build::BuildRequest {
+        home: &ctx.home,
+        settings: &settings,
+        app: &ctx.app,
+        repo: &ctx.repo,
+        commit: &update.new,
+    };
+    let built = build::run(&request).map_err(|e| {
+        logs::append_event(&log_path, Source::Slipway, "api", &format!("Build failed: {e}"));
+        format!("Build failed: {e}")
+    })?;
+    logs::append_event(&log_path, Source::Slipway, "api", &format!("Build succeeded for commit {short}"));
+
+    let version = record_release(&mut store, &ctx.app, &built, &update.new, pushed_by).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&built.dir);
+        let _ = std::fs::remove_file(&built.slug);
+        format!("recording the release: {e}")
+    })?;
+    logs::append_event(&log_path, Source::Slipway, "api", &format!("Release v{version} created by {pushed_by}: deploy {short}"));
+
+    let web = roll_out(ctx, &settings, version)?;
+    output::step(&format!("Launching... done, v{version}"));
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    for dyno in web {
+        output::detail(&format!("http://{host}:{}/ ({})", dyno.port, dyno.name));
+    }
+    Ok(())
+}
+
+/// Holds `run/locks/<app>.lock` (flock) for the whole build and rollout. The kernel drops the
+/// lock when the process dies, so a crashed build never leaves it held.
+fn take_deploy_lock(home: &Home, app: &AppName) -> Result<Flock<File>, String> {
+    let path = home.deploy_lock(app);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let open = || {
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))
+    };
+    match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err(_) => {
+            output::step(&format!("Waiting for another deploy of {app} to finish..."));
+            Flock::lock(open()?, FlockArg::LockExclusive).map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
+        }
+    }
+}
+
+/// Release dirs and slugs that no build row names are leftovers of a build that was killed
+/// mid-way (we hold the deploy lock, so none is in progress).
+fn remove_abandoned_builds(home: &Home, store: &Store, app: &AppName) {
+    let Ok(known) = store::releases::build_ids(store.conn(), app) else { return };
+    if let Ok(entries) = std::fs::read_dir(home.releases(app)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !known.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(home.slugs(app)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let id = name.strip_suffix(".tar.gz").unwrap_or(&name);
+            if !known.iter().any(|k| k == id) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Build row, release row and formation defaults in one transaction.
+fn record_release(
+    store: &mut Store,
+    app: &AppName,
+    built: &build::Built,
+    commit: &str,
+    pushed_by: &str,
+) -> store::Result<i64> {
+    let tx = store.transaction()?;
+    store::releases::insert_build(&tx, app, &BuildRow {
+        id: built.id.clone(),
+        commit_sha: commit.to_string(),
+        stack: built.stack.as_str().to_string(),
+        process_types: built.procfile.clone(),
+        slug_bytes: built.slug_bytes as i64,
+        created_at: crate::timefmt::now(),
+    })?;
+    let config = store::releases::config_vars(&tx, app)?;
+    let description = format!("Deploy {}", &commit[..commit.len().min(7)]);
+    let version = store::releases::insert_release(&tx, app, Some(&built.id), &description, pushed_by, &config)?;
+    store::formation::add_defaults(&tx, app, &built.procfile)?;
+    tx.commit()?;
+    Ok(version)
+}
+
+/// Asks the daemon to switch to `version` and waits for the boot check.
+fn roll_out(ctx: &HookContext, settings: &Settings, version: i64) -> Result<Vec<crate::daemon::protocol::WebDyno>, String> {
+    output::step(&format!("Starting dynos for v{version}"));
+    let wait = settings.boot_timeout + Duration::from_secs(60);
+    let request = Request::Deploy { app: ctx.app.to_string(), version };
+    match client::call(&ctx.home, &request, wait) {
+        Ok(Response::Deployed { web, .. }) => Ok(web),
+        Ok(other) => Err(format!("release v{version} failed: unexpected answer {other:?}")),
+        Err(ClientError::Daemon(message)) => Err(format!("release v{version} failed: {message}; the previous release keeps running")),
+        Err(e) => Err(format!("release v{version} failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Z: &str = "0000000000000000000000000000000000000000";
+    const A: &str = "1111111111111111111111111111111111111111";
+
+    fn update(name: &str, new: &str) -> RefUpdate {
+        RefUpdate { old: A.into(), new: new.into(), name: name.into() }
+    }
+
+    #[test]
+    fn only_the_deploy_branch_deploys() {
+        let ups = parse_ref_updates(format!("{A} {A} refs/heads/feature\n{Z} {A} refs/heads/main\n").as_bytes());
+        assert_eq!(ups.len(), 2);
+        assert_eq!(deploy_ref(&ups).unwrap().unwrap().name, "refs/heads/main");
+        assert_eq!(deploy_ref(&[update("refs/tags/v1", A)]).unwrap(), None);
+        assert_eq!(deploy_ref(&[update("refs/heads/master", A)]).unwrap().unwrap().name, "refs/heads/master");
+    }
+
+    #[test]
+    fn deleting_the_deploy_branch_or_pushing_both_is_refused() {
+        assert!(deploy_ref(&[update("refs/heads/main", Z)]).unwrap_err().contains("deleting refs/heads/main"));
+        assert!(deploy_ref(&[update("refs/heads/main", A), update("refs/heads/master", A)]).is_err());
+        assert!(deploy_ref(&[update("refs/heads/other", Z)]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,211 @@
+//! SSH keys that may push and run commands. The `ssh_keys` table is the source of truth; the
+//! slipway lines of `$SLIPWAY_HOME/.ssh/authorized_keys` are regenerated from it on every
+//! change, and lines slipway did not write are kept as they were.
+//!
+//! Each generated line forces `slipway ssh-serve --key NAME` and `restrict`s everything else
+//! (no pty, no forwarding), so a key can only ever reach slipway's own command parser.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::home::Home;
+use crate::store::{self, Store};
+
+/// Marks lines that slipway owns; everything else in the file is left alone.
+const MARKER: &str = "ssh-serve --key ";
+
+const KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("'{0}' is not a valid key name: use 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")]
+    BadName(String),
+    #[error("expected one OpenSSH public key line (like 'ssh-ed25519 AAAA... you@laptop') on stdin")]
+    BadKey,
+    #[error("the path {0} cannot be written into authorized_keys: use only letters, digits, '/', '.', '_' and '-'")]
+    UnsafePath(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+pub fn validate_name(name: &str) -> Result<(), KeyError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::BadName(name.chars().filter(|c| !c.is_control()).take(64).collect()))
+    }
+}
+
+/// Normalises `type base64 [comment]` and rejects anything else: options, several keys,
+/// control characters. Returns the key without options, comment kept (printable only).
+pub fn parse_public_key(input: &str) -> Result<String, KeyError> {
+    let lines: Vec<&str> =
+        input.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let [line] = lines.as_slice() else {
+        return Err(KeyError::BadKey);
+    };
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err(KeyError::BadKey);
+    };
+    let blob_ok = blob.len() >= 16
+        && blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    if !KEY_TYPES.contains(&kind) || !blob_ok {
+        return Err(KeyError::BadKey);
+    }
+    let comment: String = parts
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .collect();
+    Ok(if comment.is_empty() { format!("{kind} {blob}") } else { format!("{kind} {blob} {comment}") })
+}
+
+/// `SHA256:...` as `ssh-keygen -l` prints it; also proves the key decodes. Falls back to
+/// "unknown" when ssh-keygen is not installed (the key's shape was already checked).
+pub fn fingerprint(public_key: &str) -> Result<String, KeyError> {
+    let child = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Ok("unknown".into());
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = writeln!(stdin, "{public_key}");
+    }
+    let out = child.wait_with_output().map_err(|_| KeyError::BadKey)?;
+    if !out.status.success() {
+        return Err(KeyError::BadKey);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().nth(1).unwrap_or("unknown").to_string())
+}
+
+/// The forced-command line for one key.
+fn authorized_line(binary: &str, home: &str, name: &str, public_key: &str) -> String {
+    format!("command=\"{binary} --home {home} {MARKER}{name}\",restrict {public_key}")
+}
+
+fn safe_for_forced_command(path: &Path) -> Result<String, KeyError> {
+    let s = path.to_string_lossy().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+        Ok(s)
+    } else {
+        Err(KeyError::UnsafePath(s))
+    }
+}
+
+pub fn add(home: &Home, store: &mut Store, name: &str, stdin_text: &str) -> Result<(), KeyError> {
+    validate_name(name)?;
+    let key = parse_public_key(stdin_text)?;
+    let fp = fingerprint(&key)?;
+    let tx = store.transaction()?;
+    store::keys::insert(&tx, name, &key, &fp)?;
+    write_authorized_keys(home, &store::keys::list(&tx)?)?;
+    tx.commit().map_err(store::StoreError::from)?;
+    Ok(())
+}
+
+pub fn remove(home: &Home, store: &mut Store, name: &str) -> Result<(), KeyError> {
+    validate_name(name)?;
+    let tx = store.transaction()?;
+    store::keys::delete(&tx, name)?;
+    write_authorized_keys(home, &store::keys::list(&tx)?)?;
+    tx.commit().map_err(store::StoreError::from)?;
+    Ok(())
+}
+
+/// Rewrites the file atomically (temp file + rename): sshd never sees a half-written file.
+fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<(), KeyError> {
+    let path = home.authorized_keys();
+    let io_err = |source| KeyError::Io { path: path.display().to_string(), source };
+    let binary = std::env::current_exe().map_err(io_err)?;
+    let binary = safe_for_forced_command(&binary)?;
+    let home_str = safe_for_forced_command(home.root())?;
+
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut out: String = existing
+        .lines()
+        .filter(|l| !l.contains(MARKER))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for key in keys {
+        out.push_str(&authorized_line(&binary, &home_str, &key.name, &key.public_key));
+        out.push('\n');
+    }
+
+    let dir = home.ssh_dir();
+    std::fs::create_dir_all(&dir).map_err(io_err)?;
+    set_mode(&dir, 0o700).map_err(io_err)?;
+    let tmp = dir.join(".authorized_keys.tmp");
+    std::fs::write(&tmp, out).map_err(io_err)?;
+    set_mode(&tmp, 0o600).map_err(io_err)?;
+    std::fs::rename(&tmp, &path).map_err(io_err)?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv2m0mRpL1v8S7yUvLl3bJ1S7pWmGz1p5nK8l3bQ0ab alice@laptop";
+
+    #[test]
+    fn key_names() {
+        assert!(validate_name("alice").is_ok());
+        assert!(validate_name("alice@laptop.2").is_ok());
+        for bad in ["", "-x", "a b", "a\"b", "a,command=x", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn public_keys_are_normalised_and_options_refused() {
+        assert_eq!(parse_public_key(&format!("{KEY}\n")).unwrap(), KEY);
+        assert!(parse_public_key("command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI x").is_err());
+        assert!(parse_public_key("").is_err());
+        assert!(parse_public_key(&format!("{KEY}\n{KEY}")).is_err());
+        assert!(parse_public_key("ssh-ed25519 not*base64*at*all").is_err());
+        let stripped = parse_public_key(&format!("{KEY} \"quoted\"")).unwrap();
+        assert!(!stripped.contains('"'));
+    }
+
+    #[test]
+    fn authorized_line_shape() {
+        let line = authorized_line("/usr/local/bin/slipway", "/var/lib/slipway", "alice", KEY);
+        assert!(line.starts_with(
+            "command=\"/usr/local/bin/slipway --home /var/lib/slipway ssh-serve --key alice\",restrict ssh-ed25519 "
+        ));
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        assert!(safe_for_forced_command(Path::new("/tmp/a b")).is_err());
+        assert!(safe_for_forced_command(Path::new("/tmp/a\"b")).is_err());
+        assert!(safe_for_forced_command(Path::new("/tmp/.tmpAb_9-x")).is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+//! slipway: a single-node, self-hosted mini-PaaS.
+//!
+//! The binary (`main.rs`) only parses arguments and dispatches into [`cli`]; every domain lives in
+//! its own module so tests can drive it directly. See docs/ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod build;
+pub mod cli;
+pub mod daemon;
+pub mod deploy;
+pub mod git;
+pub mod home;
+pub mod keys;
+pub mod logs;
+pub mod procfile;
+pub mod settings;
+pub mod store;
+pub mod timefmt;

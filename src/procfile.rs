@@ -1,0 +1,119 @@
+//! Procfile parsing (HEROKU.md, "Procfile"): one `type: command` per line. Stricter than
+//! Heroku's own parser on purpose: a duplicate type or an unparsable line fails the build and
+//! names the line, instead of silently dropping a process.
+
+use std::collections::BTreeMap;
+
+/// Process types in file order are not needed anywhere; a sorted map keeps output stable.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Procfile {
+    pub processes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProcfileError {
+    #[error("Procfile line {line} is not `type: command`: {text:?}")]
+    Malformed { line: usize, text: String },
+    #[error("Procfile line {line}: process type {name:?} must be 1 to 63 letters, digits, '_' or '-'")]
+    BadType { line: usize, name: String },
+    #[error("Procfile line {line}: process type '{name}' has no command")]
+    EmptyCommand { line: usize, name: String },
+    #[error("Procfile line {line}: process type '{name}' is already declared on line {first}")]
+    Duplicate { line: usize, name: String, first: usize },
+    #[error("Procfile declares no process types")]
+    Empty,
+}
+
+impl Procfile {
+    pub fn parse(text: &str) -> Result<Procfile, ProcfileError> {
+        let mut processes = BTreeMap::new();
+        let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let Some((name, command)) = trimmed.split_once(':') else {
+                return Err(ProcfileError::Malformed { line, text: trimmed.to_string() });
+            };
+            let name = name.trim();
+            if !valid_type(name) {
+                // "web python app.py: x" would split oddly; report it as malformed when the
+                // "type" part contains spaces, which is what a missing colon looks like.
+                if name.contains(char::is_whitespace) {
+                    return Err(ProcfileError::Malformed { line, text: trimmed.to_string() });
+                }
+                return Err(ProcfileError::BadType { line, name: name.to_string() });
+            }
+            let command = command.trim();
+            if command.is_empty() {
+                return Err(ProcfileError::EmptyCommand { line, name: name.to_string() });
+            }
+            if let Some(&first) = first_line.get(name) {
+                return Err(ProcfileError::Duplicate { line, name: name.to_string(), first });
+            }
+            first_line.insert(name.to_string(), line);
+            processes.insert(name.to_string(), command.to_string());
+        }
+        if processes.is_empty() {
+            return Err(ProcfileError::Empty);
+        }
+        Ok(Procfile { processes })
+    }
+
+    /// Types that run as long-lived dynos: everything but the one-off `release` phase.
+    pub fn dyno_types(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.processes
+            .iter()
+            .filter(|(name, _)| name.as_str() != "release")
+            .map(|(n, c)| (n.as_str(), c.as_str()))
+    }
+}
+
+pub fn valid_type(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_types_and_commands() {
+        let p = Procfile::parse("web: gunicorn app:app --bind 0.0.0.0:$PORT\n\n# comment\nworker:python w.py\n")
+            .unwrap();
+        assert_eq!(p.processes["web"], "gunicorn app:app --bind 0.0.0.0:$PORT");
+        assert_eq!(p.processes["worker"], "python w.py");
+        assert_eq!(p.dyno_types().count(), 2);
+    }
+
+    #[test]
+    fn release_is_not_a_dyno_type() {
+        let p = Procfile::parse("web: a\nrelease: b\n").unwrap();
+        assert_eq!(p.dyno_types().map(|(n, _)| n).collect::<Vec<_>>(), ["web"]);
+    }
+
+    #[test]
+    fn a_line_without_colon_is_named() {
+        let err = Procfile::parse("web: python app.py\nthis line is broken\n").unwrap_err();
+        assert_eq!(err, ProcfileError::Malformed { line: 2, text: "this line is broken".into() });
+        assert!(err.to_string().contains("Procfile line 2"));
+    }
+
+    #[test]
+    fn duplicates_name_both_lines() {
+        let err = Procfile::parse("web: a\nweb: b\n").unwrap_err();
+        assert!(err.to_string().contains("line 2") && err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_types_and_empty_commands() {
+        assert!(matches!(Procfile::parse("we$b: a").unwrap_err(), ProcfileError::BadType { line: 1, .. }));
+        assert!(matches!(Procfile::parse("web:   ").unwrap_err(), ProcfileError::EmptyCommand { .. }));
+        let long = format!("{}: a", "x".repeat(64));
+        assert!(matches!(Procfile::parse(&long).unwrap_err(), ProcfileError::BadType { .. }));
+        assert_eq!(Procfile::parse("# nothing\n").unwrap_err(), ProcfileError::Empty);
+    }
+}

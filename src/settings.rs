@@ -1,0 +1,88 @@
+//! Settings from the environment (DESIGN.md, "Settings"). Read once per process; a bad value is
+//! an error naming the variable, never a silent default.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Dyno `PORT`s are allocated from this range (`SLIPWAY_PORTS`, default 5000-5999).
+    pub ports: RangeInclusive<u16>,
+    /// A web dyno must accept TCP on its port within this time (`SLIPWAY_BOOT_TIMEOUT`, 60 s).
+    pub boot_timeout: Duration,
+    /// SIGTERM → SIGKILL grace period (`SLIPWAY_STOP_TIMEOUT`, 30 s).
+    pub stop_timeout: Duration,
+    /// Apps answer at `<app>.<domain>` (`SLIPWAY_DOMAIN`, localhost).
+    pub domain: String,
+    /// The interpreter used for builds (`SLIPWAY_PYTHON`, default `python3` on PATH).
+    pub python: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}={value:?} is not valid: {why}")]
+pub struct SettingsError {
+    var: &'static str,
+    value: String,
+    why: &'static str,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, SettingsError> {
+        Ok(Settings {
+            ports: ports_from_env()?,
+            boot_timeout: seconds_from_env("SLIPWAY_BOOT_TIMEOUT", 60)?,
+            stop_timeout: seconds_from_env("SLIPWAY_STOP_TIMEOUT", 30)?,
+            domain: var("SLIPWAY_DOMAIN").unwrap_or_else(|| "localhost".into()),
+            python: var("SLIPWAY_PYTHON").unwrap_or_else(|| "python3".into()),
+        })
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn seconds_from_env(name: &'static str, default: u64) -> Result<Duration, SettingsError> {
+    let Some(value) = var(name) else {
+        return Ok(Duration::from_secs(default));
+    };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or(SettingsError { var: name, value, why: "expected a number of seconds" })
+}
+
+fn ports_from_env() -> Result<RangeInclusive<u16>, SettingsError> {
+    let Some(value) = var("SLIPWAY_PORTS") else {
+        return Ok(5000..=5999);
+    };
+    parse_port_range(&value).ok_or(SettingsError {
+        var: "SLIPWAY_PORTS",
+        value,
+        why: "expected START-END with 1024 <= START <= END <= 65535",
+    })
+}
+
+pub fn parse_port_range(s: &str) -> Option<RangeInclusive<u16>> {
+    let (a, b) = s.trim().split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (1024 <= a && a <= b).then_some(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("5000-5999"), Some(5000..=5999));
+        assert_eq!(parse_port_range(" 7000 - 7000 "), Some(7000..=7000));
+        assert_eq!(parse_port_range("80-90"), None);
+        assert_eq!(parse_port_range("6000-5000"), None);
+        assert_eq!(parse_port_range("5000"), None);
+        assert_eq!(parse_port_range("a-b"), None);
+    }
+}

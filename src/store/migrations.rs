@@ -1,0 +1,128 @@
+//! Forward-only schema migrations, tracked by `PRAGMA user_version`. Append to [`MIGRATIONS`];
+//! never edit or delete a shipped entry — databases in the field have already run it.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{Result, StoreError};
+
+pub const MIGRATIONS: &[&str] = &[
+    // v1: the spine — apps, builds, releases, config, formation, dynos, ssh keys.
+    r#"
+    CREATE TABLE apps (
+        name            TEXT PRIMARY KEY,
+        created_at      TEXT NOT NULL,
+        current_release INTEGER            -- version of the release the dynos run; NULL before the first deploy
+    );
+    CREATE TABLE builds (
+        id            TEXT PRIMARY KEY,    -- also the release dir and slug file name
+        app           TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        commit_sha    TEXT NOT NULL,
+        stack         TEXT NOT NULL,       -- python | generic
+        process_types TEXT NOT NULL,       -- JSON object: type -> command
+        slug_bytes    INTEGER NOT NULL,
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE releases (
+        app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        build_id    TEXT REFERENCES builds(id),
+        description TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        status      TEXT NOT NULL,         -- pending | succeeded | failed
+        config      TEXT NOT NULL DEFAULT '{}',  -- JSON snapshot of config vars
+        PRIMARY KEY (app, version)
+    );
+    CREATE TABLE config_vars (
+        app   TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        key   TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (app, key)
+    );
+    CREATE TABLE formation (
+        app      TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        type     TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity >= 0),
+        PRIMARY KEY (app, type)
+    );
+    CREATE TABLE dynos (
+        id         INTEGER PRIMARY KEY,
+        app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        type       TEXT NOT NULL,
+        num        INTEGER NOT NULL,
+        release    INTEGER NOT NULL,
+        command    TEXT NOT NULL,
+        state      TEXT NOT NULL,          -- starting | up | crashed | stopping | down
+        port       INTEGER,
+        pid        INTEGER,                -- the dyno's main process, also its process group id
+        pid_start  INTEGER,                -- /proc start time of pid: guards against pid reuse
+        shim_pid   INTEGER,                -- the supervising shim that holds the output pipes
+        shim_start INTEGER,
+        restarts   INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX dynos_by_app ON dynos(app, type, num);
+    CREATE TABLE ssh_keys (
+        name        TEXT PRIMARY KEY,
+        public_key  TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    "#,
+];
+
+/// Brings the schema to the newest version in one exclusive transaction, so two processes
+/// opening a fresh database at once cannot both run a migration.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let known = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_fresh_database_once_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 7);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_version_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("CREATE TABLE apps (x);").unwrap();
+        assert!(migrate(&mut conn).is_err());
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 0);
+    }
+}

@@ -1,0 +1,68 @@
+//! All state in one SQLite file (DESIGN.md, "State"). WAL mode and a busy timeout let the CLI,
+//! the build hook and the daemon share it; every state change is one transaction. The schema
+//! is versioned by `PRAGMA user_version` with forward-only migrations ([`migrations`]).
+//!
+//! One file per table's queries; they take `&Connection` so callers can group several into one
+//! transaction (`Store::transaction`).
+
+pub mod apps;
+pub mod dynos;
+pub mod formation;
+pub mod keys;
+pub mod migrations;
+pub mod releases;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the database schema is version {found}, newer than this slipway understands ({known}); upgrade slipway")]
+    TooNew { found: i64, known: i64 },
+    #[error("app '{0}' does not exist")]
+    NoSuchApp(String),
+    #[error("app '{0}' already exists")]
+    AppExists(String),
+    #[error("app '{app}' has no release {version}")]
+    NoSuchRelease { app: String, version: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(15)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// An IMMEDIATE transaction: takes the write lock up front so two writers never both read
+    /// then deadlock on upgrade (SQLITE_BUSY mid-transaction is not retried by busy_timeout).
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}

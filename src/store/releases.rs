@@ -1,0 +1,169 @@
+//! Queries on `builds` and `releases`. A build row and its release are written together, in the
+//! caller's transaction, only after the build fully succeeded.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{Result, StoreError};
+use crate::app::AppName;
+use crate::procfile::Procfile;
+use crate::timefmt;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRow {
+    pub id: String,
+    pub commit_sha: String,
+    pub stack: String,
+    pub process_types: Procfile,
+    pub slug_bytes: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseRow {
+    pub version: i64,
+    pub build_id: Option<String>,
+    pub description: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub status: String,
+    pub config: BTreeMap<String, String>,
+}
+
+impl ReleaseRow {
+    pub fn name(&self) -> String {
+        format!("v{}", self.version)
+    }
+}
+
+pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Result<()> {
+    let types = serde_json::to_string(&build.process_types).unwrap_or_else(|_| "{}".into());
+    conn.execute(
+        "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![build.id, app.as_str(), build.commit_sha, build.stack, types, build.slug_bytes, build.created_at],
+    )?;
+    Ok(())
+}
+
+pub fn build(conn: &Connection, id: &str) -> Result<Option<BuildRow>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, commit_sha, stack, process_types, slug_bytes, created_at FROM builds WHERE id = ?1",
+            [id],
+            |r| {
+                let types: String = r.get(3)?;
+                Ok(BuildRow {
+                    id: r.get(0)?,
+                    commit_sha: r.get(1)?,
+                    stack: r.get(2)?,
+                    process_types: serde_json::from_str(&types).unwrap_or_default(),
+                    slug_bytes: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Ids of every build of an app; used to tell a crashed build's leftover dir from a real one.
+pub fn build_ids(conn: &Connection, app: &AppName) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT id FROM builds WHERE app = ?1")?;
+    let ids = stmt.query_map([app.as_str()], |r| r.get(0))?;
+    Ok(ids.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Inserts the next release (`max(version) + 1`) as `pending`; returns its version.
+pub fn insert_release(
+    conn: &Connection,
+    app: &AppName,
+    build_id: Option<&str>,
+    description: &str,
+    created_by: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<i64> {
+    let version: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app = ?1",
+        [app.as_str()],
+        |r| r.get(0),
+    )?;
+    let config = serde_json::to_string(config).unwrap_or_else(|_| "{}".into());
+    conn.execute(
+        "INSERT INTO releases (app, version, build_id, description, created_by, created_at, status, config)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        params![app.as_str(), version, build_id, description, created_by, timefmt::now(), config],
+    )?;
+    Ok(version)
+}
+
+pub fn set_status(conn: &Connection, app: &AppName, version: i64, status: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE releases SET status = ?3 WHERE app = ?1 AND version = ?2",
+        params![app.as_str(), version, status],
+    )?;
+    Ok(())
+}
+
+const RELEASE_COLUMNS: &str =
+    "version, build_id, description, created_by, created_at, status, config";
+
+fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRow> {
+    let config: String = r.get(6)?;
+    Ok(ReleaseRow {
+        version: r.get(0)?,
+        build_id: r.get(1)?,
+        description: r.get(2)?,
+        created_by: r.get(3)?,
+        created_at: r.get(4)?,
+        status: r.get(5)?,
+        config: serde_json::from_str(&config).unwrap_or_default(),
+    })
+}
+
+pub fn release(conn: &Connection, app: &AppName, version: i64) -> Result<Option<ReleaseRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 AND version = ?2"),
+            params![app.as_str(), version],
+            release_from_row,
+        )
+        .optional()?)
+}
+
+pub fn require_release(conn: &Connection, app: &AppName, version: i64) -> Result<ReleaseRow> {
+    release(conn, app, version)?.ok_or_else(|| StoreError::NoSuchRelease {
+        app: app.to_string(),
+        version: format!("v{version}"),
+    })
+}
+
+/// Newest first.
+pub fn list(conn: &Connection, app: &AppName) -> Result<Vec<ReleaseRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 ORDER BY version DESC"
+    ))?;
+    let rows = stmt.query_map([app.as_str()], release_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Releases still `pending` (a rollout the daemon never finished, e.g. it died mid-way).
+pub fn pending(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
+    let mut stmt = conn.prepare("SELECT app, version FROM releases WHERE status = 'pending'")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (app, version) = row?;
+        if let Ok(app) = app.parse() {
+            out.push((app, version));
+        }
+    }
+    Ok(out)
+}
+
+pub fn config_vars(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, String>> {
+    let mut stmt = conn.prepare("SELECT key, value FROM config_vars WHERE app = ?1")?;
+    let rows = stmt.query_map([app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# install.sh — turn a Debian/Ubuntu box into a slipway server.
+#
+#   sudo ./install.sh [--home DIR] [--user NAME]
+#
+# Run it from a checkout of the slipway repository. It is idempotent: running it
+# again (for example after `git pull`, to upgrade) rebuilds, reinstalls the binary
+# and restarts the daemon; running dynos keep serving across the restart.
+set -euo pipefail
+
+readonly DEFAULT_HOME=/var/lib/slipway
+readonly DEFAULT_USER=slipway
+readonly BIN=/usr/local/bin/slipway
+readonly UNIT=/etc/systemd/system/slipway.service
+readonly WAIT_SECONDS=10
+
+HOME_DIR=$DEFAULT_HOME
+SLIPWAY_USER=$DEFAULT_USER   # not $USER: that one is the caller's, from the environment
+SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TMP_FILES=()
+
+usage() {
+    cat <<EOF
+Usage: sudo $0 [--home DIR] [--user NAME]
+
+Install slipway on this machine: system packages, the slipway binary
+($BIN), the system user, sshd, and the slipway daemon.
+Safe to run again; that is also how you upgrade.
+
+Options:
+  --home DIR    SLIPWAY_HOME, which is also the user's home (default: $DEFAULT_HOME)
+  --user NAME   system user that owns the data and runs the daemon (default: $DEFAULT_USER)
+  -h, --help    show this help and exit
+EOF
+}
+
+say() { printf -- '-----> %s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+    # Temporary files of a step that failed half-way (a finished step renamed its own).
+    if [ "${#TMP_FILES[@]}" -gt 0 ]; then rm -f -- "${TMP_FILES[@]}"; fi
+}
+trap cleanup EXIT
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --home) [ $# -ge 2 ] || die "--home needs a directory."; HOME_DIR=$2; shift 2 ;;
+            --home=*) HOME_DIR=${1#--home=}; shift ;;
+            --user) [ $# -ge 2 ] || die "--user needs a user name."; SLIPWAY_USER=$2; shift 2 ;;
+            --user=*) SLIPWAY_USER=${1#--user=}; shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; die "unknown argument '$1'." ;;
+        esac
+    done
+
+    # Both values end up in a systemd unit, in the commands printed at the end and
+    # in authorized_keys forced commands, so accept only plain names and paths.
+    if ! [[ $SLIPWAY_USER =~ ^[a-z_][a-z0-9_-]*$ ]] || [ "${#SLIPWAY_USER}" -gt 32 ]; then
+        die "--user '$SLIPWAY_USER' is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)."
+    fi
+    [ "$SLIPWAY_USER" != root ] || die "--user root is refused: slipway must run as an unprivileged user."
+    # Drop trailing slashes so /var/lib/slipway/ and /var/lib/slipway are the same home.
+    while [ "${#HOME_DIR}" -gt 1 ] && [ "${HOME_DIR%/}" != "$HOME_DIR" ]; do HOME_DIR=${HOME_DIR%/}; done
+    [[ $HOME_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+        die "--home '$HOME_DIR' must be an absolute path made of letters, digits and . _ / + - (no spaces, quotes or @)."
+    [[ /$HOME_DIR/ != */../* && /$HOME_DIR/ != */./* && $HOME_DIR != *//* ]] ||
+        die "--home '$HOME_DIR' must not contain '.', '..' or empty path components."
+    case $HOME_DIR in
+        /|/bin|/boot|/dev|/etc|/home|/lib|/lib32|/lib64|/opt|/proc|/root|/run|/sbin|/sys|/tmp|/usr|/usr/*|/var|/var/lib|/var/tmp)
+            die "--home '$HOME_DIR' is a system directory; choose a directory of its own, like $DEFAULT_HOME." ;;
+    esac
+}
+
+# "--home DIR " for the commands printed in the next steps, only when DIR is not the default.
+home_flag() {
+    if [ "$HOME_DIR" != "$DEFAULT_HOME" ]; then printf -- '--home %s ' "$HOME_DIR"; fi
+}
+
+# ---------------------------------------------------------------------------
+# System packages
+# ---------------------------------------------------------------------------
+install_packages() {
+    local pkg missing=()
+    for pkg in git openssh-server python3 python3-venv ca-certificates; do
+        # dpkg -s succeeds for removed-but-configured packages too; check the status line.
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        say "System packages already installed"
+        return
+    fi
+    say "Installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# ---------------------------------------------------------------------------
+# Build and install the binary
+# ---------------------------------------------------------------------------
+# find_cargo: set CARGO_BIN (a global, not printed: it may also export RUSTUP_HOME,
+# which a $(...) subshell would lose).
+CARGO_BIN=
+find_cargo() {
+    local sudo_home
+    if CARGO_BIN=$(command -v cargo); then return 0; fi
+    # sudo's secure_path drops ~/.cargo/bin from PATH, so look where rustup puts it.
+    CARGO_BIN=${HOME:-/root}/.cargo/bin/cargo
+    if [ -x "$CARGO_BIN" ]; then return 0; fi
+    if [ -n "${SUDO_USER:-}" ]; then
+        sudo_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        if [ -n "$sudo_home" ] && [ -x "$sudo_home/.cargo/bin/cargo" ]; then
+            # A rustup proxy finds its toolchains through RUSTUP_HOME (default ~/.rustup,
+            # which as root would be /root/.rustup): point it at the invoking user's.
+            if [ -z "${RUSTUP_HOME:-}" ] && [ ! -d "${HOME:-/root}/.rustup" ] && [ -d "$sudo_home/.rustup" ]; then
+                export RUSTUP_HOME="$sudo_home/.rustup"
+            fi
+            CARGO_BIN=$sudo_home/.cargo/bin/cargo
+            return 0
+        fi
+    fi
+    CARGO_BIN=
+    return 1
+}
+
+build_and_install_binary() {
+    local cargo tmp owner
+    [ -f "$SRC_DIR/Cargo.toml" ] || die "no Cargo.toml next to install.sh; run it from a checkout of the slipway repository."
+    find_cargo ||
+        die "cargo not found (looked in PATH and ~/.cargo/bin${SUDO_USER:+ and ~$SUDO_USER/.cargo/bin}); install Rust from https://rustup.rs and run install.sh again."
+    cargo=$CARGO_BIN
+    # cargo runs rustc from the same directory; make sure it is on PATH.
+    PATH="$(dirname "$cargo"):$PATH"
+    export PATH
+
+    local locked=()
+    if [ -f "$SRC_DIR/Cargo.lock" ]; then locked=(--locked); fi
+    say "Building slipway ($cargo build --release ${locked[*]-})"
+    (cd "$SRC_DIR" && "$cargo" build --release ${locked[@]+"${locked[@]}"}) ||
+        die "building slipway failed (cargo's output is above); nothing was installed."
+
+    # A checkout owned by the invoking user must stay buildable by that user:
+    # give back what this root build created.
+    owner=$(stat -c %u:%g "$SRC_DIR/Cargo.toml")
+    if [ "$owner" != 0:0 ]; then
+        chown -R "$owner" "$SRC_DIR/target" "$SRC_DIR/Cargo.lock" 2>/dev/null ||
+            warn "could not give $SRC_DIR/target back to uid:gid $owner; 'sudo chown -R' it before building as yourself."
+    fi
+
+    [ -x "$SRC_DIR/target/release/slipway" ] || die "the build did not produce target/release/slipway."
+    if cmp -s "$SRC_DIR/target/release/slipway" "$BIN"; then
+        say "$BIN is up to date"
+        return
+    fi
+    say "Installing $BIN"
+    # Install under a temporary name, then rename over the old binary: rename is
+    # atomic, and a running daemon keeps executing the old inode instead of
+    # crashing on a file rewritten under it ("Text file busy" at best).
+    mkdir -p "$(dirname "$BIN")"
+    tmp="$(dirname "$BIN")/.slipway.new.$$"
+    TMP_FILES+=("$tmp")
+    install -o root -g root -m 0755 "$SRC_DIR/target/release/slipway" "$tmp"
+    mv -f "$tmp" "$BIN"
+}
+
+# ---------------------------------------------------------------------------
+# The slipway user and its home (= SLIPWAY_HOME)
+# ---------------------------------------------------------------------------
+# Run before anything is changed: an existing account must fit the install.
+check_existing_user() {
+    local entry current_home
+    entry=$(getent passwd "$SLIPWAY_USER") || return 0
+    [ "$(id -u "$SLIPWAY_USER")" != 0 ] || die "user '$SLIPWAY_USER' has uid 0; refusing to run slipway as root."
+    # sshd reads keys from the account's home, while slipway writes them to
+    # $SLIPWAY_HOME/.ssh: the two must be the same directory.
+    current_home=$(printf '%s\n' "$entry" | cut -d: -f6)
+    current_home=${current_home%/}
+    [ "$current_home" = "$HOME_DIR" ] ||
+        die "user '$SLIPWAY_USER' already exists with home '$current_home', not '$HOME_DIR'; rerun with --home $current_home (or change it with usermod -d)."
+}
+
+setup_user() {
+    local entry shell pw
+    if entry=$(getent passwd "$SLIPWAY_USER"); then
+        check_existing_user
+        say "User $SLIPWAY_USER exists"
+        # The forced command in authorized_keys is run through the login shell.
+        shell=$(printf '%s\n' "$entry" | cut -d: -f7)
+        case $shell in
+            */nologin|*/false|'')
+                say "Giving $SLIPWAY_USER the shell /bin/sh (sshd runs forced commands through it)"
+                usermod --shell /bin/sh "$SLIPWAY_USER" ;;
+        esac
+    else
+        say "Creating system user $SLIPWAY_USER (home $HOME_DIR)"
+        mkdir -p "$(dirname "$HOME_DIR")"
+        local group_opt=(--user-group)
+        # --user-group fails when a group of that name is left over; join it instead.
+        if getent group "$SLIPWAY_USER" >/dev/null; then group_opt=(--gid "$SLIPWAY_USER"); fi
+        useradd --system --home-dir "$HOME_DIR" --create-home --shell /bin/sh \
+            "${group_opt[@]}" "$SLIPWAY_USER"
+    fi
+    getent group "$SLIPWAY_USER" >/dev/null ||
+        die "group '$SLIPWAY_USER' does not exist; the daemon runs as $SLIPWAY_USER:$SLIPWAY_USER (create it with groupadd --system $SLIPWAY_USER)."
+
+    # useradd leaves the password as "!" (locked). With UsePAM off, OpenSSH refuses
+    # locked accounts even for public keys; "*" means "no password" but not locked.
+    # Only touch a locked entry, so an existing real password is never replaced.
+    pw=$(getent shadow "$SLIPWAY_USER" | cut -d: -f2)
+    if [[ $pw == '!'* || -z $pw ]]; then
+        usermod -p '*' "$SLIPWAY_USER"
+    fi
+
+    # The home holds the database, repos and config vars (secrets): no other users.
+    mkdir -p "$HOME_DIR" "$HOME_DIR/.ssh"
+    chown "$SLIPWAY_USER:$SLIPWAY_USER" "$HOME_DIR" "$HOME_DIR/.ssh"
+    chmod 0750 "$HOME_DIR"
+    # sshd's StrictModes ignores keys in a group/world-accessible .ssh.
+    chmod 0700 "$HOME_DIR/.ssh"
+    if [ -f "$HOME_DIR/.ssh/authorized_keys" ]; then
+        chown "$SLIPWAY_USER:$SLIPWAY_USER" "$HOME_DIR/.ssh/authorized_keys"
+        chmod 0600 "$HOME_DIR/.ssh/authorized_keys"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# sshd
+# ---------------------------------------------------------------------------
+have_systemd() { [ -d /run/systemd/system ]; }
+
+sshd_running() {
+    local pidfile pid port
+    # `pgrep -x sshd` is not enough: it also matches private sshds (slipway's own
+    # test suite runs some on 127.0.0.1 with `-f`) and leftover session processes.
+    # Trust the system sshd's pidfile, if that pid is still an sshd ...
+    pidfile=$(/usr/sbin/sshd -T 2>/dev/null | awk '$1 == "pidfile" { print $2 }')
+    pidfile=${pidfile:-/run/sshd.pid}
+    if [ -s "$pidfile" ]; then
+        pid=$(cat "$pidfile")
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ] && return 0
+    fi
+    # ... or anything already listening on sshd's configured port(s): starting
+    # another sshd there would fail anyway.
+    if command -v ss >/dev/null 2>&1; then
+        for port in $(/usr/sbin/sshd -T 2>/dev/null | awk '$1 == "port" { print $2 }'); do
+            [ -n "$(ss -Hltn "sport = :$port")" ] && return 0
+        done
+    fi
+    return 1
+}
+
+setup_sshd() {
+    # Creates only the host key types that are missing; a no-op afterwards.
+    ssh-keygen -A >/dev/null
+    # The privilege-separation directory, normally made by the init script or
+    # systemd; sshd (and even `sshd -t`) refuses to run without it.
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+    # Fail here, with sshd's own message, rather than on the first git push.
+    /usr/sbin/sshd -t || die "sshd's configuration is invalid (see above); fix /etc/ssh/sshd_config and run install.sh again."
+    if have_systemd; then
+        say "Enabling and starting ssh.service"
+        systemctl enable --now ssh
+    elif sshd_running; then
+        say "sshd is running"
+    else
+        say "Starting sshd"
+        # It detaches itself; it will not come back after a reboot (no init system
+        # to start it): the same goes for the slipway daemon, see the next steps.
+        /usr/sbin/sshd
+    fi
+
+    # Warn about settings that would make every push fail with "Permission denied".
+    local effective
+    if effective=$(/usr/sbin/sshd -T -C "user=$SLIPWAY_USER,host=localhost,addr=127.0.0.1" 2>/dev/null); then
+        if grep -qix 'pubkeyauthentication no' <<<"$effective"; then
+            warn "sshd has PubkeyAuthentication no for $SLIPWAY_USER; git pushes need public-key login."
+        fi
+        if ! grep -qiE '^authorizedkeysfile( .*)? (%h/)?\.ssh/authorized_keys( |$)' <<<"$effective"; then
+            warn "sshd's AuthorizedKeysFile does not include .ssh/authorized_keys; keys added with 'slipway keys:add' will not be used."
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------
+# Run slipway as the slipway user with a clean environment (like systemd would),
+# from its home: the checkout's directory may not even be readable by that user.
+as_slipway() {
+    (cd "$HOME_DIR" && runuser -u "$SLIPWAY_USER" -- env -i \
+        PATH=/usr/local/bin:/usr/bin:/bin HOME="$HOME_DIR" USER="$SLIPWAY_USER" \
+        LOGNAME="$SLIPWAY_USER" LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" \
+        "$BIN" --home "$HOME_DIR" "$@")
+}
+
+daemon_up() { as_slipway status >/dev/null 2>&1; }
+
+# wait_for up|down: poll `slipway status` for at most WAIT_SECONDS.
+wait_for() {
+    local want=$1 i
+    for ((i = 0; i < WAIT_SECONDS * 5; i++)); do
+        if daemon_up; then [ "$want" = up ] && return 0
+        else [ "$want" = down ] && return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# render_unit DEST: fill templates/slipway.service in, replacing DEST atomically.
+render_unit() {
+    local dest=$1 template=$SRC_DIR/templates/slipway.service tmp
+    [ -f "$template" ] || die "missing $template; run install.sh from a complete checkout."
+    tmp="$dest.new.$$"
+    TMP_FILES+=("$tmp")
+    # Safe with sed: the values were validated above and contain no '|', '&' or '\'.
+    sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$SLIPWAY_USER|g" \
+        "$template" >"$tmp"
+    if grep -q '@[A-Z]*@' "$tmp"; then die "unsubstituted placeholder left in $template."; fi
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dest"
+}
+
+start_daemon_systemd() {
+    say "Installing $UNIT"
+    render_unit "$UNIT"
+    # A daemon started by hand (before systemd managed it) would hold the control
+    # socket and make the unit fail: stop it first. Dynos keep running.
+    if ! systemctl is-active --quiet slipway && daemon_up; then
+        say "Stopping the slipway daemon started outside systemd (apps keep running)"
+        as_slipway daemon --stop >/dev/null || true
+        wait_for down || true
+    fi
+    systemctl daemon-reload
+    systemctl enable slipway
+    say "Restarting slipway.service"
+    systemctl restart slipway
+    wait_for up || {
+        journalctl -u slipway -n 20 --no-pager >&2 || true
+        die "slipway.service did not answer 'slipway status' within ${WAIT_SECONDS}s (log above; see 'journalctl -u slipway')."
+    }
+}
+
+start_daemon_plain() {
+    local out
+    if daemon_up; then
+        # Restart so the new binary takes over; --stop leaves the dynos running
+        # and the new daemon re-adopts them.
+        say "Stopping the running slipway daemon (apps keep running)"
+        as_slipway daemon --stop || die "'slipway daemon --stop' failed."
+        wait_for down || die "the old slipway daemon did not stop within ${WAIT_SECONDS}s."
+    fi
+    say "Starting the slipway daemon"
+    out=$(mktemp /tmp/slipway-install.XXXXXX)
+    TMP_FILES+=("$out")
+    # The daemon detaches itself. Keep its inherited stdio off our terminal/pipe
+    # (a pipe held open by it would hang `./install.sh | tee log`), but keep the
+    # startup messages for the error report.
+    as_slipway daemon </dev/null >"$out" 2>&1 || {
+        cat "$out" >&2
+        die "'slipway daemon' failed to start (output above)."
+    }
+    wait_for up || {
+        cat "$out" >&2
+        die "the slipway daemon did not answer 'slipway status' within ${WAIT_SECONDS}s; check $HOME_DIR/logs."
+    }
+}
+
+# ---------------------------------------------------------------------------
+next_steps() {
+    local host
+    # hostname -f asks the resolver, which can hang on a broken DNS setup.
+    host=$(timeout 5 hostname -f 2>/dev/null || true)
+    [ -n "$host" ] || host=$(hostname)
+    cat <<EOF
+
+slipway is installed and running (home $HOME_DIR, user $SLIPWAY_USER).
+
+Next steps:
+  1. Authorize a developer's SSH public key (copy alice's ~/.ssh/id_ed25519.pub
+     to this server first), on this server:
+       cat ~/.ssh/id_ed25519.pub | sudo -u $SLIPWAY_USER slipway $(home_flag)keys:add alice
+  2. On the laptop, in the app's git repository (try examples/python-hello):
+       git remote add slipway $SLIPWAY_USER@$host:hello
+       git push slipway main
+  3. On this server, as the $SLIPWAY_USER user (so files it creates stay owned by it):
+       sudo -u $SLIPWAY_USER slipway $(home_flag)apps
+       sudo -u $SLIPWAY_USER slipway $(home_flag)logs hello
+EOF
+    if ! have_systemd; then
+        cat <<EOF
+
+This machine does not run systemd, so nothing starts sshd or the slipway daemon
+at boot: after a reboot, run install.sh again (or start /usr/sbin/sshd and
+'sudo -u $SLIPWAY_USER slipway $(home_flag)daemon').
+EOF
+    fi
+}
+
+main() {
+    parse_args "$@"
+    [ "$(id -u)" -eq 0 ] || die "must be run as root; try: sudo $0${*:+ $*}."
+    check_existing_user
+
+    install_packages
+    build_and_install_binary
+    setup_user
+    setup_sshd
+    if have_systemd; then start_daemon_systemd; else start_daemon_plain; fi
+    next_steps
+}
+
+# Sourcing the file (for tests) defines the functions without running anything.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -55,8 +55,20 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         for bad in [
-            "", "a", "Hello", "1app", "-app", "my_app", "app.git", "../etc", "a/b", "app name",
-            "app;rm", "abcdefghijklmnopqrstuvwxyz01234", "ünï", "app\n",
+            "",
+            "a",
+            "Hello",
+            "1app",
+            "-app",
+            "my_app",
+            "app.git",
+            "../etc",
+            "a/b",
+            "app name",
+            "app;rm",
+            "abcdefghijklmnopqrstuvwxyz01234",
+            "ünï",
+            "app\n",
         ] {
             assert!(bad.parse::<AppName>().is_err(), "{bad:?}");
         }

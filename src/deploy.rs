@@ -59,7 +59,8 @@ pub fn parse_ref_updates(input: impl BufRead) -> Vec<RefUpdate> {
 
 /// Which of the pushed refs deploys, if any; refusals come back as the message to print.
 pub fn deploy_ref(updates: &[RefUpdate]) -> Result<Option<&RefUpdate>, String> {
-    let deploys: Vec<&RefUpdate> = updates.iter().filter(|u| DEPLOY_BRANCHES.contains(&u.name.as_str())).collect();
+    let deploys: Vec<&RefUpdate> =
+        updates.iter().filter(|u| DEPLOY_BRANCHES.contains(&u.name.as_str())).collect();
     if let Some(deleted) = deploys.iter().find(|u| u.is_delete()) {
         return Err(format!("deleting {} is not allowed: it is the branch slipway deploys", deleted.name));
     }
@@ -83,10 +84,8 @@ impl HookContext {
         let repo = std::fs::canonicalize(repo).map_err(|e| format!("locating the repository: {e}"))?;
         let name = repo.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let app = name.strip_suffix(".git").unwrap_or(name).parse::<AppName>().map_err(|e| e.to_string())?;
-        let home = repo
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("the repository is not inside a slipway home")?;
+        let home =
+            repo.parent().and_then(Path::parent).ok_or("the repository is not inside a slipway home")?;
         Ok(HookContext { home: Home::at(home), app, repo })
     }
 }
@@ -110,7 +109,12 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
 
     let short = &update.new[..update.new.len().min(7)];
     let log_path = ctx.home.app_log(&ctx.app);
-    logs::append_event(&log_path, Source::Slipway, "api", &format!("Build started by {pushed_by} for commit {short}"));
+    logs::append_event(
+        &log_path,
+        Source::Slipway,
+        "api",
+        &format!("Build started by {pushed_by} for commit {short}"),
+    );
     let request = build::BuildRequest {
         home: &ctx.home,
         settings: &settings,
@@ -129,11 +133,19 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         let _ = std::fs::remove_file(&built.slug);
         format!("recording the release: {e}")
     })?;
-    logs::append_event(&log_path, Source::Slipway, "api", &format!("Release v{version} created by {pushed_by}: deploy {short}"));
+    logs::append_event(
+        &log_path,
+        Source::Slipway,
+        "api",
+        &format!("Release v{version} created by {pushed_by}: deploy {short}"),
+    );
 
     let web = roll_out(ctx, &settings, version)?;
     output::step(&format!("Launching... done, v{version}"));
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
     for dyno in web {
         output::detail(&format!("http://{host}:{}/ ({})", dyno.port, dyno.name));
     }
@@ -148,14 +160,19 @@ fn take_deploy_lock(home: &Home, app: &AppName) -> Result<Flock<File>, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let open = || {
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
             .map_err(|e| format!("opening {}: {e}", path.display()))
     };
     match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
         Err(_) => {
             output::step(&format!("Waiting for another deploy of {app} to finish..."));
-            Flock::lock(open()?, FlockArg::LockExclusive).map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
+            Flock::lock(open()?, FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
         }
     }
 }
@@ -192,31 +209,42 @@ fn record_release(
     pushed_by: &str,
 ) -> store::Result<i64> {
     let tx = store.transaction()?;
-    store::releases::insert_build(&tx, app, &BuildRow {
-        id: built.id.clone(),
-        commit_sha: commit.to_string(),
-        stack: built.stack.as_str().to_string(),
-        process_types: built.procfile.clone(),
-        slug_bytes: built.slug_bytes as i64,
-        created_at: crate::timefmt::now(),
-    })?;
+    store::releases::insert_build(
+        &tx,
+        app,
+        &BuildRow {
+            id: built.id.clone(),
+            commit_sha: commit.to_string(),
+            stack: built.stack.as_str().to_string(),
+            process_types: built.procfile.clone(),
+            slug_bytes: built.slug_bytes as i64,
+            created_at: crate::timefmt::now(),
+        },
+    )?;
     let config = store::releases::config_vars(&tx, app)?;
     let description = format!("Deploy {}", &commit[..commit.len().min(7)]);
-    let version = store::releases::insert_release(&tx, app, Some(&built.id), &description, pushed_by, &config)?;
+    let version =
+        store::releases::insert_release(&tx, app, Some(&built.id), &description, pushed_by, &config)?;
     store::formation::add_defaults(&tx, app, &built.procfile)?;
     tx.commit()?;
     Ok(version)
 }
 
 /// Asks the daemon to switch to `version` and waits for the boot check.
-fn roll_out(ctx: &HookContext, settings: &Settings, version: i64) -> Result<Vec<crate::daemon::protocol::WebDyno>, String> {
+fn roll_out(
+    ctx: &HookContext,
+    settings: &Settings,
+    version: i64,
+) -> Result<Vec<crate::daemon::protocol::WebDyno>, String> {
     output::step(&format!("Starting dynos for v{version}"));
     let wait = settings.boot_timeout + Duration::from_secs(60);
     let request = Request::Deploy { app: ctx.app.to_string(), version };
     match client::call(&ctx.home, &request, wait) {
         Ok(Response::Deployed { web, .. }) => Ok(web),
         Ok(other) => Err(format!("release v{version} failed: unexpected answer {other:?}")),
-        Err(ClientError::Daemon(message)) => Err(format!("release v{version} failed: {message}; the previous release keeps running")),
+        Err(ClientError::Daemon(message)) => {
+            Err(format!("release v{version} failed: {message}; the previous release keeps running"))
+        }
         Err(e) => Err(format!("release v{version} failed: {e}")),
     }
 }
@@ -234,7 +262,8 @@ mod tests {
 
     #[test]
     fn only_the_deploy_branch_deploys() {
-        let ups = parse_ref_updates(format!("{A} {A} refs/heads/feature\n{Z} {A} refs/heads/main\n").as_bytes());
+        let ups =
+            parse_ref_updates(format!("{A} {A} refs/heads/feature\n{Z} {A} refs/heads/main\n").as_bytes());
         assert_eq!(ups.len(), 2);
         assert_eq!(deploy_ref(&ups).unwrap().unwrap().name, "refs/heads/main");
         assert_eq!(deploy_ref(&[update("refs/tags/v1", A)]).unwrap(), None);
@@ -243,7 +272,9 @@ mod tests {
 
     #[test]
     fn deleting_the_deploy_branch_or_pushing_both_is_refused() {
-        assert!(deploy_ref(&[update("refs/heads/main", Z)]).unwrap_err().contains("deleting refs/heads/main"));
+        assert!(deploy_ref(&[update("refs/heads/main", Z)])
+            .unwrap_err()
+            .contains("deleting refs/heads/main"));
         assert!(deploy_ref(&[update("refs/heads/main", A), update("refs/heads/master", A)]).is_err());
         assert!(deploy_ref(&[update("refs/heads/other", Z)]).unwrap().is_none());
     }

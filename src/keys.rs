@@ -63,17 +63,12 @@ pub fn parse_public_key(input: &str) -> Result<String, KeyError> {
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return Err(KeyError::BadKey);
     };
-    let blob_ok = blob.len() >= 16
-        && blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    let blob_ok = blob.len() >= 16 && blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
     if !KEY_TYPES.contains(&kind) || !blob_ok {
         return Err(KeyError::BadKey);
     }
-    let comment: String = parts
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .filter(|c| !c.is_control() && *c != '"')
-        .collect();
+    let comment: String =
+        parts.collect::<Vec<_>>().join(" ").chars().filter(|c| !c.is_control() && *c != '"').collect();
     Ok(if comment.is_empty() { format!("{kind} {blob}") } else { format!("{kind} {blob} {comment}") })
 }
 
@@ -143,11 +138,8 @@ fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<()
     let home_str = safe_for_forced_command(home.root())?;
 
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut out: String = existing
-        .lines()
-        .filter(|l| !l.contains(MARKER))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let mut out: String =
+        existing.lines().filter(|l| !l.contains(MARKER)).map(|l| format!("{l}\n")).collect();
     for key in keys {
         out.push_str(&authorized_line(&binary, &home_str, &key.name, &key.public_key));
         out.push('\n');
@@ -172,7 +164,8 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv2m0mRpL1v8S7yUvLl3bJ1S7pWmGz1p5nK8l3bQ0ab alice@laptop";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv2m0mRpL1v8S7yUvLl3bJ1S7pWmGz1p5nK8l3bQ0ab alice@laptop";
 
     #[test]
     fn key_names() {

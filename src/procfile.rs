@@ -72,8 +72,7 @@ impl Procfile {
 }
 
 pub fn valid_type(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -82,8 +81,9 @@ mod tests {
 
     #[test]
     fn parses_types_and_commands() {
-        let p = Procfile::parse("web: gunicorn app:app --bind 0.0.0.0:$PORT\n\n# comment\nworker:python w.py\n")
-            .unwrap();
+        let p =
+            Procfile::parse("web: gunicorn app:app --bind 0.0.0.0:$PORT\n\n# comment\nworker:python w.py\n")
+                .unwrap();
         assert_eq!(p.processes["web"], "gunicorn app:app --bind 0.0.0.0:$PORT");
         assert_eq!(p.processes["worker"], "python w.py");
         assert_eq!(p.dyno_types().count(), 2);

@@ -5,9 +5,8 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-const STAMP: &[FormatItem<'static>] = format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
-);
+const STAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00");
 const COMPACT: &[FormatItem<'static>] =
     format_description!("[year][month][day][hour][minute][second][subsecond digits:3]");
 

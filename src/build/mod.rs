@@ -138,17 +138,17 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
         )));
     }
     if dir.join("Pipfile").is_file() && !dir.join("Pipfile.lock").is_file() {
-        return Err(BuildError::Detect("found a Pipfile without Pipfile.lock; run 'pipenv lock' and commit the lock file".into()));
+        return Err(BuildError::Detect(
+            "found a Pipfile without Pipfile.lock; run 'pipenv lock' and commit the lock file".into(),
+        ));
     }
     if let Some(lock) = present.iter().find(|m| **m != "requirements.txt") {
         return Err(BuildError::Detect(format!(
             "{lock} is not supported by this slipway version yet; export your dependencies to requirements.txt"
         )));
     }
-    let has_python_files = std::fs::read_dir(dir)
-        .map_err(io_err("reading the app"))?
-        .filter_map(Result::ok)
-        .any(|e| {
+    let has_python_files =
+        std::fs::read_dir(dir).map_err(io_err("reading the app"))?.filter_map(Result::ok).any(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
             name.ends_with(".py") || name == "pyproject.toml" || name == "setup.py"
@@ -164,8 +164,18 @@ pub fn build_env(home: &Home, app: &AppName) -> BTreeMap<String, String> {
     env.insert("HOME".into(), home.cache(app).join("home").display().to_string());
     env.insert("LANG".into(), "C.UTF-8".into());
     env.insert("PYTHONUNBUFFERED".into(), "1".into());
-    for key in ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-                "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "SSL_CERT_FILE"] {
+    for key in [
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "SSL_CERT_FILE",
+    ] {
         if let Ok(v) = std::env::var(key) {
             env.insert(key.into(), v);
         }

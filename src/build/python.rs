@@ -17,10 +17,8 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path) -> Result<(), BuildError> {
 
     let env = build_env(req.home, req.app);
     let cache = req.home.cache(req.app);
-    std::fs::create_dir_all(cache.join("home")).map_err(|source| BuildError::Io {
-        action: format!("creating {}", cache.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(cache.join("home"))
+        .map_err(|source| BuildError::Io { action: format!("creating {}", cache.display()), source })?;
 
     let venv = dir.join(VENV);
     output::step("Creating virtualenv");
@@ -34,8 +32,17 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path) -> Result<(), BuildError> {
         run_step(
             "pip install",
             Command::new(venv.join("bin/python"))
-                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                       "--progress-bar", "off", "-r", "requirements.txt"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--progress-bar",
+                    "off",
+                    "-r",
+                    "requirements.txt",
+                ])
                 .env_clear()
                 .envs(&env)
                 .env("PIP_CACHE_DIR", cache.join("pip"))

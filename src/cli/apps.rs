@@ -24,7 +24,13 @@ pub fn list(home: &Home, json: bool) -> anyhow::Result<i32> {
     }
     let rows = apps
         .iter()
-        .map(|a| vec![a.name.clone(), a.current_release.map(|v| format!("v{v}")).unwrap_or("-".into()), a.created_at.clone()])
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.current_release.map(|v| format!("v{v}")).unwrap_or("-".into()),
+                a.created_at.clone(),
+            ]
+        })
         .collect::<Vec<_>>();
     print_table(&["APP", "RELEASE", "CREATED"], &rows);
     Ok(0)
@@ -51,7 +57,9 @@ pub fn create(home: &Home, app: &str) -> anyhow::Result<i32> {
     let app = app_name(app)?;
     let mut store = open_store(home)?;
     ensure_app(home, &mut store, &app, true)?;
-    out(&format!("Created {app}. Push to it: git remote add slipway slipway@<host>:{app} && git push slipway main"));
+    out(&format!(
+        "Created {app}. Push to it: git remote add slipway slipway@<host>:{app} && git push slipway main"
+    ));
     Ok(0)
 }
 
@@ -66,7 +74,9 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
     let tx = store.transaction()?;
     store::apps::delete(&tx, &name)?;
     tx.commit()?;
-    for dir in [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)] {
+    for dir in
+        [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)]
+    {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("warning: could not remove {}: {e}", dir.display());
@@ -93,7 +103,8 @@ fn stop_all_dynos(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<(
         process::signal_group(pid, start, nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = std::time::Instant::now() + settings.stop_timeout;
-    while targets.iter().any(|&(p, s)| process::is_same_process(p, s)) && std::time::Instant::now() < deadline {
+    while targets.iter().any(|&(p, s)| process::is_same_process(p, s)) && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &(pid, start) in &targets {

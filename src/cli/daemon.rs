@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use super::out;
-use crate::daemon::{self, client, protocol::{Request, Response}};
+use crate::daemon::{
+    self, client,
+    protocol::{Request, Response},
+};
 use crate::home::Home;
 
 pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> {
@@ -19,7 +22,10 @@ pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> 
 pub fn status(home: &Home) -> anyhow::Result<i32> {
     match client::call(home, &Request::Status, Duration::from_secs(10)) {
         Ok(Response::Status { pid, version, dynos }) => {
-            out(&format!("slipway daemon {version} is running (pid {pid}, {dynos} dynos) for {}", home.root().display()));
+            out(&format!(
+                "slipway daemon {version} is running (pid {pid}, {dynos} dynos) for {}",
+                home.root().display()
+            ));
             Ok(0)
         }
         Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),

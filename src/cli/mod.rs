@@ -137,7 +137,10 @@ impl Command {
     pub fn allowed_over_ssh(&self) -> bool {
         !matches!(
             self,
-            Command::Daemon { .. } | Command::Hook { .. } | Command::SshServe { .. } | Command::DynoShim { .. }
+            Command::Daemon { .. }
+                | Command::Hook { .. }
+                | Command::SshServe { .. }
+                | Command::DynoShim { .. }
         )
     }
 }
@@ -165,12 +168,14 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Status => daemon::status(home),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, dyno, dir, command } => Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
-            log,
-            dyno,
-            dir,
-            command: command.join(" "),
-        })),
+        Command::DynoShim { log, dyno, dir, command } => {
+            Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
+                log,
+                dyno,
+                dir,
+                command: command.join(" "),
+            }))
+        }
     }
 }
 

@@ -81,7 +81,10 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print_table(&["DYNO", "STATE", "PID", "PORT", "RELEASE", "RESTARTS", "UPTIME", "MEMORY", "COMMAND"], &rows);
+    print_table(
+        &["DYNO", "STATE", "PID", "PORT", "RELEASE", "RESTARTS", "UPTIME", "MEMORY", "COMMAND"],
+        &rows,
+    );
     Ok(0)
 }
 

@@ -40,7 +40,13 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         .iter()
         .map(|r| {
             let marker = if row.current_release == Some(r.version) { "*" } else { "" };
-            vec![format!("{}{marker}", r.name()), r.description.clone(), r.status.clone(), r.created_by.clone(), r.created_at.clone()]
+            vec![
+                format!("{}{marker}", r.name()),
+                r.description.clone(),
+                r.status.clone(),
+                r.created_by.clone(),
+                r.created_at.clone(),
+            ]
         })
         .collect();
     print_table(&["VERSION", "DESCRIPTION", "STATUS", "BY", "CREATED"], &rows);

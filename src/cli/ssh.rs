@@ -55,8 +55,14 @@ fn admin(home: &Home, key: &str, words: Vec<String>) -> anyhow::Result<i32> {
     let argv = std::iter::once("slipway".to_string()).chain(words);
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-                           | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             print!("{e}");
             return Ok(0);
         }

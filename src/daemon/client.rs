@@ -32,8 +32,8 @@ pub struct Client {
 impl Client {
     /// Connects and shakes hands. `timeout` bounds each read (a deploy waits for boot checks).
     pub fn connect(home: &Home, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(home.socket())
-            .map_err(|_| ClientError::NotRunning(start_command(home)))?;
+        let stream =
+            UnixStream::connect(home.socket()).map_err(|_| ClientError::NotRunning(start_command(home)))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let mut client = Client { stream };

@@ -121,7 +121,12 @@ pub fn running_pid(home: &Home) -> Option<i32> {
 /// home cannot both run, and the lock vanishes with the process however it dies.
 fn lock_pid_file(home: &Home) -> anyhow::Result<Flock<File>> {
     let path = home.pid_file();
-    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| anyhow::anyhow!("the daemon is already running (lock on {} is held)", path.display()))?;
@@ -134,7 +139,11 @@ fn lock_pid_file(home: &Home) -> anyhow::Result<Flock<File>> {
 
 fn open_daemon_log(home: &Home) -> anyhow::Result<File> {
     let path = home.daemon_log();
-    OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
@@ -155,5 +164,9 @@ fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }

@@ -66,8 +66,9 @@ pub async fn wait_for_exit(pid: i32, start: u64) {
         if is_same_process(pid, start) {
             // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which keeps it open and
             // unchanged until it is dropped.
-            let registered =
-                unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
             if let Ok(afd) = registered {
                 let _ = afd.readable().await;
                 return;
@@ -96,6 +97,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::zombie_processes)] // reaped by `reap`, which is what this test covers
     async fn waits_for_a_child_to_exit() {
         let child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
         let pid = child.id() as i32;

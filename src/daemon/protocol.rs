@@ -13,14 +13,24 @@ pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    Hello { protocol: u32, version: String },
+    Hello {
+        protocol: u32,
+        version: String,
+    },
     Status,
     /// Start release `version` of `app`, wait for its web dynos to boot, then stop the old ones.
-    Deploy { app: String, version: i64 },
+    Deploy {
+        app: String,
+        version: i64,
+    },
     /// Make the app's dynos match its formation and current release.
-    Converge { app: String },
+    Converge {
+        app: String,
+    },
     /// Stop every dyno of the app and wait until they are gone (for apps:destroy).
-    StopApp { app: String },
+    StopApp {
+        app: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

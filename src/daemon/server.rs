@@ -46,9 +46,8 @@ async fn handle(mut stream: UnixStream, events: mpsc::UnboundedSender<Event>) ->
         if events.send(Event::Request(request, reply_tx)).is_err() {
             return Ok(());
         }
-        let response = reply_rx
-            .await
-            .unwrap_or(Response::Error { message: "the daemon dropped the request".into() });
+        let response =
+            reply_rx.await.unwrap_or(Response::Error { message: "the daemon dropped the request".into() });
         write_frame(&mut stream, &response).await?;
     }
 }

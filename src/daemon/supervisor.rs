@@ -242,7 +242,9 @@ impl Supervisor {
         for (process_type, command, count) in &plan {
             for num in 1..=*count as i64 {
                 let exists = dynos.iter().any(|d| {
-                    d.process_type == *process_type && d.num == num && d.release == version
+                    d.process_type == *process_type
+                        && d.num == num
+                        && d.release == version
                         && d.state != DynoState::Stopping
                 });
                 if !exists {
@@ -289,14 +291,15 @@ impl Supervisor {
         command: &str,
     ) -> Result<Option<i64>> {
         let is_web = process_type == "web";
-        let port = if is_web {
-            let used = store::dynos::ports_in_use(self.store.conn()).map_err(|e| e.to_string())?;
-            Some(self.ports.allocate(&used).ok_or_else(|| {
-                format!("no free port left in SLIPWAY_PORTS ({:?})", self.settings.ports)
-            })?)
-        } else {
-            None
-        };
+        let port =
+            if is_web {
+                let used = store::dynos::ports_in_use(self.store.conn()).map_err(|e| e.to_string())?;
+                Some(self.ports.allocate(&used).ok_or_else(|| {
+                    format!("no free port left in SLIPWAY_PORTS ({:?})", self.settings.ports)
+                })?)
+            } else {
+                None
+            };
         let new = NewDyno { app, process_type, num, release, command, port };
         let id = store::dynos::insert(self.store.conn(), &new).map_err(|e| e.to_string())?;
         self.spawn(id).await?;
@@ -445,11 +448,18 @@ impl Supervisor {
         let Ok(app) = dyno.app.parse::<AppName>() else { return };
         let secs = self.settings.boot_timeout.as_secs();
         let name = dyno.name();
-        self.event(&app, &name, &format!(
+        self.event(
+            &app,
+            &name,
+            &format!(
             "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {secs} seconds of launch"
-        ));
+        ),
+        );
         if self.rollout_owns(&app, id) {
-            let message = format!("{name} did not accept connections on port {} within {secs} s", dyno.port.unwrap_or(0));
+            let message = format!(
+                "{name} did not accept connections on port {} within {secs} s",
+                dyno.port.unwrap_or(0)
+            );
             self.finish_rollout(&app, Err(message));
         } else {
             // Killed as a crash: its exit is then handled by the restart policy.
@@ -466,13 +476,18 @@ impl Supervisor {
     /// SIGTERM to the dyno's process group now, SIGKILL after the grace period.
     fn stop_dyno(&mut self, dyno: &DynoRow) {
         let Ok(app) = dyno.app.parse::<AppName>() else { return };
-        let alive = matches!((dyno.pid, dyno.pid_start), (Some(p), Some(s)) if process::is_same_process(p, s));
+        let alive =
+            matches!((dyno.pid, dyno.pid_start), (Some(p), Some(s)) if process::is_same_process(p, s));
         let shim_alive =
             matches!((dyno.shim_pid, dyno.shim_start), (Some(p), Some(s)) if process::is_same_process(p, s));
         if !alive && !shim_alive {
             let _ = store::dynos::delete(self.store.conn(), dyno.id);
             if dyno.state != DynoState::Crashed {
-                self.event(&app, &dyno.name(), &format!("State changed from {} to down", dyno.state.as_str()));
+                self.event(
+                    &app,
+                    &dyno.name(),
+                    &format!("State changed from {} to down", dyno.state.as_str()),
+                );
             }
             return;
         }
@@ -526,7 +541,11 @@ impl Supervisor {
             DynoState::Starting | DynoState::Up | DynoState::Crashed => {
                 let _ = store::dynos::set_state(self.store.conn(), dyno.id, DynoState::Crashed);
                 if dyno.state != DynoState::Crashed {
-                    self.event(&app, &name, &format!("State changed from {} to crashed", dyno.state.as_str()));
+                    self.event(
+                        &app,
+                        &name,
+                        &format!("State changed from {} to crashed", dyno.state.as_str()),
+                    );
                 }
                 if self.rollout_owns(&app, dyno.id) {
                     self.finish_rollout(&app, Err(format!("{name} exited during boot")));
@@ -540,11 +559,9 @@ impl Supervisor {
     /// First crash: restart at once; then 1 s, 2 s, 4 s … up to 5 minutes. A dyno that had been
     /// up for a while starts again from the beginning of that sequence.
     fn schedule_restart(&mut self, dyno: &DynoRow) {
-        let was_healthy = dyno
-            .started_at
-            .as_deref()
-            .and_then(timefmt::parse)
-            .is_some_and(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() >= HEALTHY_AFTER.as_secs() as i64);
+        let was_healthy = dyno.started_at.as_deref().and_then(timefmt::parse).is_some_and(|t| {
+            (time::OffsetDateTime::now_utc() - t).whole_seconds() >= HEALTHY_AFTER.as_secs() as i64
+        });
         let restarts = if was_healthy { 0 } else { dyno.restarts };
         let delay = restart_delay(restarts);
         let _ = store::dynos::set_restarts(self.store.conn(), dyno.id, restarts + 1);
@@ -557,7 +574,8 @@ impl Supervisor {
             return;
         }
         let Ok(app) = dyno.app.parse::<AppName>() else { return };
-        let current = store::apps::get(self.store.conn(), &app).ok().flatten().and_then(|a| a.current_release);
+        let current =
+            store::apps::get(self.store.conn(), &app).ok().flatten().and_then(|a| a.current_release);
         if current != Some(dyno.release) {
             let _ = store::dynos::delete(self.store.conn(), id);
             return;
@@ -586,7 +604,11 @@ impl Supervisor {
         if let Ok(pending) = store::releases::pending(self.store.conn()) {
             for (app, version) in pending {
                 let _ = store::releases::set_status(self.store.conn(), &app, version, "failed");
-                self.event(&app, "api", &format!("Release v{version} failed: the daemon restarted during its rollout"));
+                self.event(
+                    &app,
+                    "api",
+                    &format!("Release v{version} failed: the daemon restarted during its rollout"),
+                );
             }
         }
         let dynos = store::dynos::all(self.store.conn()).unwrap_or_default();
@@ -606,7 +628,10 @@ impl Supervisor {
                         }
                         DynoState::Stopping => {
                             if let Some(pid) = dyno.pid {
-                                self.schedule(self.settings.stop_timeout, Event::KillDue { dyno: dyno.id, pid });
+                                self.schedule(
+                                    self.settings.stop_timeout,
+                                    Event::KillDue { dyno: dyno.id, pid },
+                                );
                             }
                         }
                         _ => {}

@@ -67,8 +67,14 @@ mod tests {
 
     #[test]
     fn git_transports() {
-        for cmd in ["git-receive-pack 'hello'", "git-receive-pack '/hello.git'", "git-receive-pack 'hello.git'",
-                    "git-receive-pack '~/hello'", "git receive-pack 'hello'", "git-receive-pack hello"] {
+        for cmd in [
+            "git-receive-pack 'hello'",
+            "git-receive-pack '/hello.git'",
+            "git-receive-pack 'hello.git'",
+            "git-receive-pack '~/hello'",
+            "git receive-pack 'hello'",
+            "git-receive-pack hello",
+        ] {
             assert_eq!(parse(cmd), Ok(SshCommand::ReceivePack(app("hello"))), "{cmd}");
         }
         assert_eq!(parse("git-upload-pack '/my-app.git'"), Ok(SshCommand::UploadPack(app("my-app"))));
@@ -76,8 +82,13 @@ mod tests {
 
     #[test]
     fn bad_repositories_never_reach_the_filesystem() {
-        for cmd in ["git-receive-pack '../etc'", "git-receive-pack 'a/b'", "git-receive-pack 'Bad_Name'",
-                    "git-receive-pack '/tmp/x.git'", "git-receive-pack ''"] {
+        for cmd in [
+            "git-receive-pack '../etc'",
+            "git-receive-pack 'a/b'",
+            "git-receive-pack 'Bad_Name'",
+            "git-receive-pack '/tmp/x.git'",
+            "git-receive-pack ''",
+        ] {
             assert!(matches!(parse(cmd), Err(SshCommandError::InvalidApp(_))), "{cmd}");
         }
         assert_eq!(parse("git-receive-pack"), Err(SshCommandError::BadGitArgs("git-receive-pack")));
@@ -86,16 +97,19 @@ mod tests {
 
     #[test]
     fn admin_words_are_split_without_expansion() {
-        assert_eq!(parse("config:set app 'A=b c' \"D=$HOME\""), Ok(SshCommand::Admin(vec![
-            "config:set".into(), "app".into(), "A=b c".into(), "D=$HOME".into()
-        ])));
+        assert_eq!(
+            parse("config:set app 'A=b c' \"D=$HOME\""),
+            Ok(SshCommand::Admin(vec!["config:set".into(), "app".into(), "A=b c".into(), "D=$HOME".into()]))
+        );
         // Shell metacharacters stay literal words; the CLI parser then rejects them.
-        assert_eq!(parse("apps; touch /tmp/x"), Ok(SshCommand::Admin(vec![
-            "apps;".into(), "touch".into(), "/tmp/x".into()
-        ])));
-        assert_eq!(parse("apps $(touch x) `id`"), Ok(SshCommand::Admin(vec![
-            "apps".into(), "$(touch".into(), "x)".into(), "`id`".into()
-        ])));
+        assert_eq!(
+            parse("apps; touch /tmp/x"),
+            Ok(SshCommand::Admin(vec!["apps;".into(), "touch".into(), "/tmp/x".into()]))
+        );
+        assert_eq!(
+            parse("apps $(touch x) `id`"),
+            Ok(SshCommand::Admin(vec!["apps".into(), "$(touch".into(), "x)".into(), "`id`".into()]))
+        );
     }
 
     #[test]

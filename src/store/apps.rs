@@ -41,8 +41,7 @@ pub fn require(conn: &Connection, app: &AppName) -> Result<AppRow> {
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<AppRow>> {
-    let mut stmt =
-        conn.prepare("SELECT name, created_at, current_release FROM apps ORDER BY name")?;
+    let mut stmt = conn.prepare("SELECT name, created_at, current_release FROM apps ORDER BY name")?;
     let rows = stmt.query_map([], |r| {
         Ok(AppRow { name: r.get(0)?, created_at: r.get(1)?, current_release: r.get(2)? })
     })?;

@@ -105,15 +105,21 @@ pub fn insert(conn: &Connection, new: &NewDyno<'_>) -> Result<i64> {
     conn.execute(
         "INSERT INTO dynos (app, type, num, release, command, state, port, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7)",
-        params![new.app.as_str(), new.process_type, new.num, new.release, new.command, new.port, timefmt::now()],
+        params![
+            new.app.as_str(),
+            new.process_type,
+            new.num,
+            new.release,
+            new.command,
+            new.port,
+            timefmt::now()
+        ],
     )?;
     Ok(conn.last_insert_rowid())
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<DynoRow>> {
-    Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM dynos WHERE id = ?1"), [id], from_row)
-        .optional()?)
+    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM dynos WHERE id = ?1"), [id], from_row).optional()?)
 }
 
 pub fn for_app(conn: &Connection, app: &AppName) -> Result<Vec<DynoRow>> {

@@ -24,9 +24,8 @@ pub fn list(conn: &Connection) -> Result<Vec<KeyRow>> {
 }
 
 pub fn insert(conn: &Connection, name: &str, public_key: &str, fingerprint: &str) -> Result<()> {
-    let same_key: Option<String> = conn
-        .query_row("SELECT name FROM ssh_keys WHERE public_key = ?1", [public_key], |r| r.get(0))
-        .ok();
+    let same_key: Option<String> =
+        conn.query_row("SELECT name FROM ssh_keys WHERE public_key = ?1", [public_key], |r| r.get(0)).ok();
     if let Some(other) = same_key {
         return Err(StoreError::Conflict(format!("this public key is already added as '{other}'")));
     }

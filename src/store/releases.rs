@@ -43,7 +43,15 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
     conn.execute(
         "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![build.id, app.as_str(), build.commit_sha, build.stack, types, build.slug_bytes, build.created_at],
+        params![
+            build.id,
+            app.as_str(),
+            build.commit_sha,
+            build.stack,
+            types,
+            build.slug_bytes,
+            build.created_at
+        ],
     )?;
     Ok(())
 }
@@ -106,8 +114,7 @@ pub fn set_status(conn: &Connection, app: &AppName, version: i64, status: &str) 
     Ok(())
 }
 
-const RELEASE_COLUMNS: &str =
-    "version, build_id, description, created_by, created_at, status, config";
+const RELEASE_COLUMNS: &str = "version, build_id, description, created_by, created_at, status, config";
 
 fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRow> {
     let config: String = r.get(6)?;
@@ -133,17 +140,14 @@ pub fn release(conn: &Connection, app: &AppName, version: i64) -> Result<Option<
 }
 
 pub fn require_release(conn: &Connection, app: &AppName, version: i64) -> Result<ReleaseRow> {
-    release(conn, app, version)?.ok_or_else(|| StoreError::NoSuchRelease {
-        app: app.to_string(),
-        version: format!("v{version}"),
-    })
+    release(conn, app, version)?
+        .ok_or_else(|| StoreError::NoSuchRelease { app: app.to_string(), version: format!("v{version}") })
 }
 
 /// Newest first.
 pub fn list(conn: &Connection, app: &AppName) -> Result<Vec<ReleaseRow>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 ORDER BY version DESC"
-    ))?;
+    let mut stmt = conn
+        .prepare(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 ORDER BY version DESC"))?;
     let rows = stmt.query_map([app.as_str()], release_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -105,6 +105,7 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
 
     let _lock = take_deploy_lock(&ctx.home, &ctx.app)?;
     let mut store = Store::open(&ctx.home.db()).map_err(|e| e.to_string())?;
+    ensure_branch_unmoved(ctx, &store, update)?;
     remove_abandoned_builds(&ctx.home, &store, &ctx.app);
 
     let short = &update.new[..update.new.len().min(7)];
@@ -175,6 +176,42 @@ fn take_deploy_lock(home: &Home, app: &AppName) -> Result<Flock<File>, String> {
                 .map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
         }
     }
+}
+
+/// A push that waited for the lock may be based on a commit another push has just replaced.
+/// Building it would put code live whose ref update git then refuses, so it is rejected here.
+/// The other push's hook records its release before git moves the ref, so when the database
+/// is ahead of the ref we give git a moment to catch up before comparing.
+fn ensure_branch_unmoved(ctx: &HookContext, store: &Store, update: &RefUpdate) -> Result<(), String> {
+    let last = store::releases::last_deployed_commit(store.conn(), &ctx.app).map_err(|e| e.to_string())?;
+    let mut head = ref_value(&ctx.repo, &update.name);
+    if let Some(last) = &last {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while head.as_deref() != Some(last.as_str()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            head = ref_value(&ctx.repo, &update.name);
+        }
+    }
+    let old = (!update.old.chars().all(|c| c == '0')).then_some(update.old.as_str());
+    if head.as_deref() != old {
+        return Err(format!(
+            "{} moved while this push waited (another push deployed it); fetch, merge and push again",
+            update.name
+        ));
+    }
+    Ok(())
+}
+
+/// The commit a ref points at in the repository, None if it does not exist.
+fn ref_value(repo: &Path, name: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["rev-parse", "--verify", "--quiet", name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Release dirs and slugs that no build row names are leftovers of a build that was killed

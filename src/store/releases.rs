@@ -152,6 +152,19 @@ pub fn list(conn: &Connection, app: &AppName) -> Result<Vec<ReleaseRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The commit of the newest build that went live: what the deploy branch points at once the
+/// push that built it has been accepted.
+pub fn last_deployed_commit(conn: &Connection, app: &AppName) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT b.commit_sha FROM builds b JOIN releases r ON r.build_id = b.id
+             WHERE b.app = ?1 AND r.status = 'succeeded' ORDER BY b.created_at DESC LIMIT 1",
+            [app.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Releases still `pending` (a rollout the daemon never finished, e.g. it died mid-way).
 pub fn pending(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
     let mut stmt = conn.prepare("SELECT app, version FROM releases WHERE status = 'pending'")?;

@@ -504,6 +504,8 @@ pub struct Slipway {
     pub ports: (u16, u16),
     /// `SLIPWAY_ROUTER_ADDR` (127.0.0.1 and a free port, so parallel daemons do not clash on 8080).
     pub router_addr: String,
+    /// Extra environment for every slipway command and the daemon (e.g. a short boot timeout).
+    pub env: Vec<(String, String)>,
     daemon: Option<Child>,
     // Last field: dropped (the directory removed) after Drop::drop has killed everything.
     tmp: tempfile::TempDir,
@@ -556,6 +558,7 @@ impl Slipway {
             home,
             ports: choose_port_range(),
             router_addr: format!("127.0.0.1:{}", free_port()),
+            env: Vec::new(),
             daemon: None,
             tmp,
         }
@@ -584,7 +587,9 @@ impl Slipway {
     /// A `Command` for `slipway --home HOME ARGS...` with this environment's variables set and
     /// the temp dir as working directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        slipway_command(&self.home, self.ports, &self.router_addr, self.tmp.path(), args)
+        let mut cmd = slipway_command(&self.home, self.ports, &self.router_addr, self.tmp.path(), args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     /// Runs `slipway --home HOME ARGS...` (stdin /dev/null, 60 s timeout).
@@ -688,6 +693,14 @@ impl Slipway {
             describe(&self.cmd(&["status"])),
             tail_file(&self.daemon_log_path(), 100)
         );
+    }
+
+    /// `kill -9` the daemon this environment started (a crash, as far as the daemon can tell)
+    /// and reap it; dynos are left alone.
+    pub fn kill_daemon_hard(&mut self) {
+        let mut child = self.daemon.take().expect("kill_daemon_hard: no daemon was started");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Stops the daemon this environment started: SIGTERM, up to 15 s to exit, then SIGKILL.

@@ -71,3 +71,36 @@ pub fn call(home: &Home, request: &Request, timeout: Duration) -> Result<Respons
 pub fn notify_converge(home: &Home, app: &str) -> Result<(), ClientError> {
     call(home, &Request::Converge { app: app.to_string() }, Duration::from_secs(30)).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::protocol::{read_frame, write_frame};
+
+    #[test]
+    fn an_old_daemon_is_refused_with_restart_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(home.socket()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let _hello: Request = read_frame(&mut stream).unwrap();
+            write_frame(&mut stream, &Response::Hello { protocol: 0, version: "0.0.1".into() }).unwrap();
+        });
+        let err = Client::connect(&home, Duration::from_secs(5)).err().unwrap();
+        assert!(err.to_string().contains("restart the daemon"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn no_daemon_names_the_start_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let err = Client::connect(&home, Duration::from_secs(1)).err().unwrap();
+        assert!(
+            err.to_string().contains(&format!("slipway --home {} daemon", dir.path().display())),
+            "{err}"
+        );
+    }
+}

@@ -40,31 +40,26 @@ fn releases(slip: &Slipway, app: &str) -> Vec<Value> {
 
 #[test]
 fn a_release_that_never_boots_rejects_the_push_and_the_old_one_keeps_serving() {
-    let mut slip = Slipway::new();
-    slip.env.push(("SLIPWAY_BOOT_TIMEOUT".into(), "3".into()));
-    slip.env.push(("SLIPWAY_STOP_TIMEOUT".into(), "3".into()));
-    let key = slip.client_key("id_client");
-    let sshd = slip.start_sshd();
-    slip.start_daemon();
-    slip.add_key("alice", &key);
-    let ssh = sshd.ssh_command(&key.path);
-
-    let repo = GitRepo::init(&slip.root().join("work"));
-    repo.commit_files(&python_app("v1 here"), "v1");
-    let (ok, out) = repo.push(&sshd.url("hello"), &ssh);
+    let env = PushEnv::start(|slip| {
+        slip.env.push(("SLIPWAY_BOOT_TIMEOUT".into(), "3".into()));
+        slip.env.push(("SLIPWAY_STOP_TIMEOUT".into(), "3".into()));
+    });
+    let slip = &env.slip;
+    let repo = env.app_repo("work", "v1 here");
+    let (ok, out) = env.push(&repo, "hello");
     assert!(ok, "first push failed:\n{out}\n{}", slip.diagnostics());
     let (pid, port) = web1(&slip, "hello", "v1", Duration::from_secs(20));
 
     // A web process that never binds $PORT: R10 after the (shortened) boot timeout.
     repo.commit_files(&[("Procfile", "web: python -c 'import time; time.sleep(600)'\n")], "never binds");
-    let (ok, out) = repo.push(&sshd.url("hello"), &ssh);
+    let (ok, out) = env.push(&repo, "hello");
     assert!(!ok, "a release that never boots was accepted:\n{out}");
     assert!(out.contains(" !     ") && out.contains("did not accept connections"), "{out}");
     assert!(out.contains("previous release keeps running"), "{out}");
 
     // A web process that exits at once.
     repo.commit_files(&[("Procfile", "web: python -c 'import sys; sys.exit(3)'\n")], "crashes");
-    let (ok, out) = repo.push(&sshd.url("hello"), &ssh);
+    let (ok, out) = env.push(&repo, "hello");
     assert!(!ok, "a release that crashes at boot was accepted:\n{out}");
     assert!(out.contains("exited during boot"), "{out}");
 
@@ -91,16 +86,10 @@ fn a_release_that_never_boots_rejects_the_push_and_the_old_one_keeps_serving() {
 
 #[test]
 fn concurrent_pushes_are_serialized_and_a_stale_one_is_rejected() {
-    let mut slip = Slipway::new();
-    let key = slip.client_key("id_client");
-    let sshd = slip.start_sshd();
-    slip.start_daemon();
-    slip.add_key("alice", &key);
-    let ssh = sshd.ssh_command(&key.path);
-
-    let first = GitRepo::init(&slip.root().join("first"));
-    first.commit_files(&python_app("base"), "base");
-    let (ok, out) = first.push(&sshd.url("hello"), &ssh);
+    let env = PushEnv::start(|_| {});
+    let (slip, sshd, ssh) = (&env.slip, &env.sshd, &env.ssh);
+    let first = env.app_repo("first", "base");
+    let (ok, out) = env.push(&first, "hello");
     assert!(ok, "base push failed:\n{out}");
 
     // A second developer clones over SSH (git-upload-pack through ssh-serve).
@@ -109,7 +98,7 @@ fn concurrent_pushes_are_serialized_and_a_stale_one_is_rejected() {
     clone
         .args(["clone", "-q", &sshd.url("hello")])
         .arg(&clone_dir)
-        .env("GIT_SSH_COMMAND", &ssh)
+        .env("GIT_SSH_COMMAND", ssh)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0");
     let (ok, out) = run_combined(&mut clone, PUSH_TIMEOUT);
@@ -122,7 +111,7 @@ fn concurrent_pushes_are_serialized_and_a_stale_one_is_rejected() {
     second.commit_files(&[("app.py", python_app_py("from second"))], "second");
     let (url, ssh2) = (sshd.url("hello"), ssh.clone());
     let racer = std::thread::spawn(move || second.push(&url, &ssh2));
-    let mine = first.push(&sshd.url("hello"), &ssh);
+    let mine = env.push(&first, "hello");
     let theirs = racer.join().expect("second push thread");
 
     let (winner, loser) = match (mine.0, theirs.0) {
@@ -145,16 +134,11 @@ fn concurrent_pushes_are_serialized_and_a_stale_one_is_rejected() {
 
 #[test]
 fn refs_daemon_restarts_and_destroy() {
-    let mut slip = Slipway::new();
-    let key = slip.client_key("id_client");
-    let sshd = slip.start_sshd();
-    slip.start_daemon();
-    slip.add_key("alice", &key);
-    let ssh = sshd.ssh_command(&key.path);
-
-    let repo = GitRepo::init(&slip.root().join("work"));
-    repo.commit_files(&python_app("steady"), "v1");
-    let (ok, out) = repo.push(&sshd.url("hello"), &ssh);
+    let mut env = PushEnv::start(|_| {});
+    let ssh = env.ssh.clone();
+    let repo = env.app_repo("work", "steady");
+    let (ok, out) = env.push(&repo, "hello");
+    let slip = &mut env.slip;
     assert!(ok, "push failed:\n{out}");
     let (pid, port) = web1(&slip, "hello", "v1", Duration::from_secs(20));
 

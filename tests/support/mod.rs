@@ -960,3 +960,43 @@ pub fn python_app(body: &str) -> Vec<(&'static str, String)> {
         ("requirements.txt", REQUIREMENTS.to_string()),
     ]
 }
+
+// ---------------------------------------------------------------------------------------------
+// The usual push set-up
+// ---------------------------------------------------------------------------------------------
+
+/// What a push test needs: a running daemon, an sshd, and a client key authorised as `alice`.
+/// Fields drop in order: sshd first, then the slipway environment (which removes the temp dir).
+pub struct PushEnv {
+    pub sshd: Sshd,
+    pub key: ClientKey,
+    /// `GIT_SSH_COMMAND` for `key` against `sshd`.
+    pub ssh: String,
+    pub slip: Slipway,
+}
+
+impl PushEnv {
+    /// `configure` runs before the daemon starts (e.g. to shorten timeouts through `env`).
+    pub fn start(configure: impl FnOnce(&mut Slipway)) -> PushEnv {
+        let mut slip = Slipway::new();
+        configure(&mut slip);
+        let key = slip.client_key("id_client");
+        let sshd = slip.start_sshd();
+        slip.start_daemon();
+        slip.add_key("alice", &key);
+        let ssh = sshd.ssh_command(&key.path);
+        PushEnv { sshd, key, ssh, slip }
+    }
+
+    /// A new repository under the temp dir, with the test app answering `body` committed.
+    pub fn app_repo(&self, dir: &str, body: &str) -> GitRepo {
+        let repo = GitRepo::init(&self.slip.root().join(dir));
+        repo.commit_files(&python_app(body), body);
+        repo
+    }
+
+    /// `git push slipway main` to `app` over ssh.
+    pub fn push(&self, repo: &GitRepo, app: &str) -> (bool, String) {
+        repo.push(&self.sshd.url(app), &self.ssh)
+    }
+}

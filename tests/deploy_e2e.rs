@@ -48,7 +48,7 @@ fn a_release_that_never_boots_rejects_the_push_and_the_old_one_keeps_serving() {
     let repo = env.app_repo("work", "v1 here");
     let (ok, out) = env.push(&repo, "hello");
     assert!(ok, "first push failed:\n{out}\n{}", slip.diagnostics());
-    let (pid, port) = web1(&slip, "hello", "v1", Duration::from_secs(20));
+    let (pid, port) = web1(slip, "hello", "v1", Duration::from_secs(20));
 
     // A web process that never binds $PORT: R10 after the (shortened) boot timeout.
     repo.commit_files(&[("Procfile", "web: python -c 'import time; time.sleep(600)'\n")], "never binds");
@@ -66,12 +66,12 @@ fn a_release_that_never_boots_rejects_the_push_and_the_old_one_keeps_serving() {
     // v1 is still current, still the same process, still serving; the failed dynos are gone.
     assert_eq!(slip.app_info("hello").get("release").and_then(Value::as_str), Some("v1"));
     assert!(serves(port, "v1 here"), "v1 stopped serving\n{}", slip.diagnostics());
-    assert_eq!(web1(&slip, "hello", "v1", Duration::from_secs(1)), (pid, port));
+    assert_eq!(web1(slip, "hello", "v1", Duration::from_secs(1)), (pid, port));
     let only_v1 = wait_until(Duration::from_secs(15), || {
         slip.ps_json("hello").iter().all(|d| text(d, "release") == Some("v1"))
     });
     assert!(only_v1, "dynos of failed releases remain: {:?}", slip.ps_json("hello"));
-    let statuses: Vec<(String, String)> = releases(&slip, "hello")
+    let statuses: Vec<(String, String)> = releases(slip, "hello")
         .iter()
         .map(|r| (text(r, "version").unwrap_or("").into(), text(r, "status").unwrap_or("").into()))
         .collect();
@@ -127,9 +127,9 @@ fn concurrent_pushes_are_serialized_and_a_stale_one_is_rejected() {
         loser.contains("moved while this push waited"),
         "the losing push was not rejected as stale:\n{loser}"
     );
-    let (_, port) = web1(&slip, "hello", "v2", Duration::from_secs(20));
+    let (_, port) = web1(slip, "hello", "v2", Duration::from_secs(20));
     assert!(serves(port, winner), "the winner's code is not served");
-    assert_eq!(releases(&slip, "hello").len(), 2, "the stale push created a release");
+    assert_eq!(releases(slip, "hello").len(), 2, "the stale push created a release");
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn refs_daemon_restarts_and_destroy() {
     let (ok, out) = env.push(&repo, "hello");
     let slip = &mut env.slip;
     assert!(ok, "push failed:\n{out}");
-    let (pid, port) = web1(&slip, "hello", "v1", Duration::from_secs(20));
+    let (pid, port) = web1(slip, "hello", "v1", Duration::from_secs(20));
 
     // Other branches are accepted without a build; deleting main is refused.
     repo.git_ok(&["branch", "feature"]);
@@ -152,13 +152,13 @@ fn refs_daemon_restarts_and_destroy() {
     delete.env("GIT_SSH_COMMAND", &ssh);
     let (ok, out) = run_combined(&mut delete, PUSH_TIMEOUT);
     assert!(!ok && out.contains("deleting refs/heads/main is not allowed"), "delete main:\n{out}");
-    assert_eq!(releases(&slip, "hello").len(), 1);
+    assert_eq!(releases(slip, "hello").len(), 1);
 
     // kill -9 the daemon: the dyno keeps serving; a new daemon re-adopts the same process.
     slip.kill_daemon_hard();
     assert!(serves(port, "steady"), "the dyno stopped serving when the daemon died");
     slip.start_daemon();
-    assert_eq!(web1(&slip, "hello", "v1", Duration::from_secs(5)), (pid, port), "not re-adopted");
+    assert_eq!(web1(slip, "hello", "v1", Duration::from_secs(5)), (pid, port), "not re-adopted");
     // ...and still supervises it: a killed dyno comes back.
     kill_pid(pid);
     let restarted = wait_until(Duration::from_secs(15), || {
@@ -168,7 +168,7 @@ fn refs_daemon_restarts_and_destroy() {
         })
     });
     assert!(restarted, "a killed dyno was not restarted by the re-started daemon\n{}", slip.diagnostics());
-    let (new_pid, new_port) = web1(&slip, "hello", "v1", Duration::from_secs(5));
+    let (new_pid, new_port) = web1(slip, "hello", "v1", Duration::from_secs(5));
     assert!(serves(new_port, "steady"));
 
     // Destroy needs the name twice, then removes everything.

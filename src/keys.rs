@@ -3,7 +3,8 @@
 //! change, and lines slipway did not write are kept as they were.
 //!
 //! Each generated line forces `slipway ssh-serve --key NAME` and `restrict`s everything else
-//! (no pty, no forwarding), so a key can only ever reach slipway's own command parser.
+//! (no forwarding, no agent, no X11), so a key can only ever reach slipway's own command
+//! parser. `pty` is allowed back so `ssh -t host run APP -- bash` gets a terminal.
 
 use std::io::Write;
 use std::path::Path;
@@ -97,7 +98,7 @@ pub fn fingerprint(public_key: &str) -> Result<String, KeyError> {
 
 /// The forced-command line for one key.
 fn authorized_line(binary: &str, home: &str, name: &str, public_key: &str) -> String {
-    format!("command=\"{binary} --home {home} {MARKER}{name}\",restrict {public_key}")
+    format!("command=\"{binary} --home {home} {MARKER}{name}\",restrict,pty {public_key}")
 }
 
 fn safe_for_forced_command(path: &Path) -> Result<String, KeyError> {
@@ -191,7 +192,7 @@ mod tests {
     fn authorized_line_shape() {
         let line = authorized_line("/usr/local/bin/slipway", "/var/lib/slipway", "alice", KEY);
         assert!(line.starts_with(
-            "command=\"/usr/local/bin/slipway --home /var/lib/slipway ssh-serve --key alice\",restrict ssh-ed25519 "
+            "command=\"/usr/local/bin/slipway --home /var/lib/slipway ssh-serve --key alice\",restrict,pty ssh-ed25519 "
         ));
     }
 

@@ -8,6 +8,7 @@ pub mod build;
 pub mod cli;
 pub mod daemon;
 pub mod deploy;
+pub mod dyno;
 pub mod git;
 pub mod home;
 pub mod keys;

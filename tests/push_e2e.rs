@@ -81,7 +81,7 @@ fn push_deploys_and_redeploys() {
         .find(|l| l.contains(key.blob()))
         .unwrap_or_else(|| panic!("alice's key is not in authorized_keys:\n{authorized}"));
     let expected = format!(
-        " --home {} ssh-serve --key alice\",restrict ssh-ed25519 {}",
+        " --home {} ssh-serve --key alice\",restrict,pty ssh-ed25519 {}",
         slip.home.display(),
         key.blob()
     );

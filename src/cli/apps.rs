@@ -91,7 +91,7 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
 /// start times recorded in SQLite: SIGTERM, then SIGKILL after the grace period.
 fn stop_all_dynos(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<()> {
     let settings = crate::settings::Settings::from_env()?;
-    let request = Request::StopApp { app: app.to_string() };
+    let request = Request::Stop { app: Some(app.to_string()), target: None };
     match client::call(home, &request, settings.stop_timeout + Duration::from_secs(30)) {
         Ok(_) => return Ok(()),
         Err(ClientError::NotRunning(_)) => {}

@@ -9,6 +9,7 @@ mod keys;
 mod logs;
 mod ps;
 mod releases;
+mod run;
 mod ssh;
 
 use std::path::PathBuf;
@@ -60,6 +61,41 @@ pub enum Command {
         app: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Set how many dynos of each process type run: `ps:scale APP web=2 worker=1`.
+    #[command(name = "ps:scale")]
+    PsScale {
+        app: String,
+        /// TYPE=N pairs, N from 0 to 100.
+        #[arg(required = true, value_name = "TYPE=N")]
+        changes: Vec<String>,
+    },
+    /// Restart an app's dynos (all, one type, or one dyno); web dynos without downtime.
+    #[command(name = "ps:restart")]
+    PsRestart {
+        app: String,
+        /// A process type (`web`) or a dyno (`web.2`); default: every dyno.
+        target: Option<String>,
+    },
+    /// Stop dynos (all, one type, or one dyno); they stay down until ps:restart or ps:scale.
+    #[command(name = "ps:stop")]
+    PsStop {
+        /// The app; omit with --all.
+        #[arg(required_unless_present = "all")]
+        app: Option<String>,
+        /// A process type (`worker`) or a dyno (`worker.1`); default: every dyno.
+        target: Option<String>,
+        /// Stop every dyno of every app.
+        #[arg(long, conflicts_with_all = ["app", "target"])]
+        all: bool,
+    },
+    /// Run a one-off command in the current release's environment, attached to this terminal.
+    #[command(name = "run")]
+    Run {
+        app: String,
+        /// The command and its arguments (after `--`); run directly, not through a shell.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Show an app's log.
     #[command(name = "logs")]
@@ -159,6 +195,10 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::AppsDestroy { app, confirm } => apps::destroy(home, &app, confirm.as_deref()),
         Command::AppsInfo { app, json } => apps::info(home, &app, json),
         Command::Ps { app, json } => ps::list(home, &app, json),
+        Command::PsScale { app, changes } => ps::scale(home, &app, &changes),
+        Command::PsRestart { app, target } => ps::restart(home, &app, target),
+        Command::PsStop { app, target, all: _ } => ps::stop(home, app.as_deref(), target),
+        Command::Run { app, command } => run::run(home, &app, &command, who),
         Command::Logs { app, lines } => logs::show(home, &app, lines),
         Command::Releases { app, json } => releases::list(home, &app, json),
         Command::Keys { json } => keys::list(home, json),

@@ -1,10 +1,16 @@
 //! `ps`: the app's dynos as recorded in SQLite, with live facts (uptime, RSS) from /proc.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
 use serde::Serialize;
 
 use super::{app_name, open_store, out, print_json, print_table};
 use crate::app::AppName;
+use crate::daemon::client::{self, ClientError};
 use crate::daemon::process;
+use crate::daemon::protocol::Request;
 use crate::home::Home;
 use crate::store::{self, Store};
 
@@ -94,5 +100,108 @@ fn human_duration(secs: i64) -> String {
         s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
         s if s < 86_400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         s => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Parses `web=2 worker=1` into a map; each count 0 to 100, each type named once.
+pub fn parse_scale(changes: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for change in changes {
+        let Some((name, count)) = change.split_once('=') else {
+            bail!("'{change}' is not TYPE=N (for example web=2)");
+        };
+        let count: u32 = match count.parse() {
+            Ok(n) if n <= 100 => n,
+            _ => bail!("'{change}': the number of dynos must be from 0 to 100"),
+        };
+        if out.insert(name.to_string(), count).is_some() {
+            bail!("process type '{name}' is given twice");
+        }
+    }
+    Ok(out)
+}
+
+pub fn scale(home: &Home, app: &str, changes: &[String]) -> anyhow::Result<i32> {
+    let name = app_name(app)?;
+    let wanted = parse_scale(changes)?;
+    let mut store = open_store(home)?;
+    let row = store::apps::require(store.conn(), &name)?;
+    let Some(release) = row.current_release else {
+        bail!("{name} has no release yet; push it before scaling");
+    };
+    let procfile = crate::store::releases::require_release(store.conn(), &name, release)?
+        .build_id
+        .and_then(|id| crate::store::releases::build(store.conn(), &id).ok().flatten())
+        .map(|b| b.process_types)
+        .unwrap_or_default();
+    let known: Vec<&str> = procfile.dyno_types().map(|(t, _)| t).collect();
+    if let Some(unknown) = wanted.keys().find(|t| !known.contains(&t.as_str())) {
+        bail!("{name} has no process type '{unknown}'; its Procfile declares: {}", known.join(", "));
+    }
+    let tx = store.transaction()?;
+    for (process_type, count) in &wanted {
+        store::formation::set(&tx, &name, process_type, *count)?;
+    }
+    tx.commit()?;
+    let summary: Vec<String> = wanted.iter().map(|(t, n)| format!("{t}={n}")).collect();
+    let request = Request::Scale { app: name.to_string(), types: wanted.keys().cloned().collect() };
+    match client::call(home, &request, Duration::from_secs(120)) {
+        Ok(_) => out(&format!("Scaled {name} to {}", summary.join(" "))),
+        Err(ClientError::NotRunning(start)) => {
+            out(&format!("Scaled {name} to {}", summary.join(" ")));
+            eprintln!(
+                "warning: the slipway daemon is not running; the new scale applies when it starts ({start})"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(0)
+}
+
+pub fn restart(home: &Home, app: &str, target: Option<String>) -> anyhow::Result<i32> {
+    let name = app_name(app)?;
+    let settings = crate::settings::Settings::from_env()?;
+    let request = Request::Restart { app: name.to_string(), target: target.clone() };
+    client::call(home, &request, settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60))?;
+    out(&format!(
+        "Restarted {}",
+        target.map_or_else(|| format!("all dynos of {name}"), |t| format!("{t} of {name}"))
+    ));
+    Ok(0)
+}
+
+pub fn stop(home: &Home, app: Option<&str>, target: Option<String>) -> anyhow::Result<i32> {
+    let name = app.map(app_name).transpose()?;
+    if let Some(name) = &name {
+        store::apps::require(open_store(home)?.conn(), name)?;
+    }
+    let settings = crate::settings::Settings::from_env()?;
+    let request = Request::Stop { app: name.as_ref().map(|n| n.to_string()), target: target.clone() };
+    client::call(home, &request, settings.stop_timeout + Duration::from_secs(60))?;
+    let what = match (&name, &target) {
+        (None, _) => "every dyno of every app".to_string(),
+        (Some(n), None) => format!("all dynos of {n}"),
+        (Some(n), Some(t)) => format!("{t} of {n}"),
+    };
+    out(&format!("Stopped {what}; they stay down until ps:restart or ps:scale"));
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_scale;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn scale_arguments() {
+        let m = parse_scale(&v(&["web=2", "worker=0"])).unwrap();
+        assert_eq!(m["web"], 2);
+        assert_eq!(m["worker"], 0);
+        for bad in [&["web"][..], &["web=101"], &["web=-1"], &["web=x"], &["web=1", "web=2"]] {
+            assert!(parse_scale(&v(bad)).is_err(), "{bad:?}");
+        }
     }
 }

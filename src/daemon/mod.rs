@@ -7,6 +7,7 @@
 //! every dyno keeps running; on start it re-adopts them from SQLite.
 
 pub mod client;
+pub mod plan;
 pub mod ports;
 pub mod process;
 pub mod protocol;

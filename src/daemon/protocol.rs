@@ -27,9 +27,23 @@ pub enum Request {
     Converge {
         app: String,
     },
-    /// Stop every dyno of the app and wait until they are gone (for apps:destroy).
-    StopApp {
+    /// The formation of these types changed: their stopped dynos may run again and their
+    /// crash backoff starts over; then converge.
+    Scale {
         app: String,
+        types: Vec<String>,
+    },
+    /// Replace the targeted dynos (a type, a dyno name, or all of the app's): new ones start,
+    /// web ones must boot, then the old ones stop. Answers when done.
+    Restart {
+        app: String,
+        target: Option<String>,
+    },
+    /// Stop the targeted dynos (of one app, or of every app when `app` is None) and keep them
+    /// down until restarted or scaled. Answers when they are all down.
+    Stop {
+        app: Option<String>,
+        target: Option<String>,
     },
 }
 

@@ -3,6 +3,12 @@
 //! process exit, a boot check result, a timer — arrives as an [`Event`] on one channel and is
 //! handled in order, so there are no locks and no races between, say, a crash and a deploy.
 //!
+//! What to start, stop or restart is decided by the pure [`plan`](super::plan::plan); this
+//! module carries the actions out. Replacements that must not drop traffic (deploys and
+//! `ps:restart`) run as a [`Rollout`]: new dynos start beside the old, web ones must pass the
+//! boot check, and only then do the old ones get SIGTERM. While an app has a rollout, its
+//! convergence waits, so the plan never fights a half-done replacement.
+//!
 //! Side tasks (exit watchers, boot checks, timers) never touch state: they only send events
 //! tagged with the pid they were about, and stale events (for a process since replaced) are
 //! ignored.
@@ -15,8 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use super::plan::{self, Action, Desired, ProcessSpec};
 use super::ports;
 use super::process;
 use super::protocol::{Request, Response, WebDyno};
@@ -27,25 +35,50 @@ use crate::procfile::Procfile;
 use crate::settings::Settings;
 use crate::store::dynos::{DynoRow, DynoState, NewDyno, ProcessIds};
 use crate::store::{self, Store};
-use crate::timefmt;
-
-/// Backoff after repeated crashes: 1 s, 2 s, 4 s … capped here.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// A dyno that stayed up this long has its crash count reset.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 pub enum Event {
     Request(Request, oneshot::Sender<Response>),
-    Exited { dyno: i64, shim_pid: i32 },
-    Booted { dyno: i64, pid: i32 },
-    BootTimedOut { dyno: i64, pid: i32 },
-    KillDue { dyno: i64, pid: i32 },
-    RestartDue { dyno: i64 },
+    Exited {
+        dyno: i64,
+        shim_pid: i32,
+    },
+    Booted {
+        dyno: i64,
+        pid: i32,
+    },
+    BootTimedOut {
+        dyno: i64,
+        pid: i32,
+    },
+    KillDue {
+        dyno: i64,
+        pid: i32,
+    },
+    /// A crash restart may be due: converge the app.
+    Tick {
+        app: AppName,
+    },
+}
+
+enum RolloutKind {
+    /// Release `version` replaces every dyno of other releases, and becomes current.
+    Deploy { version: i64 },
+    /// New dynos of the current release replace these.
+    Replace { retire: Vec<i64> },
 }
 
 struct Rollout {
-    version: i64,
+    kind: RolloutKind,
+    /// Every dyno this rollout started (stopped again if it fails).
+    started: Vec<i64>,
+    /// Web dynos of `started` that have not passed the boot check yet.
     waiting: HashSet<i64>,
+    reply: oneshot::Sender<Response>,
+}
+
+/// A request answered once none of `dynos` is running any more.
+struct DownWaiter {
+    dynos: Vec<i64>,
     reply: oneshot::Sender<Response>,
 }
 
@@ -55,12 +88,16 @@ pub struct Supervisor {
     store: Store,
     events: mpsc::UnboundedSender<Event>,
     rollouts: HashMap<AppName, Rollout>,
-    stop_waiters: Vec<(AppName, oneshot::Sender<Response>)>,
+    down_waiters: Vec<DownWaiter>,
     ports: ports::Allocator,
     shim_binary: PathBuf,
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
 
 impl Supervisor {
     pub fn new(home: Home, settings: Settings, store: Store, events: mpsc::UnboundedSender<Event>) -> Self {
@@ -71,7 +108,7 @@ impl Supervisor {
             store,
             events,
             rollouts: HashMap::new(),
-            stop_waiters: Vec::new(),
+            down_waiters: Vec::new(),
             ports,
             shim_binary: current_binary(),
         }
@@ -91,197 +128,346 @@ impl Supervisor {
             Event::Booted { dyno, pid } => self.on_booted(dyno, pid).await,
             Event::BootTimedOut { dyno, pid } => self.on_boot_timeout(dyno, pid).await,
             Event::KillDue { dyno, pid } => self.on_kill_due(dyno, pid),
-            Event::RestartDue { dyno } => self.on_restart_due(dyno).await,
+            Event::Tick { app } => self.converge_logged(&app).await,
         }
     }
 
     async fn on_request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
-        let response = match request {
+        let outcome = match request {
             Request::Hello { .. } => return,
             Request::Status => {
                 let dynos = store::dynos::all(self.store.conn()).map(|d| d.len()).unwrap_or(0);
-                Response::Status { pid: std::process::id(), version: env!("CARGO_PKG_VERSION").into(), dynos }
+                let version = env!("CARGO_PKG_VERSION").into();
+                Ok(Response::Status { pid: std::process::id(), version, dynos })
             }
             Request::Deploy { app, version } => match app.parse::<AppName>() {
                 Ok(app) => return self.deploy(app, version, reply).await,
-                Err(e) => Response::Error { message: e.to_string() },
+                Err(e) => Err(err(e)),
             },
             Request::Converge { app } => match app.parse::<AppName>() {
-                Ok(app) => match self.converge(&app).await {
-                    Ok(()) => Response::Done,
-                    Err(message) => Response::Error { message },
-                },
-                Err(e) => Response::Error { message: e.to_string() },
+                Ok(app) => self.converge(&app).await.map(|()| Response::Done),
+                Err(e) => Err(err(e)),
             },
-            Request::StopApp { app } => match app.parse::<AppName>() {
-                Ok(app) => return self.stop_app(app, reply),
-                Err(e) => Response::Error { message: e.to_string() },
+            Request::Scale { app, types } => match app.parse::<AppName>() {
+                Ok(app) => self.scaled(&app, &types).await.map(|()| Response::Done),
+                Err(e) => Err(err(e)),
             },
+            Request::Restart { app, target } => match app.parse::<AppName>() {
+                Ok(app) => return self.restart(app, target.as_deref(), reply).await,
+                Err(e) => Err(err(e)),
+            },
+            Request::Stop { app, target } => {
+                return self.stop_request(app.as_deref(), target.as_deref(), reply)
+            }
         };
-        let _ = reply.send(response);
+        let _ = reply.send(outcome.unwrap_or_else(|message| Response::Error { message }));
     }
 
-    // ----- deploys -------------------------------------------------------------------------
+    // ----- deploys and restarts ---------------------------------------------------------------
 
     /// Starts the release's formation next to the running one; the old dynos are stopped only
     /// once every new web dyno accepts connections (zero downtime), else the new ones go.
     async fn deploy(&mut self, app: AppName, version: i64, reply: oneshot::Sender<Response>) {
         if self.rollouts.contains_key(&app) {
-            let message = format!("another release of {app} is being rolled out; try again when it finishes");
+            let message = format!("another rollout of {app} is in progress; try again when it finishes");
             let _ = reply.send(Response::Error { message });
             return;
         }
-        let plan = match self.release_plan(&app, version) {
-            Ok(plan) => plan,
+        let desired = match self.desired(&app, Some(version)) {
+            Ok(d) => d,
             Err(message) => {
                 let _ = reply.send(Response::Error { message });
                 return;
             }
         };
-        let mut waiting = HashSet::new();
-        let mut failure = None;
-        for (process_type, command, count) in &plan {
-            for num in 1..=*count as i64 {
-                match self.create_dyno(&app, process_type, num, version, command).await {
-                    Ok(Some(id)) => {
-                        waiting.insert(id);
-                    }
-                    Ok(None) => {}
-                    Err(e) => failure = Some(e),
+        let starts: Vec<(String, i64, String)> = desired
+            .processes
+            .iter()
+            .flat_map(|p| {
+                (1..=i64::from(p.count)).map(move |n| (p.process_type.clone(), n, p.command.clone()))
+            })
+            .collect();
+        self.rollout(app, RolloutKind::Deploy { version }, version, starts, reply).await;
+    }
+
+    /// `ps:restart`: stopped and crashed targets start again in place; running ones are
+    /// replaced by new dynos (web ones must boot before the old ones stop).
+    async fn restart(&mut self, app: AppName, target: Option<&str>, reply: oneshot::Sender<Response>) {
+        let result = self.restart_targets(&app, target);
+        let (release, targets) = match result {
+            Ok(t) => t,
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+                return;
+            }
+        };
+        let mut retire = Vec::new();
+        let mut starts = Vec::new();
+        for d in targets {
+            self.event(&app, &d.name(), "Restarting");
+            match d.state {
+                DynoState::Up | DynoState::Starting => {
+                    retire.push(d.id);
+                    starts.push((d.process_type.clone(), d.num, d.command.clone()));
                 }
+                DynoState::Down | DynoState::Crashed => {
+                    let conn = self.store.conn();
+                    let _ = store::dynos::set_stopped(conn, d.id, false);
+                    let _ = store::dynos::set_restarts(conn, d.id, 0);
+                    if let Err(message) = self.spawn(d.id).await {
+                        tracing::warn!(%app, %message, "restart failed");
+                    }
+                }
+                DynoState::Stopping => {}
             }
         }
-        self.rollouts.insert(app.clone(), Rollout { version, waiting, reply });
+        self.rollout(app, RolloutKind::Replace { retire }, release, starts, reply).await;
+    }
+
+    /// The current release and the dynos of it that `target` (type, dyno name, or everything)
+    /// names.
+    fn restart_targets(&self, app: &AppName, target: Option<&str>) -> Result<(i64, Vec<DynoRow>)> {
+        if self.rollouts.contains_key(app) {
+            return Err(format!("a rollout of {app} is in progress; try again when it finishes"));
+        }
+        let row = store::apps::require(self.store.conn(), app).map_err(err)?;
+        let release =
+            row.current_release.ok_or_else(|| format!("{app} has no release yet; push it first"))?;
+        let targets: Vec<DynoRow> = self
+            .app_dynos(app)
+            .into_iter()
+            .filter(|d| d.release == release && d.state != DynoState::Stopping && matches_target(d, target))
+            .collect();
+        if targets.is_empty() {
+            return Err(match target {
+                Some(t) => format!("no dyno of {app} matches '{t}'"),
+                None => format!("{app} has no dynos to restart"),
+            });
+        }
+        Ok((release, targets))
+    }
+
+    /// Starts `starts` for `release` and tracks them until every web dyno among them is up.
+    async fn rollout(
+        &mut self,
+        app: AppName,
+        kind: RolloutKind,
+        release: i64,
+        starts: Vec<(String, i64, String)>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let mut rollout = Rollout { kind, started: Vec::new(), waiting: HashSet::new(), reply };
+        let mut failure = None;
+        for (process_type, num, command) in starts {
+            match self.create_dyno(&app, &process_type, num, release, &command).await {
+                Ok((id, needs_boot)) => {
+                    rollout.started.push(id);
+                    if needs_boot {
+                        rollout.waiting.insert(id);
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        self.rollouts.insert(app.clone(), rollout);
         match failure {
-            Some(message) => self.finish_rollout(&app, Err(message)),
-            None => self.maybe_finish_rollout(&app),
+            Some(message) => self.finish_rollout(&app, Err(message)).await,
+            None => self.maybe_finish_rollout(&app).await,
         }
     }
 
-    /// (type, command, count) for every dyno type of the release's Procfile.
-    fn release_plan(&self, app: &AppName, version: i64) -> Result<Vec<(String, String, u32)>> {
-        let conn = self.store.conn();
-        let procfile = release_procfile(conn, app, version)?;
-        let formation = store::formation::get(conn, app).map_err(|e| e.to_string())?;
-        Ok(procfile
-            .dyno_types()
-            .map(|(t, c)| (t.to_string(), c.to_string(), formation.get(t).copied().unwrap_or(0)))
-            .collect())
-    }
-
-    fn maybe_finish_rollout(&mut self, app: &AppName) {
+    async fn maybe_finish_rollout(&mut self, app: &AppName) {
         if self.rollouts.get(app).is_some_and(|r| r.waiting.is_empty()) {
-            self.finish_rollout(app, Ok(()));
+            self.finish_rollout(app, Ok(())).await;
         }
     }
 
-    fn finish_rollout(&mut self, app: &AppName, outcome: Result<()>) {
+    async fn finish_rollout(&mut self, app: &AppName, outcome: Result<()>) {
         let Some(rollout) = self.rollouts.remove(app) else { return };
-        let version = rollout.version;
-        let response = match outcome {
-            Ok(()) => match self.promote(app, version) {
+        let response = match (outcome, &rollout.kind) {
+            (Ok(()), RolloutKind::Deploy { version }) => match self.promote(app, *version) {
                 Ok(web) => {
                     self.event(app, "api", &format!("Release v{version} is now running"));
-                    Response::Deployed { version, web }
+                    Response::Deployed { version: *version, web }
                 }
                 Err(message) => Response::Error { message },
             },
-            Err(message) => {
-                self.event(app, "api", &format!("Release v{version} failed: {message}"));
-                for dyno in self.app_dynos(app) {
-                    if dyno.release == version {
-                        self.stop_dyno(&dyno);
+            (Ok(()), RolloutKind::Replace { retire }) => {
+                for id in retire {
+                    if let Some(d) = self.dyno(*id) {
+                        self.stop_dyno(&d, false);
                     }
                 }
-                let _ = store::releases::set_status(self.store.conn(), app, version, "failed");
+                Response::Done
+            }
+            (Err(message), kind) => {
+                for id in &rollout.started {
+                    if let Some(d) = self.dyno(*id) {
+                        self.stop_dyno(&d, false);
+                    }
+                }
+                if let RolloutKind::Deploy { version } = kind {
+                    self.event(app, "api", &format!("Release v{version} failed: {message}"));
+                    let _ = store::releases::set_status(self.store.conn(), app, *version, "failed");
+                }
                 Response::Error { message }
             }
         };
         let _ = rollout.reply.send(response);
+        self.converge_logged(app).await;
     }
 
     /// Makes `version` current (one transaction), then stops every dyno of other releases.
     fn promote(&mut self, app: &AppName, version: i64) -> Result<Vec<WebDyno>> {
-        let tx = self.store.transaction().map_err(|e| e.to_string())?;
-        store::apps::set_current_release(&tx, app, version).map_err(|e| e.to_string())?;
-        store::releases::set_status(&tx, app, version, "succeeded").map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
+        let tx = self.store.transaction().map_err(err)?;
+        store::apps::set_current_release(&tx, app, version).map_err(err)?;
+        store::releases::set_status(&tx, app, version, "succeeded").map_err(err)?;
+        tx.commit().map_err(err)?;
         let mut web = Vec::new();
         for dyno in self.app_dynos(app) {
             if dyno.release != version {
-                self.stop_dyno(&dyno);
-            } else if dyno.process_type == "web" {
-                if let Some(port) = dyno.port {
-                    web.push(WebDyno { name: dyno.name(), port });
-                }
+                self.stop_dyno(&dyno, false);
+            } else if let (true, Some(port)) = (dyno.process_type == "web", dyno.port) {
+                web.push(WebDyno { name: dyno.name(), port });
             }
         }
         Ok(web)
     }
 
-    // ----- convergence ---------------------------------------------------------------------
+    // ----- convergence ------------------------------------------------------------------------
 
-    /// Starts missing dynos and stops extra ones so the current release runs exactly its
-    /// formation. Dynos of other releases are stopped unless a rollout owns them.
+    /// What should run for `app`: `release` (or the current one) with the formation's counts.
+    fn desired(&self, app: &AppName, release: Option<i64>) -> Result<Desired> {
+        let conn = self.store.conn();
+        let release = match release {
+            Some(v) => Some(v),
+            None => store::apps::get(conn, app).map_err(err)?.and_then(|a| a.current_release),
+        };
+        let Some(version) = release else { return Ok(Desired::default()) };
+        let procfile = release_procfile(conn, app, version)?;
+        let formation = store::formation::get(conn, app).map_err(err)?;
+        let processes = procfile
+            .dyno_types()
+            .map(|(t, c)| ProcessSpec {
+                process_type: t.to_string(),
+                command: c.to_string(),
+                count: formation.get(t).copied().unwrap_or(0),
+            })
+            .collect();
+        Ok(Desired { release: Some(version), processes })
+    }
+
+    /// Plans and carries out what the app needs now; schedules the next look if a crash
+    /// restart is waiting for its backoff.
     async fn converge(&mut self, app: &AppName) -> Result<()> {
         if self.rollouts.contains_key(app) {
             return Ok(()); // the rollout converges when it finishes
         }
-        let Some(row) = store::apps::get(self.store.conn(), app).map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        let Some(version) = row.current_release else { return Ok(()) };
-        let plan = self.release_plan(app, version)?;
-        let dynos = self.app_dynos(app);
-        for dyno in &dynos {
-            let wanted = plan.iter().any(|(t, _, n)| *t == dyno.process_type && dyno.num <= *n as i64);
-            if dyno.state != DynoState::Stopping && (dyno.release != version || !wanted) {
-                self.stop_dyno(dyno);
+        let desired = self.desired(app, None)?;
+        let plan = plan::plan(&desired, &self.app_dynos(app), OffsetDateTime::now_utc());
+        let release = desired.release.unwrap_or(0);
+        let mut first_error = None;
+        for action in plan.actions {
+            let result = match action {
+                Action::Start { process_type, num, command } => {
+                    self.create_dyno(app, &process_type, num, release, &command).await.map(|_| ())
+                }
+                Action::Stop { dyno } => {
+                    if let Some(d) = self.dyno(dyno) {
+                        self.stop_dyno(&d, false);
+                    }
+                    Ok(())
+                }
+                Action::Forget { dyno } => store::dynos::delete(self.store.conn(), dyno).map_err(err),
+                Action::Restart { dyno } => self.restart_in_place(dyno).await,
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
             }
         }
-        for (process_type, command, count) in &plan {
-            for num in 1..=*count as i64 {
-                let exists = dynos.iter().any(|d| {
-                    d.process_type == *process_type
-                        && d.num == num
-                        && d.release == version
-                        && d.state != DynoState::Stopping
-                });
-                if !exists {
-                    self.create_dyno(app, process_type, num, version, command).await?;
+        if let Some(wait) = plan.wake_in {
+            // A little slack so the plan, run at the wake-up, finds the backoff elapsed.
+            self.schedule(wait + Duration::from_millis(10), Event::Tick { app: app.clone() });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn converge_logged(&mut self, app: &AppName) {
+        if let Err(message) = self.converge(app).await {
+            tracing::warn!(%app, %message, "converging");
+        }
+    }
+
+    /// After `ps:scale`: stopped dynos of the scaled types are forgotten (scaling brings them
+    /// back) and their crash backoff starts over.
+    async fn scaled(&mut self, app: &AppName, types: &[String]) -> Result<()> {
+        for d in self.app_dynos(app).into_iter().filter(|d| types.contains(&d.process_type)) {
+            let conn = self.store.conn();
+            if d.state == DynoState::Down {
+                store::dynos::delete(conn, d.id).map_err(err)?;
+            } else {
+                store::dynos::set_restarts(conn, d.id, 0).map_err(err)?;
+            }
+        }
+        self.converge(app).await
+    }
+
+    /// A crashed dyno whose backoff elapsed: same row, same name and port, one more restart.
+    async fn restart_in_place(&mut self, id: i64) -> Result<()> {
+        let Some(d) = self.dyno(id) else { return Ok(()) };
+        store::dynos::set_restarts(self.store.conn(), id, d.restarts + 1).map_err(err)?;
+        self.spawn(id).await
+    }
+
+    fn stop_request(&mut self, app: Option<&str>, target: Option<&str>, reply: oneshot::Sender<Response>) {
+        let dynos = match app {
+            Some(name) => match name.parse::<AppName>() {
+                Ok(app) => self.app_dynos(&app),
+                Err(e) => {
+                    let _ = reply.send(Response::Error { message: e.to_string() });
+                    return;
+                }
+            },
+            None => store::dynos::all(self.store.conn()).unwrap_or_default(),
+        };
+        let targets: Vec<DynoRow> = dynos.into_iter().filter(|d| matches_target(d, target)).collect();
+        if let (Some(t), true) = (target, targets.is_empty()) {
+            let message = format!("no dyno matches '{t}'");
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
+        for d in &targets {
+            if let Ok(app) = d.app.parse::<AppName>() {
+                if let Some(rollout) = self.rollouts.get_mut(&app) {
+                    rollout.waiting.remove(&d.id);
                 }
             }
+            self.stop_dyno(d, true);
         }
-        Ok(())
+        self.down_waiters.push(DownWaiter { dynos: targets.iter().map(|d| d.id).collect(), reply });
+        self.answer_down_waiters();
     }
 
-    fn stop_app(&mut self, app: AppName, reply: oneshot::Sender<Response>) {
-        if let Some(rollout) = self.rollouts.remove(&app) {
-            let _ = rollout.reply.send(Response::Error { message: format!("{app} is being destroyed") });
-        }
-        let dynos = self.app_dynos(&app);
-        for dyno in &dynos {
-            self.stop_dyno(dyno);
-        }
-        self.stop_waiters.push((app, reply));
-        self.answer_stop_waiters();
-    }
-
-    fn answer_stop_waiters(&mut self) {
-        let waiters = std::mem::take(&mut self.stop_waiters);
-        for (app, reply) in waiters {
-            if self.app_dynos(&app).is_empty() {
-                let _ = reply.send(Response::Done);
+    fn answer_down_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.down_waiters);
+        for waiter in waiters {
+            let running = waiter.dynos.iter().any(|id| {
+                self.dyno(*id).is_some_and(|d| {
+                    matches!(d.state, DynoState::Starting | DynoState::Up | DynoState::Stopping)
+                })
+            });
+            if running {
+                self.down_waiters.push(waiter);
             } else {
-                self.stop_waiters.push((app, reply));
+                let _ = waiter.reply.send(Response::Done);
             }
         }
     }
 
-    // ----- dyno processes ------------------------------------------------------------------
+    // ----- dyno processes ---------------------------------------------------------------------
 
-    /// Inserts a dyno row and starts it. Returns the id when it is a web dyno that must pass
-    /// the boot check before it counts as up.
+    /// Inserts a dyno row and starts it. Returns its id, and whether it must pass the boot
+    /// check (web dynos) before it counts as up.
     async fn create_dyno(
         &mut self,
         app: &AppName,
@@ -289,29 +475,34 @@ impl Supervisor {
         num: i64,
         release: i64,
         command: &str,
-    ) -> Result<Option<i64>> {
+    ) -> Result<(i64, bool)> {
         let is_web = process_type == "web";
-        let port =
-            if is_web {
-                let used = store::dynos::ports_in_use(self.store.conn()).map_err(|e| e.to_string())?;
-                Some(self.ports.allocate(&used).ok_or_else(|| {
-                    format!("no free port left in SLIPWAY_PORTS ({:?})", self.settings.ports)
-                })?)
-            } else {
-                None
-            };
+        let port = if is_web {
+            let used = store::dynos::ports_in_use(self.store.conn()).map_err(err)?;
+            let range = self.settings.ports.clone();
+            Some(
+                self.ports
+                    .allocate(&used)
+                    .ok_or_else(|| format!("no free port left in SLIPWAY_PORTS ({range:?})"))?,
+            )
+        } else {
+            None
+        };
         let new = NewDyno { app, process_type, num, release, command, port };
-        let id = store::dynos::insert(self.store.conn(), &new).map_err(|e| e.to_string())?;
+        let id = store::dynos::insert(self.store.conn(), &new).map_err(err)?;
         self.spawn(id).await?;
-        Ok(is_web.then_some(id))
+        Ok((id, is_web))
     }
 
     /// Starts (or restarts) the process of dyno row `id` through a shim.
     async fn spawn(&mut self, id: i64) -> Result<()> {
         let dyno = self.dyno(id).ok_or("dyno vanished")?;
-        let app: AppName = dyno.app.parse().map_err(|e: crate::app::InvalidAppName| e.to_string())?;
-        let (dir, env) = self.dyno_environment(&app, &dyno)?;
+        let app: AppName = dyno.app.parse().map_err(err)?;
         let name = dyno.name();
+        let (dir, env) = match self.dyno_environment(&app, &dyno) {
+            Ok(x) => x,
+            Err(message) => return self.spawn_failed(&app, &dyno, message),
+        };
         self.event(&app, &name, &format!("Starting process with command `{}`", dyno.command));
 
         let mut command = Command::new(&self.shim_binary);
@@ -339,21 +530,15 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let spawned = tokio::task::spawn_blocking(move || spawn_shim(command))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+        let spawned =
+            tokio::task::spawn_blocking(move || spawn_shim(command)).await.map_err(err).and_then(|r| r);
         let ids = match spawned {
             Ok(ids) => ids,
-            Err(message) => {
-                self.event(&app, &name, &format!("Failed to start: {message}"));
-                let _ = store::dynos::set_state(self.store.conn(), id, DynoState::Crashed);
-                return Err(format!("{name} failed to start: {message}"));
-            }
+            Err(message) => return self.spawn_failed(&app, &dyno, message),
         };
         let conn = self.store.conn();
-        store::dynos::set_process(conn, id, ids).map_err(|e| e.to_string())?;
-        store::dynos::set_state(conn, id, DynoState::Starting).map_err(|e| e.to_string())?;
+        store::dynos::set_process(conn, id, ids).map_err(err)?;
+        store::dynos::set_state(conn, id, DynoState::Starting).map_err(err)?;
         self.watch(id, ids.shim_pid, ids.shim_start);
         match dyno.port {
             Some(port) => self.boot_check(id, ids.pid, port),
@@ -362,34 +547,25 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A dyno that could not even be started counts as crashed (and is retried with backoff).
+    fn spawn_failed(&mut self, app: &AppName, dyno: &DynoRow, message: String) -> Result<()> {
+        self.event(app, &dyno.name(), &format!("Failed to start: {message}"));
+        let _ = store::dynos::set_down(self.store.conn(), dyno.id);
+        let _ = store::dynos::set_state(self.store.conn(), dyno.id, DynoState::Crashed);
+        if !self.rollouts.contains_key(app) {
+            // The backoff timer for this crash.
+            let wait = plan::restart_delay(dyno.restarts);
+            self.schedule(wait + Duration::from_millis(10), Event::Tick { app: app.clone() });
+        }
+        Err(format!("{} failed to start: {message}", dyno.name()))
+    }
+
     /// The dyno's working directory and its whole environment (DESIGN.md: a clean env).
     fn dyno_environment(&self, app: &AppName, dyno: &DynoRow) -> Result<(PathBuf, BTreeMap<String, String>)> {
-        let conn = self.store.conn();
-        let release = store::releases::require_release(conn, app, dyno.release).map_err(|e| e.to_string())?;
-        let build_id = release.build_id.clone().ok_or("the release has no build")?;
-        let dir = self.home.release_dir(app, &build_id);
-        if !dir.is_dir() {
-            return Err(format!("release dir {} is missing", dir.display()));
-        }
-        let mut env = release.config.clone();
-        let venv_bin = dir.join(".slipway/venv/bin");
-        let path = if venv_bin.is_dir() {
-            format!("{}:/usr/local/bin:/usr/bin:/bin", venv_bin.display())
-        } else {
-            "/usr/local/bin:/usr/bin:/bin".to_string()
-        };
-        env.insert("PATH".into(), path);
-        env.insert("HOME".into(), dir.display().to_string());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        env.insert("PYTHONUNBUFFERED".into(), "1".into());
-        env.insert("DYNO".into(), dyno.name());
-        if venv_bin.is_dir() {
-            env.insert("VIRTUAL_ENV".into(), dir.join(".slipway/venv").display().to_string());
-        }
-        if let Some(port) = dyno.port {
-            env.insert("PORT".into(), port.to_string());
-        }
-        Ok((dir, env))
+        let env = crate::dyno::DynoEnv::for_release(&self.home, self.store.conn(), app, dyno.release)
+            .map_err(err)?;
+        let vars = env.vars(&dyno.name(), dyno.port);
+        Ok((env.dir, vars))
     }
 
     fn watch(&self, dyno: i64, shim_pid: i32, shim_start: u64) {
@@ -414,7 +590,7 @@ impl Supervisor {
                 if process::start_time(pid).is_none() {
                     return; // exited: the exit watcher reports it
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = events.send(Event::BootTimedOut { dyno, pid });
         });
@@ -437,7 +613,7 @@ impl Supervisor {
         if let Some(rollout) = self.rollouts.get_mut(&app) {
             rollout.waiting.remove(&id);
         }
-        self.maybe_finish_rollout(&app);
+        self.maybe_finish_rollout(&app).await;
     }
 
     async fn on_boot_timeout(&mut self, id: i64, pid: i32) {
@@ -451,21 +627,15 @@ impl Supervisor {
         self.event(
             &app,
             &name,
-            &format!(
-            "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {secs} seconds of launch"
-        ),
+            &format!("Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {secs} seconds of launch"),
         );
         if self.rollout_owns(&app, id) {
-            let message = format!(
-                "{name} did not accept connections on port {} within {secs} s",
-                dyno.port.unwrap_or(0)
-            );
-            self.finish_rollout(&app, Err(message));
-        } else {
-            // Killed as a crash: its exit is then handled by the restart policy.
-            if let (Some(pid), Some(start)) = (dyno.pid, dyno.pid_start) {
-                process::signal_group(pid, start, Signal::SIGKILL);
-            }
+            let port = dyno.port.unwrap_or(0);
+            let message = format!("{name} did not accept connections on port {port} within {secs} s");
+            self.finish_rollout(&app, Err(message)).await;
+        } else if let (Some(pid), Some(start)) = (dyno.pid, dyno.pid_start) {
+            // Killed as a crash: its exit then goes through the restart policy.
+            process::signal_group(pid, start, Signal::SIGKILL);
         }
     }
 
@@ -473,16 +643,25 @@ impl Supervisor {
         self.rollouts.get(app).is_some_and(|r| r.waiting.contains(&id))
     }
 
-    /// SIGTERM to the dyno's process group now, SIGKILL after the grace period.
-    fn stop_dyno(&mut self, dyno: &DynoRow) {
+    /// SIGTERM to the dyno's process group now, SIGKILL after the grace period. With
+    /// `keep_down` (ps:stop) the row stays, `down`, until a restart or scale.
+    fn stop_dyno(&mut self, dyno: &DynoRow, keep_down: bool) {
         let Ok(app) = dyno.app.parse::<AppName>() else { return };
+        let conn = self.store.conn();
+        if keep_down {
+            let _ = store::dynos::set_stopped(conn, dyno.id, true);
+        }
         let alive =
             matches!((dyno.pid, dyno.pid_start), (Some(p), Some(s)) if process::is_same_process(p, s));
         let shim_alive =
             matches!((dyno.shim_pid, dyno.shim_start), (Some(p), Some(s)) if process::is_same_process(p, s));
         if !alive && !shim_alive {
-            let _ = store::dynos::delete(self.store.conn(), dyno.id);
-            if dyno.state != DynoState::Crashed {
+            let _ = if keep_down {
+                store::dynos::set_down(conn, dyno.id)
+            } else {
+                store::dynos::delete(conn, dyno.id)
+            };
+            if matches!(dyno.state, DynoState::Up | DynoState::Starting) {
                 self.event(
                     &app,
                     &dyno.name(),
@@ -495,7 +674,7 @@ impl Supervisor {
             return;
         }
         self.event(&app, &dyno.name(), "Stopping all processes with SIGTERM");
-        let _ = store::dynos::set_state(self.store.conn(), dyno.id, DynoState::Stopping);
+        let _ = store::dynos::set_state(conn, dyno.id, DynoState::Stopping);
         if let (Some(pid), Some(start)) = (dyno.pid, dyno.pid_start) {
             process::signal_group(pid, start, Signal::SIGTERM);
             self.schedule(self.settings.stop_timeout, Event::KillDue { dyno: dyno.id, pid });
@@ -511,10 +690,13 @@ impl Supervisor {
         if process::signal_group(pid, start, Signal::SIGKILL) {
             if let Ok(app) = dyno.app.parse::<AppName>() {
                 let secs = self.settings.stop_timeout.as_secs();
-                self.event(&app, &dyno.name(), &format!(
-                    "Error R12 (Exit timeout) -> At least one process failed to exit within {secs} seconds of SIGTERM"
-                ));
-                self.event(&app, &dyno.name(), "Stopping remaining processes with SIGKILL");
+                let name = dyno.name();
+                self.event(
+                    &app,
+                    &name,
+                    &format!("Error R12 (Exit timeout) -> At least one process failed to exit within {secs} seconds of SIGTERM"),
+                );
+                self.event(&app, &name, "Stopping remaining processes with SIGKILL");
             }
         }
     }
@@ -525,21 +707,32 @@ impl Supervisor {
         if dyno.shim_pid != Some(shim_pid) {
             return; // an older incarnation of this dyno
         }
-        self.dyno_exited(&dyno);
+        self.dyno_exited(&dyno).await;
     }
 
     /// The dyno's process is gone: expected after a stop, a crash otherwise.
-    fn dyno_exited(&mut self, dyno: &DynoRow) {
+    async fn dyno_exited(&mut self, dyno: &DynoRow) {
         let Ok(app) = dyno.app.parse::<AppName>() else { return };
         let name = dyno.name();
+        let conn = self.store.conn();
         match dyno.state {
             DynoState::Stopping | DynoState::Down => {
-                let _ = store::dynos::delete(self.store.conn(), dyno.id);
-                self.event(&app, &name, "State changed from up to down");
-                self.answer_stop_waiters();
+                let _ = if dyno.stopped {
+                    store::dynos::set_down(conn, dyno.id)
+                } else {
+                    store::dynos::delete(conn, dyno.id)
+                };
+                if dyno.state == DynoState::Stopping {
+                    self.event(&app, &name, "State changed from up to down");
+                }
+                self.answer_down_waiters();
             }
             DynoState::Starting | DynoState::Up | DynoState::Crashed => {
-                let _ = store::dynos::set_state(self.store.conn(), dyno.id, DynoState::Crashed);
+                // A dyno that had been up for a while starts its backoff from the beginning.
+                if plan::was_healthy(dyno.started_at.as_deref(), OffsetDateTime::now_utc()) {
+                    let _ = store::dynos::set_restarts(conn, dyno.id, 0);
+                }
+                let _ = store::dynos::set_state(conn, dyno.id, DynoState::Crashed);
                 if dyno.state != DynoState::Crashed {
                     self.event(
                         &app,
@@ -548,42 +741,10 @@ impl Supervisor {
                     );
                 }
                 if self.rollout_owns(&app, dyno.id) {
-                    self.finish_rollout(&app, Err(format!("{name} exited during boot")));
+                    self.finish_rollout(&app, Err(format!("{name} exited during boot"))).await;
                 } else {
-                    self.schedule_restart(dyno);
+                    self.converge_logged(&app).await;
                 }
-            }
-        }
-    }
-
-    /// First crash: restart at once; then 1 s, 2 s, 4 s … up to 5 minutes. A dyno that had been
-    /// up for a while starts again from the beginning of that sequence.
-    fn schedule_restart(&mut self, dyno: &DynoRow) {
-        let was_healthy = dyno.started_at.as_deref().and_then(timefmt::parse).is_some_and(|t| {
-            (time::OffsetDateTime::now_utc() - t).whole_seconds() >= HEALTHY_AFTER.as_secs() as i64
-        });
-        let restarts = if was_healthy { 0 } else { dyno.restarts };
-        let delay = restart_delay(restarts);
-        let _ = store::dynos::set_restarts(self.store.conn(), dyno.id, restarts + 1);
-        self.schedule(delay, Event::RestartDue { dyno: dyno.id });
-    }
-
-    async fn on_restart_due(&mut self, id: i64) {
-        let Some(dyno) = self.dyno(id) else { return };
-        if dyno.state != DynoState::Crashed {
-            return;
-        }
-        let Ok(app) = dyno.app.parse::<AppName>() else { return };
-        let current =
-            store::apps::get(self.store.conn(), &app).ok().flatten().and_then(|a| a.current_release);
-        if current != Some(dyno.release) {
-            let _ = store::dynos::delete(self.store.conn(), id);
-            return;
-        }
-        if let Err(message) = self.spawn(id).await {
-            tracing::warn!(%app, dyno = %dyno.name(), %message, "restart failed");
-            if let Some(dyno) = self.dyno(id) {
-                self.schedule_restart(&dyno);
             }
         }
     }
@@ -596,7 +757,7 @@ impl Supervisor {
         });
     }
 
-    // ----- start-up ------------------------------------------------------------------------
+    // ----- start-up ---------------------------------------------------------------------------
 
     /// Re-adopts the dynos recorded in SQLite after a daemon (re)start: living shims are
     /// watched again, dead ones count as crashes, then every app converges.
@@ -614,25 +775,17 @@ impl Supervisor {
         let dynos = store::dynos::all(self.store.conn()).unwrap_or_default();
         let mut adopted = 0;
         for dyno in &dynos {
-            let shim_alive = matches!((dyno.shim_pid, dyno.shim_start),
-                (Some(p), Some(s)) if process::is_same_process(p, s));
-            match (shim_alive, dyno.shim_pid, dyno.shim_start) {
-                (true, Some(shim_pid), Some(shim_start)) => {
+            if dyno.state == DynoState::Down || dyno.state == DynoState::Crashed {
+                continue; // nothing runs; the plan decides
+            }
+            match (dyno.shim_pid, dyno.shim_start) {
+                (Some(shim_pid), Some(shim_start)) if process::is_same_process(shim_pid, shim_start) => {
                     adopted += 1;
                     self.watch(dyno.id, shim_pid, shim_start);
-                    match dyno.state {
-                        DynoState::Starting => {
-                            if let (Some(pid), Some(port)) = (dyno.pid, dyno.port) {
-                                self.boot_check(dyno.id, pid, port);
-                            }
-                        }
-                        DynoState::Stopping => {
-                            if let Some(pid) = dyno.pid {
-                                self.schedule(
-                                    self.settings.stop_timeout,
-                                    Event::KillDue { dyno: dyno.id, pid },
-                                );
-                            }
+                    match (dyno.state, dyno.pid, dyno.port) {
+                        (DynoState::Starting, Some(pid), Some(port)) => self.boot_check(dyno.id, pid, port),
+                        (DynoState::Stopping, Some(pid), _) => {
+                            self.schedule(self.settings.stop_timeout, Event::KillDue { dyno: dyno.id, pid })
                         }
                         _ => {}
                     }
@@ -643,22 +796,19 @@ impl Supervisor {
                     if let (Some(pid), Some(start)) = (dyno.pid, dyno.pid_start) {
                         process::signal_group(pid, start, Signal::SIGKILL);
                     }
-                    self.dyno_exited(dyno);
+                    self.dyno_exited(dyno).await;
                 }
             }
         }
         tracing::info!(adopted, recorded = dynos.len(), "re-adopted running dynos");
-        let apps = store::apps::list(self.store.conn()).unwrap_or_default();
-        for app in apps {
+        for app in store::apps::list(self.store.conn()).unwrap_or_default() {
             if let Ok(app) = app.name.parse::<AppName>() {
-                if let Err(message) = self.converge(&app).await {
-                    tracing::warn!(%app, %message, "could not converge at start-up");
-                }
+                self.converge_logged(&app).await;
             }
         }
     }
 
-    // ----- helpers -------------------------------------------------------------------------
+    // ----- helpers ----------------------------------------------------------------------------
 
     fn dyno(&self, id: i64) -> Option<DynoRow> {
         store::dynos::get(self.store.conn(), id).ok().flatten()
@@ -673,27 +823,29 @@ impl Supervisor {
     }
 }
 
-fn release_procfile(conn: &rusqlite::Connection, app: &AppName, version: i64) -> Result<Procfile> {
-    let release = store::releases::require_release(conn, app, version).map_err(|e| e.to_string())?;
-    let build_id = release.build_id.ok_or_else(|| format!("release v{version} has no build"))?;
-    let build = store::releases::build(conn, &build_id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("build {build_id} is missing"))?;
-    Ok(build.process_types)
+/// `web` matches every web dyno, `web.2` exactly one, no target everything.
+pub fn matches_target(dyno: &DynoRow, target: Option<&str>) -> bool {
+    match target {
+        None => true,
+        Some(t) if t.contains('.') => dyno.name() == t,
+        Some(t) => dyno.process_type == t,
+    }
 }
 
-pub fn restart_delay(restarts_so_far: i64) -> Duration {
-    if restarts_so_far <= 0 {
-        return Duration::ZERO;
-    }
-    let exp = (restarts_so_far - 1).min(16) as u32;
-    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+fn release_procfile(conn: &rusqlite::Connection, app: &AppName, version: i64) -> Result<Procfile> {
+    let release = store::releases::require_release(conn, app, version).map_err(err)?;
+    let build_id = release.build_id.ok_or_else(|| format!("release v{version} has no build"))?;
+    let build = store::releases::build(conn, &build_id)
+        .map_err(err)?
+        .ok_or_else(|| format!("build {build_id} is missing"))?;
+    Ok(build.process_types)
 }
 
 /// Spawns the shim and reads its `PID START` line. Blocking; runs on a blocking thread.
 fn spawn_shim(mut command: Command) -> Result<ProcessIds> {
     let mut child = command.spawn().map_err(|e| format!("spawning the dyno shim: {e}"))?;
     let shim_pid = child.id() as i32;
+    // Read while the shim is certainly alive: it has not written its line yet.
     let shim_start = process::start_time(shim_pid).unwrap_or(0);
     let stdout = child.stdout.take().ok_or("the shim has no stdout")?;
     let mut line = String::new();
@@ -701,8 +853,6 @@ fn spawn_shim(mut command: Command) -> Result<ProcessIds> {
     let mut words = line.split_whitespace().map(str::parse::<u64>);
     match (read, words.next(), words.next()) {
         (Ok(_), Some(Ok(pid)), Some(Ok(pid_start))) => {
-            // The shim may exit quickly (a dyno that crashes at once); its start time was read
-            // above while it was certainly alive, since it had not yet written its line.
             Ok(ProcessIds { pid: pid as i32, pid_start, shim_pid, shim_start })
         }
         _ => {
@@ -729,17 +879,5 @@ fn current_binary() -> PathBuf {
     match s.strip_suffix(" (deleted)") {
         Some(path) => PathBuf::from(path),
         None => exe,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let secs: Vec<u64> = (0..12).map(|n| restart_delay(n).as_secs()).collect();
-        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(restart_delay(1000), MAX_BACKOFF);
     }
 }

@@ -56,6 +56,8 @@ pub struct DynoRow {
     pub shim_pid: Option<i32>,
     pub shim_start: Option<u64>,
     pub restarts: i64,
+    /// Stopped by an operator (`ps:stop`): kept, `down`, not restarted.
+    pub stopped: bool,
     pub started_at: Option<String>,
     pub updated_at: String,
 }
@@ -78,7 +80,7 @@ pub struct NewDyno<'a> {
 }
 
 const COLUMNS: &str = "id, app, type, num, release, command, state, port, pid, pid_start, \
-                       shim_pid, shim_start, restarts, started_at, updated_at";
+                       shim_pid, shim_start, restarts, stopped, started_at, updated_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<DynoRow> {
     let state: String = r.get(6)?;
@@ -96,8 +98,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<DynoRow> {
         shim_pid: r.get(10)?,
         shim_start: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
         restarts: r.get(12)?,
-        started_at: r.get(13)?,
-        updated_at: r.get(14)?,
+        stopped: r.get(13)?,
+        started_at: r.get(14)?,
+        updated_at: r.get(15)?,
     })
 }
 
@@ -171,6 +174,22 @@ pub fn set_process(conn: &Connection, id: i64, ids: ProcessIds) -> Result<()> {
 
 pub fn set_restarts(conn: &Connection, id: i64, restarts: i64) -> Result<()> {
     conn.execute("UPDATE dynos SET restarts = ?2 WHERE id = ?1", params![id, restarts])?;
+    Ok(())
+}
+
+/// Marks a dyno as stopped by an operator (or clears that mark before it runs again).
+pub fn set_stopped(conn: &Connection, id: i64, stopped: bool) -> Result<()> {
+    conn.execute("UPDATE dynos SET stopped = ?2 WHERE id = ?1", params![id, stopped])?;
+    Ok(())
+}
+
+/// The process is gone and stays gone: state `down`, no pids to signal by mistake later.
+pub fn set_down(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE dynos SET state = 'down', pid = NULL, pid_start = NULL, shim_pid = NULL,
+                shim_start = NULL, updated_at = ?2 WHERE id = ?1",
+        params![id, timefmt::now()],
+    )?;
     Ok(())
 }
 

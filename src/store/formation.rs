@@ -27,3 +27,12 @@ pub fn add_defaults(conn: &Connection, app: &AppName, procfile: &Procfile) -> Re
     }
     Ok(())
 }
+
+pub fn set(conn: &Connection, app: &AppName, process_type: &str, quantity: u32) -> Result<()> {
+    conn.execute(
+        "INSERT INTO formation (app, type, quantity) VALUES (?1, ?2, ?3)
+         ON CONFLICT(app, type) DO UPDATE SET quantity = excluded.quantity",
+        params![app.as_str(), process_type, quantity],
+    )?;
+    Ok(())
+}

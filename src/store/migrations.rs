@@ -58,7 +58,8 @@ pub const MIGRATIONS: &[&str] = &[
         pid_start  INTEGER,                -- /proc start time of pid: guards against pid reuse
         shim_pid   INTEGER,                -- the supervising shim that holds the output pipes
         shim_start INTEGER,
-        restarts   INTEGER NOT NULL DEFAULT 0,
+        restarts   INTEGER NOT NULL DEFAULT 0,   -- consecutive crashes; drives the backoff
+        stopped    INTEGER NOT NULL DEFAULT 0,   -- ps:stop: stays down until ps:restart or ps:scale
         started_at TEXT,
         updated_at TEXT NOT NULL
     );

@@ -142,6 +142,14 @@ fn refs_daemon_restarts_and_destroy() {
     assert!(ok, "push failed:\n{out}");
     let (pid, port) = web1(slip, "hello", "v1", Duration::from_secs(20));
 
+    // A one-off dyno over SSH: stdin in, output and exit status back, its words never reach a
+    // shell (the quoting below is for the remote side's word splitting only).
+    let script = "'import os, sys; print(os.environ[\"DYNO\"][:4], sys.stdin.read()); sys.exit(5)'";
+    let out =
+        env.sshd.ssh_stdin(&env.key.path, &["run", "hello", "--", "python", "-c", script], Some("piped"));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "run. piped");
+
     // Other branches are accepted without a build; deleting main is refused.
     repo.git_ok(&["branch", "feature"]);
     let mut push = repo.command(&["push", "slipway", "feature"]);

@@ -441,6 +441,11 @@ impl Sshd {
     /// Runs `ssh ... USER@127.0.0.1 ARGS...` with `key`. ssh joins ARGS with spaces into the
     /// one command string the server sees (as `SSH_ORIGINAL_COMMAND` under a forced command).
     pub fn ssh(&self, key: &Path, args: &[&str]) -> Output {
+        self.ssh_stdin(key, args, None)
+    }
+
+    /// Like [`Sshd::ssh`], with `input` on the remote command's stdin.
+    pub fn ssh_stdin(&self, key: &Path, args: &[&str], input: Option<&str>) -> Output {
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-p", &self.port.to_string(), "-i"])
             .arg(key)
@@ -460,7 +465,7 @@ impl Sshd {
             ])
             .arg(format!("{}@127.0.0.1", self.user))
             .args(args);
-        run_with_timeout(&mut cmd, None, SSH_TIMEOUT)
+        run_with_timeout(&mut cmd, input.map(str::as_bytes), SSH_TIMEOUT)
     }
 }
 
@@ -693,6 +698,14 @@ impl Slipway {
             describe(&self.cmd(&["status"])),
             tail_file(&self.daemon_log_path(), 100)
         );
+    }
+
+    /// Pushes `repo`'s main straight into the app's bare repository (no sshd): the same
+    /// pre-receive hook runs. Creates the app first if needed.
+    pub fn push_local(&self, repo: &GitRepo, app: &str) -> (bool, String) {
+        let _ = self.cmd(&["apps:create", app]);
+        let path = self.home.join("repos").join(format!("{app}.git"));
+        repo.push(&path.to_string_lossy(), "false")
     }
 
     /// `kill -9` the daemon this environment started (a crash, as far as the daemon can tell)

@@ -212,3 +212,28 @@ fn run_is_a_one_off_dyno_with_stdin_and_exit_status() {
     let out = slip.cmd(&["run", "hello", "--", "echo", "a;", "touch", "x", "$(id)"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a; touch x $(id)");
 }
+
+#[test]
+fn a_daemon_killed_mid_burst_loses_and_doubles_no_dyno_line() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let counter = "counter: python3 -c 'import time; [print(\"n\", i, flush=True) or time.sleep(0.0004) for i in range(6000)]; time.sleep(1000)'\n";
+    deploy(&slip, counter);
+    slip.cmd_ok(&["ps:scale", "hello", "counter=1"]);
+    let numbers = |log: &str| -> Vec<u32> {
+        log.lines().filter_map(|l| l.split("app[counter.1]: n ").nth(1)?.trim().parse().ok()).collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || numbers(&log(&slip)).len() > 200),
+        "the counter never started"
+    );
+    slip.kill_daemon_hard();
+    slip.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(30), || numbers(&log(&slip)).last() == Some(&5999)),
+        "the counter never finished\n{}",
+        slip.diagnostics()
+    );
+    let seen = numbers(&log(&slip));
+    assert_eq!(seen, (0..6000).collect::<Vec<u32>>(), "lines lost, doubled or reordered");
+}

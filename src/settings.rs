@@ -16,6 +16,8 @@ pub struct Settings {
     pub domain: String,
     /// The interpreter used for builds (`SLIPWAY_PYTHON`, default `python3` on PATH).
     pub python: String,
+    /// App log rotation (`SLIPWAY_LOG_MAX_MB`, 20; `SLIPWAY_LOG_FILES`, 5).
+    pub log_policy: crate::logs::LogPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +36,29 @@ impl Settings {
             stop_timeout: seconds_from_env("SLIPWAY_STOP_TIMEOUT", 30)?,
             domain: var("SLIPWAY_DOMAIN").unwrap_or_else(|| "localhost".into()),
             python: var("SLIPWAY_PYTHON").unwrap_or_else(|| "python3".into()),
+            log_policy: log_policy_from_env()?,
         })
     }
+}
+
+/// `SLIPWAY_LOG_MAX_MB` (may be fractional, e.g. 0.5) and `SLIPWAY_LOG_FILES` (1 to 100).
+pub fn log_policy_from_env() -> Result<crate::logs::LogPolicy, SettingsError> {
+    let mut policy = crate::logs::LogPolicy::default();
+    if let Some(value) = var("SLIPWAY_LOG_MAX_MB") {
+        let mb = value.trim().parse::<f64>().ok().filter(|m| m.is_finite() && *m >= 0.001 && *m <= 1e6);
+        let mb = mb.ok_or(SettingsError {
+            var: "SLIPWAY_LOG_MAX_MB",
+            value,
+            why: "expected megabytes, at least 0.001",
+        })?;
+        policy.max_bytes = (mb * 1024.0 * 1024.0) as u64;
+    }
+    if let Some(value) = var("SLIPWAY_LOG_FILES") {
+        let files = value.trim().parse::<u32>().ok().filter(|n| (1..=100).contains(n));
+        policy.files =
+            files.ok_or(SettingsError { var: "SLIPWAY_LOG_FILES", value, why: "expected 1 to 100" })?;
+    }
+    Ok(policy)
 }
 
 fn var(name: &str) -> Option<String> {

@@ -104,6 +104,15 @@ pub enum Command {
         /// Number of lines to show.
         #[arg(short = 'n', long = "num", default_value_t = 100)]
         lines: usize,
+        /// Keep printing new lines as they arrive, until interrupted.
+        #[arg(short = 't', long = "tail")]
+        tail: bool,
+        /// Only lines of this process type (`web`) or dyno (`web.1`).
+        #[arg(long = "ps", visible_alias = "dyno", value_name = "TYPE|DYNO")]
+        ps: Option<String>,
+        /// Only lines from this source.
+        #[arg(long, value_parser = ["app", "slipway", "router"])]
+        source: Option<String>,
     },
     /// List an app's releases, newest first.
     #[command(name = "releases")]
@@ -154,6 +163,10 @@ pub enum Command {
         #[arg(long)]
         log: PathBuf,
         #[arg(long)]
+        log_max_bytes: u64,
+        #[arg(long)]
+        log_files: u32,
+        #[arg(long)]
         dyno: String,
         #[arg(long)]
         dir: PathBuf,
@@ -195,11 +208,11 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::AppsDestroy { app, confirm } => apps::destroy(home, &app, confirm.as_deref()),
         Command::AppsInfo { app, json } => apps::info(home, &app, json),
         Command::Ps { app, json } => ps::list(home, &app, json),
-        Command::PsScale { app, changes } => ps::scale(home, &app, &changes),
+        Command::PsScale { app, changes } => ps::scale(home, &app, &changes, who),
         Command::PsRestart { app, target } => ps::restart(home, &app, target),
         Command::PsStop { app, target, all: _ } => ps::stop(home, app.as_deref(), target),
         Command::Run { app, command } => run::run(home, &app, &command, who),
-        Command::Logs { app, lines } => logs::show(home, &app, lines),
+        Command::Logs { app, lines, tail, ps, source } => logs::show(home, &app, lines, tail, ps, source),
         Command::Releases { app, json } => releases::list(home, &app, json),
         Command::Keys { json } => keys::list(home, json),
         Command::KeysAdd { name } => keys::add(home, &name),
@@ -208,9 +221,10 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Status => daemon::status(home),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, dyno, dir, command } => {
+        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, command } => {
             Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
                 log,
+                log_policy: crate::logs::LogPolicy { max_bytes: log_max_bytes, files: log_files },
                 dyno,
                 dir,
                 command: command.join(" "),

@@ -121,7 +121,7 @@ pub fn parse_scale(changes: &[String]) -> anyhow::Result<BTreeMap<String, u32>> 
     Ok(out)
 }
 
-pub fn scale(home: &Home, app: &str, changes: &[String]) -> anyhow::Result<i32> {
+pub fn scale(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
     let wanted = parse_scale(changes)?;
     let mut store = open_store(home)?;
@@ -144,6 +144,13 @@ pub fn scale(home: &Home, app: &str, changes: &[String]) -> anyhow::Result<i32> 
     }
     tx.commit()?;
     let summary: Vec<String> = wanted.iter().map(|(t, n)| format!("{t}={n}")).collect();
+    let by = who.map(|k| format!(" by {k}")).unwrap_or_default();
+    crate::logs::append_event(
+        &home.app_log(&name),
+        crate::logs::Source::Slipway,
+        "api",
+        &format!("Scaled to {}{by}", summary.join(" ")),
+    );
     let request = Request::Scale { app: name.to_string(), types: wanted.keys().cloned().collect() };
     match client::call(home, &request, Duration::from_secs(120)) {
         Ok(_) => out(&format!("Scaled {name} to {}", summary.join(" "))),

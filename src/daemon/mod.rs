@@ -58,7 +58,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
             }
         }
     }
-    init_tracing();
+    init_tracing(home, foreground);
     let _pid_lock = lock_pid_file(home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,12 +162,16 @@ fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
+/// The daemon's own log goes to `logs/slipway.log`, never into app logs. Detached, stderr
+/// already is that file; in the foreground it goes to both the terminal and the file.
+fn init_tracing(home: &Home, foreground: bool) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let file = if foreground { open_daemon_log(home).ok() } else { None };
+    let _ = match file {
+        Some(file) => builder.with_writer(std::io::stderr.and(std::sync::Mutex::new(file))).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }

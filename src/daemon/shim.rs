@@ -9,7 +9,7 @@
 //! shim kills what is left of its process group (a dyno is all of its processes), writes
 //! `Process exited with status N`, and exits; the daemon notices through a pidfd.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,6 +27,7 @@ pub const MAX_LINE: usize = 10_000;
 
 pub struct ShimArgs {
     pub log: PathBuf,
+    pub log_policy: crate::logs::LogPolicy,
     pub dyno: String,
     pub dir: PathBuf,
     pub command: String,
@@ -42,7 +43,7 @@ pub fn run(args: ShimArgs) -> i32 {
             let _ = signal(sig, SigHandler::SigIgn);
         }
     }
-    let log = match LogWriter::open(&args.log) {
+    let log = match LogWriter::with_policy(&args.log, args.log_policy) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(err) => {
             eprintln!("slipway dyno-shim: opening {}: {err}", args.log.display());
@@ -130,56 +131,92 @@ fn report_and_release_stdout(pid: i32, start: u64) {
 }
 
 fn spawn_reader(
-    stream: impl Read + Send + 'static,
+    mut stream: impl Read + Send + 'static,
     log: Arc<Mutex<LogWriter>>,
     dyno: String,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut reader = BufReader::with_capacity(64 * 1024, stream);
-        let mut line = Vec::with_capacity(256);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut lines = LineSplitter::new(MAX_LINE);
         loop {
-            line.clear();
-            match read_line_capped(&mut reader, &mut line, MAX_LINE) {
+            let n = match stream.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    if let Ok(mut w) = log.lock() {
-                        if let Err(err) = w.event(Source::App, &dyno, text) {
-                            eprintln!("slipway dyno-shim: writing {}: {err}", w.path().display());
-                        }
-                    }
-                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
-            }
+            };
+            let batch = lines.push(&chunk[..n]);
+            write_batch(&log, &dyno, &batch);
         }
+        // A final line without a newline still counts.
+        write_batch(&log, &dyno, &lines.finish());
     })
 }
 
-/// Like `read_until(b'\n')` but stops after `max` bytes, so a line without newlines is split
-/// into `max`-sized pieces instead of buffered whole.
-fn read_line_capped(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
-    loop {
-        let available = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(out.len());
+/// Formats a batch of lines with one timestamp and appends them in one write: a burst costs
+/// one syscall per pipe read, not one per line.
+fn write_batch(log: &Mutex<LogWriter>, dyno: &str, batch: &[Vec<u8>]) {
+    if batch.is_empty() {
+        return;
+    }
+    let stamp = crate::timefmt::now();
+    let mut out = String::with_capacity(batch.iter().map(|l| l.len() + 64).sum());
+    for line in batch {
+        out.push_str(&crate::logs::format_line(&stamp, Source::App, dyno, &String::from_utf8_lossy(line)));
+    }
+    if let Ok(mut w) = log.lock() {
+        if let Err(err) = w.write_raw(out.as_bytes()) {
+            eprintln!("slipway dyno-shim: writing {}: {err}", w.path().display());
         }
-        let room = max - out.len();
-        let window = &available[..available.len().min(room)];
-        if let Some(i) = window.iter().position(|&b| b == b'\n') {
-            out.extend_from_slice(&window[..=i]);
-            r.consume(i + 1);
-            return Ok(out.len());
+    }
+}
+
+/// Splits a byte stream into lines (without their newline), cutting any line longer than
+/// `max` bytes into pieces so one runaway line cannot grow memory without bound.
+struct LineSplitter {
+    max: usize,
+    partial: Vec<u8>,
+    /// The last piece was cut at the cap: a newline right after it ends that line, not a new one.
+    cut: bool,
+}
+
+impl LineSplitter {
+    fn new(max: usize) -> Self {
+        LineSplitter { max, partial: Vec::new(), cut: false }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let room = self.max - self.partial.len();
+            let window = &bytes[..bytes.len().min(room)];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(0) if self.cut && self.partial.is_empty() => bytes = &bytes[1..],
+                Some(i) => {
+                    self.partial.extend_from_slice(&window[..i]);
+                    out.push(std::mem::take(&mut self.partial));
+                    bytes = &bytes[i + 1..];
+                }
+                None => {
+                    self.partial.extend_from_slice(window);
+                    bytes = &bytes[window.len()..];
+                    if self.partial.len() >= self.max {
+                        out.push(std::mem::take(&mut self.partial));
+                        self.cut = true;
+                        continue;
+                    }
+                }
+            }
+            self.cut = false;
         }
-        let n = window.len();
-        out.extend_from_slice(window);
-        r.consume(n);
-        if out.len() >= max {
-            return Ok(out.len());
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Vec<u8>> {
+        if self.partial.is_empty() {
+            Vec::new()
+        } else {
+            vec![std::mem::take(&mut self.partial)]
         }
     }
 }
@@ -189,17 +226,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capped_lines() {
-        let data = format!("short\n{}\ntail", "x".repeat(25));
-        let mut r = BufReader::with_capacity(8, data.as_bytes());
-        let mut lines = Vec::new();
-        loop {
-            let mut buf = Vec::new();
-            if read_line_capped(&mut r, &mut buf, 10).unwrap() == 0 {
-                break;
-            }
-            lines.push(String::from_utf8(buf).unwrap());
-        }
-        assert_eq!(lines, ["short\n", "xxxxxxxxxx", "xxxxxxxxxx", "xxxxx\n", "tail"]);
+    fn lines_are_split_at_newlines_and_at_the_cap() {
+        let mut s = LineSplitter::new(10);
+        let text = |v: Vec<Vec<u8>>| v.into_iter().map(|l| String::from_utf8(l).unwrap()).collect::<Vec<_>>();
+        assert_eq!(text(s.push(b"short\nxxxxx")), ["short"]);
+        assert_eq!(text(s.push(b"xxxxxxxxxxxxxxxxxxxx\ntail")), ["xxxxxxxxxx", "xxxxxxxxxx", "xxxxx"]);
+        assert_eq!(text(s.push(b"\n\n")), ["tail", ""]);
+        assert_eq!(text(s.push(b"end")), Vec::<String>::new());
+        assert_eq!(text(s.push(b"0123456\nabcdefghij\nz")), ["end0123456", "abcdefghij"]);
+        assert_eq!(text(s.push(b"\n")), ["z"]);
+        assert_eq!(text(s.push(b"end")), Vec::<String>::new());
+        assert_eq!(text(s.finish()), ["end"]);
+        assert!(s.finish().is_empty());
     }
 }

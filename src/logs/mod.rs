@@ -1,13 +1,23 @@
 //! The merged per-app log (DESIGN.md, "Log format"): `logs/<app>/app.log`, one event per line,
 //! `2026-11-24T18:00:00.123456+00:00 source[dyno]: message`.
 //!
-//! Every writer (dyno shims, the daemon, the build hook) appends whole lines with a single
-//! `write(2)` on an `O_APPEND` descriptor, so lines from different writers never interleave
-//! inside a line and nothing needs a central log process that could lose lines when it dies.
+//! Every writer (dyno shims, the daemon, the build hook, the CLI) appends whole lines with a
+//! single `write(2)` on an `O_APPEND` descriptor, so lines from different writers never
+//! interleave inside a line, and nothing needs a central log process that could lose lines when
+//! it dies. Rotation is shared the same way: whichever writer pushes `app.log` past the size cap
+//! rotates it (`app.log` → `app.log.1` → … under a flock), and every other writer notices the
+//! new inode before its next write and reopens. A line written by a writer that had not noticed
+//! yet lands at the end of `app.log.1`: late, never lost.
+
+pub mod follow;
+pub mod read;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::timefmt;
 
@@ -27,6 +37,37 @@ impl Source {
             Source::Router => "router",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Source> {
+        match s {
+            "app" => Some(Source::App),
+            "slipway" => Some(Source::Slipway),
+            "router" => Some(Source::Router),
+            _ => None,
+        }
+    }
+}
+
+/// How big one log file may grow and how many files (app.log and its rotations) are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPolicy {
+    pub max_bytes: u64,
+    /// Files in all: `app.log` plus `app.log.1` … `app.log.{files-1}`.
+    pub files: u32,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        LogPolicy { max_bytes: 20 * 1024 * 1024, files: 5 }
+    }
+}
+
+impl LogPolicy {
+    /// From the environment; a bad value falls back to the default here (the daemon refuses to
+    /// start with one, so the operator hears about it there).
+    pub fn from_env() -> LogPolicy {
+        crate::settings::log_policy_from_env().unwrap_or_default()
+    }
 }
 
 /// Formats one event as a complete log line, newline included. Embedded newlines would break
@@ -36,19 +77,25 @@ pub fn format_line(stamp: &str, source: Source, dyno: &str, message: &str) -> St
     format!("{stamp} {}[{dyno}]: {message}\n", source.as_str())
 }
 
-/// An append-only handle on one app's log.
+/// An append-only, rotating handle on one app's log.
 pub struct LogWriter {
     path: PathBuf,
     file: File,
+    inode: u64,
+    policy: LogPolicy,
 }
 
 impl LogWriter {
     pub fn open(path: &Path) -> io::Result<LogWriter> {
+        LogWriter::with_policy(path, LogPolicy::from_env())
+    }
+
+    pub fn with_policy(path: &Path, policy: LogPolicy) -> io::Result<LogWriter> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { path: path.to_path_buf(), file })
+        let (file, inode) = open_append(path)?;
+        Ok(LogWriter { path: path.to_path_buf(), file, inode, policy })
     }
 
     pub fn path(&self) -> &Path {
@@ -65,10 +112,65 @@ impl LogWriter {
         self.write_raw(buf.as_bytes())
     }
 
-    /// Appends already formatted lines. One `write_all` keeps them contiguous.
+    /// Appends already formatted, complete lines in one `write_all`, rotating when the file
+    /// has reached its cap.
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.follow_rotation()?;
+        self.file.write_all(bytes)?;
+        if self.file.metadata()?.len() >= self.policy.max_bytes {
+            self.rotate()?;
+        }
+        Ok(())
     }
+
+    /// Reopens `app.log` if another writer rotated it away from under us.
+    fn follow_rotation(&mut self) -> io::Result<()> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.ino() == self.inode => Ok(()),
+            Ok(_) | Err(_) => {
+                let (file, inode) = open_append(&self.path)?;
+                self.file = file;
+                self.inode = inode;
+                Ok(())
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let lock_path = self.path.with_file_name(".rotate.lock");
+        let lock_file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+        // Under the lock: someone else may have rotated already.
+        let current = std::fs::metadata(&self.path)?;
+        if current.ino() == self.inode && current.len() >= self.policy.max_bytes {
+            let name = |i: u32| rotated_name(&self.path, i);
+            let _ = std::fs::remove_file(name(self.policy.files.max(1)));
+            for i in (1..self.policy.files).rev() {
+                let from = if i == 1 { self.path.clone() } else { name(i - 1) };
+                match std::fs::rename(&from, name(i)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            if self.policy.files <= 1 {
+                std::fs::remove_file(&self.path)?;
+            }
+        }
+        self.follow_rotation()
+    }
+}
+
+/// `app.log.3` for `app.log` and 3.
+pub fn rotated_name(path: &Path, index: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{index}"));
+    PathBuf::from(name)
+}
+
+fn open_append(path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let inode = file.metadata()?.ino();
+    Ok((file, inode))
 }
 
 /// Appends a platform event to an app's log, opening and closing the file. For rare events
@@ -78,36 +180,6 @@ pub fn append_event(path: &Path, source: Source, dyno: &str, message: &str) {
     if let Err(err) = result {
         tracing::warn!(path = %path.display(), %err, "could not write log event");
     }
-}
-
-/// The last `n` lines of a file, read backwards in blocks so a large log costs only what is shown.
-pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let len = file.metadata()?.len();
-    let mut pos = len;
-    let mut tail: Vec<u8> = Vec::new();
-    const BLOCK: u64 = 64 * 1024;
-    // Read until the buffer holds more than n newlines (the extra one bounds the first line).
-    while pos > 0 && tail.iter().filter(|&&b| b == b'\n').count() <= n {
-        let start = pos.saturating_sub(BLOCK);
-        let mut block = vec![0u8; (pos - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut block)?;
-        block.extend_from_slice(&tail);
-        tail = block;
-        pos = start;
-    }
-    let text = String::from_utf8_lossy(&tail);
-    let lines: Vec<&str> = text.lines().collect();
-    let skip = lines.len().saturating_sub(n);
-    Ok(lines[skip..].iter().map(|s| s.to_string()).collect())
 }
 
 #[cfg(test)]
@@ -121,20 +193,27 @@ mod tests {
     }
 
     #[test]
-    fn writer_splits_multiline_events_and_tail_reads_back() {
+    fn rotation_keeps_the_newest_files_and_other_writers_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a/app.log");
-        let mut w = LogWriter::open(&path).unwrap();
-        w.event(Source::Slipway, "web.1", "one\ntwo").unwrap();
-        for i in 0..5000 {
-            w.event(Source::App, "web.1", &format!("line {i}")).unwrap();
+        let path = dir.path().join("app.log");
+        let policy = LogPolicy { max_bytes: 2_000, files: 3 };
+        let mut a = LogWriter::with_policy(&path, policy).unwrap();
+        let mut b = LogWriter::with_policy(&path, policy).unwrap();
+        for i in 0..200 {
+            let w = if i % 2 == 0 { &mut a } else { &mut b };
+            w.event(Source::App, "web.1", &format!("line {i:04} {}", "x".repeat(40))).unwrap();
         }
-        let last = last_lines(&path, 3).unwrap();
-        assert_eq!(last.len(), 3);
-        assert!(last[2].ends_with("app[web.1]: line 4999"), "{last:?}");
-        let all = last_lines(&path, 100_000).unwrap();
-        assert_eq!(all.len(), 5002);
-        assert!(all[1].ends_with("slipway[web.1]: two"));
-        assert!(last_lines(&dir.path().join("missing"), 5).unwrap().is_empty());
+        assert!(path.exists() && rotated_name(&path, 1).exists() && rotated_name(&path, 2).exists());
+        assert!(!rotated_name(&path, 3).exists(), "more files than the policy allows");
+        for p in [path.clone(), rotated_name(&path, 1), rotated_name(&path, 2)] {
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len < 2_000 + 200, "{} is {len} bytes", p.display());
+        }
+        // The newest lines are all there, in order, across the files.
+        let all = read::last_lines(&path, 1000, &read::Filter::default()).unwrap();
+        let numbers: Vec<u32> =
+            all.iter().filter_map(|l| l.split("line ").nth(1)?.get(..4)?.parse().ok()).collect();
+        assert_eq!(numbers.last(), Some(&199));
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
     }
 }

@@ -212,8 +212,11 @@ def cmd_ports_free(start, end):
             with open(table) as f:
                 next(f)
                 for line in f:
-                    port = int(line.split()[1].rsplit(":", 1)[1], 16)
-                    if start <= port <= end:
+                    fields = line.split()
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    # TIME_WAIT (06) leftovers of earlier connections do not stop a dyno's bind
+                    # (python's http.server and slipway's port probe both use SO_REUSEADDR).
+                    if start <= port <= end and not (table.startswith("/proc/net/tcp") and fields[3] == "06"):
                         busy.add(port)
         except FileNotFoundError:
             pass
@@ -525,9 +528,9 @@ log "$("$BIN" --version), $(nproc) cores, ${CPU_MODEL:-unknown CPU}; home $H; po
     git -c user.name=bench -c user.email=bench@localhost commit -q -m 'bench app'
 )
 
-push() { # APP
+push() { # APP [BRANCH]: pushes BRANCH (default main) of the bench app as APP's main
     local out
-    if ! out=$(cd "$WORK/src" && timeout 120 git push -q "$H/repos/$1.git" main 2>&1); then
+    if ! out=$(cd "$WORK/src" && timeout 120 git push -q "$H/repos/$1.git" "${2:-main}:main" 2>&1); then
         log "push to $1 failed:"; printf '%s\n' "$out" >&2; return 1
     fi
     grep -q 'Launching... done, v1' <<<"$out" || { log "push to $1: no 'Launching... done, v1':"; printf '%s\n' "$out" >&2; return 1; }
@@ -552,23 +555,35 @@ py wait-gone bench-crash 30
 
 # ----- 2. 50 apps x 2 idle dynos -------------------------------------------------------------------
 log "2/3 creating and pushing $N_APPS apps ($PUSH_PARALLEL pushes at a time)"
+# One commit per app (same tree, own message): slipway's build id is the push time in
+# milliseconds plus the short commit sha, and builds.id is unique across all apps, so two
+# concurrent pushes of the *same* commit to two apps can collide ("UNIQUE constraint failed:
+# builds.id") — see docs/BENCHMARKS.md. Distinct commits keep the bench about supervision.
 apps=()
 for i in $(seq 1 "$N_APPS"); do
     app=$(printf 'bench-%02d' "$i")
     apps+=("$app")
     sw apps:create "$app" >/dev/null
+    (
+        cd "$WORK/src"
+        sha=$(git -c user.name=bench -c user.email=bench@localhost commit-tree 'HEAD^{tree}' -p HEAD -m "bench app $app")
+        git update-ref "refs/heads/$app" "$sha"
+    )
 done
+wait_pushes() { # waits for every push in pids; fails after all of them have finished
+    local p failed=0
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    pids=()
+    ((failed == 0)) || die "a push failed"
+}
 t_push=$(date +%s.%N)
 pids=()
 for app in "${apps[@]}"; do
-    push "$app" &
+    push "$app" "$app" &
     pids+=("$!")
-    if ((${#pids[@]} >= PUSH_PARALLEL)); then
-        for p in "${pids[@]}"; do wait "$p" || die "a push failed"; done
-        pids=()
-    fi
+    ((${#pids[@]} < PUSH_PARALLEL)) || wait_pushes
 done
-for p in "${pids[@]}"; do wait "$p" || die "a push failed"; done
+wait_pushes
 t_scale=$(date +%s.%N)
 set_result push_s "$(python3 -c "print($t_scale - $t_push)")"
 

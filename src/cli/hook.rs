@@ -14,7 +14,7 @@ pub fn pre_receive(who: Option<&str>) -> anyhow::Result<i32> {
     let pushed_by = who
         .map(str::to_string)
         .or_else(|| std::env::var("SLIPWAY_PUSHED_BY").ok().filter(|k| crate::keys::validate_name(k).is_ok()))
-        .unwrap_or_else(local_user);
+        .unwrap_or_else(super::local_user);
     match deploy::pre_receive(&ctx, std::io::stdin().lock(), &pushed_by) {
         Ok(()) => Ok(0),
         Err(message) => {
@@ -22,12 +22,4 @@ pub fn pre_receive(who: Option<&str>) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
-}
-
-fn local_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| "local".into())
 }

@@ -25,7 +25,9 @@ pub fn show(
     let path = home.app_log(&name);
     if !tail {
         for line in read::last_lines(&path, lines, &filter)? {
-            print_line(&line)?;
+            if print_line(&line).is_err() {
+                break; // the reader has seen enough
+            }
         }
         return Ok(0);
     }

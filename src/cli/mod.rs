@@ -275,3 +275,16 @@ pub(crate) fn open_store(home: &Home) -> anyhow::Result<crate::store::Store> {
     home.ensure_layout().map_err(|e| anyhow::anyhow!("creating {}: {e}", home.root().display()))?;
     Ok(crate::store::Store::open(&home.db())?)
 }
+
+/// Who a change is attributed to: the SSH key's name, else the local user running the command.
+pub(crate) fn actor(who: Option<&str>) -> String {
+    who.map(str::to_string).unwrap_or_else(local_user)
+}
+
+pub(crate) fn local_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "local".into())
+}

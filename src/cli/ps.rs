@@ -144,7 +144,7 @@ pub fn scale(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> a
     }
     tx.commit()?;
     let summary: Vec<String> = wanted.iter().map(|(t, n)| format!("{t}={n}")).collect();
-    let by = who.map(|k| format!(" by {k}")).unwrap_or_default();
+    let by = format!(" by {}", super::actor(who));
     crate::logs::append_event(
         &home.app_log(&name),
         crate::logs::Source::Slipway,

@@ -26,7 +26,7 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     let (program, args) = command.split_first().context("no command given")?;
     let dyno = format!("run.{}", 1000 + std::process::id() % 9000);
     let log = home.app_log(&name);
-    let by = who.map(|k| format!(" by {k}")).unwrap_or_default();
+    let by = format!(" by {}", super::actor(who));
     logs::append_event(
         &log,
         Source::Slipway,

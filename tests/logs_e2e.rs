@@ -59,9 +59,14 @@ fn well_formed(line: &str) -> bool {
 
 /// Spawns `slipway logs ARGS` and streams its stdout lines into a channel.
 fn spawn_logs(slip: &Slipway, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child =
-        slip.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = slip
+        .command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn slipway logs");
+    let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

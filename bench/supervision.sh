@@ -136,6 +136,24 @@ def cpu_ticks(pid):
     return int(f[11]) + int(f[12])  # utime (14) + stime (15)
 
 
+def run_ns(pid):
+    """On-CPU nanoseconds per thread (tid -> ns) from /proc/PID/task/*/schedstat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except OSError:
+            pass
+    return out
+
+
+def ns_delta(before, after):
+    """CPU ns used between two run_ns samples; a thread that exited in between loses what it
+    used after the first sample, so this is a lower bound."""
+    return sum(v - before.get(t, 0) for t, v in after.items())
+
+
 def start_ticks(pid):
     return int(stat_fields(pid)[19])  # starttime (22)
 
@@ -287,17 +305,19 @@ def cmd_crash(app, n):
             # next 5 ms tick
             time.sleep(max(0.0, 0.005 - (time.monotonic() - now)))
         # The log lines: the shim's exit line, then the daemon's `starting to up` for the new pid.
-        exit_ts = up_ts = None
+        exit_ts = up_ts = listen_ts = None
         log_deadline = time.monotonic() + 5
         while time.monotonic() < log_deadline:
             with open(logpath, "rb") as f:
                 if os.path.getsize(logpath) >= offset:
                     f.seek(offset)
                 text = f.read().decode(errors="replace")
-            exit_ts = up_ts = None
+            exit_ts = up_ts = listen_ts = None
             for line in text.splitlines():
                 if exit_ts is None and f"slipway[{name}]: Process exited with status" in line:
                     exit_ts = log_ts(line)
+                elif exit_ts is not None and listen_ts is None and f"app[{name}]: Serving HTTP" in line:
+                    listen_ts = log_ts(line)
                 elif exit_ts is not None and f"slipway[{name}]: State changed from starting to up" in line:
                     up_ts = log_ts(line)
                     break
@@ -316,6 +336,8 @@ def cmd_crash(app, n):
             "kill_to_exit_logged_ms": (exit_ts - t_kill_wall) * 1000,
             "exit_to_up_logged_ms": (up_ts - exit_ts) * 1000,
             "kill_to_up_logged_ms": (up_ts - t_kill_wall) * 1000,
+            # when the new dyno printed "Serving HTTP" (it has bound its port; PYTHONUNBUFFERED=1)
+            "exit_to_listening_ms": (listen_ts - exit_ts) * 1000 if listen_ts else None,
         })
         s = samples[-1]
         say(f"{name}: exit->up (log) {s['exit_to_up_logged_ms']:.1f} ms, kill->up+HTTP (polled) {s['polled_ms']:.1f} ms")
@@ -332,6 +354,8 @@ def cmd_crash(app, n):
         "exit_to_up": summary([s["exit_to_up_logged_ms"] for s in samples]),
         "kill_to_up": summary([s["kill_to_up_logged_ms"] for s in samples]),
         "kill_to_exit": summary([s["kill_to_exit_logged_ms"] for s in samples]),
+        "exit_to_listening": summary([s["exit_to_listening_ms"] for s in samples])
+        if all(s["exit_to_listening_ms"] is not None for s in samples) else None,
     })
 
 
@@ -372,15 +396,17 @@ def cmd_idle(seconds, clk_tck, expect_shims):
     mem0 = daemon_sample()
     starts = {p: start_ticks(p) for p in sh0}
     t0 = time.monotonic()
-    d0 = cpu_ticks(dpid)
+    d0, dn0 = cpu_ticks(dpid), run_ns(dpid)
     s0 = {p: cpu_ticks(p) for p in sh0}
+    sn0 = {p: run_ns(p) for p in sh0}
     time.sleep(seconds)
-    d1 = cpu_ticks(dpid)
-    s1 = {}
+    d1, dn1 = cpu_ticks(dpid), run_ns(dpid)
+    s1, sn1 = {}, {}
     for p in sh0:
         try:
             if start_ticks(p) == starts[p]:
                 s1[p] = cpu_ticks(p)
+                sn1[p] = run_ns(p)
         except OSError:
             pass
     wall = time.monotonic() - t0
@@ -404,11 +430,31 @@ def cmd_idle(seconds, clk_tck, expect_shims):
         "shims_ticks": shim_ticks,
         "shims_cpu_pct": 100.0 * shim_ticks / clk_tck / wall,
         "shims_busy": sum(1 for p in s0 if s1[p] != s0[p]),
+        "daemon_cpu_ns": ns_delta(dn0, dn1),
+        "shims_cpu_ns": sum(ns_delta(sn0[p], sn1[p]) for p in s0),
         "daemon_start": mem0,
         "daemon_end": mem1,
         "shims": per,
     })
     say(f"idle {wall:.1f} s: daemon {d_ticks} ticks, {len(per)} shims {shim_ticks} ticks")
+
+
+def cmd_alive_now(label):
+    """Shims of this home alive right now (e.g. the instant `ps:stop --all` returned)."""
+    save(**{label: len(shims())})
+
+
+def cmd_warnings():
+    """WARN/ERROR lines of the daemon's own log."""
+    lines = []
+    try:
+        with open(os.path.join(HOME, "logs", "slipway.log"), errors="replace") as f:
+            lines = [l.rstrip("\n") for l in f if re.search(r"\b(WARN|ERROR)\b", l)]
+    except FileNotFoundError:
+        pass
+    for l in lines[:20]:
+        say(f"slipway.log: {l}")
+    save(daemon_log_warnings=len(lines))
 
 
 def cmd_set(key, value):
@@ -450,8 +496,11 @@ def cmd_report():
         ("kill → `starting to up` logged (wall clock vs log)", "kill_to_up"),
         ("kill → `ps --json` shows new pid `up` and HTTP GET answers (polled)", "polled"),
         ("kill → shim logs `Process exited with status 137`", "kill_to_exit"),
+        ("exit logged → new dyno prints `Serving HTTP` (port bound)", "exit_to_listening"),
     ):
-        s = c[key]
+        s = c.get(key)
+        if not s:
+            continue
         w(f"| {label} | {ms(s['min'])} ms | {ms(s['median'])} ms | {ms(s['p90'])} ms | {ms(s['max'])} ms |")
     w("")
     pi, pc = c["poll_interval_ms"], c["ps_json_ms"]
@@ -471,20 +520,25 @@ def cmd_report():
     w(f"| daemon PSS with {n_dynos} dynos | {d100['pss_kib'] / 1024:.1f} MiB |")
     w(f"| daemon bytes per dyno ((RSS@{n_dynos} − RSS@0) / {n_dynos}) | {per_dyno / 1024:.1f} KiB |")
     w(f"| daemon threads / open fds, 0 dynos → {n_dynos} dynos | {d0['threads']} / {d0['fds']} → {d100['threads']} / {d100['fds']} |")
-    w(f"| daemon CPU over the window (utime+stime) | {idle['daemon_ticks']} ticks = {idle['daemon_cpu_pct']:.3f} % of one core |")
-    w(f"| all {n_dynos} shims' CPU over the window | {idle['shims_ticks']} ticks = {idle['shims_cpu_pct']:.3f} % of one core ({idle['shims_busy']} shims used any) |")
+    win = idle["window_s"]
+    w(f"| daemon CPU over the window: utime+stime / schedstat | {idle['daemon_ticks']} ticks ({idle['daemon_cpu_pct']:.3f} % of one core) / "
+      f"{idle['daemon_cpu_ns'] / 1e6:.2f} ms ({idle['daemon_cpu_ns'] / 1e7 / win:.4f} %) |")
+    w(f"| all {n_dynos} shims' CPU over the window: utime+stime / schedstat | {idle['shims_ticks']} ticks ({idle['shims_cpu_pct']:.3f} %) / "
+      f"{idle['shims_cpu_ns'] / 1e6:.2f} ms ({idle['shims_cpu_ns'] / 1e7 / win:.4f} %) |")
     w(f"| shim RSS (mean / max) | {mean(rss) / 1024:.2f} MiB / {max(rss) / 1024:.2f} MiB |")
     w(f"| shim PSS (mean / max) — the per-dyno supervision overhead | {mean(pss) / 1024:.2f} MiB / {max(pss) / 1024:.2f} MiB |")
     w(f"| shim USS, private pages (mean / max) | {mean(uss) / 1024:.2f} MiB / {max(uss) / 1024:.2f} MiB |")
     w(f"| all shims together: RSS sum / PSS sum | {sum(rss) / 1024:.1f} MiB / {sum(pss) / 1024:.1f} MiB |")
     if "daemon_after_stop" in d:
         a = d["daemon_after_stop"]
-        w(f"| `ps:stop --all` of {n_dynos} dynos (wall) | {d['stop_all_s']:.2f} s |")
+        w(f"| `ps:stop --all` of {n_dynos} dynos (wall) / shims alive just after it returned | {d['stop_all_s']:.2f} s / {d['alive_after_stop']} |")
         w(f"| daemon VmRSS after that stop (0 dynos running) | {a['rss_kib'] / 1024:.1f} MiB, {a['fds']} fds |")
+    w(f"| WARN/ERROR lines in the daemon's log (`logs/slipway.log`), whole run | {d.get('daemon_log_warnings', '?')} |")
     w("")
-    w(f"Setup: {d['apps']} generic pushes ({d['push_parallel']} at a time) took {d['push_s']:.1f} s; "
+    w(f"Setup: `ps:scale bench-crash web={c['n']}` returned in {d['scale_crash_s']:.2f} s. {d['apps']} generic pushes ({d['push_parallel']} at a time) took {d['push_s']:.1f} s; "
       f"`ps:scale web=1 worker=1` on each, then all {n_dynos} dynos up after {d['scale_up_s']:.1f} s more. "
-      f"CPU is from /proc/PID/stat (CLK_TCK = {idle['clk_tck']}, so 1 tick = {1000 / idle['clk_tck']:.0f} ms); "
+      f"CPU is from /proc/PID/stat (CLK_TCK = {idle['clk_tck']}, so 1 tick = {1000 / idle['clk_tck']:.0f} ms) and, "
+      f"to the nanosecond, from /proc/PID/task/*/schedstat (threads that exit mid-window are undercounted); "
       f"memory from /proc/PID/status and /proc/PID/smaps_rollup. The daemon keeps no pipe per dyno "
       f"(each shim writes the app log itself), so a dyno's supervision cost is its shim plus the "
       f"daemon's per-dyno bytes above.")
@@ -493,12 +547,13 @@ def cmd_report():
 
 COMMANDS = {
     "ports-free": cmd_ports_free, "wait-up": cmd_wait_up, "crash": cmd_crash, "wait-gone": cmd_wait_gone,
-    "daemon-mem": cmd_daemon_mem, "idle": cmd_idle, "set": cmd_set, "report": cmd_report,
+    "daemon-mem": cmd_daemon_mem, "alive-now": cmd_alive_now, "warnings": cmd_warnings, "idle": cmd_idle, "set": cmd_set, "report": cmd_report,
 }
 COMMANDS[CMD](*ARGS)
 PYEOF
 
-py() { python3 "$PY" "$BIN" "$H" "$RESULTS" "$@"; }
+# In the background + wait, so INT/TERM run the cleanup at once (it kills the helper too).
+py() { python3 "$PY" "$BIN" "$H" "$RESULTS" "$@" & wait "$!"; }
 sw() { "$BIN" --home "$H" "$@"; }
 set_result() { py set "$1" "$2"; }
 
@@ -512,7 +567,9 @@ set_result date "\"$(date -u +%Y-%m-%d)\""
 set_result nproc "$(nproc)"
 set_result cpu_model "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1] or "unknown"))' "$CPU_MODEL")"
 set_result kernel "\"Linux $(uname -r)\""
-set_result version "\"$("$BIN" --version)\""
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || REV="$REV + uncommitted src changes"
+set_result version "\"$("$BIN" --version) (binary built $(date -u -r "$SRC_BIN" '+%Y-%m-%d %H:%M UTC'), checkout $REV)\""
 set_result python "\"$(python3 --version)\""
 set_result apps "$N_APPS"
 set_result push_parallel "$PUSH_PARALLEL"
@@ -546,7 +603,10 @@ py daemon-mem fresh
 log "1/3 crash latency: bench-crash with web=$N_CRASH"
 sw apps:create bench-crash >/dev/null
 push bench-crash
+t0=$(date +%s.%N)
 sw ps:scale bench-crash "web=$N_CRASH" >/dev/null
+t1=$(date +%s.%N)
+set_result scale_crash_s "$(python3 -c "print($t1 - $t0)")"
 py wait-up 60 "bench-crash=$N_CRASH"
 sleep 1
 py crash bench-crash "$N_CRASH"
@@ -605,12 +665,14 @@ log "3/3 ps:stop --all"
 t0=$(date +%s.%N)
 timeout 120 "$BIN" --home "$H" ps:stop --all >/dev/null
 t1=$(date +%s.%N)
+py alive-now alive_after_stop
 set_result stop_all_s "$(python3 -c "print($t1 - $t0)")"
 sleep 1
 py daemon-mem after_stop
 left=$(pgrep -f "dyno-shim --log $H/" || true)
 [[ -z $left ]] || die "shims still running after ps:stop --all: $left"
 
+py warnings
 set_result runtime_s "$(( $(date +%s) - BENCH_START ))"
 py report
 log "done in $(( $(date +%s) - BENCH_START )) s"

@@ -150,6 +150,19 @@ fn refs_daemon_restarts_and_destroy() {
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "run. piped");
 
+    // logs --tail over SSH streams each line as it happens.
+    let mut follow =
+        env.sshd.ssh_base(&env.key.path, &["logs", "hello", "--tail", "-n", "1", "--source", "app"]);
+    follow.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    let mut follow = follow.spawn().expect("spawn ssh logs --tail");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().expect("stdout")));
+    assert!(lines.next().is_some(), "no backlog line over ssh");
+    assert!(http_get(port, "/ssh-tail-probe").is_some());
+    let seen = lines.map_while(Result::ok).take(20).any(|l| l.contains("/ssh-tail-probe"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "a new line did not arrive through ssh logs --tail");
+
     // Other branches are accepted without a build; deleting main is refused.
     repo.git_ok(&["branch", "feature"]);
     let mut push = repo.command(&["push", "slipway", "feature"]);

@@ -444,8 +444,8 @@ impl Sshd {
         self.ssh_stdin(key, args, None)
     }
 
-    /// Like [`Sshd::ssh`], with `input` on the remote command's stdin.
-    pub fn ssh_stdin(&self, key: &Path, args: &[&str], input: Option<&str>) -> Output {
+    /// `ssh` with this server's options, `key`, the user and the remote words `args`.
+    pub fn ssh_base(&self, key: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-p", &self.port.to_string(), "-i"])
             .arg(key)
@@ -465,6 +465,12 @@ impl Sshd {
             ])
             .arg(format!("{}@127.0.0.1", self.user))
             .args(args);
+        cmd
+    }
+
+    /// Like [`Sshd::ssh`], with `input` on the remote command's stdin.
+    pub fn ssh_stdin(&self, key: &Path, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = self.ssh_base(key, args);
         run_with_timeout(&mut cmd, input.map(str::as_bytes), SSH_TIMEOUT)
     }
 }

@@ -93,8 +93,7 @@ impl Drop for Cleanup {
 }
 
 pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
-    let short = &req.commit[..req.commit.len().min(7)];
-    let id = format!("{}-{short}", crate::timefmt::compact_now());
+    let id = build_id(req.commit);
     let dir = req.home.release_dir(req.app, &id);
     let slug_path = req.home.slug(req.app, &id);
     std::fs::create_dir_all(req.home.releases(req.app)).map_err(io_err("creating the releases dir"))?;
@@ -117,6 +116,21 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     output::step(&format!("Compressing... done, {}", slug::human_size(slug_bytes)));
     cleanup.keep = true;
     Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack })
+}
+
+/// `20261124180000123-1a2b3c4-9f0e12ab`: sortable by time, names the commit, and unique across
+/// apps even when one commit is pushed to several apps in the same millisecond (build ids are
+/// one namespace in the database).
+fn build_id(commit: &str) -> String {
+    let short = &commit[..commit.len().min(7)];
+    let mut random = [0u8; 4];
+    let nonce = match std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+    {
+        Ok(()) => u32::from_be_bytes(random),
+        Err(_) => std::process::id(),
+    };
+    format!("{}-{short}-{nonce:08x}", crate::timefmt::compact_now())
 }
 
 fn read_procfile(dir: &Path) -> Result<Procfile, BuildError> {
@@ -215,6 +229,13 @@ mod tests {
             std::fs::write(d.path().join(f), "").unwrap();
         }
         d
+    }
+
+    #[test]
+    fn build_ids_differ_for_the_same_commit_at_once() {
+        let ids: std::collections::HashSet<String> = (0..50).map(|_| build_id("6c31943aaaa")).collect();
+        assert_eq!(ids.len(), 50, "{ids:?}");
+        assert!(ids.iter().all(|id| id.contains("-6c31943-")));
     }
 
     #[test]

@@ -594,7 +594,10 @@ impl Supervisor {
                 if process::start_time(pid).is_none() {
                     return; // exited: the exit watcher reports it
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Most apps bind within tens of milliseconds: look often at first, then less.
+                let elapsed = timeout - (deadline - tokio::time::Instant::now());
+                let pause = if elapsed < Duration::from_secs(1) { 5 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             let _ = events.send(Event::BootTimedOut { dyno, pid });
         });

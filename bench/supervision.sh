@@ -496,7 +496,7 @@ def cmd_report():
         ("kill → `starting to up` logged (wall clock vs log)", "kill_to_up"),
         ("kill → `ps --json` shows new pid `up` and HTTP GET answers (polled)", "polled"),
         ("kill → shim logs `Process exited with status 137`", "kill_to_exit"),
-        ("exit logged → new dyno prints `Serving HTTP` (port bound)", "exit_to_listening"),
+        ("exit logged → new dyno prints `Serving HTTP` (upper bound on its port being bound)", "exit_to_listening"),
     ):
         s = c.get(key)
         if not s:

@@ -71,6 +71,17 @@ pub const MIGRATIONS: &[&str] = &[
         created_at  TEXT NOT NULL
     );
     "#,
+    // v2: custom domains (router), release kinds and release-phase results, dependency keys.
+    r#"
+    CREATE TABLE domains (
+        host       TEXT PRIMARY KEY,      -- lowercase; a host belongs to at most one app
+        app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE releases ADD COLUMN kind TEXT NOT NULL DEFAULT 'deploy';  -- deploy | config | rollback
+    ALTER TABLE releases ADD COLUMN release_phase TEXT;                   -- NULL (none) | succeeded | failed: why
+    ALTER TABLE builds ADD COLUMN deps_key TEXT;                          -- dependency-environment key
+    "#,
 ];
 
 /// Brings the schema to the newest version in one exclusive transaction, so two processes
@@ -106,7 +117,7 @@ mod tests {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(tables, 7);
+        assert_eq!(tables, 8);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Settings from the environment (DESIGN.md, "Settings"). Read once per process; a bad value is
 //! an error naming the variable, never a silent default.
 
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -18,6 +19,11 @@ pub struct Settings {
     pub python: String,
     /// App log rotation (`SLIPWAY_LOG_MAX_MB`, 20; `SLIPWAY_LOG_FILES`, 5).
     pub log_policy: crate::logs::LogPolicy,
+    /// Where the HTTP router listens (`SLIPWAY_ROUTER_ADDR`, default 0.0.0.0:8080).
+    pub router_addr: SocketAddr,
+    /// How long the router waits for a dyno's response head before answering 503 H12
+    /// (`SLIPWAY_ROUTER_TIMEOUT`, seconds, default 30 as on Heroku).
+    pub router_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ impl Settings {
             domain: var("SLIPWAY_DOMAIN").unwrap_or_else(|| "localhost".into()),
             python: var("SLIPWAY_PYTHON").unwrap_or_else(|| "python3".into()),
             log_policy: log_policy_from_env()?,
+            router_addr: router_addr_from_env()?,
+            router_timeout: positive_seconds_from_env("SLIPWAY_ROUTER_TIMEOUT", 30)?,
         })
     }
 }
@@ -76,6 +84,27 @@ fn seconds_from_env(name: &'static str, default: u64) -> Result<Duration, Settin
         .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
         .map(Duration::from_secs_f64)
         .ok_or(SettingsError { var: name, value, why: "expected a number of seconds" })
+}
+
+/// Like [`seconds_from_env`], but zero is refused: a router timeout of 0 would fail every request.
+fn positive_seconds_from_env(name: &'static str, default: u64) -> Result<Duration, SettingsError> {
+    let duration = seconds_from_env(name, default)?;
+    if duration.is_zero() {
+        let value = var(name).unwrap_or_default();
+        return Err(SettingsError { var: name, value, why: "expected a number of seconds above 0" });
+    }
+    Ok(duration)
+}
+
+fn router_addr_from_env() -> Result<SocketAddr, SettingsError> {
+    let Some(value) = var("SLIPWAY_ROUTER_ADDR") else {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    };
+    value.trim().parse::<SocketAddr>().map_err(|_| SettingsError {
+        var: "SLIPWAY_ROUTER_ADDR",
+        value,
+        why: "expected IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080",
+    })
 }
 
 fn ports_from_env() -> Result<RangeInclusive<u16>, SettingsError> {

@@ -4,6 +4,7 @@
 
 mod apps;
 mod daemon;
+mod domains;
 mod hook;
 mod keys;
 mod logs;
@@ -121,6 +122,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the hosts an app answers at: `<app>.<SLIPWAY_DOMAIN>` and its custom domains.
+    #[command(name = "domains")]
+    Domains {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Route a custom hostname to an app (a host belongs to at most one app).
+    #[command(name = "domains:add")]
+    DomainsAdd { app: String, host: String },
+    /// Stop routing a custom hostname to an app.
+    #[command(name = "domains:remove")]
+    DomainsRemove { app: String, host: String },
     /// List the SSH keys that may push.
     #[command(name = "keys")]
     Keys {
@@ -214,6 +228,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Run { app, command } => run::run(home, &app, &command, who),
         Command::Logs { app, lines, tail, ps, source } => logs::show(home, &app, lines, tail, ps, source),
         Command::Releases { app, json } => releases::list(home, &app, json),
+        Command::Domains { app, json } => domains::list(home, &app, json),
+        Command::DomainsAdd { app, host } => domains::add(home, &app, &host, who),
+        Command::DomainsRemove { app, host } => domains::remove(home, &app, &host, who),
         Command::Keys { json } => keys::list(home, json),
         Command::KeysAdd { name } => keys::add(home, &name),
         Command::KeysRemove { name } => keys::remove(home, &name),

@@ -6,6 +6,7 @@
 //! transaction (`Store::transaction`).
 
 pub mod apps;
+pub mod domains;
 pub mod dynos;
 pub mod formation;
 pub mod keys;

@@ -5,24 +5,23 @@
 //! 3. take the app's deploy lock (a second push waits, and says so),
 //! 4. build into the final release dir and pack the slug,
 //! 5. record the build and release `vN` (pending) in one transaction,
-//! 6. ask the daemon to roll the formation onto `vN` and wait for the web boot check.
+//! 6. run the release phase, ask the daemon to roll the formation onto `vN` and wait for the
+//!    web boot check, then prune old slugs (all in `release`).
 //!
 //! Any failure prints ` !     why`, and the hook exits non-zero so git rejects the push; the
 //! release that was serving keeps serving.
 
-use std::fs::{File, OpenOptions};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::app::AppName;
 use crate::build::{self, output};
-use crate::daemon::client::{self, Client, ClientError};
-use crate::daemon::protocol::{Request, Response};
+use crate::daemon::client::Client;
 use crate::home::Home;
+use crate::job;
 use crate::logs::{self, Source};
+use crate::release;
 use crate::settings::Settings;
 use crate::store::{self, releases::BuildRow, Store};
 
@@ -103,7 +102,10 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     // Reject before building anything if nothing could run the result.
     Client::connect(&ctx.home, Duration::from_secs(10)).map_err(|e| e.to_string())?;
 
-    let _lock = take_deploy_lock(&ctx.home, &ctx.app)?;
+    job::cancel_on_signals();
+    let _lock = release::lock(&ctx.home, &ctx.app, || {
+        output::step(&format!("Waiting for another deploy of {} to finish...", ctx.app))
+    })?;
     let mut store = Store::open(&ctx.home.db()).map_err(|e| e.to_string())?;
     ensure_branch_unmoved(ctx, &store, update)?;
     remove_abandoned_builds(&ctx.home, &store, &ctx.app);
@@ -116,12 +118,16 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         "api",
         &format!("Build started by {pushed_by} for commit {short}"),
     );
+    let config = store::releases::config_vars(store.conn(), &ctx.app).map_err(|e| e.to_string())?;
+    let previous = current_build(&ctx.home, &store, &ctx.app);
     let request = build::BuildRequest {
         home: &ctx.home,
         settings: &settings,
         app: &ctx.app,
         repo: &ctx.repo,
         commit: &update.new,
+        config: &config,
+        previous: previous.as_ref(),
     };
     let built = build::run(&request).map_err(|e| {
         logs::append_event(&log_path, Source::Slipway, "api", &format!("Build failed: {e}"));
@@ -141,8 +147,30 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         &format!("Release v{version} created by {pushed_by}: deploy {short}"),
     );
 
-    let web = roll_out(ctx, &settings, version)?;
+    let phase =
+        release::release_phase(&ctx.home, &store, &ctx.app, version, settings.release_timeout, |line| {
+            output::detail(line)
+        });
+    match phase {
+        Ok(true) => output::step("Release command succeeded"),
+        Ok(false) => {}
+        Err(why) => {
+            release::fail(&ctx.home, &store, &ctx.app, version, &why);
+            return Err(format!("release v{version} failed: {why}; the previous release keeps running"));
+        }
+    }
+    output::step(&format!("Starting dynos for v{version}"));
+    let web = release::go_live(&ctx.home, &settings, &ctx.app, version, true)
+        .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
     output::step(&format!("Launching... done, v{version}"));
+    let pruned = release::prune(&ctx.home, &store, &ctx.app, settings.keep_releases);
+    if !pruned.is_empty() {
+        output::detail(&format!(
+            "Removed {} old slug(s) (SLIPWAY_KEEP_RELEASES={})",
+            pruned.len(),
+            settings.keep_releases
+        ));
+    }
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -151,31 +179,6 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         output::detail(&format!("http://{host}:{}/ ({})", dyno.port, dyno.name));
     }
     Ok(())
-}
-
-/// Holds `run/locks/<app>.lock` (flock) for the whole build and rollout. The kernel drops the
-/// lock when the process dies, so a crashed build never leaves it held.
-fn take_deploy_lock(home: &Home, app: &AppName) -> Result<Flock<File>, String> {
-    let path = home.deploy_lock(app);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    let open = || {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))
-    };
-    match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err(_) => {
-            output::step(&format!("Waiting for another deploy of {app} to finish..."));
-            Flock::lock(open()?, FlockArg::LockExclusive)
-                .map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
-        }
-    }
 }
 
 /// A push that waited for the lock may be based on a commit another push has just replaced.
@@ -212,6 +215,15 @@ fn ref_value(repo: &Path, name: &str) -> Option<String> {
         .output()
         .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The build the app runs now (its dependency environment may be reused).
+fn current_build(home: &Home, store: &Store, app: &AppName) -> Option<build::Previous> {
+    let conn = store.conn();
+    let version = store::apps::get(conn, app).ok()??.current_release?;
+    let build_id = store::releases::release(conn, app, version).ok()??.build_id?;
+    let build = store::releases::build(conn, &build_id).ok()??;
+    Some(build::Previous { dir: home.release_dir(app, &build_id), deps_key: build.deps_key })
 }
 
 /// Release dirs and slugs that no build row names are leftovers of a build that was killed
@@ -256,34 +268,22 @@ fn record_release(
             process_types: built.procfile.clone(),
             slug_bytes: built.slug_bytes as i64,
             created_at: crate::timefmt::now(),
+            deps_key: built.deps_key.clone(),
         },
     )?;
     let config = store::releases::config_vars(&tx, app)?;
     let description = format!("Deploy {}", &commit[..commit.len().min(7)]);
-    let version =
-        store::releases::insert_release(&tx, app, Some(&built.id), &description, pushed_by, &config)?;
+    let new = release::NewRelease {
+        kind: release::Kind::Deploy,
+        build_id: Some(&built.id),
+        description: &description,
+        created_by: pushed_by,
+        config: &config,
+    };
+    let version = release::insert(&tx, app, &new)?;
     store::formation::add_defaults(&tx, app, &built.procfile)?;
     tx.commit()?;
     Ok(version)
-}
-
-/// Asks the daemon to switch to `version` and waits for the boot check.
-fn roll_out(
-    ctx: &HookContext,
-    settings: &Settings,
-    version: i64,
-) -> Result<Vec<crate::daemon::protocol::WebDyno>, String> {
-    output::step(&format!("Starting dynos for v{version}"));
-    let wait = settings.boot_timeout + Duration::from_secs(60);
-    let request = Request::Deploy { app: ctx.app.to_string(), version };
-    match client::call(&ctx.home, &request, wait) {
-        Ok(Response::Deployed { web, .. }) => Ok(web),
-        Ok(other) => Err(format!("release v{version} failed: unexpected answer {other:?}")),
-        Err(ClientError::Daemon(message)) => {
-            Err(format!("release v{version} failed: {message}; the previous release keeps running"))
-        }
-        Err(e) => Err(format!("release v{version} failed: {e}")),
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,16 @@ pub struct Settings {
     /// How long the router waits for a dyno's response head before answering 503 H12
     /// (`SLIPWAY_ROUTER_TIMEOUT`, seconds, default 30 as on Heroku).
     pub router_timeout: Duration,
+    /// A build is killed after this long (`SLIPWAY_BUILD_TIMEOUT`, 900 s).
+    pub build_timeout: Duration,
+    /// The release phase fails after this long (`SLIPWAY_RELEASE_TIMEOUT`, 3600 s).
+    pub release_timeout: Duration,
+    /// Slugs and release dirs of this many newest releases are kept (`SLIPWAY_KEEP_RELEASES`, 10).
+    pub keep_releases: usize,
+    /// Larger slugs are refused (`SLIPWAY_MAX_SLUG_MB`, 500).
+    pub max_slug_bytes: u64,
+    /// Builds see the app's config vars only when `SLIPWAY_BUILD_CONFIG=1`.
+    pub build_config: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,11 @@ impl Settings {
             log_policy: log_policy_from_env()?,
             router_addr: router_addr_from_env()?,
             router_timeout: positive_seconds_from_env("SLIPWAY_ROUTER_TIMEOUT", 30)?,
+            build_timeout: seconds_from_env("SLIPWAY_BUILD_TIMEOUT", 900)?,
+            release_timeout: seconds_from_env("SLIPWAY_RELEASE_TIMEOUT", 3600)?,
+            keep_releases: count_from_env("SLIPWAY_KEEP_RELEASES", 10, 1..=1000)?,
+            max_slug_bytes: count_from_env("SLIPWAY_MAX_SLUG_MB", 500, 1..=100_000)? as u64 * 1024 * 1024,
+            build_config: var("SLIPWAY_BUILD_CONFIG").is_some_and(|v| v.trim() == "1"),
         })
     }
 }
@@ -104,6 +119,19 @@ fn router_addr_from_env() -> Result<SocketAddr, SettingsError> {
         var: "SLIPWAY_ROUTER_ADDR",
         value,
         why: "expected IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080",
+    })
+}
+
+fn count_from_env(
+    name: &'static str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, SettingsError> {
+    let Some(value) = var(name) else { return Ok(default) };
+    value.trim().parse::<usize>().ok().filter(|n| range.contains(n)).ok_or(SettingsError {
+        var: name,
+        value,
+        why: "expected a whole number in range",
     })
 }
 

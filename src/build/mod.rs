@@ -6,14 +6,18 @@
 //! removes (see `deploy`). Nothing here touches the database: the caller records the build
 //! and its release in one transaction once this returned successfully.
 
+pub mod interpreter;
 pub mod output;
 pub mod python;
 pub mod slug;
+pub mod slugignore;
+pub mod venv;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Instant;
 
 use crate::app::AppName;
 use crate::git;
@@ -33,6 +37,12 @@ pub enum BuildError {
     Detect(String),
     #[error("{step} failed ({status})")]
     Command { step: String, status: String },
+    #[error("the build ran out of time (SLIPWAY_BUILD_TIMEOUT) and was stopped with all its processes")]
+    TimedOut,
+    #[error("the build was cancelled: the push was interrupted")]
+    Cancelled,
+    #[error("the slug is {size}, over the limit of {limit} (SLIPWAY_MAX_SLUG_MB); list what it does not need in .slugignore")]
+    SlugTooLarge { size: String, limit: String },
     #[error("{action}: {source}")]
     Io { action: String, source: io::Error },
 }
@@ -64,6 +74,15 @@ pub struct BuildRequest<'a> {
     pub app: &'a AppName,
     pub repo: &'a Path,
     pub commit: &'a str,
+    /// The app's config vars (in the build's environment only with SLIPWAY_BUILD_CONFIG=1).
+    pub config: &'a BTreeMap<String, String>,
+    /// The build the app runs now, whose dependency environment may be reused.
+    pub previous: Option<&'a Previous>,
+}
+
+pub struct Previous {
+    pub dir: PathBuf,
+    pub deps_key: Option<String>,
 }
 
 pub struct Built {
@@ -73,6 +92,7 @@ pub struct Built {
     pub slug_bytes: u64,
     pub procfile: Procfile,
     pub stack: Stack,
+    pub deps_key: Option<String>,
 }
 
 /// Removes a build's outputs unless [`Cleanup::keep`] was called: every early return and panic
@@ -93,6 +113,7 @@ impl Drop for Cleanup {
 }
 
 pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
+    let deadline = Instant::now() + req.settings.build_timeout;
     let id = build_id(req.commit);
     let dir = req.home.release_dir(req.app, &id);
     let slug_path = req.home.slug(req.app, &id);
@@ -103,19 +124,57 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     git::export_commit(req.repo, req.commit, &dir)?;
     let procfile = read_procfile(&dir)?;
     let stack = detect(&dir)?;
-    match stack {
-        Stack::Python => python::build(req, &dir)?,
-        Stack::Generic => output::step("No Python files found: building a generic app (code only)"),
-    }
+    compile_hook(req, &dir, "bin/pre_compile", deadline)?;
+    let deps_key = match stack {
+        Stack::Python => Some(python::build(req, &dir, deadline)?),
+        Stack::Generic => {
+            output::step("No Python files found: building a generic app (code only)");
+            None
+        }
+    };
+    compile_hook(req, &dir, "bin/post_compile", deadline)?;
 
     output::step("Discovering process types");
     let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
     output::detail(&format!("Procfile declares types -> {}", types.join(", ")));
 
+    if let Ok(text) = std::fs::read_to_string(dir.join(".slugignore")) {
+        let removed =
+            slugignore::apply(&dir, &slugignore::parse(&text)).map_err(io_err("applying .slugignore"))?;
+        output::step(&format!("Removed {removed} path(s) listed in .slugignore"));
+    }
     let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;
+    if slug_bytes > req.settings.max_slug_bytes {
+        return Err(BuildError::SlugTooLarge {
+            size: slug::human_size(slug_bytes),
+            limit: slug::human_size(req.settings.max_slug_bytes),
+        });
+    }
     output::step(&format!("Compressing... done, {}", slug::human_size(slug_bytes)));
     cleanup.keep = true;
-    Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack })
+    Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack, deps_key })
+}
+
+/// Heroku's `bin/pre_compile` / `bin/post_compile` hooks: app scripts run during the build.
+fn compile_hook(
+    req: &BuildRequest<'_>,
+    dir: &Path,
+    script: &str,
+    deadline: Instant,
+) -> Result<(), BuildError> {
+    if !dir.join(script).is_file() {
+        return Ok(());
+    }
+    output::step(&format!("Running {script}"));
+    let mut env = build_env(req);
+    let venv_bin = dir.join(python::VENV).join("bin");
+    if venv_bin.is_dir() {
+        let path = format!("{}:{}", venv_bin.display(), env.get("PATH").cloned().unwrap_or_default());
+        env.insert("PATH".into(), path);
+    }
+    let mut c = Command::new("/bin/sh");
+    c.arg(script).env_clear().envs(env).current_dir(dir);
+    run_step(script, c, deadline)
 }
 
 /// `20261124180000123-1a2b3c4-9f0e12ab`: sortable by time, names the commit, and unique across
@@ -156,11 +215,6 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
             "found a Pipfile without Pipfile.lock; run 'pipenv lock' and commit the lock file".into(),
         ));
     }
-    if let Some(lock) = present.iter().find(|m| **m != "requirements.txt") {
-        return Err(BuildError::Detect(format!(
-            "{lock} is not supported by this slipway version yet; export your dependencies to requirements.txt"
-        )));
-    }
     let has_python_files =
         std::fs::read_dir(dir).map_err(io_err("reading the app"))?.filter_map(Result::ok).any(|e| {
             let name = e.file_name();
@@ -171,11 +225,12 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
 }
 
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
-/// into an app's build except what installers need to reach a package index.
-pub fn build_env(home: &Home, app: &AppName) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
+/// into an app's build except what installers need to reach a package index; the app's config
+/// vars only when the operator opted in with SLIPWAY_BUILD_CONFIG=1.
+pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
+    let mut env = if req.settings.build_config { req.config.clone() } else { BTreeMap::new() };
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("HOME".into(), home.cache(app).join("home").display().to_string());
+    env.insert("HOME".into(), req.home.cache(req.app).join("home").display().to_string());
     env.insert("LANG".into(), "C.UTF-8".into());
     env.insert("PYTHONUNBUFFERED".into(), "1".into());
     for key in [
@@ -188,6 +243,7 @@ pub fn build_env(home: &Home, app: &AppName) -> BTreeMap<String, String> {
         "PIP_INDEX_URL",
         "PIP_EXTRA_INDEX_URL",
         "PIP_TRUSTED_HOST",
+        "UV_INDEX_URL",
         "SSL_CERT_FILE",
     ] {
         if let Ok(v) = std::env::var(key) {
@@ -197,25 +253,22 @@ pub fn build_env(home: &Home, app: &AppName) -> BTreeMap<String, String> {
     env
 }
 
-/// Runs one build command in its own process group, relaying its output indented.
-pub fn run_step(step: &str, command: &mut Command) -> Result<(), BuildError> {
-    use std::os::unix::process::CommandExt;
-    let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
-    let writer2 = writer.try_clone().map_err(io_err("creating a pipe"))?;
-    command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
-    let mut child = command.spawn().map_err(io_err(format!("starting {step}")))?;
-    // The Command still holds the write ends; they must close for the reader to see EOF.
-    drop(std::mem::replace(command, Command::new("true")));
-    output::relay_indented(reader);
-    let status = child.wait().map_err(io_err(format!("waiting for {step}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        let status = match status.code() {
-            Some(code) => format!("exit {code}"),
-            None => "killed by a signal".to_string(),
-        };
-        Err(BuildError::Command { step: step.to_string(), status })
+/// Runs one build command in its own process group, relaying its output indented, within
+/// what is left of the build's time; a timeout or an interrupted push kills the whole group.
+pub fn run_step(step: &str, command: Command, deadline: Instant) -> Result<(), BuildError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match crate::job::run(command, Some(left), |line| {
+        output::detail(line.rsplit('\r').next().unwrap_or(line))
+    }) {
+        Ok(()) => Ok(()),
+        Err(crate::job::JobError::Failed(code)) => {
+            Err(BuildError::Command { step: step.to_string(), status: format!("exit {code}") })
+        }
+        Err(crate::job::JobError::TimedOut(_)) => Err(BuildError::TimedOut),
+        Err(crate::job::JobError::Cancelled) => Err(BuildError::Cancelled),
+        Err(crate::job::JobError::Spawn(source)) => {
+            Err(BuildError::Io { action: format!("starting {step}"), source })
+        }
     }
 }
 

@@ -1,38 +1,116 @@
-//! The Python buildpack: a virtualenv inside the release dir, dependencies installed from
-//! `requirements.txt` through a per-app pip cache (`cache/<app>/pip`), so a redeploy with
-//! unchanged requirements downloads nothing.
+//! The Python buildpack. The virtualenv lives inside the release dir (`.slipway/venv`, first on
+//! the dynos' PATH) and is built at its final path. Dependencies are installed by the package
+//! manager the app chose — exactly one of `requirements.txt` (pip, or uv when the server has
+//! it), `uv.lock` (uv), `poetry.lock` (poetry), `Pipfile.lock` (converted to a hashed
+//! requirements file for pip/uv) — or, for a `pyproject.toml` with a build backend and no lock,
+//! the project itself. Downloads go through per-app caches (`cache/<app>/pip`, `.../uv`).
+//!
+//! The dependency environment has a key: a hash of the dependency files, the interpreter
+//! version and the installer. When the previous release's key is the same, its venv is cloned
+//! (hard links, paths rewritten; see `venv`) and nothing is installed: a code-only redeploy
+//! never runs pip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
-use super::{build_env, output, run_step, BuildError, BuildRequest};
+use super::{build_env, interpreter, output, run_step, venv, BuildError, BuildRequest};
 
 /// Where the virtualenv lives inside a release dir; dynos get its `bin` first on PATH.
 pub const VENV: &str = ".slipway/venv";
 
-pub fn build(req: &BuildRequest<'_>, dir: &Path) -> Result<(), BuildError> {
-    output::step("Python app detected");
-    let (python, version) = interpreter(&req.settings.python)?;
-    output::step(&format!("Using Python {version} ({})", python.display()));
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Installer {
+    Pip,
+    Uv,
+    UvLock,
+    Poetry,
+    Pipfile,
+    /// pyproject.toml with a build backend and no lock file: install the project itself.
+    Project,
+    /// Python files but nothing to install.
+    Nothing,
+}
 
-    let env = build_env(req.home, req.app);
+impl Installer {
+    fn name(self) -> &'static str {
+        match self {
+            Installer::Pip => "pip",
+            Installer::Uv => "uv",
+            Installer::UvLock => "uv-lock",
+            Installer::Poetry => "poetry",
+            Installer::Pipfile => "pipfile",
+            Installer::Project => "project",
+            Installer::Nothing => "none",
+        }
+    }
+}
+
+/// The files whose content decides the dependency environment.
+const DEPENDENCY_FILES: &[&str] =
+    &["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock", "pyproject.toml"];
+
+/// Builds the venv and returns the dependency-environment key.
+pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<String, BuildError> {
+    output::step("Python app detected");
+    let python = interpreter::select(dir, &req.settings.python)?;
+    output::step(&format!("Using Python {} ({})", python.version, python.path.display()));
+
+    let uv = find_on_path("uv");
+    let installer = choose_installer(dir, uv.is_some());
+    let mut parts: Vec<Vec<u8>> = vec![installer.name().into(), python.version.clone().into()];
+    for file in DEPENDENCY_FILES {
+        parts.push(file.as_bytes().to_vec());
+        parts.push(std::fs::read(dir.join(file)).unwrap_or_default());
+    }
+    let key = venv::key(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
+
+    let venv_dir = dir.join(VENV);
+    if let Some(previous) = req.previous.filter(|p| p.deps_key.as_deref() == Some(key.as_str())) {
+        let old_venv = previous.dir.join(VENV);
+        if old_venv.is_dir() {
+            venv::clone(&old_venv, &venv_dir, &previous.dir, dir).map_err(|source| BuildError::Io {
+                action: "reusing the dependency environment".into(),
+                source,
+            })?;
+            output::step(&format!("Using cached dependencies (key {key})"));
+            collectstatic(req, dir, deadline)?;
+            return Ok(key);
+        }
+    }
+
     let cache = req.home.cache(req.app);
     std::fs::create_dir_all(cache.join("home"))
         .map_err(|source| BuildError::Io { action: format!("creating {}", cache.display()), source })?;
+    let env = build_env(req);
+    let venv_python = venv_dir.join("bin/python");
 
-    let venv = dir.join(VENV);
     output::step("Creating virtualenv");
-    run_step(
-        "creating the virtualenv",
-        Command::new(&python).arg("-m").arg("venv").arg(&venv).env_clear().envs(&env).current_dir(dir),
-    )?;
+    let mut create = match (&uv, installer) {
+        (Some(uv), i) if i != Installer::Pip => {
+            let mut c = Command::new(uv);
+            c.args(["venv", "--quiet", "--python"]).arg(&python.path).arg(&venv_dir);
+            c
+        }
+        _ => {
+            let mut c = Command::new(&python.path);
+            c.args(["-m", "venv"]).arg(&venv_dir);
+            c
+        }
+    };
+    create.env_clear().envs(&env).env("UV_CACHE_DIR", cache.join("uv")).current_dir(dir);
+    run_step("creating the virtualenv", create, deadline)?;
 
-    if dir.join("requirements.txt").is_file() {
-        output::step("Installing requirements with pip");
-        run_step(
-            "pip install",
-            Command::new(venv.join("bin/python"))
-                .args([
+    let pip = |args: &[&str]| {
+        let mut c = match &uv {
+            Some(uv) => {
+                let mut c = Command::new(uv);
+                c.args(["pip", "install", "--python"]).arg(&venv_python);
+                c
+            }
+            None => {
+                let mut c = Command::new(&venv_python);
+                c.args([
                     "-m",
                     "pip",
                     "install",
@@ -40,29 +118,243 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path) -> Result<(), BuildError> {
                     "--no-input",
                     "--progress-bar",
                     "off",
-                    "-r",
-                    "requirements.txt",
-                ])
+                ]);
+                c
+            }
+        };
+        c.args(args)
+            .env_clear()
+            .envs(&env)
+            .env("PIP_CACHE_DIR", cache.join("pip"))
+            .env("UV_CACHE_DIR", cache.join("uv"))
+            .current_dir(dir);
+        c
+    };
+    let with = if uv.is_some() { "uv" } else { "pip" };
+    match installer {
+        Installer::Pip | Installer::Uv => {
+            output::step(&format!("Installing dependencies with {with}"));
+            run_step(&format!("{with} install"), pip(&["-r", "requirements.txt"]), deadline)?;
+        }
+        Installer::Pipfile => {
+            output::step(&format!("Installing dependencies from Pipfile.lock with {with}"));
+            let lock = std::fs::read_to_string(dir.join("Pipfile.lock"))
+                .map_err(|source| BuildError::Io { action: "reading Pipfile.lock".into(), source })?;
+            let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
+            let path = cache.join("Pipfile.lock.requirements.txt");
+            std::fs::write(&path, requirements)
+                .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
+            run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline)?;
+        }
+        Installer::Project => {
+            output::step(&format!("Installing the project (pyproject.toml) with {with}"));
+            run_step(&format!("{with} install"), pip(&["."]), deadline)?;
+        }
+        Installer::UvLock => {
+            let uv = match uv {
+                Some(uv) => uv,
+                None => ensure_tool(req, &python.path, "uv", deadline)?,
+            };
+            output::step("Installing dependencies with uv sync (uv.lock)");
+            let mut sync = Command::new(uv);
+            sync.args(["sync", "--frozen", "--no-dev"])
                 .env_clear()
                 .envs(&env)
-                .env("PIP_CACHE_DIR", cache.join("pip"))
-                .current_dir(dir),
-        )?;
+                .env("UV_PROJECT_ENVIRONMENT", &venv_dir)
+                .env("UV_PYTHON", &python.path)
+                .env("UV_CACHE_DIR", cache.join("uv"))
+                .current_dir(dir);
+            run_step("uv sync", sync, deadline)?;
+        }
+        Installer::Poetry => {
+            let poetry = ensure_tool(req, &python.path, "poetry", deadline)?;
+            output::step("Installing dependencies with poetry (poetry.lock)");
+            let path = format!(
+                "{}:{}",
+                venv_dir.join("bin").display(),
+                env.get("PATH").cloned().unwrap_or_default()
+            );
+            let mut install = Command::new(poetry);
+            install
+                .args(["install", "--only", "main", "--no-root", "--no-interaction"])
+                .env_clear()
+                .envs(&env)
+                .env("PATH", path)
+                .env("VIRTUAL_ENV", &venv_dir)
+                .env("POETRY_VIRTUALENVS_CREATE", "false")
+                .env("POETRY_CACHE_DIR", cache.join("poetry"))
+                .current_dir(dir);
+            run_step("poetry install", install, deadline)?;
+        }
+        Installer::Nothing => output::step("No dependencies to install"),
     }
-    Ok(())
+    collectstatic(req, dir, deadline)?;
+    Ok(key)
 }
 
-/// Resolves the configured interpreter (e.g. `python3`, possibly a pyenv shim) to the real
-/// executable and its version, with the caller's environment so shims can do their work.
-fn interpreter(configured: &str) -> Result<(PathBuf, String), BuildError> {
-    let out = Command::new(configured)
-        .args(["-c", "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])"])
+fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
+    let has = |f: &str| dir.join(f).is_file();
+    if has("requirements.txt") {
+        if uv_available {
+            Installer::Uv
+        } else {
+            Installer::Pip
+        }
+    } else if has("uv.lock") {
+        Installer::UvLock
+    } else if has("poetry.lock") {
+        Installer::Poetry
+    } else if has("Pipfile.lock") {
+        Installer::Pipfile
+    } else if std::fs::read_to_string(dir.join("pyproject.toml")).is_ok_and(|t| t.contains("[build-system]"))
+    {
+        Installer::Project
+    } else {
+        Installer::Nothing
+    }
+}
+
+/// Django apps get `manage.py collectstatic --noinput` (Heroku's behaviour) unless the app's
+/// config sets DISABLE_COLLECTSTATIC=1.
+fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<(), BuildError> {
+    let python = dir.join(VENV).join("bin/python");
+    if !dir.join("manage.py").is_file() || req.config.get("DISABLE_COLLECTSTATIC").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
+    let has_django = Command::new(&python)
+        .args(["-c", "import django"])
+        .env_clear()
         .output()
-        .map_err(|e| BuildError::Detect(format!("cannot run the Python interpreter '{configured}': {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    match (out.status.success(), lines.next(), lines.next()) {
-        (true, Some(exe), Some(version)) if !exe.is_empty() => Ok((PathBuf::from(exe), version.to_string())),
-        _ => Err(BuildError::Detect(format!("the Python interpreter '{configured}' did not run"))),
+        .is_ok_and(|o| o.status.success());
+    if !has_django {
+        return Ok(());
+    }
+    output::step("$ python manage.py collectstatic --noinput");
+    let mut c = Command::new(&python);
+    c.args(["manage.py", "collectstatic", "--noinput"]).env_clear().envs(build_env(req)).current_dir(dir);
+    run_step("collectstatic", c, deadline)
+}
+
+/// `uv` / `poetry` for lock files when the server has none on PATH: installed once per server
+/// into `cache/.tools/<name>` (this needs the package index).
+fn ensure_tool(
+    req: &BuildRequest<'_>,
+    python: &Path,
+    name: &str,
+    deadline: Instant,
+) -> Result<PathBuf, BuildError> {
+    if let Some(found) = find_on_path(name) {
+        return Ok(found);
+    }
+    let root = req.home.root().join("cache/.tools").join(name);
+    let exe = root.join("bin").join(name);
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    output::step(&format!("Installing {name} for this server (first use)"));
+    let env = build_env(req);
+    let mut create = Command::new(python);
+    create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
+    run_step(&format!("creating the {name} environment"), create, deadline)?;
+    let mut install = Command::new(root.join("bin/python"));
+    install.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        name,
+    ]);
+    install.env_clear().envs(&env);
+    if let Err(e) = run_step(&format!("installing {name}"), install, deadline) {
+        let _ = std::fs::remove_dir_all(&root);
+        return Err(e);
+    }
+    Ok(exe)
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Turns Pipfile.lock's `default` section into a requirements file with exact versions,
+/// markers and hashes (pip then checks every hash).
+pub fn pipfile_requirements(lock: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(lock).map_err(|e| format!("Pipfile.lock is not valid JSON: {e}"))?;
+    let Some(default) = value.get("default").and_then(|d| d.as_object()) else {
+        return Err("Pipfile.lock has no \"default\" section".into());
+    };
+    let mut out = String::new();
+    for (name, spec) in default {
+        if ["git", "path", "file", "editable"].iter().any(|k| spec.get(k).is_some()) {
+            return Err(format!(
+                "Pipfile.lock entry '{name}' is a VCS or path dependency, which slipway cannot install yet"
+            ));
+        }
+        let Some(version) = spec.get("version").and_then(|v| v.as_str()) else {
+            return Err(format!("Pipfile.lock entry '{name}' has no version"));
+        };
+        let extras = spec
+            .get("extras")
+            .and_then(|e| e.as_array())
+            .map(|e| e.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+            .filter(|e| !e.is_empty())
+            .map(|e| format!("[{e}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("{name}{extras}{version}"));
+        if let Some(markers) = spec.get("markers").and_then(|m| m.as_str()) {
+            out.push_str(&format!(" ; {markers}"));
+        }
+        for hash in
+            spec.get("hashes").and_then(|h| h.as_array()).into_iter().flatten().filter_map(|h| h.as_str())
+        {
+            out.push_str(&format!(" --hash={hash}"));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipfile_lock_to_requirements() {
+        let lock = r#"{"_meta": {}, "default": {
+            "flask": {"version": "==3.0.0", "hashes": ["sha256:aa", "sha256:bb"], "markers": "python_version >= '3.8'"},
+            "requests": {"version": "==2.31.0", "extras": ["socks"]}
+        }, "develop": {"pytest": {"version": "==8.0"}}}"#;
+        let req = pipfile_requirements(lock).unwrap();
+        assert_eq!(
+            req,
+            "flask==3.0.0 ; python_version >= '3.8' --hash=sha256:aa --hash=sha256:bb\nrequests[socks]==2.31.0\n"
+        );
+        assert!(pipfile_requirements(r#"{"default": {"x": {"git": "https://e/x"}}}"#)
+            .unwrap_err()
+            .contains("'x'"));
+    }
+
+    #[test]
+    fn installer_choice() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(choose_installer(d.path(), false), Installer::Nothing);
+        std::fs::write(d.path().join("pyproject.toml"), "[project]\nname='x'\n").unwrap();
+        assert_eq!(choose_installer(d.path(), false), Installer::Nothing);
+        std::fs::write(d.path().join("pyproject.toml"), "[build-system]\nrequires=['hatchling']\n").unwrap();
+        assert_eq!(choose_installer(d.path(), true), Installer::Project);
+        std::fs::write(d.path().join("uv.lock"), "").unwrap();
+        assert_eq!(choose_installer(d.path(), false), Installer::UvLock);
+        std::fs::write(d.path().join("requirements.txt"), "").unwrap();
+        assert_eq!(choose_installer(d.path(), false), Installer::Pip);
+        assert_eq!(choose_installer(d.path(), true), Installer::Uv);
     }
 }

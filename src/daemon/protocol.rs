@@ -22,6 +22,9 @@ pub enum Request {
     Deploy {
         app: String,
         version: i64,
+        /// False for `config:set --no-restart`: the running dynos take the new release's
+        /// label now and its environment at their next restart.
+        restart: bool,
     },
     /// Make the app's dynos match its formation and current release.
     Converge {
@@ -110,7 +113,7 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Request::Deploy { app: "hello".into(), version: 3 }).unwrap();
+        write_frame(&mut buf, &Request::Deploy { app: "hello".into(), version: 3, restart: true }).unwrap();
         let back: Request = read_frame(&mut buf.as_slice()).unwrap();
         assert!(matches!(back, Request::Deploy { version: 3, .. }));
     }

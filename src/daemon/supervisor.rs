@@ -140,7 +140,10 @@ impl Supervisor {
                 let version = env!("CARGO_PKG_VERSION").into();
                 Ok(Response::Status { pid: std::process::id(), version, dynos })
             }
-            Request::Deploy { app, version } => match app.parse::<AppName>() {
+            Request::Deploy { app, version, restart } => match app.parse::<AppName>() {
+                Ok(app) if !restart => {
+                    self.relabel(&app, version).map(|web| Response::Deployed { version, web })
+                }
                 Ok(app) => return self.deploy(app, version, reply).await,
                 Err(e) => Err(err(e)),
             },
@@ -188,6 +191,29 @@ impl Supervisor {
             })
             .collect();
         self.rollout(app, RolloutKind::Deploy { version }, version, starts, reply).await;
+    }
+
+    /// `config:set --no-restart`: `version` becomes current without touching a process; the
+    /// running dynos of the current release carry its label from now on.
+    fn relabel(&mut self, app: &AppName, version: i64) -> Result<Vec<WebDyno>> {
+        if self.rollouts.contains_key(app) {
+            return Err(format!("a rollout of {app} is in progress; try again when it finishes"));
+        }
+        let previous = store::apps::require(self.store.conn(), app).map_err(err)?.current_release;
+        let tx = self.store.transaction().map_err(err)?;
+        store::apps::set_current_release(&tx, app, version).map_err(err)?;
+        store::releases::set_status(&tx, app, version, "succeeded").map_err(err)?;
+        if let Some(previous) = previous {
+            store::dynos::relabel(&tx, app, previous, version).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        self.event(app, "api", &format!("Release v{version} is current; dynos pick it up when they restart"));
+        Ok(self
+            .app_dynos(app)
+            .into_iter()
+            .filter(|d| d.process_type == "web" && d.release == version)
+            .filter_map(|d| Some(WebDyno { name: d.name(), port: d.port? }))
+            .collect())
     }
 
     /// `ps:restart`: stopped and crashed targets start again in place; running ones are

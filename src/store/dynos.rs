@@ -193,6 +193,16 @@ pub fn set_down(conn: &Connection, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Relabels an app's dynos of release `from` as release `to` (same build, new config, applied
+/// at their next restart).
+pub fn relabel(conn: &Connection, app: &AppName, from: i64, to: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE dynos SET release = ?3 WHERE app = ?1 AND release = ?2",
+        params![app.as_str(), from, to],
+    )?;
+    Ok(())
+}
+
 pub fn delete(conn: &Connection, id: i64) -> Result<()> {
     conn.execute("DELETE FROM dynos WHERE id = ?1", [id])?;
     Ok(())

@@ -81,6 +81,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE releases ADD COLUMN kind TEXT NOT NULL DEFAULT 'deploy';  -- deploy | config | rollback
     ALTER TABLE releases ADD COLUMN release_phase TEXT;                   -- NULL (none) | succeeded | failed: why
     ALTER TABLE builds ADD COLUMN deps_key TEXT;                          -- dependency-environment key
+    -- An app's config is the snapshot of its newest succeeded release, so a failed change
+    -- leaves nothing to undo; the separate table was never written.
+    DROP TABLE config_vars;
     "#,
 ];
 
@@ -117,7 +120,7 @@ mod tests {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(tables, 8);
+        assert_eq!(tables, 7);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct BuildRow {
     pub process_types: Procfile,
     pub slug_bytes: i64,
     pub created_at: String,
+    /// Key of the dependency environment (Python builds), for reuse by the next build.
+    pub deps_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +61,7 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
 pub fn build(conn: &Connection, id: &str) -> Result<Option<BuildRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, commit_sha, stack, process_types, slug_bytes, created_at FROM builds WHERE id = ?1",
+            "SELECT id, commit_sha, stack, process_types, slug_bytes, created_at, deps_key FROM builds WHERE id = ?1",
             [id],
             |r| {
                 let types: String = r.get(3)?;
@@ -70,6 +72,7 @@ pub fn build(conn: &Connection, id: &str) -> Result<Option<BuildRow>> {
                     process_types: serde_json::from_str(&types).unwrap_or_default(),
                     slug_bytes: r.get(4)?,
                     created_at: r.get(5)?,
+                    deps_key: r.get(6)?,
                 })
             },
         )
@@ -179,8 +182,14 @@ pub fn pending(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
     Ok(out)
 }
 
+/// The app's config vars: the snapshot of its newest succeeded release (empty before any).
 pub fn config_vars(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, String>> {
-    let mut stmt = conn.prepare("SELECT key, value FROM config_vars WHERE app = ?1")?;
-    let rows = stmt.query_map([app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let config: Option<String> = conn
+        .query_row(
+            "SELECT config FROM releases WHERE app = ?1 AND status = 'succeeded' ORDER BY version DESC LIMIT 1",
+            [app.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(config.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default())
 }

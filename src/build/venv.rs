@@ -1,0 +1,108 @@
+//! Reusing a virtualenv from an earlier release. A venv hard-codes its own absolute path (the
+//! shebangs of `bin/` scripts, `activate`, `.pth` files), so it cannot simply be moved; but
+//! release dirs differ only in the build id, so a copy whose path-bearing text files have the
+//! old release dir replaced by the new one is a venv built in place. Everything else is
+//! hard-linked: release dirs are immutable, so sharing file data between them is safe, and the
+//! "copy" of a few thousand files takes milliseconds and no disk.
+
+use std::io;
+use std::path::Path;
+
+/// Copies the venv `from` (inside release dir `old_root`) to `to` (inside `new_root`).
+pub fn clone(from: &Path, to: &Path, old_root: &Path, new_root: &Path) -> io::Result<usize> {
+    let old = old_root.to_string_lossy().to_string();
+    let new = new_root.to_string_lossy().to_string();
+    let mut rewritten = 0;
+    copy_dir(from, to, &old, &new, &mut rewritten)?;
+    Ok(rewritten)
+}
+
+fn copy_dir(from: &Path, to: &Path, old: &str, new: &str, rewritten: &mut usize) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&src, &dst, old, new, rewritten)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src)?.to_string_lossy().replace(old, new);
+            std::os::unix::fs::symlink(target, &dst)?;
+        } else if may_hold_paths(&src) {
+            let bytes = std::fs::read(&src)?;
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains(old) {
+                std::fs::write(&dst, text.replace(old, new))?;
+                std::fs::set_permissions(&dst, std::fs::metadata(&src)?.permissions())?;
+                *rewritten += 1;
+            } else if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst)?;
+            }
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Small text files where a venv records absolute paths.
+fn may_hold_paths(path: &Path) -> bool {
+    let in_bin = path.parent().and_then(Path::file_name).is_some_and(|d| d == "bin");
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let small = std::fs::metadata(path).map(|m| m.len() < 256 * 1024).unwrap_or(false);
+    small && (in_bin || name == "pyvenv.cfg" || name.ends_with(".pth") || name == "direct_url.json")
+}
+
+/// A stable 64-bit FNV-1a hash, hex: the dependency-environment key must mean the same thing
+/// across slipway versions and machines, which `std`'s hasher does not promise.
+pub fn key(parts: &[&[u8]]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_rewrites_paths_and_links_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (old, new) =
+            (t.path().join("releases/a/20260101-aaaaaaa"), t.path().join("releases/a/20260102-bbbbbbb"));
+        let venv = old.join(".slipway/venv");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::create_dir_all(venv.join("lib/site")).unwrap();
+        std::fs::write(
+            venv.join("bin/gunicorn"),
+            format!("#!{}/.slipway/venv/bin/python\nimport x\n", old.display()),
+        )
+        .unwrap();
+        std::fs::write(venv.join("lib/site/mod.py"), "print(1)\n").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", venv.join("bin/python")).unwrap();
+        let rewritten = clone(&venv, &new.join(".slipway/venv"), &old, &new).unwrap();
+        assert_eq!(rewritten, 1);
+        let script = std::fs::read_to_string(new.join(".slipway/venv/bin/gunicorn")).unwrap();
+        assert!(script.starts_with(&format!("#!{}/", new.display())), "{script}");
+        let (a, b) = (venv.join("lib/site/mod.py"), new.join(".slipway/venv/lib/site/mod.py"));
+        assert_eq!(std::fs::metadata(a).unwrap().ino(), std::fs::metadata(b).unwrap().ino());
+        assert_eq!(
+            std::fs::read_link(new.join(".slipway/venv/bin/python")).unwrap(),
+            Path::new("/usr/bin/python3")
+        );
+    }
+
+    #[test]
+    fn keys_are_stable_and_sensitive() {
+        assert_eq!(key(&[b"flask==3.0\n", b"3.11.2", b"pip"]), key(&[b"flask==3.0\n", b"3.11.2", b"pip"]));
+        assert_ne!(key(&[b"flask==3.0\n", b"3.11.2", b"pip"]), key(&[b"flask==3.0\n", b"3.11.2", b"uv"]));
+        assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
+    }
+}

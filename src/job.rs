@@ -1,0 +1,169 @@
+//! Foreground jobs: build steps and release phases. A job runs in its own process group with
+//! its output streamed line by line to the caller, a deadline, and cancellation when the
+//! person waiting for it goes away (Ctrl-C on `git push` closes the pipe we write to; SIGINT,
+//! SIGTERM and SIGHUP land here too). Whatever ends it — exit, timeout or cancellation — the
+//! whole process group is killed afterwards, so no background grandchild outlives its job.
+
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, SigHandler, Signal};
+use nix::unistd::Pid;
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("could not start: {0}")]
+    Spawn(io::Error),
+    #[error("timed out after {} s", .0.as_secs())]
+    TimedOut(Duration),
+    #[error("cancelled: the client went away")]
+    Cancelled,
+    #[error("exited with status {0}")]
+    Failed(i32),
+}
+
+/// Cancels running jobs on SIGINT, SIGTERM and SIGHUP instead of dying with them in place.
+pub fn cancel_on_signals() {
+    extern "C" fn on_signal(_: i32) {
+        CANCELLED.store(true, Ordering::SeqCst);
+    }
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let _ = nix::sys::signal::signal(sig, SigHandler::Handler(on_signal));
+        }
+    }
+}
+
+/// Marks the current work as cancelled (e.g. a write to the client failed).
+pub fn cancel() {
+    CANCELLED.store(true, Ordering::SeqCst);
+}
+
+pub fn cancelled() -> bool {
+    CANCELLED.load(Ordering::SeqCst) || stderr_closed()
+}
+
+/// Our stderr is the pipe back to the client (git relays it as `remote:` lines); when its
+/// reader is gone, nobody is waiting for this job any more.
+fn stderr_closed() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let stderr = io::stderr();
+    let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(_) if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)))
+}
+
+/// Exit code as a shell reports it: the code, or 128 + the signal.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Runs `command` (stdin closed, stdout and stderr merged) and hands each output line to
+/// `on_line` as it arrives.
+pub fn run(
+    mut command: Command,
+    timeout: Option<Duration>,
+    mut on_line: impl FnMut(&str),
+) -> Result<(), JobError> {
+    let (reader, writer) = io::pipe().map_err(JobError::Spawn)?;
+    let writer2 = writer.try_clone().map_err(JobError::Spawn)?;
+    command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
+    let mut child = command.spawn().map_err(JobError::Spawn)?;
+    drop(command); // holds the write ends; the reader sees EOF only once they are closed
+    let group = Pid::from_raw(child.id() as i32);
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let pump = std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+            if n == 0
+                || tx.send(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string()).is_err()
+            {
+                break;
+            }
+            buf.clear();
+        }
+    });
+
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let outcome = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => on_line(&line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Ok(status);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break Err(JobError::TimedOut(timeout.unwrap_or_default()));
+        }
+        if cancelled() {
+            break Err(JobError::Cancelled);
+        }
+    };
+    // The job is over one way or another: nothing of its process group may outlive it.
+    let _ = killpg(group, Signal::SIGKILL);
+    let status = match outcome {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    // Print what is still in the pipe (bounded: a survivor outside the group could hold it).
+    let stop = Instant::now() + Duration::from_secs(2);
+    while let Ok(line) = rx.recv_timeout(stop.saturating_duration_since(Instant::now())) {
+        on_line(&line);
+    }
+    drop(rx);
+    if pump.is_finished() {
+        let _ = pump.join();
+    }
+    match exit_code(status) {
+        0 => Ok(()),
+        code => Err(JobError::Failed(code)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn streams_lines_and_reports_exit_codes() {
+        let mut lines = Vec::new();
+        run(sh("echo one; echo two >&2; echo three"), None, |l| lines.push(l.to_string())).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert!(matches!(run(sh("exit 3"), None, |_| {}), Err(JobError::Failed(3))));
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
+        let mut pid = None;
+        let result = run(sh("sleep 1000 & echo $!; wait"), Some(Duration::from_millis(500)), |l| {
+            pid = l.trim().parse::<i32>().ok();
+        });
+        assert!(matches!(result, Err(JobError::TimedOut(_))));
+        let pid = pid.expect("the grandchild's pid");
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            crate::daemon::process::start_time(pid).is_none()
+        });
+        assert!(gone, "the background grandchild survived the timeout");
+    }
+}

@@ -1,0 +1,221 @@
+//! Releases: how a new `vN` is created and put live, whatever made it — a deploy, a config
+//! change or a rollback (HEROKU.md, "Releases"):
+//!
+//! 1. under the app's deploy lock (so pushes, config changes and rollbacks queue up),
+//! 2. one transaction inserts the release, `pending`, with its build and config snapshot,
+//! 3. the Procfile's `release:` command, if any, runs once as `release.1` in the new release's
+//!    environment; a non-zero exit or the timeout fails the release,
+//! 4. the daemon rolls the dynos onto it (web dynos must boot before old ones stop),
+//! 5. on success older releases' slugs and dirs beyond the retention window are removed.
+//!
+//! An app's config is the snapshot of its newest succeeded release, so a release that fails at
+//! any step leaves the app exactly as it was.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::params;
+
+use crate::app::AppName;
+use crate::daemon::client::{self, ClientError};
+use crate::daemon::protocol::{Request, Response, WebDyno};
+use crate::dyno::DynoEnv;
+use crate::home::Home;
+use crate::job::{self, JobError};
+use crate::logs::{self, LogWriter, Source};
+use crate::settings::Settings;
+use crate::store::{self, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Deploy,
+    Config,
+    Rollback,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Config => "config",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+pub struct NewRelease<'a> {
+    pub kind: Kind,
+    pub build_id: Option<&'a str>,
+    pub description: &'a str,
+    pub created_by: &'a str,
+    pub config: &'a BTreeMap<String, String>,
+}
+
+/// Holds `run/locks/<app>.lock` (flock) while a release is made. The kernel drops the lock when
+/// the process dies, so a crashed build or command never leaves it held.
+pub fn lock(home: &Home, app: &AppName, on_wait: impl FnOnce()) -> Result<Flock<File>, String> {
+    let path = home.deploy_lock(app);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))
+    };
+    match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err(_) => {
+            on_wait();
+            Flock::lock(open()?, FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("waiting for the deploy lock: {e}"))
+        }
+    }
+}
+
+/// Inserts the next release as `pending` in the caller's transaction; returns its version.
+pub fn insert(conn: &rusqlite::Connection, app: &AppName, new: &NewRelease<'_>) -> store::Result<i64> {
+    let version = store::releases::insert_release(
+        conn,
+        app,
+        new.build_id,
+        new.description,
+        new.created_by,
+        new.config,
+    )?;
+    conn.execute(
+        "UPDATE releases SET kind = ?3 WHERE app = ?1 AND version = ?2",
+        params![app.as_str(), version, new.kind.as_str()],
+    )?;
+    Ok(version)
+}
+
+/// Marks a release failed and says why in the app's log.
+pub fn fail(home: &Home, store: &Store, app: &AppName, version: i64, why: &str) {
+    let _ = store::releases::set_status(store.conn(), app, version, "failed");
+    logs::append_event(
+        &home.app_log(app),
+        Source::Slipway,
+        "api",
+        &format!("Release v{version} failed: {why}"),
+    );
+}
+
+/// Runs the Procfile's `release:` command for `version`, if it has one. Output lines go to
+/// `emit` (the push or the terminal) and to the app log as `app[release.1]`.
+pub fn release_phase(
+    home: &Home,
+    store: &Store,
+    app: &AppName,
+    version: i64,
+    timeout: Duration,
+    mut emit: impl FnMut(&str),
+) -> Result<bool, String> {
+    let conn = store.conn();
+    let release = store::releases::require_release(conn, app, version).map_err(|e| e.to_string())?;
+    let Some(build_id) = release.build_id else { return Ok(false) };
+    let build = store::releases::build(conn, &build_id).map_err(|e| e.to_string())?;
+    let Some(command) = build.and_then(|b| b.process_types.processes.get("release").cloned()) else {
+        return Ok(false);
+    };
+    let env = DynoEnv::for_release(home, conn, app, version).map_err(|e| e.to_string())?;
+    let log_path = home.app_log(app);
+    let mut log = LogWriter::open(&log_path).map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let _ = log.event(Source::Slipway, "release.1", &format!("Starting process with command `{command}`"));
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("exec {command}"))
+        .env_clear()
+        .envs(env.vars("release.1", None))
+        .current_dir(&env.dir);
+    let result = job::run(sh, Some(timeout), |line| {
+        emit(line);
+        let _ = log.event(Source::App, "release.1", line);
+    });
+    let (outcome, record) = match &result {
+        Ok(()) => ("Process exited with status 0".to_string(), "succeeded".to_string()),
+        Err(JobError::Failed(code)) => {
+            (format!("Process exited with status {code}"), format!("failed: exit {code}"))
+        }
+        Err(e) => (format!("Release command {e}"), format!("failed: {e}")),
+    };
+    let _ = log.event(Source::Slipway, "release.1", &outcome);
+    let _ = conn.execute(
+        "UPDATE releases SET release_phase = ?3 WHERE app = ?1 AND version = ?2",
+        params![app.as_str(), version, record],
+    );
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) => Err(format!("the release command `{command}` {e}")),
+    }
+}
+
+/// Asks the daemon to put `version` live: with `restart`, new dynos replace the old ones (web
+/// ones boot first); without, the running dynos are relabelled and keep their old environment
+/// until they next restart. Waits for the result.
+pub fn go_live(
+    home: &Home,
+    settings: &Settings,
+    app: &AppName,
+    version: i64,
+    restart: bool,
+) -> Result<Vec<WebDyno>, String> {
+    let wait = settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60);
+    let request = Request::Deploy { app: app.to_string(), version, restart };
+    match client::call(home, &request, wait) {
+        Ok(Response::Deployed { web, .. }) => Ok(web),
+        Ok(other) => Err(format!("unexpected answer from the daemon: {other:?}")),
+        Err(ClientError::Daemon(message)) => Err(message),
+        Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err("the daemon stopped during the rollout (it marks the release failed when it starts)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Keeps the slugs and release dirs of the newest `keep` releases and of the current one;
+/// removes the others' (their rows stay, and rolling back to them says why it cannot).
+pub fn prune(home: &Home, store: &Store, app: &AppName, keep: usize) -> Vec<String> {
+    let conn = store.conn();
+    let Ok(releases) = store::releases::list(conn, app) else { return Vec::new() };
+    let current = store::apps::get(conn, app).ok().flatten().and_then(|a| a.current_release);
+    let mut kept: Vec<&str> = releases.iter().take(keep).filter_map(|r| r.build_id.as_deref()).collect();
+    kept.extend(releases.iter().filter(|r| Some(r.version) == current).filter_map(|r| r.build_id.as_deref()));
+    let Ok(all) = store::releases::build_ids(conn, app) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for id in all.iter().filter(|id| !kept.contains(&id.as_str())) {
+        let dir = home.release_dir(app, id);
+        let slug = home.slug(app, id);
+        if dir.exists() || slug.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(&slug);
+            removed.push(id.clone());
+        }
+    }
+    removed
+}
+
+/// Makes sure a kept build's release dir exists, unpacking it from its slug if needed (the slug
+/// unpacks to exactly the dir it came from). Errors when neither is left.
+pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i64) -> Result<(), String> {
+    let dir = home.release_dir(app, build_id);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let slug = home.slug(app, build_id);
+    if !slug.is_file() {
+        return Err(format!(
+            "v{version}'s slug was removed by the retention policy (SLIPWAY_KEEP_RELEASES); it cannot be brought back"
+        ));
+    }
+    crate::build::slug::unpack(&slug, &dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        format!("unpacking v{version}'s slug: {e}")
+    })
+}

@@ -147,30 +147,11 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         &format!("Release v{version} created by {pushed_by}: deploy {short}"),
     );
 
-    let phase =
-        release::release_phase(&ctx.home, &store, &ctx.app, version, settings.release_timeout, |line| {
-            output::detail(line)
-        });
-    match phase {
-        Ok(true) => output::step("Release command succeeded"),
-        Ok(false) => {}
-        Err(why) => {
-            release::fail(&ctx.home, &store, &ctx.app, version, &why);
-            return Err(format!("release v{version} failed: {why}; the previous release keeps running"));
-        }
-    }
-    output::step(&format!("Starting dynos for v{version}"));
-    let web = release::go_live(&ctx.home, &settings, &ctx.app, version, true)
+    output::step(&format!("Releasing v{version}: release phase (if any), then the dynos"));
+    let published = release::finish(&ctx.home, &settings, &store, &ctx.app, version, true, output::detail)
         .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
     output::step(&format!("Launching... done, v{version}"));
-    let pruned = release::prune(&ctx.home, &store, &ctx.app, settings.keep_releases);
-    if !pruned.is_empty() {
-        output::detail(&format!(
-            "Removed {} old slug(s) (SLIPWAY_KEEP_RELEASES={})",
-            pruned.len(),
-            settings.keep_releases
-        ));
-    }
+    let web = published.web;
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

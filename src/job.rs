@@ -54,10 +54,16 @@ pub fn cancelled() -> bool {
 /// Our stderr is the pipe back to the client (git relays it as `remote:` lines); when its
 /// reader is gone, nobody is waiting for this job any more.
 fn stderr_closed() -> bool {
+    reader_gone(io::stderr())
+}
+
+/// True when the reading end of the pipe or socket behind `fd` has been closed (`| head`, a
+/// closed SSH channel, an interrupted `git push`), checked without writing anything.
+pub fn reader_gone(fd: impl AsFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let stderr = io::stderr();
-    let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::empty())];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(_) if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)))
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// Exit code as a shell reports it: the code, or 128 + the signal.

@@ -219,3 +219,75 @@ pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i
         format!("unpacking v{version}'s slug: {e}")
     })
 }
+
+/// What [`finish`] did.
+pub struct Published {
+    pub version: i64,
+    pub web: Vec<WebDyno>,
+    /// False when the daemon was not running: the release is current in SQLite and the dynos
+    /// move onto it when the daemon starts.
+    pub daemon_running: bool,
+}
+
+/// Inserts `new` and puts it live (see [`finish`]).
+pub fn publish(
+    home: &Home,
+    settings: &Settings,
+    store: &mut Store,
+    app: &AppName,
+    new: &NewRelease<'_>,
+    restart: bool,
+    emit: impl FnMut(&str),
+) -> Result<Published, String> {
+    let tx = store.transaction().map_err(|e| e.to_string())?;
+    let version = insert(&tx, app, new).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    logs::append_event(
+        &home.app_log(app),
+        Source::Slipway,
+        "api",
+        &format!("Release v{version} created by {}: {}", new.created_by, new.description),
+    );
+    finish(home, settings, store, app, version, restart, emit)
+}
+
+/// Runs the release phase of the pending release `version` and makes it current: through the
+/// daemon when it runs, directly in SQLite when it does not. Any failure marks it failed and
+/// leaves the app as it was.
+pub fn finish(
+    home: &Home,
+    settings: &Settings,
+    store: &Store,
+    app: &AppName,
+    version: i64,
+    restart: bool,
+    emit: impl FnMut(&str),
+) -> Result<Published, String> {
+    let release = store::releases::require_release(store.conn(), app, version).map_err(|e| e.to_string())?;
+    if release.build_id.is_none() {
+        // Nothing to run yet (config set before the first deploy): the release is just recorded.
+        store::releases::set_status(store.conn(), app, version, "succeeded").map_err(|e| e.to_string())?;
+        return Ok(Published { version, web: Vec::new(), daemon_running: true });
+    }
+    if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, emit) {
+        fail(home, store, app, version, &why);
+        return Err(why);
+    }
+    let daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
+    let web = if daemon_running {
+        match go_live(home, settings, app, version, restart) {
+            Ok(web) => web,
+            Err(why) => {
+                fail(home, store, app, version, &why);
+                return Err(why);
+            }
+        }
+    } else {
+        let conn = store.conn();
+        store::apps::set_current_release(conn, app, version).map_err(|e| e.to_string())?;
+        store::releases::set_status(conn, app, version, "succeeded").map_err(|e| e.to_string())?;
+        Vec::new()
+    };
+    prune(home, store, app, settings.keep_releases);
+    Ok(Published { version, web, daemon_running })
+}

@@ -1,7 +1,5 @@
 //! `logs APP [-n N] [-t] [--ps TYPE|DYNO] [--source app|slipway|router]`.
 
-use std::os::fd::AsFd;
-
 use super::{app_name, open_store};
 use crate::home::Home;
 use crate::logs::follow::{self, Flow};
@@ -55,11 +53,5 @@ fn print_line(line: &str) -> std::io::Result<()> {
 
 /// While following, notices a closed stdout even when no line arrives to fail on.
 fn reader_gone() -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let stdout = std::io::stdout();
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
-        Err(_) => false,
-    }
+    crate::job::reader_gone(std::io::stdout())
 }

@@ -3,6 +3,7 @@
 //! same handlers run either way, so a command behaves identically locally and over SSH.
 
 mod apps;
+mod config;
 mod daemon;
 mod domains;
 mod hook;
@@ -122,6 +123,54 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show one release: commit, build, slug size, config keys, release-phase result.
+    #[command(name = "releases:info")]
+    ReleasesInfo {
+        app: String,
+        /// The release, e.g. v3.
+        version: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll back to an earlier release's code and config (default: the one before the current).
+    #[command(name = "rollback")]
+    Rollback {
+        app: String,
+        /// The release to go back to, e.g. v3.
+        version: Option<String>,
+    },
+    /// Show an app's config vars.
+    #[command(name = "config")]
+    Config {
+        app: String,
+        #[arg(long, conflicts_with = "shell")]
+        json: bool,
+        /// KEY='value' lines, ready for a shell.
+        #[arg(long)]
+        shell: bool,
+    },
+    /// Print one config var's value.
+    #[command(name = "config:get")]
+    ConfigGet { app: String, key: String },
+    /// Set config vars (a new release; dynos restart onto it unless --no-restart).
+    #[command(name = "config:set")]
+    ConfigSet {
+        app: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Store the change without restarting dynos; they pick it up at their next restart.
+        #[arg(long)]
+        no_restart: bool,
+    },
+    /// Remove config vars (a new release; dynos restart onto it unless --no-restart).
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        app: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        #[arg(long)]
+        no_restart: bool,
+    },
     /// List the hosts an app answers at: `<app>.<SLIPWAY_DOMAIN>` and its custom domains.
     #[command(name = "domains")]
     Domains {
@@ -228,6 +277,12 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Run { app, command } => run::run(home, &app, &command, who),
         Command::Logs { app, lines, tail, ps, source } => logs::show(home, &app, lines, tail, ps, source),
         Command::Releases { app, json } => releases::list(home, &app, json),
+        Command::ReleasesInfo { app, version, json } => releases::info(home, &app, &version, json),
+        Command::Rollback { app, version } => releases::rollback(home, &app, version.as_deref(), who),
+        Command::Config { app, json, shell } => config::show(home, &app, json, shell),
+        Command::ConfigGet { app, key } => config::get(home, &app, &key),
+        Command::ConfigSet { app, pairs, no_restart } => config::set(home, &app, &pairs, !no_restart, who),
+        Command::ConfigUnset { app, keys, no_restart } => config::unset(home, &app, &keys, !no_restart, who),
         Command::Domains { app, json } => domains::list(home, &app, json),
         Command::DomainsAdd { app, host } => domains::add(home, &app, &host, who),
         Command::DomainsRemove { app, host } => domains::remove(home, &app, &host, who),

@@ -43,8 +43,8 @@ impl ReleaseRow {
 pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Result<()> {
     let types = serde_json::to_string(&build.process_types).unwrap_or_else(|_| "{}".into());
     conn.execute(
-        "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at, deps_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             build.id,
             app.as_str(),
@@ -52,7 +52,8 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
             build.stack,
             types,
             build.slug_bytes,
-            build.created_at
+            build.created_at,
+            build.deps_key
         ],
     )?;
     Ok(())

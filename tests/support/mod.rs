@@ -711,7 +711,10 @@ impl Slipway {
     pub fn push_local(&self, repo: &GitRepo, app: &str) -> (bool, String) {
         let _ = self.cmd(&["apps:create", app]);
         let path = self.home.join("repos").join(format!("{app}.git"));
-        repo.push(&path.to_string_lossy(), "false")
+        let mut cmd = repo.command(&["push", &path.to_string_lossy(), "HEAD:main"]);
+        // The hook inherits git's environment: this test's settings reach the build.
+        cmd.env("SLIPWAY_HOME", &self.home).envs(self.env.iter().map(|(k, v)| (k, v)));
+        run_combined(&mut cmd, PUSH_TIMEOUT)
     }
 
     /// `kill -9` the daemon this environment started (a crash, as far as the daemon can tell)

@@ -40,16 +40,22 @@ mod tests {
 
     #[test]
     fn skips_used_and_bound_ports_and_rotates() {
-        let held = TcpListener::bind(("0.0.0.0", 0)).unwrap();
-        let p = held.local_addr().unwrap().port();
-        if p >= u16::MAX - 3 {
-            return; // no room for the range in this rare case
-        }
+        // Four consecutive ports: the first held by us, the other three free right now (other
+        // tests open connections on ephemeral ports, so look for a quiet stretch first).
+        let (held, p) = (0..200)
+            .find_map(|_| {
+                let held = TcpListener::bind(("0.0.0.0", 0)).ok()?;
+                let p = held.local_addr().ok()?.port();
+                let free = p < u16::MAX - 3 && (1..=3).all(|i| TcpListener::bind(("0.0.0.0", p + i)).is_ok());
+                free.then_some((held, p))
+            })
+            .expect("no four consecutive ports");
         let mut a = Allocator::new(p..=p + 3);
         let first = a.allocate(&[p + 1]).unwrap();
         assert!(first != p && first != p + 1, "{first}");
         let second = a.allocate(&[p + 1, first]).unwrap();
         assert!(second != first && second != p && second != p + 1);
         assert_eq!(a.allocate(&[p + 1, p + 2, p + 3]), None);
+        drop(held);
     }
 }

@@ -311,3 +311,46 @@ fn retention_keeps_the_newest_slugs_and_says_why_an_old_rollback_cannot_happen()
     assert!(out.contains("done, v5"));
     assert_eq!(get(web_port(&slip, "v5"), "/"), "n3");
 }
+
+/// Real packages from PyPI (the only test that needs the package index): the same dependency
+/// (`six==1.16.0`) through requirements.txt, Pipfile.lock (hash-checked) and uv.lock (uv is
+/// installed for the server on first use). The release phase proves the venv can import it.
+#[test]
+fn dependencies_install_from_pypi_with_pip_pipfile_lock_and_uv_lock() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let check = "release: python -c 'import six; print(\"six is\", six.__version__)'\n";
+    let pipfile_lock = r#"{"_meta": {"hash": {"sha256": "0"}, "pipfile-spec": 6, "requires": {},
+        "sources": [{"name": "pypi", "url": "https://pypi.org/simple", "verify_ssl": true}]},
+      "default": {"six": {"version": "==1.16.0", "hashes": [
+        "sha256:1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926",
+        "sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"]}},
+      "develop": {}}"#;
+    let uv_lock = include_str!("fixtures/uv.lock");
+    let uv_pyproject = include_str!("fixtures/uv-pyproject.toml");
+    let cases: [(&str, Vec<(&str, &str)>, &str); 3] = [
+        ("with-pip", vec![("requirements.txt", "six==1.16.0\n")], "with pip"),
+        (
+            "with-pipfile",
+            vec![("Pipfile", "[packages]\nsix = \"==1.16.0\"\n"), ("Pipfile.lock", pipfile_lock)],
+            "from Pipfile.lock",
+        ),
+        ("with-uv", vec![("pyproject.toml", uv_pyproject), ("uv.lock", uv_lock)], "uv sync (uv.lock)"),
+    ];
+    for (app, files, installer) in cases {
+        let repo = GitRepo::init(&slip.root().join(app));
+        let mut all: Vec<(String, String)> = vec![
+            ("Procfile".into(), format!("web: python app.py\n{check}")),
+            ("app.py".into(), python_app_py(app)),
+        ];
+        all.extend(files.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        repo.commit_files(&all, app);
+        let _ = slip.cmd(&["apps:create", app]);
+        let path = slip.home.join("repos").join(format!("{app}.git"));
+        let mut cmd = repo.command(&["push", &path.to_string_lossy(), "HEAD:main"]);
+        let (ok, out) = run_combined(&mut cmd, PUSH_TIMEOUT);
+        assert!(ok, "{app}: push failed:\n{out}");
+        assert!(out.contains(installer), "{app}: expected '{installer}' in:\n{out}");
+        assert!(out.contains("six is 1.16.0"), "{app}: the release phase could not import six:\n{out}");
+    }
+}

@@ -328,7 +328,8 @@ fn dependencies_install_from_pypi_with_pip_pipfile_lock_and_uv_lock() {
       "develop": {}}"#;
     let uv_lock = include_str!("fixtures/uv.lock");
     let uv_pyproject = include_str!("fixtures/uv-pyproject.toml");
-    let cases: [(&str, Vec<(&str, &str)>, &str); 3] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str); // app, files, installer line
+    let cases: [Case<'_>; 3] = [
         ("with-pip", vec![("requirements.txt", "six==1.16.0\n")], "with pip"),
         (
             "with-pipfile",

@@ -70,6 +70,10 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
 
 async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let store = Store::open(&home.db())?;
+    settings
+        .log_policy
+        .record(&home.root().join("logs"))
+        .context("recording the log rotation policy in logs/.policy")?;
     let socket = home.socket();
     // We hold the pid lock, so a socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);

@@ -62,11 +62,40 @@ impl Default for LogPolicy {
     }
 }
 
+/// Where the daemon records the policy it runs with, in `logs/`: every writer (the build hook,
+/// the CLI, `ssh-serve` under sshd's environment) must rotate by the same rules as the shims,
+/// whatever its own environment says.
+const POLICY_FILE: &str = ".policy";
+
 impl LogPolicy {
     /// From the environment; a bad value falls back to the default here (the daemon refuses to
     /// start with one, so the operator hears about it there).
     pub fn from_env() -> LogPolicy {
         crate::settings::log_policy_from_env().unwrap_or_default()
+    }
+
+    /// The policy recorded for the logs dir `logs_dir`, else this process's environment.
+    pub fn for_logs_dir(logs_dir: &Path) -> LogPolicy {
+        std::fs::read_to_string(logs_dir.join(POLICY_FILE))
+            .ok()
+            .and_then(|text| {
+                let mut words = text.split_whitespace().map(str::parse::<u64>);
+                match (words.next(), words.next()) {
+                    (Some(Ok(max_bytes)), Some(Ok(files))) if max_bytes > 0 && (1..=100).contains(&files) => {
+                        Some(LogPolicy { max_bytes, files: files as u32 })
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(LogPolicy::from_env)
+    }
+
+    /// Records this policy for every writer of `logs_dir` (the daemon does, at start).
+    pub fn record(&self, logs_dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(logs_dir)?;
+        let tmp = logs_dir.join(".policy.tmp");
+        std::fs::write(&tmp, format!("{} {}\n", self.max_bytes, self.files))?;
+        std::fs::rename(tmp, logs_dir.join(POLICY_FILE))
     }
 }
 
@@ -86,8 +115,10 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
+    /// Opens `logs/<app>/app.log` with the policy recorded for `logs/`.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
-        LogWriter::with_policy(path, LogPolicy::from_env())
+        let logs_dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        LogWriter::with_policy(path, LogPolicy::for_logs_dir(logs_dir))
     }
 
     pub fn with_policy(path: &Path, policy: LogPolicy) -> io::Result<LogWriter> {
@@ -190,6 +221,18 @@ mod tests {
     fn line_shape() {
         let l = format_line("2026-11-24T18:00:00.123456+00:00", Source::App, "web.1", "hi\r\n");
         assert_eq!(l, "2026-11-24T18:00:00.123456+00:00 app[web.1]: hi\n");
+    }
+
+    #[test]
+    fn writers_use_the_recorded_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        LogPolicy { max_bytes: 1234, files: 7 }.record(&logs).unwrap();
+        assert_eq!(LogPolicy::for_logs_dir(&logs), LogPolicy { max_bytes: 1234, files: 7 });
+        let w = LogWriter::open(&logs.join("app1/app.log")).unwrap();
+        assert_eq!(w.policy, LogPolicy { max_bytes: 1234, files: 7 });
+        std::fs::write(logs.join(".policy"), "garbage").unwrap();
+        assert_eq!(LogPolicy::for_logs_dir(&logs), LogPolicy::from_env());
     }
 
     #[test]

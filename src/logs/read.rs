@@ -44,15 +44,10 @@ pub fn parse_prefix(line: &str) -> Option<(&str, &str)> {
 }
 
 /// `app.log` and its rotations that exist, newest first.
+/// A gap in the numbering (a file removed by hand) does not hide the older ones.
 pub fn log_files(path: &Path) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
-    for i in 1.. {
-        let p = rotated_name(path, i);
-        if !p.exists() {
-            break;
-        }
-        files.push(p);
-    }
+    files.extend((1..=100).map(|i| rotated_name(path, i)).filter(|p| p.exists()));
     files
 }
 

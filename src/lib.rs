@@ -16,6 +16,7 @@ pub mod keys;
 pub mod logs;
 pub mod procfile;
 pub mod release;
+pub mod router;
 pub mod settings;
 pub mod store;
 pub mod timefmt;

@@ -1,0 +1,285 @@
+//! The router's lines in each app's log (Heroku's shape):
+//!
+//! ```text
+//! router[web.2]: at=info method=GET path="/x" host=myapp.localhost request_id=… fwd="127.0.0.1" dyno=web.2 connect=0ms service=4ms status=200 bytes=123 protocol=http
+//! router[router]: at=error code=H14 desc="No web processes running" method=GET … dyno= connect=0ms service=0ms status=503 bytes=0 protocol=http
+//! ```
+//!
+//! `bytes` counts the response body relayed from the dyno (0 for pages the router made itself).
+//!
+//! Writing: the request path never touches a file. It formats the line and `try_send`s it to one
+//! writer thread over a bounded channel; the thread drains whatever is queued, groups it per app
+//! and appends each app's lines with one `write(2)` through a cached [`LogWriter`] (which also
+//! takes part in rotation like every other writer), then lets the next lines gather for 25 ms.
+//! A plain thread rather than a tokio task, because file writes block; a channel rather than a
+//! mutex around the writers, so a slow disk or a rotation never stalls a request, and under load
+//! many lines share one write and no request pays for waking the writer (measured: waking it per
+//! line cost the router about a fifth of its throughput). If the queue is ever full (the disk
+//! stalled for tens of thousands of requests) lines are dropped and counted in the daemon's log
+//! rather than slowing the router down.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::logs::{format_line, LogPolicy, LogWriter, Source};
+
+/// Where an app's log lives (`$SLIPWAY_HOME/logs/<app>/app.log`); `None` skips logging.
+pub type LogPath = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
+
+/// A Heroku router error: code and description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterError {
+    pub code: &'static str,
+    pub desc: &'static str,
+}
+
+pub const H10: RouterError = RouterError { code: "H10", desc: "App crashed" };
+pub const H12: RouterError = RouterError { code: "H12", desc: "Request timeout" };
+pub const H13: RouterError = RouterError { code: "H13", desc: "Connection closed without response" };
+pub const H14: RouterError = RouterError { code: "H14", desc: "No web processes running" };
+
+/// Everything one router line says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLine {
+    pub error: Option<RouterError>,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub request_id: String,
+    pub fwd: String,
+    /// The dyno that served the request; `None` when no dyno did.
+    pub dyno: Option<String>,
+    pub connect: Duration,
+    pub service: Duration,
+    pub status: u16,
+    pub bytes: u64,
+}
+
+/// Longest `path` and `fwd` shown; a 60 KB URL would otherwise make a 60 KB log line.
+const MAX_FIELD: usize = 2048;
+
+impl RequestLine {
+    /// The message part (after `router[dyno]: `).
+    pub fn message(&self) -> String {
+        let mut m = String::with_capacity(256);
+        match self.error {
+            None => m.push_str("at=info "),
+            Some(e) => {
+                m.push_str("at=error code=");
+                m.push_str(e.code);
+                m.push_str(" desc=\"");
+                m.push_str(e.desc);
+                m.push_str("\" ");
+            }
+        }
+        m.push_str(&format!(
+            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol=http",
+            quoted(&self.method),
+            quoted(&self.path),
+            quoted(&self.host),
+            quoted(&self.request_id),
+            quoted(&self.fwd),
+            self.dyno.as_deref().unwrap_or(""),
+            self.connect.as_millis(),
+            self.service.as_millis(),
+            self.status,
+            self.bytes,
+        ));
+        m
+    }
+
+    /// The complete line, newline included, stamped `stamp`.
+    pub fn line(&self, stamp: &str) -> String {
+        format_line(stamp, Source::Router, self.dyno.as_deref().unwrap_or("router"), &self.message())
+    }
+}
+
+/// Makes client-controlled text safe inside a `key="…"` field of a one-line log entry:
+/// backslashes and quotes escaped, control characters (newlines!) as `\xNN`, length capped.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_FIELD));
+    for c in s.chars() {
+        if out.len() >= MAX_FIELD {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32 & 0xff)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Queue depth before lines are dropped.
+const QUEUE: usize = 64 * 1024;
+/// How long the writer lets lines gather after a write; a line reaches the file at most about
+/// this much later than its request ended.
+const GATHER: Duration = Duration::from_millis(25);
+
+/// The request side of the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: SyncSender<(Arc<str>, String)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    /// Starts the writer thread; it ends when every clone of the sink is dropped.
+    pub fn start(log_path: LogPath, policy: LogPolicy) -> LogSink {
+        let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("router-log".into())
+            .spawn(move || writer_thread(rx, log_path, policy, counter));
+        if let Err(err) = spawned {
+            tracing::error!(%err, "could not start the router's log writer; router lines are not logged");
+        }
+        LogSink { tx, dropped }
+    }
+
+    /// Queues one line for an app's log; never blocks.
+    pub fn send(&self, app: &Arc<str>, line: &RequestLine) {
+        let text = line.line(&crate::timefmt::now());
+        match self.tx.try_send((app.clone(), text)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn writer_thread(
+    rx: Receiver<(Arc<str>, String)>,
+    log_path: LogPath,
+    policy: LogPolicy,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut writers: HashMap<Arc<str>, LogWriter> = HashMap::new();
+    let mut batch: HashMap<Arc<str>, String> = HashMap::new();
+    let mut reported = 0;
+    while let Ok((app, line)) = rx.recv() {
+        batch.entry(app).or_default().push_str(&line);
+        // Take whatever else is queued (bounded, so one busy app cannot starve the write).
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok((app, line)) => batch.entry(app).or_default().push_str(&line),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        for (app, text) in batch.drain() {
+            write_app(&mut writers, &log_path, policy, &app, &text);
+        }
+        let now_dropped = dropped.load(Ordering::Relaxed);
+        if now_dropped != reported {
+            tracing::warn!(lines = now_dropped - reported, "router log queue full; lines dropped");
+            reported = now_dropped;
+        }
+        // Let lines gather: while this thread is not waiting in `recv`, a `try_send` wakes
+        // nobody, so under load requests cost no futex wake-up or context switch each.
+        std::thread::sleep(GATHER);
+    }
+}
+
+fn write_app(
+    writers: &mut HashMap<Arc<str>, LogWriter>,
+    log_path: &LogPath,
+    policy: LogPolicy,
+    app: &Arc<str>,
+    text: &str,
+) {
+    if !writers.contains_key(app) {
+        let Some(path) = log_path(app) else { return };
+        match LogWriter::with_policy(&path, policy) {
+            Ok(w) => {
+                writers.insert(app.clone(), w);
+            }
+            Err(err) => {
+                tracing::warn!(app = %app, path = %path.display(), %err, "cannot open app log for router lines");
+                return;
+            }
+        }
+    }
+    if let Some(writer) = writers.get_mut(app) {
+        if let Err(err) = writer.write_raw(text.as_bytes()) {
+            // The app may have been destroyed (its log dir is gone); reopen next time.
+            tracing::warn!(app = %app, %err, "writing router lines");
+            writers.remove(app);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> RequestLine {
+        RequestLine {
+            error: None,
+            method: "GET".into(),
+            path: "/x?y=1".into(),
+            host: "myapp.localhost".into(),
+            request_id: "0b7c1b0e-2f61-4f4b-9c7e-8f8b1f0d9a11".into(),
+            fwd: "127.0.0.1".into(),
+            dyno: Some("web.2".into()),
+            connect: Duration::from_micros(300),
+            service: Duration::from_millis(4),
+            status: 200,
+            bytes: 123,
+        }
+    }
+
+    #[test]
+    fn info_line_has_herokus_shape() {
+        assert_eq!(
+            line().line("2026-11-24T18:00:00.123456+00:00"),
+            "2026-11-24T18:00:00.123456+00:00 router[web.2]: at=info method=GET path=\"/x?y=1\" \
+             host=myapp.localhost request_id=0b7c1b0e-2f61-4f4b-9c7e-8f8b1f0d9a11 fwd=\"127.0.0.1\" \
+             dyno=web.2 connect=0ms service=4ms status=200 bytes=123 protocol=http\n"
+        );
+    }
+
+    #[test]
+    fn error_lines_name_the_code_and_who_answered() {
+        let mut l = line();
+        l.error = Some(H12);
+        l.dyno = Some("web.1".into());
+        l.service = Duration::from_secs(30);
+        l.status = 503;
+        l.bytes = 0;
+        assert_eq!(
+            l.message(),
+            "at=error code=H12 desc=\"Request timeout\" method=GET path=\"/x?y=1\" host=myapp.localhost \
+             request_id=0b7c1b0e-2f61-4f4b-9c7e-8f8b1f0d9a11 fwd=\"127.0.0.1\" dyno=web.1 connect=0ms \
+             service=30000ms status=503 bytes=0 protocol=http"
+        );
+        l.error = Some(H14);
+        l.dyno = None;
+        let text = l.line("2026-11-24T18:00:00.123456+00:00");
+        assert!(
+            text.starts_with("2026-11-24T18:00:00.123456+00:00 router[router]: at=error code=H14 "),
+            "{text}"
+        );
+        assert!(text.contains(" dyno= connect="), "{text}");
+    }
+
+    #[test]
+    fn client_text_cannot_break_the_line() {
+        let mut l = line();
+        l.path = "/a\"b\\c\nd".into();
+        l.fwd = "1.2.3.4\", evil=\"1".into();
+        let m = l.message();
+        assert!(m.contains(r#"path="/a\"b\\c\x0ad""#), "{m}");
+        assert!(m.contains(r#"fwd="1.2.3.4\", evil=\"1""#), "{m}");
+        l.path = format!("/{}", "a".repeat(10_000));
+        assert!(l.message().len() < 3000);
+    }
+}

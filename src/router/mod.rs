@@ -85,13 +85,15 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    /// App logs under `home` (`logs/<app>/app.log`), the default timeout (30 s) and log policy.
+    /// App logs under `home` (`logs/<app>/app.log`) rotated by the policy recorded there (as
+    /// every other writer does), and the default timeout (30 s).
     pub fn for_home(home: &Home) -> RouterConfig {
+        let log_policy = LogPolicy::for_logs_dir(&home.root().join("logs"));
         let home = home.clone();
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))
         });
-        RouterConfig { timeout: Duration::from_secs(30), log_path, log_policy: LogPolicy::default() }
+        RouterConfig { timeout: Duration::from_secs(30), log_path, log_policy }
     }
 
     /// The daemon's set-up: [`for_home`](Self::for_home) with `SLIPWAY_ROUTER_TIMEOUT` and the

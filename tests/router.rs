@@ -511,7 +511,7 @@ async fn forwarded_headers_and_request_id_reach_the_dyno() {
     assert_eq!(head[":line"], "GET /h HTTP/1.1");
     assert_eq!(head["host"], "alpha.localhost:1234", "the Host header is passed on");
     assert_eq!(head["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-    assert_eq!(head["x-forwarded-proto"], "http");
+    assert_eq!(head["x-forwarded-proto"], "https", "a proxy on loopback (TLS in front) passes its scheme on");
     assert_eq!(head["x-forwarded-port"], env.addr.port().to_string());
     assert_eq!(head["x-request-id"], id);
     wait_for_line(&env.log("alpha"), &[&format!("request_id={id} fwd=\"203.0.113.9, 127.0.0.1\"")]).await;
@@ -521,6 +521,7 @@ async fn forwarded_headers_and_request_id_reach_the_dyno() {
     assert_eq!(generated.len(), 36, "{generated}");
     assert!(generated.chars().all(|c| c.is_ascii_hexdigit() || c == '-'), "{generated}");
     assert_eq!(backend.head(1)["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(backend.head(1)["x-forwarded-proto"], "http");
     wait_for_line(&env.log("alpha"), &[&format!("request_id={generated} ")]).await;
 }
 

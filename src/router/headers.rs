@@ -107,13 +107,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Sets `X-Forwarded-For` (the client's address appended to what earlier proxies sent),
 /// `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's own port) and `X-Request-Id`.
 /// Returns the `X-Forwarded-For` value, which the router log shows as `fwd`.
+///
+/// One exception, for a TLS-terminating proxy on the same machine (templates/nginx-slipway.conf):
+/// a request from a loopback address keeps the `X-Forwarded-Proto` (`http` or `https`) and
+/// `X-Forwarded-Port` it arrived with, so apps behind it see `https`. Requests from anywhere
+/// else cannot choose them.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16, request_id: &str) -> String {
-    let client = client.to_canonical().to_string();
+    let client = client.to_canonical();
     let earlier: Vec<&str> =
         headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     let earlier = earlier.join(", ");
     let earlier = earlier.trim().trim_matches(',').trim();
-    let fwd = if earlier.is_empty() { client } else { format!("{earlier}, {client}") };
+    let fwd = if earlier.is_empty() { client.to_string() } else { format!("{earlier}, {client}") };
     match HeaderValue::from_str(&fwd) {
         Ok(v) => {
             headers.insert(X_FORWARDED_FOR, v);
@@ -122,8 +127,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16, 
             headers.remove(X_FORWARDED_FOR);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(listen_port));
+    let local_proxy = client.is_loopback();
+    let proto = headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes);
+    let proto_kept = local_proxy && matches!(proto, Some(b"http" | b"https"));
+    if !proto_kept {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    let port = headers.get(&X_FORWARDED_PORT).and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    if !(proto_kept && port.is_some()) {
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(listen_port));
+    }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, v);
     }
@@ -170,10 +183,36 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(set_forwarded(&mut h, mapped, 80, "rid"), "203.0.113.7, 10.0.0.1, 192.0.2.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "http", "the router speaks plain http");
+        assert_eq!(h["x-forwarded-proto"], "http", "a remote client cannot claim https");
+        assert_eq!(h["x-forwarded-port"], "80");
+
+        // A TLS-terminating proxy on this machine passes its scheme and port on.
+        for local in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let mut h = HeaderMap::new();
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.4"));
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
+            let ip: IpAddr = local.parse().unwrap();
+            let fwd = set_forwarded(&mut h, ip, 8080, "rid");
+            assert!(fwd.starts_with("198.51.100.4, "), "{fwd}");
+            assert_eq!(
+                (h["x-forwarded-proto"].as_bytes(), h["x-forwarded-port"].as_bytes()),
+                (&b"https"[..], &b"443"[..]),
+                "{local}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), 8080, "rid");
+        assert_eq!(
+            (h["x-forwarded-proto"].as_bytes(), h["x-forwarded-port"].as_bytes()),
+            (&b"http"[..], &b"8080"[..])
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - Headers: hop-by-hop headers dropped; `X-Forwarded-For` (client appended),
 //!   `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's port), `X-Request-Id` (the
 //!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on.
+//!   A proxy on loopback (TLS termination in front) may pass its own `X-Forwarded-Proto` and
+//!   `-Port` through ([`headers::set_forwarded`]).
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,

@@ -507,8 +507,8 @@ def cmd_report():
     w(f"Polling: one `slipway ps --json` (a process spawn, median {ms(pc['median'])} ms) per ~5 ms tick; "
       f"measured interval between polls median {ms(pi['median'])} ms, max {ms(pi['max'])} ms. "
       f"p90 is nearest-rank. Every killed dyno came back with `restarts` = {c['restarts_after']}. "
-      f"The daemon's boot check connects every 50 ms, so the log-measured latency includes up to "
-      f"50 ms of boot-check granularity on top of Python's start-up.")
+      f"The daemon's boot check connects every 5 ms during a dyno's first second (50 ms after), so "
+      f"the log-measured latency is Python's start-up plus at most ~5 ms.")
     w("")
     w(f"### Idle: {d['apps']} apps × 2 dynos (web + worker) = {n_dynos} dynos, {ms(idle['window_s'])} s window")
     w("")

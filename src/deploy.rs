@@ -152,12 +152,8 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
     output::step(&format!("Launching... done, v{version}"));
     let web = published.web;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    for dyno in web {
-        output::detail(&format!("http://{host}:{}/ ({})", dyno.port, dyno.name));
+    if let (false, Some(url)) = (web.is_empty(), published.url) {
+        output::detail(&url);
     }
     Ok(())
 }

@@ -165,11 +165,11 @@ pub fn go_live(
     app: &AppName,
     version: i64,
     restart: bool,
-) -> Result<Vec<WebDyno>, String> {
+) -> Result<(Vec<WebDyno>, String), String> {
     let wait = settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60);
     let request = Request::Deploy { app: app.to_string(), version, restart };
     match client::call(home, &request, wait) {
-        Ok(Response::Deployed { web, .. }) => Ok(web),
+        Ok(Response::Deployed { web, url, .. }) => Ok((web, url)),
         Ok(other) => Err(format!("unexpected answer from the daemon: {other:?}")),
         Err(ClientError::Daemon(message)) => Err(message),
         Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -224,6 +224,8 @@ pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i
 pub struct Published {
     pub version: i64,
     pub web: Vec<WebDyno>,
+    /// Where the router serves the app (from the daemon, which knows its own address).
+    pub url: Option<String>,
     /// False when the daemon was not running: the release is current in SQLite and the dynos
     /// move onto it when the daemon starts.
     pub daemon_running: bool,
@@ -267,16 +269,16 @@ pub fn finish(
     if release.build_id.is_none() {
         // Nothing to run yet (config set before the first deploy): the release is just recorded.
         store::releases::set_status(store.conn(), app, version, "succeeded").map_err(|e| e.to_string())?;
-        return Ok(Published { version, web: Vec::new(), daemon_running: true });
+        return Ok(Published { version, web: Vec::new(), url: None, daemon_running: true });
     }
     if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, emit) {
         fail(home, store, app, version, &why);
         return Err(why);
     }
     let daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
-    let web = if daemon_running {
+    let (web, url) = if daemon_running {
         match go_live(home, settings, app, version, restart) {
-            Ok(web) => web,
+            Ok((web, url)) => (web, Some(url)),
             Err(why) => {
                 fail(home, store, app, version, &why);
                 return Err(why);
@@ -286,8 +288,8 @@ pub fn finish(
         let conn = store.conn();
         store::apps::set_current_release(conn, app, version).map_err(|e| e.to_string())?;
         store::releases::set_status(conn, app, version, "succeeded").map_err(|e| e.to_string())?;
-        Vec::new()
+        (Vec::new(), None)
     };
     prune(home, store, app, settings.keep_releases);
-    Ok(Published { version, web, daemon_running })
+    Ok(Published { version, web, url, daemon_running })
 }

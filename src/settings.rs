@@ -64,6 +64,20 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Where the router serves an app: `http://<app>.<SLIPWAY_DOMAIN>[:port]/`.
+    pub fn app_url(&self, app: &str) -> String {
+        app_url(&self.domain, self.router_addr.port(), app)
+    }
+}
+
+pub fn app_url(domain: &str, router_port: u16, app: &str) -> String {
+    match router_port {
+        80 => format!("http://{app}.{domain}/"),
+        port => format!("http://{app}.{domain}:{port}/"),
+    }
+}
+
 /// `SLIPWAY_LOG_MAX_MB` (may be fractional, e.g. 0.5) and `SLIPWAY_LOG_FILES` (1 to 100).
 pub fn log_policy_from_env() -> Result<crate::logs::LogPolicy, SettingsError> {
     let mut policy = crate::logs::LogPolicy::default();

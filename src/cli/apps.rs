@@ -119,6 +119,7 @@ struct AppInfo {
     release: Option<String>,
     created_at: String,
     repo: String,
+    web_url: String,
     formation: std::collections::BTreeMap<String, u32>,
     dynos: Vec<super::ps::DynoView>,
 }
@@ -132,6 +133,7 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         release: row.current_release.map(|v| format!("v{v}")),
         created_at: row.created_at,
         repo: home.repo(&name).display().to_string(),
+        web_url: web_url(home, name.as_str())?,
         formation: store::formation::get(store.conn(), &name)?,
         dynos: super::ps::views(&store, &name)?,
     };
@@ -142,9 +144,20 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     out(&format!("Release:   {}", info.release.as_deref().unwrap_or("none yet")));
     out(&format!("Created:   {}", info.created_at));
     out(&format!("Repo:      {}", info.repo));
+    out(&format!("Web URL:   {}", info.web_url));
     let formation: Vec<String> = info.formation.iter().map(|(t, n)| format!("{t}={n}")).collect();
     out(&format!("Formation: {}", if formation.is_empty() { "-".into() } else { formation.join(" ") }));
     let dynos: Vec<String> = info.dynos.iter().map(|d| format!("{} {}", d.name, d.state)).collect();
     out(&format!("Dynos:     {}", if dynos.is_empty() { "-".into() } else { dynos.join(", ") }));
     Ok(0)
+}
+
+/// The app's URL as the running daemon serves it; from this process's settings when the daemon
+/// is not running.
+fn web_url(home: &Home, app: &str) -> anyhow::Result<String> {
+    let status = client::call(home, &Request::Status, Duration::from_secs(5));
+    if let Ok(crate::daemon::protocol::Response::Status { domain, router_port, .. }) = status {
+        return Ok(crate::settings::app_url(&domain, router_port, app));
+    }
+    Ok(crate::settings::Settings::from_env()?.app_url(app))
 }

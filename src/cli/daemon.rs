@@ -21,7 +21,7 @@ pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> 
 
 pub fn status(home: &Home) -> anyhow::Result<i32> {
     match client::call(home, &Request::Status, Duration::from_secs(10)) {
-        Ok(Response::Status { pid, version, dynos }) => {
+        Ok(Response::Status { pid, version, dynos, .. }) => {
             out(&format!(
                 "slipway daemon {version} is running (pid {pid}, {dynos} dynos) for {}",
                 home.root().display()

@@ -34,8 +34,12 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     if let Some(pid) = running_pid(home) {
         bail!("the daemon is already running (pid {pid})");
     }
-    // Open the database before forking so a broken one is reported to the operator's terminal.
+    // Open the database and try the router's address before forking, so a broken database or
+    // a port in use is reported to the operator's terminal, not only to the daemon's log.
     drop(Store::open(&home.db())?);
+    drop(std::net::TcpListener::bind(settings.router_addr).with_context(|| {
+        format!("the router cannot listen on {} (set SLIPWAY_ROUTER_ADDR)", settings.router_addr)
+    })?);
 
     if !foreground {
         let log = open_daemon_log(home)?;
@@ -78,8 +82,17 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     // We hold the pid lock, so a socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
+    let router_listener = tokio::net::TcpListener::bind(settings.router_addr).await.with_context(|| {
+        format!("the router cannot listen on {} (set SLIPWAY_ROUTER_ADDR)", settings.router_addr)
+    })?;
+    tracing::info!(addr = %settings.router_addr, "router listening");
+    let routing = {
+        let router = router.clone();
+        tokio::spawn(async move { router.serve(router_listener).await })
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let supervisor = supervisor::Supervisor::new(home.clone(), settings, store, tx.clone());
+    let supervisor = supervisor::Supervisor::new(home.clone(), settings, store, tx.clone(), router);
     let supervising = tokio::spawn(supervisor.run(rx));
     tracing::info!(home = %home.root().display(), pid = std::process::id(), "slipway daemon started");
 
@@ -90,6 +103,7 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos keep running"),
         result = supervising => tracing::error!(?result, "the supervisor stopped"),
     }
+    routing.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -52,11 +52,27 @@ pub enum Request {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    Hello { protocol: u32, version: String },
-    Status { pid: u32, version: String, dynos: usize },
-    Deployed { version: i64, web: Vec<WebDyno> },
+    Hello {
+        protocol: u32,
+        version: String,
+    },
+    Status {
+        pid: u32,
+        version: String,
+        dynos: usize,
+        domain: String,
+        router_port: u16,
+    },
+    /// `url` is where the router serves the app (what the push prints).
+    Deployed {
+        version: i64,
+        web: Vec<WebDyno>,
+        url: String,
+    },
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -54,6 +54,11 @@ pub enum Event {
         dyno: i64,
         pid: i32,
     },
+    /// A web dyno being stopped has no requests left (or its drain time ran out): SIGTERM now.
+    TermDue {
+        dyno: i64,
+        pid: i32,
+    },
     /// A crash restart may be due: converge the app.
     Tick {
         app: AppName,
@@ -91,6 +96,7 @@ pub struct Supervisor {
     down_waiters: Vec<DownWaiter>,
     ports: ports::Allocator,
     shim_binary: PathBuf,
+    router: crate::router::Router,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -100,7 +106,13 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 impl Supervisor {
-    pub fn new(home: Home, settings: Settings, store: Store, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(
+        home: Home,
+        settings: Settings,
+        store: Store,
+        events: mpsc::UnboundedSender<Event>,
+        router: crate::router::Router,
+    ) -> Self {
         let ports = ports::Allocator::new(settings.ports.clone());
         Supervisor {
             home,
@@ -111,13 +123,17 @@ impl Supervisor {
             down_waiters: Vec::new(),
             ports,
             shim_binary: current_binary(),
+            router,
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         self.adopt().await;
+        self.refresh_routes();
         while let Some(event) = rx.recv().await {
             self.handle(event).await;
+            // Whatever changed, the router sees it before the next event is handled.
+            self.refresh_routes();
         }
     }
 
@@ -128,6 +144,7 @@ impl Supervisor {
             Event::Booted { dyno, pid } => self.on_booted(dyno, pid).await,
             Event::BootTimedOut { dyno, pid } => self.on_boot_timeout(dyno, pid).await,
             Event::KillDue { dyno, pid } => self.on_kill_due(dyno, pid),
+            Event::TermDue { dyno, pid } => self.on_term_due(dyno, pid),
             Event::Tick { app } => self.converge_logged(&app).await,
         }
     }
@@ -138,12 +155,15 @@ impl Supervisor {
             Request::Status => {
                 let dynos = store::dynos::all(self.store.conn()).map(|d| d.len()).unwrap_or(0);
                 let version = env!("CARGO_PKG_VERSION").into();
-                Ok(Response::Status { pid: std::process::id(), version, dynos })
+                let (domain, router_port) = (self.settings.domain.clone(), self.settings.router_addr.port());
+                Ok(Response::Status { pid: std::process::id(), version, dynos, domain, router_port })
             }
             Request::Deploy { app, version, restart } => match app.parse::<AppName>() {
-                Ok(app) if !restart => {
-                    self.relabel(&app, version).map(|web| Response::Deployed { version, web })
-                }
+                Ok(app) if !restart => self.relabel(&app, version).map(|web| Response::Deployed {
+                    version,
+                    web,
+                    url: self.settings.app_url(app.as_str()),
+                }),
                 Ok(app) => return self.deploy(app, version, reply).await,
                 Err(e) => Err(err(e)),
             },
@@ -314,7 +334,7 @@ impl Supervisor {
             (Ok(()), RolloutKind::Deploy { version }) => match self.promote(app, *version) {
                 Ok(web) => {
                     self.event(app, "api", &format!("Release v{version} is now running"));
-                    Response::Deployed { version: *version, web }
+                    Response::Deployed { version: *version, web, url: self.settings.app_url(app.as_str()) }
                 }
                 Err(message) => Response::Error { message },
             },
@@ -706,12 +726,73 @@ impl Supervisor {
         if dyno.state == DynoState::Stopping {
             return;
         }
-        self.event(&app, &dyno.name(), "Stopping all processes with SIGTERM");
         let _ = store::dynos::set_state(conn, dyno.id, DynoState::Stopping);
-        if let (Some(pid), Some(start)) = (dyno.pid, dyno.pid_start) {
-            process::signal_group(pid, start, Signal::SIGTERM);
-            self.schedule(self.settings.stop_timeout, Event::KillDue { dyno: dyno.id, pid });
+        let Some(pid) = dyno.pid else { return };
+        match dyno.port {
+            Some(port) if dyno.process_type == "web" => {
+                // Out of the routing table first, then let requests already on it finish
+                // (at most the stop grace period) before SIGTERM.
+                self.refresh_routes();
+                let router = self.router.clone();
+                let events = self.events.clone();
+                let grace = self.settings.stop_timeout;
+                let id = dyno.id;
+                tokio::spawn(async move {
+                    router.drain(port, grace).await;
+                    let _ = events.send(Event::TermDue { dyno: id, pid });
+                });
+            }
+            _ => self.on_term_due(dyno.id, pid),
         }
+    }
+
+    /// SIGTERM to a stopping dyno's process group; SIGKILL after the grace period.
+    fn on_term_due(&mut self, id: i64, pid: i32) {
+        let Some(dyno) = self.dyno(id) else { return };
+        if dyno.pid != Some(pid) || dyno.state != DynoState::Stopping {
+            return;
+        }
+        let Ok(app) = dyno.app.parse::<AppName>() else { return };
+        self.event(&app, &dyno.name(), "Stopping all processes with SIGTERM");
+        if let Some(start) = dyno.pid_start {
+            process::signal_group(pid, start, Signal::SIGTERM);
+            self.schedule(self.settings.stop_timeout, Event::KillDue { dyno: id, pid });
+        }
+    }
+
+    /// Rebuilds the router's table from SQLite: each app's `up` web dynos of its current
+    /// release (H10 when they all crashed, H14 when there are none) and its hosts.
+    fn refresh_routes(&self) {
+        use crate::router::{AppStatus, Backend, RouteTable};
+        let conn = self.store.conn();
+        let mut table = RouteTable::new(&self.settings.domain);
+        for app in store::apps::list(conn).unwrap_or_default() {
+            let Ok(name) = app.name.parse::<AppName>() else { continue };
+            let dynos = self.app_dynos(&name);
+            let web: Vec<&DynoRow> = dynos
+                .iter()
+                .filter(|d| d.process_type == "web" && Some(d.release) == app.current_release)
+                .collect();
+            let up: Vec<Backend> = web
+                .iter()
+                .filter(|d| d.state == DynoState::Up)
+                .filter_map(|d| Some(Backend::new(d.name(), d.port?)))
+                .collect();
+            let status = if !up.is_empty() {
+                AppStatus::Up(up)
+            } else if web.iter().any(|d| d.state == DynoState::Crashed) {
+                AppStatus::Crashed
+            } else {
+                AppStatus::NoWebDynos
+            };
+            let hosts: Vec<String> = store::domains::for_app(conn, &name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.host)
+                .collect();
+            table.add_app(name.as_str(), &hosts, status);
+        }
+        self.router.update(table);
     }
 
     fn on_kill_due(&mut self, id: i64, pid: i32) {

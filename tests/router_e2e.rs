@@ -36,6 +36,9 @@ fn deploy(slip: &Slipway, repo: &GitRepo, app: &str, body: &str) -> String {
     out
 }
 
+/// What one request got: status and body, or None when it failed outright.
+type Answer = Option<(u16, String)>;
+
 /// One GET through the router with `Host: host`, on a fresh connection.
 fn get(router: &str, host: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(router).ok()?;
@@ -66,7 +69,7 @@ fn requests_keep_succeeding_through_redeploys_and_a_restart() {
 
     // A client sending requests back to back (bounded in time and count) all along.
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<Option<(u16, String)>>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let client = {
         let (stop, results, router) = (stop.clone(), results.clone(), router.clone());
         std::thread::spawn(move || {
@@ -92,7 +95,7 @@ fn requests_keep_succeeding_through_redeploys_and_a_restart() {
     client.join().unwrap();
 
     let results = results.lock().unwrap();
-    let failures: Vec<&Option<(u16, String)>> =
+    let failures: Vec<&Answer> =
         results.iter().filter(|r| !matches!(r, Some((200, b)) if b.starts_with('v'))).collect();
     println!("{} requests through 3 deploys, a scale and a restart", results.len());
     assert!(results.len() > 50, "the client made only {} requests", results.len());

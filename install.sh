@@ -16,6 +16,7 @@ readonly WAIT_SECONDS=10
 
 HOME_DIR=$DEFAULT_HOME
 SLIPWAY_USER=$DEFAULT_USER   # not $USER: that one is the caller's, from the environment
+ROUTER_ADDR=""                # --router-addr; chosen in parse_args when empty
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TMP_FILES=()
 
@@ -30,6 +31,9 @@ Safe to run again; that is also how you upgrade.
 Options:
   --home DIR    SLIPWAY_HOME, which is also the user's home (default: $DEFAULT_HOME)
   --user NAME   system user that owns the data and runs the daemon (default: $DEFAULT_USER)
+  --router-addr ADDR
+                where the HTTP router listens (default: 0.0.0.0:80 with systemd, which
+                grants the daemon the right to bind it; 0.0.0.0:8080 otherwise)
   -h, --help    show this help and exit
 EOF
 }
@@ -51,6 +55,8 @@ parse_args() {
             --home=*) HOME_DIR=${1#--home=}; shift ;;
             --user) [ $# -ge 2 ] || die "--user needs a user name."; SLIPWAY_USER=$2; shift 2 ;;
             --user=*) SLIPWAY_USER=${1#--user=}; shift ;;
+            --router-addr) [ $# -ge 2 ] || die "--router-addr needs HOST:PORT."; ROUTER_ADDR=$2; shift 2 ;;
+            --router-addr=*) ROUTER_ADDR=${1#--router-addr=}; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument '$1'." ;;
         esac
@@ -62,6 +68,11 @@ parse_args() {
         die "--user '$SLIPWAY_USER' is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)."
     fi
     [ "$SLIPWAY_USER" != root ] || die "--user root is refused: slipway must run as an unprivileged user."
+    if [ -z "${ROUTER_ADDR:-}" ]; then
+        # Port 80 needs CAP_NET_BIND_SERVICE, which only the systemd unit grants.
+        if [ -d /run/systemd/system ]; then ROUTER_ADDR=0.0.0.0:80; else ROUTER_ADDR=0.0.0.0:8080; fi
+    fi
+    [[ $ROUTER_ADDR =~ ^[0-9a-fA-F.:\[\]]+:[0-9]+$ ]] || die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
     # Drop trailing slashes so /var/lib/slipway/ and /var/lib/slipway are the same home.
     while [ "${#HOME_DIR}" -gt 1 ] && [ "${HOME_DIR%/}" != "$HOME_DIR" ]; do HOME_DIR=${HOME_DIR%/}; done
     [[ $HOME_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
@@ -295,7 +306,7 @@ setup_sshd() {
 as_slipway() {
     (cd "$HOME_DIR" && runuser -u "$SLIPWAY_USER" -- env -i \
         PATH=/usr/local/bin:/usr/bin:/bin HOME="$HOME_DIR" USER="$SLIPWAY_USER" \
-        LOGNAME="$SLIPWAY_USER" LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" \
+        LOGNAME="$SLIPWAY_USER" LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" SLIPWAY_ROUTER_ADDR="$ROUTER_ADDR" \
         "$BIN" --home "$HOME_DIR" "$@")
 }
 
@@ -321,6 +332,7 @@ render_unit() {
     TMP_FILES+=("$tmp")
     # Safe with sed: the values were validated above and contain no '|', '&' or '\'.
     sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$SLIPWAY_USER|g" \
+        -e "s|@ROUTER_ADDR@|$ROUTER_ADDR|g" \
         "$template" >"$tmp"
     if grep -q '@[A-Z]*@' "$tmp"; then die "unsubstituted placeholder left in $template."; fi
     chmod 0644 "$tmp"
@@ -389,6 +401,9 @@ Next steps:
   2. On the laptop, in the app's git repository (try examples/python-hello):
        git remote add slipway $SLIPWAY_USER@$host:hello
        git push slipway main
+     The push ends with the app's URL; the router listens on $ROUTER_ADDR and routes
+     Host: hello.<SLIPWAY_DOMAIN> (default localhost) to the app, e.g.
+       curl http://hello.localhost:${ROUTER_ADDR##*:}/
   3. On this server, as the $SLIPWAY_USER user (so files it creates stay owned by it):
        sudo -u $SLIPWAY_USER slipway $(home_flag)apps
        sudo -u $SLIPWAY_USER slipway $(home_flag)logs hello

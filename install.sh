@@ -72,7 +72,8 @@ parse_args() {
         # Port 80 needs CAP_NET_BIND_SERVICE, which only the systemd unit grants.
         if [ -d /run/systemd/system ]; then ROUTER_ADDR=0.0.0.0:80; else ROUTER_ADDR=0.0.0.0:8080; fi
     fi
-    [[ $ROUTER_ADDR =~ ^[0-9a-fA-F.:\[\]]+:[0-9]+$ ]] || die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
+    local addr_re='^[][0-9a-fA-F.:]+:[0-9]+$'   # IPv4:port or [IPv6]:port
+    [[ $ROUTER_ADDR =~ $addr_re ]] || die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
     # Drop trailing slashes so /var/lib/slipway/ and /var/lib/slipway are the same home.
     while [ "${#HOME_DIR}" -gt 1 ] && [ "${HOME_DIR%/}" != "$HOME_DIR" ]; do HOME_DIR=${HOME_DIR%/}; done
     [[ $HOME_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
@@ -344,10 +345,8 @@ start_daemon_systemd() {
     render_unit "$UNIT"
     # A daemon started by hand (before systemd managed it) would hold the control
     # socket and make the unit fail: stop it first. Dynos keep running.
-    if ! systemctl is-active --quiet slipway && daemon_up; then
-        say "Stopping the slipway daemon started outside systemd (apps keep running)"
-        as_slipway daemon --stop >/dev/null || true
-        wait_for down || true
+    if ! systemctl is-active --quiet slipway && as_slipway daemon --stop >/dev/null 2>&1; then
+        say "Stopped the slipway daemon started outside systemd (apps keep running)"
     fi
     systemctl daemon-reload
     systemctl enable slipway
@@ -361,12 +360,11 @@ start_daemon_systemd() {
 
 start_daemon_plain() {
     local out
-    if daemon_up; then
-        # Restart so the new binary takes over; --stop leaves the dynos running
-        # and the new daemon re-adopts them.
-        say "Stopping the running slipway daemon (apps keep running)"
-        as_slipway daemon --stop || die "'slipway daemon --stop' failed."
-        wait_for down || die "the old slipway daemon did not stop within ${WAIT_SECONDS}s."
+    # Restart so the new binary takes over; --stop leaves the dynos running and the new
+    # daemon re-adopts them. --stop finds the daemon by its pid-file lock, so it also stops
+    # one too old to answer this binary's `status` (a protocol change).
+    if as_slipway daemon --stop >/dev/null 2>&1; then
+        say "Stopped the running slipway daemon (apps keep running)"
     fi
     say "Starting the slipway daemon"
     out=$(mktemp /tmp/slipway-install.XXXXXX)

@@ -226,9 +226,9 @@ pub enum Command {
         #[arg(long)]
         log: PathBuf,
         #[arg(long)]
-        log_max_bytes: u64,
+        log_max_bytes: Option<u64>,
         #[arg(long)]
-        log_files: u32,
+        log_files: Option<u32>,
         #[arg(long)]
         dyno: String,
         #[arg(long)]
@@ -294,9 +294,17 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, command } => {
+            // Rotation policy: given by the daemon, else the one recorded in logs/.policy (a
+            // daemon older than this binary does not pass it; its dynos must still start).
+            let logs_dir = log.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+            let recorded = crate::logs::LogPolicy::for_logs_dir(logs_dir);
+            let log_policy = crate::logs::LogPolicy {
+                max_bytes: log_max_bytes.unwrap_or(recorded.max_bytes),
+                files: log_files.unwrap_or(recorded.files),
+            };
             Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
                 log,
-                log_policy: crate::logs::LogPolicy { max_bytes: log_max_bytes, files: log_files },
+                log_policy,
                 dyno,
                 dir,
                 command: command.join(" "),

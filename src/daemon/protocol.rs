@@ -7,7 +7,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever a message changes shape: 2 added Scale/Restart/Stop, Deploy.restart,
+/// Deployed.url and Status.domain/router_port.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Messages are small; anything bigger is a bug or garbage on the socket.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 

@@ -58,8 +58,7 @@ pub const MIGRATIONS: &[&str] = &[
         pid_start  INTEGER,                -- /proc start time of pid: guards against pid reuse
         shim_pid   INTEGER,                -- the supervising shim that holds the output pipes
         shim_start INTEGER,
-        restarts   INTEGER NOT NULL DEFAULT 0,   -- consecutive crashes; drives the backoff
-        stopped    INTEGER NOT NULL DEFAULT 0,   -- ps:stop: stays down until ps:restart or ps:scale
+        restarts   INTEGER NOT NULL DEFAULT 0,
         started_at TEXT,
         updated_at TEXT NOT NULL
     );
@@ -84,6 +83,11 @@ pub const MIGRATIONS: &[&str] = &[
     -- An app's config is the snapshot of its newest succeeded release, so a failed change
     -- leaves nothing to undo; the separate table was never written.
     DROP TABLE config_vars;
+    "#,
+    // v3: ps:stop keeps a dyno down until ps:restart or ps:scale. (It first went into v1 by
+    // mistake after v1 had run on a server: shipped migrations are never edited.)
+    r#"
+    ALTER TABLE dynos ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -121,6 +125,29 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(tables, 7);
+    }
+
+    #[test]
+    fn a_database_from_an_older_version_upgrades_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO apps (name, created_at) VALUES ('hello', 'x');
+             INSERT INTO dynos (app, type, num, release, command, state, updated_at)
+             VALUES ('hello', 'web', 1, 1, 'run', 'up', 'x');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let stopped: i64 = conn.query_row("SELECT stopped FROM dynos", [], |r| r.get(0)).unwrap();
+        assert_eq!(stopped, 0);
+        let kind_default: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_table_info('releases') WHERE name = 'kind'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kind_default, 1);
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Installer {
     }
 }
 
+/// `python -m pip install` without prompts, progress bars or version nagging.
+const PIP_INSTALL: [&str; 7] =
+    ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"];
+
 /// The files whose content decides the dependency environment.
 const DEPENDENCY_FILES: &[&str] =
     &["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock", "pyproject.toml"];
@@ -110,15 +114,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
             }
             None => {
                 let mut c = Command::new(&venv_python);
-                c.args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--progress-bar",
-                    "off",
-                ]);
+                c.args(PIP_INSTALL);
                 c
             }
         };
@@ -257,16 +253,7 @@ fn ensure_tool(
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
     run_step(&format!("creating the {name} environment"), create, deadline)?;
     let mut install = Command::new(root.join("bin/python"));
-    install.args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-        name,
-    ]);
+    install.args(PIP_INSTALL).arg(name);
     install.env_clear().envs(&env);
     if let Err(e) = run_step(&format!("installing {name}"), install, deadline) {
         let _ = std::fs::remove_dir_all(&root);

@@ -145,6 +145,9 @@ fn hosts_and_custom_domains_route_and_errors_carry_codes() {
         std::fs::read_to_string(slip.app_log_path("hello")).is_ok_and(|l| l.contains("at=error code=H14"))
     });
     assert!(logged, "no H14 router line in the app log");
-    // The other app is untouched.
+    // The other app is untouched; a destroyed app's hosts are unknown at once.
     assert!(wait_for_body(&router, "other.localhost", "from-other"));
+    slip.cmd_ok(&["apps:destroy", "other", "--confirm", "other"]);
+    assert_eq!(get(&router, "www.example.test", "/").map(|(s, _)| s), Some(404));
+    assert_eq!(get(&router, "other.localhost", "/").map(|(s, _)| s), Some(404));
 }

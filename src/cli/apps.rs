@@ -74,6 +74,8 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
     let tx = store.transaction()?;
     store::apps::delete(&tx, &name)?;
     tx.commit()?;
+    // The router forgets the app's hosts on the daemon's next event: make that now.
+    let _ = client::notify_converge(home, name.as_str());
     for dir in
         [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)]
     {

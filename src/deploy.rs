@@ -148,8 +148,9 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     );
 
     output::step(&format!("Releasing v{version}: release phase (if any), then the dynos"));
-    let published = release::finish(&ctx.home, &settings, &store, &ctx.app, version, true, output::detail)
-        .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
+    let published =
+        release::finish(&ctx.home, &settings, &mut store, &ctx.app, version, true, output::detail)
+            .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
     output::step(&format!("Launching... done, v{version}"));
     let web = published.web;
     if let (false, Some(url)) = (web.is_empty(), published.url) {

@@ -259,7 +259,7 @@ pub fn publish(
 pub fn finish(
     home: &Home,
     settings: &Settings,
-    store: &Store,
+    store: &mut Store,
     app: &AppName,
     version: i64,
     restart: bool,
@@ -285,9 +285,11 @@ pub fn finish(
             }
         }
     } else {
-        let conn = store.conn();
-        store::apps::set_current_release(conn, app, version).map_err(|e| e.to_string())?;
-        store::releases::set_status(conn, app, version, "succeeded").map_err(|e| e.to_string())?;
+        // One transaction: the release is current exactly when it is marked succeeded.
+        let tx = store.transaction().map_err(|e| e.to_string())?;
+        store::apps::set_current_release(&tx, app, version).map_err(|e| e.to_string())?;
+        store::releases::set_status(&tx, app, version, "succeeded").map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
         (Vec::new(), None)
     };
     prune(home, store, app, settings.keep_releases);

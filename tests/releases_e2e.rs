@@ -122,9 +122,18 @@ fn config_values_round_trip_exactly_and_reach_the_dyno() {
     );
     assert!(!log.contains("backslashed"), "a config value leaked into the log");
 
+    // With the daemon stopped the change is saved and applied when it starts.
+    slip.stop_daemon();
+    let offline = slip.cmd(&["config:set", "hello", "LATER=yes"]);
+    assert!(offline.status.success(), "{}", describe(&offline));
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("dynos move onto v3 when it starts"));
+    assert_eq!(slip.json(&["config", "hello", "--json"])["LATER"], "yes");
+    slip.start_daemon();
+    assert_eq!(dyno_env(web_port(&slip, "v3"))["LATER"], "yes");
+
     let bad = slip.cmd(&["config:set", "hello", "9BAD=x"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not a valid config key"));
-    assert_eq!(releases(&slip).len(), 2, "a refused change created a release");
+    assert_eq!(releases(&slip).len(), 3, "a refused change created a release");
 }
 
 #[test]

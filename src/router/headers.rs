@@ -32,14 +32,69 @@ pub fn valid_request_id(id: &[u8]) -> bool {
         && id.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-'))
 }
 
-/// A random UUID-shaped id (version 4 layout), from the kernel's random source.
+/// A random UUID-shaped id (version 4 layout). The bits come from a per-thread PRNG
+/// (xoshiro256++) seeded once from the kernel's random source, so a request costs no syscall.
 pub fn new_request_id() -> String {
+    let (a, b) = RNG.with(|rng| {
+        let mut rng = rng.borrow_mut();
+        (rng.next(), rng.next())
+    });
     let mut bytes = [0u8; 16];
-    fill_random(&mut bytes);
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(byte >> 4)];
+        out[o + 1] = HEX[usize::from(byte & 0x0f)];
+        o += 2;
+    }
+    out.iter().map(|&c| char::from(c)).collect()
+}
+
+thread_local! {
+    static RNG: std::cell::RefCell<Xoshiro> = std::cell::RefCell::new(Xoshiro::from_os());
+}
+
+/// xoshiro256++ (Blackman & Vigna): fast, 256 bits of state, good statistical quality. Request
+/// ids need to be unique and unguessable enough for correlating logs, not cryptographic.
+struct Xoshiro([u64; 4]);
+
+impl Xoshiro {
+    fn from_os() -> Xoshiro {
+        let mut seed = [0u8; 32];
+        fill_random(&mut seed);
+        let mut s = [0u64; 4];
+        for (i, chunk) in seed.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            s[i] = u64::from_le_bytes(b);
+        }
+        if s == [0; 4] {
+            s[0] = 0x9e37_79b9_7f4a_7c15;
+        }
+        Xoshiro(s)
+    }
+
+    fn next(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
 }
 
 fn fill_random(buf: &mut [u8]) {

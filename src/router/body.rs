@@ -182,7 +182,7 @@ impl Relayed {
     fn done(&mut self) {
         if let Some(mut f) = self.finish.take() {
             f.line.service = f.started.elapsed();
-            f.sink.send(&f.app, &f.line);
+            f.sink.send(&f.app, f.line);
             drop(f.guard);
         }
     }

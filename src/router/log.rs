@@ -7,8 +7,8 @@
 //!
 //! `bytes` counts the response body relayed from the dyno (0 for pages the router made itself).
 //!
-//! Writing: the request path never touches a file. It formats the line and `try_send`s it to one
-//! writer thread over a bounded channel; the thread drains whatever is queued, groups it per app
+//! Writing: the request path never touches a file, nor formats the line. It `try_send`s the
+//! line's fields with the time to one writer thread over a bounded channel; the thread formats, the thread drains whatever is queued, groups it per app
 //! and appends each app's lines with one `write(2)` through a cached [`LogWriter`] (which also
 //! takes part in rotation like every other writer), then lets the next lines gather for 25 ms.
 //! A plain thread rather than a tokio task, because file writes block; a channel rather than a
@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
+
+use time::OffsetDateTime;
 
 use crate::logs::{format_line, LogPolicy, LogWriter, Source};
 
@@ -123,10 +125,14 @@ const QUEUE: usize = 64 * 1024;
 /// this much later than its request ended.
 const GATHER: Duration = Duration::from_millis(25);
 
+/// One queued line: the app, the time the request ended and the fields, formatted by the
+/// writer thread. Boxed so the channel's preallocated slots stay small.
+type Queued = (Arc<str>, Box<(OffsetDateTime, RequestLine)>);
+
 /// The request side of the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct LogSink {
-    tx: SyncSender<(Arc<str>, String)>,
+    tx: SyncSender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -146,9 +152,8 @@ impl LogSink {
     }
 
     /// Queues one line for an app's log; never blocks.
-    pub fn send(&self, app: &Arc<str>, line: &RequestLine) {
-        let text = line.line(&crate::timefmt::now());
-        match self.tx.try_send((app.clone(), text)) {
+    pub fn send(&self, app: &Arc<str>, line: RequestLine) {
+        match self.tx.try_send((app.clone(), Box::new((OffsetDateTime::now_utc(), line)))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -157,21 +162,20 @@ impl LogSink {
     }
 }
 
-fn writer_thread(
-    rx: Receiver<(Arc<str>, String)>,
-    log_path: LogPath,
-    policy: LogPolicy,
-    dropped: Arc<AtomicU64>,
-) {
+fn writer_thread(rx: Receiver<Queued>, log_path: LogPath, policy: LogPolicy, dropped: Arc<AtomicU64>) {
     let mut writers: HashMap<Arc<str>, LogWriter> = HashMap::new();
     let mut batch: HashMap<Arc<str>, String> = HashMap::new();
     let mut reported = 0;
-    while let Ok((app, line)) = rx.recv() {
-        batch.entry(app).or_default().push_str(&line);
+    let add = |batch: &mut HashMap<Arc<str>, String>, (app, queued): Queued| {
+        let (at, line) = *queued;
+        batch.entry(app).or_default().push_str(&line.line(&crate::timefmt::stamp(at)));
+    };
+    while let Ok(queued) = rx.recv() {
+        add(&mut batch, queued);
         // Take whatever else is queued (bounded, so one busy app cannot starve the write).
         for _ in 0..4096 {
             match rx.try_recv() {
-                Ok((app, line)) => batch.entry(app).or_default().push_str(&line),
+                Ok(queued) => add(&mut batch, queued),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }

@@ -57,6 +57,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -151,13 +152,15 @@ struct LiveApp {
 struct LiveBackend {
     dyno: String,
     port: u16,
+    /// `127.0.0.1:<port>`, built once per table rather than per request.
+    authority: Authority,
     in_flight: Arc<InFlight>,
 }
 
 enum Selection {
     UnknownHost,
     Unavailable(Arc<str>, RouterError),
-    Backend { app: Arc<str>, dyno: String, port: u16, guard: InFlightGuard },
+    Backend { app: Arc<str>, dyno: String, port: u16, authority: Authority, guard: InFlightGuard },
 }
 
 type RespBody = BoxBody<Bytes, hyper::Error>;
@@ -203,6 +206,8 @@ impl Router {
                 .map(|b| LiveBackend {
                     dyno: b.dyno.clone(),
                     port: b.port,
+                    authority: Authority::from_maybe_shared(Bytes::from(format!("127.0.0.1:{}", b.port)))
+                        .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
                     in_flight: in_flight.entry(b.port).or_default().clone(),
                 })
                 .collect();
@@ -304,6 +309,7 @@ impl Inner {
                     app: app.name.clone(),
                     dyno: b.dyno.clone(),
                     port: b.port,
+                    authority: b.authority.clone(),
                     guard: b.in_flight.enter(),
                 }
             }
@@ -345,7 +351,9 @@ impl Inner {
         let upgrade = headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let path_and_query =
+            parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = path_and_query.as_str().to_string();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         let fwd = headers::set_forwarded(&mut parts.headers, peer.ip(), listen_port, &request_id);
         if let Some(authority) = authority.filter(|_| !parts.headers.contains_key(HOST)) {
@@ -373,13 +381,20 @@ impl Inner {
         let mut selection = selection;
         let mut retried = false;
         loop {
-            let (app, dyno, port, guard) = match selection {
-                Selection::Backend { app, dyno, port, guard } => (app, dyno, port, guard),
+            let (app, dyno, port, backend_authority, guard) = match selection {
+                Selection::Backend { app, dyno, port, authority, guard } => {
+                    (app, dyno, port, authority, guard)
+                }
                 Selection::Unavailable(app, error) => return self.fail(&app, line, error, started),
                 Selection::UnknownHost => return page_for(H10, &request_id), // handled above
             };
             line.dyno = Some(dyno.clone());
-            let uri = match Uri::try_from(format!("http://127.0.0.1:{port}{}", line.path)) {
+            let uri = match Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(backend_authority)
+                .path_and_query(path_and_query.clone())
+                .build()
+            {
                 Ok(uri) => uri,
                 Err(_) => {
                     return page(StatusCode::BAD_REQUEST, None, "Bad request", "Malformed path.", &request_id)
@@ -457,7 +472,7 @@ impl Inner {
                     let backend_upgrade = hyper::upgrade::on(&mut response);
                     tunnel(client_upgrade, backend_upgrade, guard);
                     line.service = started.elapsed();
-                    self.sink.send(&app, &line);
+                    self.sink.send(&app, line);
                     let (mut rparts, _) = response.into_parts();
                     headers::strip_hop_by_hop(&mut rparts.headers, true);
                     return Response::from_parts(rparts, empty());
@@ -482,8 +497,9 @@ impl Inner {
         line.status = 503;
         line.bytes = 0;
         line.service = started.elapsed();
-        self.sink.send(app, &line);
-        page_for(error, &line.request_id)
+        let page = page_for(error, &line.request_id);
+        self.sink.send(app, line);
+        page
     }
 }
 

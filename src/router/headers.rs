@@ -1,18 +1,17 @@
-//! Header rewriting between the client and a dyno: hop-by-hop headers are dropped (hyper frames
-//! each side itself), `X-Forwarded-For/Proto/Port` and `X-Request-Id` are set, and a websocket
-//! (or any `Upgrade`) handshake keeps its `Connection: upgrade` / `Upgrade` pair.
+//! The header rules between a client and a dyno: which headers are hop-by-hop (never passed
+//! on; the router frames each side itself), and the `X-Forwarded-For/Proto/Port` and
+//! `X-Request-Id` headers it sets. [`super::http1`] applies them while it rewrites a head.
 
 use std::net::IpAddr;
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_PORT: &str = "x-forwarded-port";
+pub const X_REQUEST_ID: &str = "x-request-id";
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Expect`,
-/// which the router has already answered (hyper sends `100 Continue` when the body is read).
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). `Transfer-Encoding`
+/// and `Upgrade` are put back by the rewriting when the body is passed through chunked or a
+/// protocol switch is asked for.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -113,89 +112,111 @@ fn fill_random(buf: &mut [u8]) {
     }
 }
 
-/// The request id to use: the client's when valid, else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+/// The request id to use: the client's (the `X-Request-Id` value it sent) when valid, else a
+/// new one.
+pub fn request_id(sent: Option<&[u8]>) -> String {
+    match sent {
+        Some(v) if valid_request_id(v) => String::from_utf8_lossy(v).into_owned(),
         _ => new_request_id(),
     }
 }
 
-/// True when the request asks to switch protocols (`Connection: upgrade` + `Upgrade: …`).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE) && has_token(headers, CONNECTION, "upgrade")
+/// True for a header that describes one connection, not the message: never passed on.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
+/// True for a header the router sets itself on the way to a dyno (see [`Forwarded`]).
+pub fn is_forwarding(name: &str) -> bool {
+    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_PORT, X_REQUEST_ID]
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Drops hop-by-hop headers, including those the `Connection` header names. With `upgrade`,
-/// `Connection: upgrade` and the `Upgrade` header survive, so the handshake reaches the other side.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_to = if upgrade { headers.get(UPGRADE).cloned() } else { None };
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+/// The comma-separated tokens of every `Connection` header, trimmed (`close`, `upgrade`,
+/// `keep-alive`, or names of further hop-by-hop headers).
+#[derive(Debug, Default)]
+pub struct ConnectionTokens(Vec<String>);
+
+impl ConnectionTokens {
+    pub fn add(&mut self, value: &[u8]) {
+        let value = String::from_utf8_lossy(value);
+        self.0.extend(value.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()));
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+
+    pub fn has(&self, token: &str) -> bool {
+        self.0.iter().any(|t| t == token)
     }
-    headers.remove(hyper::header::EXPECT);
-    if let Some(upgrade_to) = upgrade_to {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, upgrade_to);
+
+    /// True when `name` was declared hop-by-hop by the sender. The headers that frame or route
+    /// the message cannot be, whatever the sender says.
+    pub fn names(&self, name: &str) -> bool {
+        !["host", "content-length"].iter().any(|h| h.eq_ignore_ascii_case(name))
+            && self.0.iter().any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
-/// Sets `X-Forwarded-For` (the client's address appended to what earlier proxies sent),
+/// The forwarding headers the router sets on a request for a dyno:
+/// `X-Forwarded-For` (the client's address appended to what earlier proxies sent),
 /// `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's own port) and `X-Request-Id`.
-/// Returns the `X-Forwarded-For` value, which the router log shows as `fwd`.
 ///
 /// One exception, for a TLS-terminating proxy on the same machine (templates/nginx-slipway.conf):
 /// a request from a loopback address keeps the `X-Forwarded-Proto` (`http` or `https`) and
 /// `X-Forwarded-Port` it arrived with, so apps behind it see `https`. Requests from anywhere
 /// else cannot choose them.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, listen_port: u16, request_id: &str) -> String {
-    let client = client.to_canonical();
-    let earlier: Vec<&str> =
-        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let earlier = earlier.join(", ");
-    let earlier = earlier.trim().trim_matches(',').trim();
-    let fwd = if earlier.is_empty() { client.to_string() } else { format!("{earlier}, {client}") };
-    match HeaderValue::from_str(&fwd) {
-        Ok(v) => {
-            headers.insert(X_FORWARDED_FOR, v);
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// `X-Forwarded-For` values the client sent, in order.
+    pub earlier_for: Vec<String>,
+    pub proto: Option<Vec<u8>>,
+    pub port: Option<Vec<u8>>,
+    pub request_id: Option<Vec<u8>>,
+}
+
+impl Forwarded {
+    /// Notes `name: value` if it is one of the forwarding headers.
+    pub fn note(&mut self, name: &str, value: &[u8]) {
+        if name.eq_ignore_ascii_case(X_FORWARDED_FOR) {
+            self.earlier_for.push(String::from_utf8_lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case(X_FORWARDED_PROTO) {
+            self.proto.get_or_insert_with(|| value.to_vec());
+        } else if name.eq_ignore_ascii_case(X_FORWARDED_PORT) {
+            self.port.get_or_insert_with(|| value.to_vec());
+        } else if name.eq_ignore_ascii_case(X_REQUEST_ID) {
+            self.request_id.get_or_insert_with(|| value.to_vec());
         }
-        Err(_) => {
-            headers.remove(X_FORWARDED_FOR);
+    }
+
+    /// Appends the four headers (`Name: value\r\n` each) to `out`. Returns the
+    /// `X-Forwarded-For` value (the router log shows it as `fwd`) and the request id.
+    pub fn write(&self, out: &mut Vec<u8>, client: IpAddr, listen_port: u16) -> (String, String) {
+        let client = client.to_canonical();
+        let earlier = self.earlier_for.join(", ");
+        let earlier = earlier.trim().trim_matches(',').trim();
+        let fwd = if earlier.is_empty() { client.to_string() } else { format!("{earlier}, {client}") };
+        let local_proxy = client.is_loopback();
+        let proto = self.proto.as_deref().filter(|p| local_proxy && (*p == b"http" || *p == b"https"));
+        let port = proto
+            .and(self.port.as_deref())
+            .filter(|p| std::str::from_utf8(p).ok().and_then(|p| p.parse::<u16>().ok()).is_some());
+        let request_id = request_id(self.request_id.as_deref());
+        header(out, "X-Forwarded-For", fwd.as_bytes());
+        header(out, "X-Forwarded-Proto", proto.unwrap_or(b"http"));
+        match port {
+            Some(port) => header(out, "X-Forwarded-Port", port),
+            None => header(out, "X-Forwarded-Port", listen_port.to_string().as_bytes()),
         }
+        header(out, "X-Request-Id", request_id.as_bytes());
+        (fwd, request_id)
     }
-    let local_proxy = client.is_loopback();
-    let proto = headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes);
-    let proto_kept = local_proxy && matches!(proto, Some(b"http" | b"https"));
-    if !proto_kept {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    let port = headers.get(&X_FORWARDED_PORT).and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-    if !(proto_kept && port.is_some()) {
-        headers.insert(X_FORWARDED_PORT, HeaderValue::from(listen_port));
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID, v);
-    }
-    fwd
+}
+
+/// Appends `name: value\r\n`.
+pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -218,80 +239,28 @@ mod tests {
         assert_eq!(id.as_bytes()[14], b'4', "{id}");
         assert_ne!(new_request_id(), id);
 
-        let mut h = HeaderMap::new();
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("client-chosen-id-0123456789"));
-        assert_eq!(request_id(&h), "client-chosen-id-0123456789");
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("short"));
-        assert_ne!(request_id(&h), "short");
+        assert_eq!(request_id(Some(b"client-chosen-id-0123456789")), "client-chosen-id-0123456789");
+        assert_ne!(request_id(Some(b"short")), "short");
+        assert_eq!(request_id(None).len(), 36);
     }
 
     #[test]
-    fn forwarded_headers() {
-        let mut h = HeaderMap::new();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(set_forwarded(&mut h, ip, 8080, "rid"), "127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-port"], "8080");
-        assert_eq!(h["x-request-id"], "rid");
-
-        let mut h = HeaderMap::new();
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(set_forwarded(&mut h, mapped, 80, "rid"), "203.0.113.7, 10.0.0.1, 192.0.2.1");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "http", "a remote client cannot claim https");
-        assert_eq!(h["x-forwarded-port"], "80");
-
-        // A TLS-terminating proxy on this machine passes its scheme and port on.
-        for local in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
-            let mut h = HeaderMap::new();
-            h.insert(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.4"));
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-            h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
-            let ip: IpAddr = local.parse().unwrap();
-            let fwd = set_forwarded(&mut h, ip, 8080, "rid");
-            assert!(fwd.starts_with("198.51.100.4, "), "{fwd}");
-            assert_eq!(
-                (h["x-forwarded-proto"].as_bytes(), h["x-forwarded-port"].as_bytes()),
-                (&b"https"[..], &b"443"[..]),
-                "{local}"
-            );
+    fn hop_by_hop_headers_and_connection_tokens() {
+        for name in
+            ["Connection", "keep-alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Connection"]
+        {
+            assert!(is_hop_by_hop(name), "{name}");
         }
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
-        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), 8080, "rid");
-        assert_eq!(
-            (h["x-forwarded-proto"].as_bytes(), h["x-forwarded-port"].as_bytes()),
-            (&b"http"[..], &b"8080"[..])
-        );
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped_but_an_upgrade_survives() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("expect", HeaderValue::from_static("100-continue"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
-
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h[CONNECTION], "upgrade");
-        assert_eq!(h[UPGRADE], "websocket");
-        let mut h = HeaderMap::new();
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!wants_upgrade(&h), "Upgrade without Connection: upgrade");
+        for name in ["Host", "Content-Length", "Expect", "X-Forwarded-For", "Cookie"] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
+        let mut tokens = ConnectionTokens::default();
+        tokens.add(b"Keep-Alive, X-Secret");
+        tokens.add(b" upgrade ,,");
+        assert!(tokens.has("keep-alive") && tokens.has("upgrade") && !tokens.has("close"));
+        assert!(tokens.names("x-secret") && tokens.names("X-SECRET"));
+        tokens.add(b"Host, Content-Length");
+        assert!(!tokens.names("host") && !tokens.names("content-length"), "never hop-by-hop");
+        assert!(is_forwarding("X-Request-Id") && !is_forwarding("X-Requested-With"));
     }
 }

@@ -3,10 +3,13 @@
 //! app's `up` web dynos, round robin.
 //!
 //! What it guarantees:
-//! - Bodies stream both ways, frame by frame (chunked or sized, as each side sent them); nothing
-//!   is buffered whole. Client connections are kept alive; connections to dynos are pooled
-//!   (hyper-util's client). `Upgrade` requests (websockets) are passed through: once the dyno
-//!   answers `101`, both connections are spliced with `copy_bidirectional`.
+//! - It is its own HTTP/1.1 proxy ([`proxy`], [`http1`]): each client connection is one task
+//!   that reads a request head, routes it and relays request and response over a kept-alive
+//!   connection to the dyno ([`pool`]), so a request costs about what it costs nginx. Bodies
+//!   stream both ways as they were framed (sized, chunked, or until close); nothing is buffered
+//!   whole. Client connections are kept alive; `1xx` responses (`100 Continue`) are passed on;
+//!   `Upgrade` requests (websockets) are passed through: once the dyno answers `101`, both
+//!   connections are spliced with `copy_bidirectional`.
 //! - The routing table is swapped atomically by [`Router::update`]. The request path takes a
 //!   read lock only to look up the host, pick a backend and count the request as in flight to
 //!   it (no await inside); updates take the write lock only to swap an `Arc`. Because picking
@@ -17,7 +20,7 @@
 //!   `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's port), `X-Request-Id` (the
 //!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on.
 //!   A proxy on loopback (TLS termination in front) may pass its own `X-Forwarded-Proto` and
-//!   `-Port` through ([`headers::set_forwarded`]).
+//!   `-Port` through ([`headers::Forwarded`]).
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,
@@ -31,7 +34,9 @@
 //! | the dyno refused the connection, and so did the next one (tried once) or there is no other | 503 | `H10` App crashed |
 //! | the dyno accepted but closed or broke the connection before a response head (a GET, HEAD or OPTIONS without a body is tried once more first) | 503 | `H13` Connection closed without response |
 //! | no response head within the timeout (`SLIPWAY_ROUTER_TIMEOUT`, 30 s) after the request was sent (a slow upload's clock starts at its last byte) | 503 | `H12` Request timeout |
-//! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – (hyper answers it) |
+//! | the client went away before the response head | (499, logged only) | `H27` Client Request Interrupted |
+//! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – |
+//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`) | 400 | – |
 //!
 //! A refused connection is reported as `H10`: a web dyno that does not accept on its port is,
 //! to the user, a crashed app (the supervisor sees the exit a moment later), and `H10` is the
@@ -39,43 +44,33 @@
 //! read yet, which is always the case for a refused connection. A request is retried at most
 //! once, whatever the reason, and never after a timeout.
 
-mod body;
 pub mod headers;
+mod http1;
+mod in_flight;
 pub mod log;
+mod pool;
+mod proxy;
 mod table;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 pub use self::log::RouterError;
 pub use self::table::{normalize_host, AppRoute, AppStatus, Backend, RouteTable};
 
-use self::body::{BodySlot, Finish, InFlight, InFlightGuard, Progress, Relayed, RetryableBody};
-use self::log::{LogPath, LogSink, RequestLine, H10, H12, H13, H14};
+use self::in_flight::{InFlight, InFlightGuard};
+use self::log::{LogPath, LogSink, H10, H14};
+use self::pool::Pool;
 use crate::home::Home;
 use crate::logs::LogPolicy;
 
 /// Largest request head (request line + headers) accepted; larger ones get 431.
-pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+pub const MAX_REQUEST_HEAD: usize = http1::MAX_HEAD;
 
 /// What a [`Router`] needs besides its routing table.
 #[derive(Clone)]
@@ -127,7 +122,7 @@ struct Inner {
     live: RwLock<Arc<Live>>,
     /// In-flight counts by backend port; also serialises `update`s.
     in_flight: Mutex<HashMap<u16, Arc<InFlight>>>,
-    client: Client<HttpConnector, RetryableBody>,
+    pool: Pool,
     timeout: Duration,
     sink: LogSink,
 }
@@ -150,38 +145,26 @@ struct LiveApp {
 }
 
 struct LiveBackend {
-    dyno: String,
+    dyno: Arc<str>,
     port: u16,
-    /// `127.0.0.1:<port>`, built once per table rather than per request.
-    authority: Authority,
     in_flight: Arc<InFlight>,
 }
 
 enum Selection {
     UnknownHost,
     Unavailable(Arc<str>, RouterError),
-    Backend { app: Arc<str>, dyno: String, port: u16, authority: Authority, guard: InFlightGuard },
+    Backend { app: Arc<str>, dyno: Arc<str>, port: u16, guard: InFlightGuard },
 }
-
-type RespBody = BoxBody<Bytes, hyper::Error>;
 
 impl Router {
     /// A router with an empty table (every host is unknown until [`update`](Self::update)).
     /// Starts the log writer thread; needs no runtime until [`serve`](Self::serve).
     pub fn new(config: RouterConfig) -> Router {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Router {
             inner: Arc::new(Inner {
                 live: RwLock::new(Arc::new(Live::default())),
                 in_flight: Mutex::new(HashMap::new()),
-                client,
+                pool: Pool::default(),
                 timeout: config.timeout,
                 sink: LogSink::start(config.log_path, config.log_policy),
             }),
@@ -204,10 +187,8 @@ impl Router {
             let backends: Vec<LiveBackend> = backends
                 .iter()
                 .map(|b| LiveBackend {
-                    dyno: b.dyno.clone(),
+                    dyno: Arc::from(b.dyno.as_str()),
                     port: b.port,
-                    authority: Authority::from_maybe_shared(Bytes::from(format!("127.0.0.1:{}", b.port)))
-                        .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
                     in_flight: in_flight.entry(b.port).or_default().clone(),
                 })
                 .collect();
@@ -226,12 +207,14 @@ impl Router {
                 live.hosts.insert(host.to_string(), app.clone());
             }
         }
-        let in_use: std::collections::HashSet<u16> =
-            live.apps.values().flat_map(|a| a.ports.iter().copied()).collect();
+        let in_use: HashSet<u16> = live.apps.values().flat_map(|a| a.ports.iter().copied()).collect();
         *inner.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
         // After the swap: nothing can start on a dropped backend any more (see the module docs),
         // so an idle one's counter can go; a busy one stays until drained and a later update.
         in_flight.retain(|port, f| in_use.contains(port) || f.count() > 0);
+        // Nor will its idle connections be used again: closing them now lets the dyno stop
+        // without waiting on them.
+        inner.pool.retain(&in_use);
     }
 
     /// Waits until no request is in flight to the backend on `port` (responses still
@@ -255,38 +238,34 @@ impl Router {
     /// progress finish on their own tasks). `X-Forwarded-Port` is the listener's port.
     pub async fn serve(&self, listener: TcpListener) {
         let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .max_header_size(MAX_REQUEST_HEAD)
-            .header_read_timeout(Duration::from_secs(30));
-        let builder = Arc::new(builder);
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%err, "router accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let inner = self.inner.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let inner = inner.clone();
-                    async move { Ok::<_, Infallible>(inner.handle(req, peer, listen_port).await) }
-                });
-                if let Err(err) =
-                    builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await
-                {
-                    tracing::debug!(%peer, %err, "router client connection ended with an error");
-                }
-            });
-        }
+        let accepting = async {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%err, "router accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(proxy::serve_connection(self.inner.clone(), stream, peer, listen_port));
+            }
+        };
+        let sweeping = async {
+            let mut every = tokio::time::interval(pool::IDLE_TIMEOUT / 4);
+            loop {
+                every.tick().await;
+                self.inner.pool.sweep();
+            }
+        };
+        tokio::join!(accepting, sweeping);
+    }
+
+    /// Idle pooled connections to the dyno on `port` (for tests and diagnostics).
+    pub fn idle_connections(&self, port: u16) -> usize {
+        self.inner.pool.idle(port)
     }
 }
 
@@ -309,274 +288,10 @@ impl Inner {
                     app: app.name.clone(),
                     dyno: b.dyno.clone(),
                     port: b.port,
-                    authority: b.authority.clone(),
                     guard: b.in_flight.enter(),
                 }
             }
             None => Selection::Unavailable(app.name.clone(), H10),
         }
     }
-
-    async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        listen_port: u16,
-    ) -> Response<RespBody> {
-        let started = Instant::now();
-        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-        let raw_host = authority
-            .clone()
-            .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(str::to_owned));
-        let host = raw_host.as_deref().and_then(normalize_host);
-        let request_id = headers::request_id(req.headers());
-        let selection = match &host {
-            Some(host) => self.select(host, None),
-            None => Selection::UnknownHost,
-        };
-        if let Selection::UnknownHost = selection {
-            let shown: String =
-                raw_host.unwrap_or_default().chars().filter(|c| !c.is_control()).take(100).collect();
-            tracing::info!(host = %shown, method = %req.method(), %peer, request_id, "router: no app at this host (404)");
-            return page(
-                StatusCode::NOT_FOUND,
-                None,
-                "No such app",
-                "There is no app at this address.",
-                &request_id,
-            );
-        }
-        let host = host.unwrap_or_default();
-
-        let upgrade = headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let path_and_query =
-            parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let path = path_and_query.as_str().to_string();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        let fwd = headers::set_forwarded(&mut parts.headers, peer.ip(), listen_port, &request_id);
-        if let Some(authority) = authority.filter(|_| !parts.headers.contains_key(HOST)) {
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                parts.headers.insert(HOST, v);
-            }
-        }
-        let mut line = RequestLine {
-            error: None,
-            method: parts.method.to_string(),
-            path,
-            host: host.clone(),
-            request_id: request_id.clone(),
-            fwd,
-            dyno: None,
-            connect: Duration::ZERO,
-            service: Duration::ZERO,
-            status: 0,
-            bytes: 0,
-        };
-        let body_was_empty = hyper::body::Body::is_end_stream(&body);
-        let slot: BodySlot = Arc::new(Mutex::new(Some(body)));
-        let progress = (!body_was_empty).then(|| Arc::new(Progress::new(started)));
-
-        let mut selection = selection;
-        let mut retried = false;
-        loop {
-            let (app, dyno, port, backend_authority, guard) = match selection {
-                Selection::Backend { app, dyno, port, authority, guard } => {
-                    (app, dyno, port, authority, guard)
-                }
-                Selection::Unavailable(app, error) => return self.fail(&app, line, error, started),
-                Selection::UnknownHost => return page_for(H10, &request_id), // handled above
-            };
-            line.dyno = Some(dyno.clone());
-            let uri = match Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(backend_authority)
-                .path_and_query(path_and_query.clone())
-                .build()
-            {
-                Ok(uri) => uri,
-                Err(_) => {
-                    return page(StatusCode::BAD_REQUEST, None, "Bad request", "Malformed path.", &request_id)
-                }
-            };
-            let mut backend_req = Request::new(RetryableBody::new(&slot, progress.clone()));
-            *backend_req.method_mut() = parts.method.clone();
-            *backend_req.uri_mut() = uri;
-            *backend_req.version_mut() = Version::HTTP_11;
-            *backend_req.headers_mut() = parts.headers.clone();
-
-            let attempt = Instant::now();
-            let mut connected_at = None;
-            let sent = {
-                let exchange = send(&self.client, backend_req, &mut connected_at);
-                tokio::pin!(exchange);
-                // The timeout counts from when the request (body included) was last sent on.
-                let mut deadline = started + self.timeout;
-                loop {
-                    match tokio::time::timeout_at(deadline.into(), &mut exchange).await {
-                        Ok(result) => break Ok(result),
-                        Err(elapsed) => {
-                            let since = progress.as_ref().map_or(started, |p| p.last());
-                            match since + self.timeout {
-                                later if later > Instant::now() => deadline = later,
-                                _ => break Err(elapsed),
-                            }
-                        }
-                    }
-                }
-            };
-            line.connect = connected_at.map_or(Duration::ZERO, |t: Instant| t.duration_since(attempt));
-            let mut response = match sent {
-                Err(_elapsed) => {
-                    tracing::info!(app = %app, dyno, port, "router: no response within {:?} (H12)", self.timeout);
-                    return self.fail(&app, line, H12, started);
-                }
-                Ok(Err(err)) if err.is_connect() => {
-                    drop(guard);
-                    let can_retry = body_was_empty || RetryableBody::untouched(&slot);
-                    tracing::info!(app = %app, dyno, port, %err, "router: dyno refused the connection");
-                    if retried || !can_retry {
-                        return self.fail(&app, line, H10, started);
-                    }
-                    retried = true;
-                    selection = match self.select(&host, Some(port)) {
-                        // The app left the table in between: it was just removed.
-                        Selection::UnknownHost => return self.fail(&app, line, H10, started),
-                        next => next,
-                    };
-                    continue;
-                }
-                Ok(Err(err)) => {
-                    drop(guard);
-                    // A kept-alive connection the dyno closed just as the request went out looks
-                    // like this too; a request that cannot have changed anything gets one more try.
-                    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-                    tracing::info!(app = %app, dyno, port, %err, "router: dyno closed the connection without a response");
-                    if retried || !safe || !body_was_empty || client_upgrade.is_some() {
-                        return self.fail(&app, line, H13, started);
-                    }
-                    retried = true;
-                    selection = match self.select(&host, None) {
-                        Selection::UnknownHost => return self.fail(&app, line, H13, started),
-                        next => next,
-                    };
-                    continue;
-                }
-                Ok(Ok(response)) => response,
-            };
-            line.status = response.status().as_u16();
-
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_upgrade) = client_upgrade {
-                    let backend_upgrade = hyper::upgrade::on(&mut response);
-                    tunnel(client_upgrade, backend_upgrade, guard);
-                    line.service = started.elapsed();
-                    self.sink.send(&app, line);
-                    let (mut rparts, _) = response.into_parts();
-                    headers::strip_hop_by_hop(&mut rparts.headers, true);
-                    return Response::from_parts(rparts, empty());
-                }
-            }
-            let (mut rparts, rbody) = response.into_parts();
-            headers::strip_hop_by_hop(&mut rparts.headers, false);
-            let finish = Finish { app, line, started, sink: self.sink.clone(), guard };
-            return Response::from_parts(rparts, Relayed::new(rbody, finish).boxed());
-        }
-    }
-
-    /// A 503 error page for `error`, with its router line in the app's log.
-    fn fail(
-        &self,
-        app: &Arc<str>,
-        mut line: RequestLine,
-        error: RouterError,
-        started: Instant,
-    ) -> Response<RespBody> {
-        line.error = Some(error);
-        line.status = 503;
-        line.bytes = 0;
-        line.service = started.elapsed();
-        let page = page_for(error, &line.request_id);
-        self.sink.send(app, line);
-        page
-    }
-}
-
-/// Sends one request, noting when a connection (new or pooled) was obtained for it.
-async fn send(
-    client: &Client<HttpConnector, RetryableBody>,
-    mut req: Request<RetryableBody>,
-    connected_at: &mut Option<Instant>,
-) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-    let mut capture = capture_connection(&mut req);
-    let response = client.request(req);
-    tokio::pin!(response);
-    let mut watching = true;
-    loop {
-        tokio::select! {
-            biased;
-            connected = async { capture.wait_for_connection_metadata().await.is_some() }, if watching => {
-                watching = false;
-                if connected {
-                    *connected_at = Some(Instant::now());
-                }
-            }
-            result = &mut response => return result,
-        }
-    }
-}
-
-/// Splices the client's and the dyno's upgraded connections until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, guard: InFlightGuard) {
-    tokio::spawn(async move {
-        let _guard = guard;
-        match tokio::try_join!(client, backend) {
-            Ok((client, backend)) => {
-                let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                    tracing::debug!(%err, "router: upgraded connection ended with an error");
-                }
-            }
-            Err(err) => tracing::debug!(%err, "router: protocol upgrade failed"),
-        }
-    });
-}
-
-fn empty() -> RespBody {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
-}
-
-fn page_for(error: RouterError, request_id: &str) -> Response<RespBody> {
-    let text = match error.code {
-        "H14" => "This app has no web process running.",
-        "H12" => "The app did not respond in time.",
-        _ => "An error occurred in the application and your page could not be served.",
-    };
-    page(StatusCode::SERVICE_UNAVAILABLE, Some(error), "Application error", text, request_id)
-}
-
-/// A small HTML error page. Nothing from the request is echoed but the (validated or generated)
-/// request id.
-fn page(
-    status: StatusCode,
-    error: Option<RouterError>,
-    title: &str,
-    text: &str,
-    request_id: &str,
-) -> Response<RespBody> {
-    let code = error.map(|e| format!("{} {} &middot; ", e.code, e.desc)).unwrap_or_default();
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
-         <body><h1>{title}</h1>\n<p>{text}</p>\n<p><small>{code}request id {request_id}</small></p></body></html>\n"
-    );
-    let mut response = Response::new(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(headers::X_REQUEST_ID, v);
-    }
-    response
 }

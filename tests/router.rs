@@ -165,6 +165,10 @@ enum Mode {
     WebSocket,
     /// Reads the request and closes the connection without a word.
     Close,
+    /// 200 chunked in two chunks (`first`, `second`), at once.
+    Chunked,
+    /// An HTTP/1.0-style 200 without a length: the body ends when the dyno closes.
+    UntilClose(&'static str),
 }
 
 struct TestBackend {
@@ -238,17 +242,38 @@ async fn serve_backend(
                 head.entry(k).and_modify(|old: &mut String| *old = format!("{old}, {v}")).or_insert(v);
             }
         }
+        if head.get("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+            let _ = stream.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
         let body = read_body(&mut stream, &head).await;
         heads.lock().expect("heads").push(head.clone());
         let _ = arrived.send(());
         let s = stream.get_mut();
         let result = match &mode {
-            Mode::Reply(text) => s.write_all(ok(text).as_bytes()).await,
+            Mode::Reply(text) => {
+                let mut answer = ok(text);
+                if head[":line"].starts_with("HEAD ") {
+                    answer.truncate(answer.len() - text.len());
+                }
+                s.write_all(answer.as_bytes()).await
+            }
             Mode::EchoBody => {
                 let start = String::from_utf8_lossy(&body[..body.len().min(16)]).into_owned();
                 s.write_all(ok(&format!("{} {start}", body.len())).as_bytes()).await
             }
             Mode::Close => return,
+            Mode::Chunked => {
+                let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n";
+                s.write_all(answer.as_bytes()).await
+            }
+            Mode::UntilClose(text) => {
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{text}").as_bytes(),
+                    )
+                    .await;
+                return;
+            }
             Mode::Hang => {
                 let mut rest = Vec::new();
                 let _ = stream.read_to_end(&mut rest).await;
@@ -753,4 +778,124 @@ async fn drain_waits_for_the_request_in_flight() {
     let mut hang = hang;
     within("request reaches the hanging dyno", hang.arrived.recv()).await.expect("arrived");
     assert!(!env.router.drain(hang.port, Duration::from_millis(100)).await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 corners, spoken raw (hyper as a client would not send these)
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `raw` on a new connection to the router and reads until the router closes it.
+async fn raw_exchange(env: &Env, raw: &str) -> String {
+    let mut tcp = within("connect", TcpStream::connect(env.addr)).await.expect("connect");
+    within("send", tcp.write_all(raw.as_bytes())).await.expect("send");
+    let mut answer = Vec::new();
+    within("read to the end", tcp.read_to_end(&mut answer)).await.expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Reads from `tcp` until `answer` contains `needle` (bounded by [`within`]).
+async fn read_until(tcp: &mut TcpStream, answer: &mut Vec<u8>, needle: &str) {
+    while !String::from_utf8_lossy(answer).contains(needle) {
+        let mut buf = [0u8; 4096];
+        let n = within(needle, tcp.read(&mut buf)).await.expect("read");
+        assert!(n > 0, "connection closed before {needle:?}; got {:?}", String::from_utf8_lossy(answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_on_one_dyno_connection() {
+    let env = Env::start(Duration::from_secs(30)).await;
+    let backend = TestBackend::start(Mode::Reply("hello")).await;
+    env.route(&[("alpha", &[], up(&[&backend]))]);
+
+    let answer = raw_exchange(
+        &env,
+        "GET /one HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n\
+         HEAD /two HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n\
+         GET /three HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    assert_eq!(answer.matches("hello").count(), 2, "no body for HEAD: {answer}");
+    assert!(answer.ends_with("Connection: close\r\n\r\nhello"), "{answer}");
+    let lines: Vec<String> = (0..3).map(|i| backend.head(i)[":line"].clone()).collect();
+    assert_eq!(lines, ["GET /one HTTP/1.1", "HEAD /two HTTP/1.1", "GET /three HTTP/1.1"]);
+    assert_eq!(backend.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_client_gets_a_chunked_response_as_plain_data_then_the_close() {
+    let env = Env::start(Duration::from_secs(30)).await;
+    let backend = TestBackend::start(Mode::Chunked).await;
+    env.route(&[("alpha", &[], up(&[&backend]))]);
+
+    let answer = raw_exchange(&env, "GET / HTTP/1.0\r\nHost: alpha.localhost\r\n\r\n").await;
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200 ok\r\n"), "{answer}");
+    assert!(!lower.contains("transfer-encoding") && lower.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nfirstsecond"), "{answer}");
+    assert_eq!(backend.head(0)[":line"], "GET / HTTP/1.1", "the dyno is spoken to in HTTP/1.1");
+    wait_for_line(&env.log("alpha"), &["status=200 bytes=11 "]).await;
+
+    // An HTTP/1.1 client gets the chunks as they were.
+    let answer =
+        raw_exchange(&env, "GET / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.contains("Transfer-Encoding: chunked\r\n"), "{answer}");
+    assert!(answer.ends_with("5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_ends_with_the_dyno_connection_reaches_the_client_whole() {
+    let env = Env::start(Duration::from_secs(30)).await;
+    let backend = TestBackend::start(Mode::UntilClose("the old way")).await;
+    env.route(&[("alpha", &[], up(&[&backend]))]);
+
+    let r = env.get("alpha.localhost", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "the old way"));
+    wait_for_line(&env.log("alpha"), &["status=200 bytes=11 "]).await;
+    let r = env.get("alpha.localhost", "/").await;
+    assert_eq!(r.body, "the old way");
+    assert_eq!(
+        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "such a connection is not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_passed_through() {
+    let env = Env::start(Duration::from_secs(30)).await;
+    let echo = TestBackend::start(Mode::EchoBody).await;
+    env.route(&[("echo", &[], up(&[&echo]))]);
+
+    let mut tcp = within("connect", TcpStream::connect(env.addr)).await.expect("connect");
+    let head =
+        "POST /up HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    within("head", tcp.write_all(head.as_bytes())).await.expect("send the head");
+    let mut answer = Vec::new();
+    read_until(&mut tcp, &mut answer, "\r\n\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 100 Continue\r\n\r\n", "before the body is sent");
+    within("body", tcp.write_all(b"hello")).await.expect("send the body");
+    read_until(&mut tcp, &mut answer, "5 hello").await;
+    assert!(String::from_utf8_lossy(&answer).contains("HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_gets_400_and_never_reaches_a_dyno() {
+    let env = Env::start(Duration::from_secs(30)).await;
+    let backend = TestBackend::start(Mode::EchoBody).await;
+    env.route(&[("alpha", &[], up(&[&backend]))]);
+
+    for raw in [
+        "POST / HTTP/1.1\r\nHost: alpha.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: alpha.localhost\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\nhello",
+        "GET / HTTP/1.1\r\nHost alpha.localhost\r\n\r\n",
+    ] {
+        let answer = raw_exchange(&env, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{raw:?} → {answer}");
+    }
+    assert_eq!(backend.requests(), 0);
+    let r = env.get("alpha.localhost", "/").await;
+    assert_eq!(r.status, StatusCode::OK, "the router still serves");
 }

@@ -8,9 +8,10 @@
 //! `bytes` counts the response body relayed from the dyno (0 for pages the router made itself).
 //!
 //! Writing: the request path never touches a file, nor formats the line. It `try_send`s the
-//! line's fields with the time to one writer thread over a bounded channel; the thread formats, the thread drains whatever is queued, groups it per app
-//! and appends each app's lines with one `write(2)` through a cached [`LogWriter`] (which also
-//! takes part in rotation like every other writer), then lets the next lines gather for 25 ms.
+//! line's fields with the time to one writer thread over a bounded channel; the thread drains
+//! whatever is queued, formats it, groups it per app and appends each app's lines with one
+//! `write(2)` through a cached [`LogWriter`] (which also takes part in rotation like every other
+//! writer), then lets the next lines gather for [`GATHER`].
 //! A plain thread rather than a tokio task, because file writes block; a channel rather than a
 //! mutex around the writers, so a slow disk or a rotation never stalls a request, and under load
 //! many lines share one write and no request pays for waking the writer (measured: waking it per
@@ -123,8 +124,10 @@ fn quoted(s: &str) -> String {
 /// Queue depth before lines are dropped.
 const QUEUE: usize = 64 * 1024;
 /// How long the writer lets lines gather after a write; a line reaches the file at most about
-/// this much later than its request ended.
-const GATHER: Duration = Duration::from_millis(25);
+/// this much later than its request ended. Short on purpose: a batch is formatted and written
+/// in one go, and at 60k requests/s a 25 ms batch took the writer ~1.5 ms, during which it
+/// shared the core with the request path — the saturated p99 was 2.1 ms instead of 0.95 ms.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// One queued line: the app, the time the request ended and the fields, formatted by the
 /// writer thread. Boxed so the channel's preallocated slots stay small.

@@ -163,9 +163,8 @@ async fn read_request(
 }
 
 /// When the request body last moved towards the dyno: the response timeout counts from the end
-/// of a slow upload rather than from its start (as Heroku's does).
-/// Microseconds after the request started (atomic only because the connection's future must
-/// be `Send`; one task uses it).
+/// of a slow upload rather than from its start (as Heroku's does). Kept as microseconds after
+/// the request started, in an atomic only because the connection's future must be `Send`.
 struct Progress {
     origin: Instant,
     last: AtomicU64,
@@ -251,7 +250,8 @@ impl Inner {
                         .fail(client, &app, line, error, started, &req, head_request, unread_body_closes)
                         .await
                 }
-                Selection::UnknownHost => unreachable!("handled above and on retries"),
+                // Answered above; retries turn it into `Unavailable`.
+                Selection::UnknownHost => return Next::Close,
             };
             line.dyno = Some(dyno.to_string());
             let attempt_started = Instant::now();

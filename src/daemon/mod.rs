@@ -83,14 +83,12 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
-    let router_listener = tokio::net::TcpListener::bind(settings.router_addr).await.with_context(|| {
+    let router_listener = std::net::TcpListener::bind(settings.router_addr).with_context(|| {
         format!("the router cannot listen on {} (set SLIPWAY_ROUTER_ADDR)", settings.router_addr)
     })?;
-    tracing::info!(addr = %settings.router_addr, "router listening");
-    let routing = {
-        let router = router.clone();
-        tokio::spawn(async move { router.serve(router_listener).await })
-    };
+    let router_threads = std::thread::available_parallelism().map_or(1, usize::from);
+    router.serve_on_threads(router_listener, router_threads).context("starting the router's threads")?;
+    tracing::info!(addr = %settings.router_addr, threads = router_threads, "router listening");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let supervisor = supervisor::Supervisor::new(home.clone(), settings, store, tx.clone(), router);
     let supervising = tokio::spawn(supervisor.run(rx));
@@ -103,7 +101,6 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos keep running"),
         result = supervising => tracing::error!(?result, "the supervisor stopped"),
     }
-    routing.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

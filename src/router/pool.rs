@@ -17,9 +17,25 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections kept per dyno; more are closed.
 const MAX_IDLE_PER_DYNO: usize = 256;
 
+/// Connections are kept per router thread as well as per port: a connection is registered
+/// with the runtime of the thread that opened it, and is only ever reused there.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<u16, Vec<Idle>>>,
+    idle: Mutex<HashMap<(usize, u16), Vec<Idle>>>,
+}
+
+thread_local! {
+    /// Which router thread this is (0 outside [`super::Router::serve_on_threads`]).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as router thread `index` for the pool.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+fn key(port: u16) -> (usize, u16) {
+    (WORKER.with(std::cell::Cell::get), port)
 }
 
 struct Idle {
@@ -34,7 +50,7 @@ impl Pool {
         loop {
             let idle = {
                 let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                map.get_mut(&port)?.pop()?
+                map.get_mut(&key(port))?.pop()?
             };
             if now.duration_since(idle.since) < IDLE_TIMEOUT && still_open(&idle.stream) {
                 return Some(idle.stream);
@@ -45,7 +61,7 @@ impl Pool {
     /// Keeps `stream` for the next request to `port`.
     pub fn checkin(&self, port: u16, stream: TcpStream) {
         let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = map.entry(port).or_default();
+        let list = map.entry(key(port)).or_default();
         if list.len() < MAX_IDLE_PER_DYNO {
             list.push(Idle { stream, since: Instant::now() });
         }
@@ -55,8 +71,8 @@ impl Pool {
     pub fn retain(&self, ports: &HashSet<u16>) {
         let dropped: Vec<Vec<Idle>> = {
             let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let gone: Vec<u16> = map.keys().filter(|p| !ports.contains(p)).copied().collect();
-            gone.iter().filter_map(|p| map.remove(p)).collect()
+            let gone: Vec<(usize, u16)> = map.keys().filter(|(_, p)| !ports.contains(p)).copied().collect();
+            gone.iter().filter_map(|k| map.remove(k)).collect()
         };
         drop(dropped); // closed outside the lock
     }
@@ -79,9 +95,10 @@ impl Pool {
         drop(dropped);
     }
 
-    /// Idle connections kept for `port` (for tests and diagnostics).
+    /// Idle connections kept for `port`, on every router thread (for tests and diagnostics).
     pub fn idle(&self, port: u16) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).get(&port).map_or(0, Vec::len)
+        let map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter().filter(|((_, p), _)| *p == port).map(|(_, list)| list.len()).sum()
     }
 }
 
@@ -131,7 +148,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let mut cx = Context::from_waker(Waker::noop());
             let map = pool.idle.lock().unwrap();
-            let list = &map[&1];
+            let list = &map[&(0, 1)];
             if list[1].stream.poll_read_ready(&mut cx).is_ready()
                 && list[2].stream.poll_read_ready(&mut cx).is_ready()
             {

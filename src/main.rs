@@ -2,11 +2,6 @@
 
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: the router's request path makes many small short-lived
-/// allocations across tokio's worker threads, and glibc's malloc/free were ~16 % of its CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = slipway::cli::Cli::parse();
     let code = match slipway::cli::run(cli) {

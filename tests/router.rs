@@ -41,8 +41,12 @@ struct Env {
 
 impl Env {
     async fn start(timeout: Duration) -> Env {
+        Env::start_with(timeout, slipway::router::IDLE_TIMEOUT).await
+    }
+
+    async fn start_with(timeout: Duration, idle: Duration) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = RouterConfig::for_home(&Home::at(dir.path())).timeout(timeout);
+        let config = RouterConfig::for_home(&Home::at(dir.path())).timeout(timeout).idle_timeout(idle);
         let router = Router::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the router");
         let addr = listener.local_addr().expect("router address");
@@ -898,4 +902,33 @@ async fn ambiguous_framing_gets_400_and_never_reaches_a_dyno() {
     assert_eq!(backend.requests(), 0);
     let r = env.get("alpha.localhost", "/").await;
     assert_eq!(r.status, StatusCode::OK, "the router still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_either_way() {
+    let env = Env::start_with(Duration::from_secs(30), Duration::from_millis(300)).await;
+    let gate = Arc::new(Notify::new());
+    let stream = TestBackend::start(Mode::Stream(gate.clone())).await;
+    let echo = TestBackend::start(Mode::EchoBody).await;
+    env.route(&[("stream", &[], up(&[&stream])), ("echo", &[], up(&[&echo]))]);
+
+    // The dyno sends its head and a first chunk, then nothing: H15, and the client's
+    // connection ends (its body is cut off, not completed).
+    let started = Instant::now();
+    let answer = raw_exchange(&env, "GET /feed HTTP/1.1\r\nHost: stream.localhost\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("5\r\nfirst\r\n"), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let line = wait_for_line(&env.log("stream"), &["code=H15"]).await;
+    assert!(line.contains("at=error code=H15 desc=\"Idle connection\" method=GET path=\"/feed\""), "{line}");
+    gate.notify_one();
+
+    // A client that stops sending its body: H28, and the dyno never gets a request.
+    let mut tcp = within("connect", TcpStream::connect(env.addr)).await.expect("connect");
+    let head = "POST /up HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 10\r\n\r\nhalf";
+    within("send", tcp.write_all(head.as_bytes())).await.expect("send");
+    let mut rest = Vec::new();
+    let _ = within("closed", tcp.read_to_end(&mut rest)).await;
+    let line = wait_for_line(&env.log("echo"), &["code=H28"]).await;
+    assert!(line.contains("desc=\"Client Connection Idle\"") && line.contains(" status=499 "), "{line}");
+    assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "no answer to half a request: {rest:?}");
 }

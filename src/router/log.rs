@@ -44,7 +44,9 @@ pub const H10: RouterError = RouterError { code: "H10", desc: "App crashed" };
 pub const H12: RouterError = RouterError { code: "H12", desc: "Request timeout" };
 pub const H13: RouterError = RouterError { code: "H13", desc: "Connection closed without response" };
 pub const H14: RouterError = RouterError { code: "H14", desc: "No web processes running" };
+pub const H15: RouterError = RouterError { code: "H15", desc: "Idle connection" };
 pub const H27: RouterError = RouterError { code: "H27", desc: "Client Request Interrupted" };
+pub const H28: RouterError = RouterError { code: "H28", desc: "Client Connection Idle" };
 
 /// Everything one router line says about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

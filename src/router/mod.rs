@@ -35,6 +35,8 @@
 //! | the dyno accepted but closed or broke the connection before a response head (a GET, HEAD or OPTIONS without a body is tried once more first) | 503 | `H13` Connection closed without response |
 //! | no response head within the timeout (`SLIPWAY_ROUTER_TIMEOUT`, 30 s) after the request was sent (a slow upload's clock starts at its last byte) | 503 | `H12` Request timeout |
 //! | the client went away before the response head | (499, logged only) | `H27` Client Request Interrupted |
+//! | the client's request body stalled for 55 s ([`IDLE_TIMEOUT`]) | (499, logged only; connection closed) | `H28` Client Connection Idle |
+//! | the dyno's response body stalled for 55 s (the status already went out) | (connection closed) | `H15` Idle connection |
 //! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – |
 //! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`) | 400 | – |
 //!
@@ -72,11 +74,17 @@ use crate::logs::LogPolicy;
 /// Largest request head (request line + headers) accepted; larger ones get 431.
 pub const MAX_REQUEST_HEAD: usize = http1::MAX_HEAD;
 
+/// How long a request or response body may go without a byte moving before the router gives
+/// up on it: Heroku's 55 s rolling window (`H15` for a dyno, `H28` for a client).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+
 /// What a [`Router`] needs besides its routing table.
 #[derive(Clone)]
 pub struct RouterConfig {
     /// How long to wait for a dyno's response head before answering 503 `H12`.
     pub timeout: Duration,
+    /// How long a body (either way) may stall before the connection is cut (`H15`/`H28`).
+    pub idle_timeout: Duration,
     /// Where an app's log file is; `None` means the app's lines are not written.
     pub log_path: LogPath,
     pub log_policy: LogPolicy,
@@ -91,7 +99,7 @@ impl RouterConfig {
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))
         });
-        RouterConfig { timeout: Duration::from_secs(30), log_path, log_policy }
+        RouterConfig { timeout: Duration::from_secs(30), idle_timeout: IDLE_TIMEOUT, log_path, log_policy }
     }
 
     /// The daemon's set-up: [`for_home`](Self::for_home) with `SLIPWAY_ROUTER_TIMEOUT` and the
@@ -102,6 +110,11 @@ impl RouterConfig {
 
     pub fn timeout(mut self, timeout: Duration) -> RouterConfig {
         self.timeout = timeout;
+        self
+    }
+
+    pub fn idle_timeout(mut self, idle: Duration) -> RouterConfig {
+        self.idle_timeout = idle;
         self
     }
 
@@ -124,6 +137,7 @@ struct Inner {
     in_flight: Mutex<HashMap<u16, Arc<InFlight>>>,
     pool: Pool,
     timeout: Duration,
+    idle_timeout: Duration,
     sink: LogSink,
 }
 
@@ -166,6 +180,7 @@ impl Router {
                 in_flight: Mutex::new(HashMap::new()),
                 pool: Pool::default(),
                 timeout: config.timeout,
+                idle_timeout: config.idle_timeout,
                 sink: LogSink::start(config.log_path, config.log_policy),
             }),
         }

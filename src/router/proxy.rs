@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http1::{self, BodyKind, Chunked, HeadError, RequestHead, ResponseContext, ResponseHead};
-use super::log::{RequestLine, RouterError, H10, H12, H13, H27};
+use super::log::{RequestLine, RouterError, H10, H12, H13, H15, H27, H28};
 use super::{normalize_host, Inner, Selection};
 
 /// How long a client has to send a complete request head, which is also how long a kept-alive
@@ -194,8 +194,9 @@ enum Attempt {
     NoResponse { body_read: bool },
     /// No response head within the timeout. `body_done`: the whole request body was read.
     TimedOut { body_done: bool },
-    /// The client went away (or sent a broken body) before a response head.
-    ClientGone,
+    /// The client went away (`H27`, also for a broken body) or let its body stall (`H28`)
+    /// before a response head.
+    ClientGone(RouterError),
 }
 
 impl Inner {
@@ -291,8 +292,8 @@ impl Inner {
                     tracing::info!(app = %app, %dyno, port, "router: no response within {:?} (H12)", self.timeout);
                     return self.fail(client, &app, line, H12, started, &req, head_request, !body_done).await;
                 }
-                Attempt::ClientGone => {
-                    line.error = Some(H27);
+                Attempt::ClientGone(error) => {
+                    line.error = Some(error);
                     line.status = 499;
                     line.service = started.elapsed();
                     self.sink.send(&app, line);
@@ -375,7 +376,8 @@ impl Inner {
         let head = {
             let upload = async {
                 let pending = req.upstream.clone();
-                relay_body(&mut client_r, buf, &mut dyno_w, pending, req.body, false, Some(&progress)).await
+                let body = Body { kind: req.body, dechunk: false, idle: self.idle_timeout };
+                relay_body(&mut client_r, buf, &mut dyno_w, pending, body, Some(&progress)).await
             };
             let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx);
             let timer = tokio::time::sleep_until((started + self.timeout).into());
@@ -391,7 +393,8 @@ impl Inner {
                             Ok(()) => body_ok = true,
                             // The dyno stopped reading: its answer may still come.
                             Err(RelayError::Write) => {}
-                            Err(_) => break Err(HeadWait::ClientGone),
+                            Err(RelayError::Idle) => break Err(HeadWait::ClientGone(H28)),
+                            Err(_) => break Err(HeadWait::ClientGone(H27)),
                         }
                     }
                     () = &mut timer => {
@@ -408,7 +411,7 @@ impl Inner {
         let head = match head {
             Ok(head) => head,
             Err(HeadWait::TimedOut) => return Attempt::TimedOut { body_done: body_ok },
-            Err(HeadWait::ClientGone) => return Attempt::ClientGone,
+            Err(HeadWait::ClientGone(error)) => return Attempt::ClientGone(error),
             Err(HeadWait::Dyno) => return Attempt::NoResponse { body_read },
         };
         line.status = head.status;
@@ -424,9 +427,9 @@ impl Inner {
             return Attempt::Answered(tunnel(client, buf, backend, dyno_buf).await);
         }
 
+        let body = Body { kind: head.body, dechunk: head.dechunk, idle: self.idle_timeout };
         let (bytes, relayed) =
-            relay_body(&mut dyno_r, dyno_buf, &mut client_w, head.client, head.body, head.dechunk, None)
-                .await;
+            relay_body(&mut dyno_r, dyno_buf, &mut client_w, head.client, body, None).await;
         line.bytes = bytes;
         match relayed {
             Ok(()) => {
@@ -438,6 +441,11 @@ impl Inner {
                 } else {
                     Attempt::Answered(Next::KeepAlive)
                 }
+            }
+            Err(RelayError::Idle) => {
+                tracing::info!(app = %app, port, "router: a response body stalled for {:?} (H15)", self.idle_timeout);
+                line.error = Some(H15);
+                Attempt::Answered(Next::Close)
             }
             // The client went away mid-response, or the dyno broke off: the client cannot be told
             // more than a cut-off body, so its connection ends.
@@ -486,7 +494,7 @@ async fn answer(client: &mut TcpStream, page: &[u8], close: bool) -> Next {
 /// Why no final response head arrived.
 enum HeadWait {
     TimedOut,
-    ClientGone,
+    ClientGone(RouterError),
     /// The dyno closed, broke or garbled its side.
     Dyno,
 }
@@ -525,7 +533,7 @@ where
         }
         buf.advance(head.len);
         if !head.client.is_empty() && client.write_all(&head.client).await.is_err() {
-            return Err(HeadWait::ClientGone);
+            return Err(HeadWait::ClientGone(H27));
         }
     }
 }
@@ -539,6 +547,18 @@ enum RelayError {
     Framing,
     /// The receiving side is gone.
     Write,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+}
+
+/// How a body is framed and relayed.
+#[derive(Debug, Clone, Copy)]
+struct Body {
+    kind: BodyKind,
+    /// Pass only the chunks' data on (a chunked response to an HTTP/1.0 client).
+    dechunk: bool,
+    /// Give up when nothing arrives for this long.
+    idle: Duration,
 }
 
 /// Relays one body from `src` to `dst`: `pending` (a head) goes first, in one write with the
@@ -550,14 +570,14 @@ async fn relay_body<R, W>(
     buf: &mut BytesMut,
     dst: &mut W,
     mut pending: Vec<u8>,
-    kind: BodyKind,
-    dechunk: bool,
+    body: Body,
     progress: Option<&Progress>,
 ) -> (u64, Result<(), RelayError>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Body { kind, dechunk, idle } = body;
     let mut data = 0u64;
     let mut left = match kind {
         BodyKind::Length(n) => n,
@@ -611,7 +631,12 @@ where
             return (data, Ok(()));
         }
         buf.reserve(READ_CHUNK);
-        match src.read_buf(buf).await {
+        // The timer is only armed when the read has to wait.
+        let read = match tokio::time::timeout(idle, src.read_buf(buf)).await {
+            Ok(read) => read,
+            Err(_) => return (data, Err(RelayError::Idle)),
+        };
+        match read {
             Ok(0) if kind == BodyKind::UntilClose => return (data, Ok(())),
             Ok(0) | Err(_) => return (data, Err(RelayError::Read)),
             Ok(_) => {}

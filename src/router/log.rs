@@ -58,7 +58,7 @@ pub struct RequestLine {
     pub request_id: String,
     pub fwd: String,
     /// The dyno that served the request; `None` when no dyno did.
-    pub dyno: Option<String>,
+    pub dyno: Option<Arc<str>>,
     pub connect: Duration,
     pub service: Duration,
     pub status: u16,

@@ -232,7 +232,7 @@ impl Inner {
             error: None,
             method: req.method.clone(),
             path: std::mem::take(&mut req.path),
-            host: host.clone(),
+            host,
             request_id: std::mem::take(&mut req.request_id),
             fwd: std::mem::take(&mut req.fwd),
             dyno: None,
@@ -254,7 +254,7 @@ impl Inner {
                 // Answered above; retries turn it into `Unavailable`.
                 Selection::UnknownHost => return Next::Close,
             };
-            line.dyno = Some(dyno.to_string());
+            line.dyno = Some(dyno.clone());
             let attempt_started = Instant::now();
             let backend = match self.connect(port).await {
                 Ok(backend) => backend,
@@ -268,7 +268,7 @@ impl Inner {
                             .await;
                     }
                     retried = true;
-                    selection = match self.select(&host, Some(port)) {
+                    selection = match self.select(&line.host, Some(port)) {
                         // The app left the table in between: it was just removed.
                         Selection::UnknownHost => Selection::Unavailable(app, H10),
                         next => next,
@@ -318,7 +318,7 @@ impl Inner {
                             .await;
                     }
                     retried = true;
-                    selection = match self.select(&host, None) {
+                    selection = match self.select(&line.host, None) {
                         Selection::UnknownHost => Selection::Unavailable(app, H13),
                         next => next,
                     };

@@ -280,7 +280,13 @@ pub fn finish(
         match go_live(home, settings, app, version, restart) {
             Ok((web, url)) => (web, Some(url)),
             Err(why) => {
-                fail(home, store, app, version, &why);
+                // A rollout that failed in the daemon was logged and marked there already; only
+                // a failure on the way to it (the daemon gone mid-request, say) is ours to log.
+                let marked = store::releases::require_release(store.conn(), app, version)
+                    .is_ok_and(|r| r.status == "failed");
+                if !marked {
+                    fail(home, store, app, version, &why);
+                }
                 return Err(why);
             }
         }

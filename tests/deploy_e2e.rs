@@ -82,6 +82,10 @@ fn a_release_that_never_boots_rejects_the_push_and_the_old_one_keeps_serving() {
     let log = std::fs::read_to_string(slip.app_log_path("hello")).unwrap_or_default();
     assert!(log.contains("Error R10 (Boot timeout)"), "{log}");
     assert!(log.contains("Process exited with status 3"), "{log}");
+    for version in ["v2", "v3"] {
+        let said = log.matches(&format!("slipway[api]: Release {version} failed: ")).count();
+        assert_eq!(said, 1, "{version}'s failure is logged once:\n{log}");
+    }
 }
 
 #[test]

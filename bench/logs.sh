@@ -44,8 +44,8 @@ ROTATE_MB=${BENCH_ROTATE_MB:-8}
 RATE=${BENCH_RATE:-200000}
 STEADY_S=${BENCH_STEADY_SECONDS:-20}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 [[ -x $SRC_BIN ]] || die "no slipway binary at $SRC_BIN (run: cargo build --release)"
 command -v git >/dev/null || die "git is required"
@@ -60,16 +60,10 @@ command -v python3 >/dev/null || die "python3 is required"
 ((RATE % N_DYNOS == 0 && (RATE == 0 || RATE / N_DYNOS >= 1000))) || die "BENCH_RATE must be 0 or a multiple of BENCH_DYNOS, at least 1000 per dyno"
 [[ $STEADY_S =~ ^[0-9]+$ && $STEADY_S -ge 1 && $STEADY_S -le 60 ]] || die "BENCH_STEADY_SECONDS must be 1..60"
 
-BENCH_START=$(date +%s)
-WORK=$(mktemp -d /tmp/slipway-bench.XXXXXX)
-H=$WORK/home
-BIN=$WORK/bin/slipway
-PY=$WORK/bench.py
-RESULTS=$WORK/results.json
+bench_workdir
 MARKS=$WORK/marks
 
-# Nothing that names $WORK is exported: the last-resort cleanup below kills every process whose
-# command line or environment mentions it, and this script must not be one of them.
+# Nothing that names $WORK is exported (see bench_workdir).
 export SLIPWAY_PORTS=$PORTS SLIPWAY_STOP_TIMEOUT=5
 unset SLIPWAY_HOME SLIPWAY_LOG_MAX_MB SLIPWAY_LOG_FILES
 
@@ -77,33 +71,11 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -d $H/run ]]; then
-        timeout 60 "$BIN" --home "$H" ps:stop --all >/dev/null 2>&1
-        timeout 30 "$BIN" --home "$H" daemon --stop >/dev/null 2>&1
-    fi
-    local leftovers=() p pid
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        if grep -qsF -- "$WORK" "$p/cmdline" "$p/environ"; then
-            leftovers+=("$pid")
-        fi
-    done
-    if ((${#leftovers[@]})); then
-        log "cleanup: SIGKILL to leftover processes: ${leftovers[*]}"
-        kill -9 "${leftovers[@]}" 2>/dev/null
-        sleep 0.5
-    fi
-    rm -rf "$WORK"
+    bench_cleanup 0
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-mkdir -p "$WORK/bin" "$WORK/src" "$MARKS"
-cp "$SRC_BIN" "$BIN"
-echo '{}' >"$RESULTS"
+bench_prepare
+mkdir -p "$MARKS"
 
 # ----- the dyno: pre-generates its lines, says ready, waits for `go`, writes, then idles -------
 # No .py suffix, so the build stays generic (no virtualenv). argv: MODE N MARKDIR [RATE].
@@ -169,6 +141,8 @@ GENEOF
 cat >"$PY" <<'PYEOF'
 import json, os, re, subprocess, sys, time
 
+from benchlib import load, ps, save, say, sw
+
 BIN, HOME, RESULTS, MARKS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 CMD, ARGS = sys.argv[5], sys.argv[6:]
 B = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" * 3
@@ -179,34 +153,8 @@ def payload(dyno, i):
     return f"{dyno} {i:09d} {B[i % 62:i % 62 + 40 + i % 41]}"
 
 
-def save(**kv):
-    with open(RESULTS) as f:
-        data = json.load(f)
-    data.update(kv)
-    tmp = RESULTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, RESULTS)
 
 
-def load():
-    with open(RESULTS) as f:
-        return json.load(f)
-
-
-def say(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sw(*args, timeout=60):
-    out = subprocess.run([BIN, "--home", HOME, *args], capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"slipway {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
-
-
-def ps(app):
-    return json.loads(sw("ps", app, "--json", timeout=20))
 
 
 def stat_fields(pid):

@@ -64,8 +64,8 @@ PACED_RUNS=${BENCH_PACED_RUNS:-2}
 APP=bench-router
 NGINX=/usr/sbin/nginx
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 [[ -x $SRC_BIN ]] || die "no slipway binary at $SRC_BIN (run: cargo build --release)"
 command -v git >/dev/null || die "git is required"
@@ -116,15 +116,9 @@ if ((PIN)); then
     (($(nproc) >= 2)) || die "the pinned mode needs at least 2 CPUs (BENCH_MODES=shared)"
 fi
 
-BENCH_START=$(date +%s)
-WORK=$(mktemp -d /tmp/slipway-bench.XXXXXX)
-H=$WORK/home
-BIN=$WORK/bin/slipway
-PY=$WORK/bench.py
-RESULTS=$WORK/results.json
+bench_workdir
 
-# Nothing that names $WORK is exported: the last-resort cleanup below kills every process whose
-# command line or environment mentions it, and this script must not be one of them.
+# Nothing that names $WORK is exported (see bench_workdir).
 # No log rotation: every router line of the run has to stay countable (~230 bytes per request,
 # some 300-400 MB in all).
 export SLIPWAY_STOP_TIMEOUT=5 SLIPWAY_LOG_MAX_MB=100000 SLIPWAY_LOG_FILES=5
@@ -132,14 +126,8 @@ unset SLIPWAY_HOME SLIPWAY_DOMAIN SLIPWAY_ROUTER_TIMEOUT
 
 PROXY_MASTERS=() # the reverse-proxy nginxes this script started (its children)
 
-alive() { # PID: exists and is not a zombie
-    local st
-    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [[ -n $st && $st != Z ]]
-}
-
 # nginx masters of this run (dyno and proxies): nginx rewrites its workers' argv and environment
-# (`nginx: worker process`, environment cleared), so the /proc scan below cannot find a worker
+# (`nginx: worker process`, environment cleared), so the /proc scan of bench_cleanup cannot find a worker
 # whose master died; their pid files can.
 nginx_pids() {
     local f pid
@@ -153,80 +141,31 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local ngx
+    local ngx pid nginxes=()
     ngx=$(nginx_pids | sort -u)
     ((${#PROXY_MASTERS[@]} == 0)) || stop_proxies
-    if [[ -d $H/run ]]; then
-        timeout 60 "$BIN" --home "$H" ps:stop --all >/dev/null 2>&1
-        timeout 30 "$BIN" --home "$H" daemon --stop >/dev/null 2>&1
-    fi
-    local leftovers=() p pid
     for pid in $ngx; do
         # Still an nginx? (a pid is only reused after the process is gone)
-        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == nginx ]] && leftovers+=("$pid")
+        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == nginx ]] && nginxes+=("$pid")
     done
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        if grep -qsF -- "$WORK" "$p/cmdline" "$p/environ"; then
-            leftovers+=("$pid")
-        fi
-    done
-    if ((${#leftovers[@]})); then
-        sleep 1 # graceful stops (QUIT, TERM) may still be finishing: give them a moment first
-        local still=()
-        for pid in "${leftovers[@]}"; do
-            if alive "$pid"; then still+=("$pid"); fi
-        done
-        if ((${#still[@]})); then
-            log "cleanup: SIGKILL to leftover processes: ${still[*]}"
-            kill -9 "${still[@]}" 2>/dev/null
-            sleep 0.5
-        fi
-    fi
-    rm -rf "$WORK"
+    # 1 s of grace: the dyno's nginx (QUIT, TERM) may still be finishing.
+    bench_cleanup 1 "${nginxes[@]}"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-mkdir -p "$WORK/bin" "$WORK/src"
-cp "$SRC_BIN" "$BIN"
-echo '{}' >"$RESULTS"
+bench_prepare
 
 # ----- the Python half: ports, wrk runs with CPU sampling, the log check, the report -------------
 cat >"$PY" <<'PYEOF'
 import json, os, re, resource, subprocess, sys, time
 
+from benchlib import load, ps, save, say, sw
+
 BIN, HOME, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 CMD, ARGS = sys.argv[4], sys.argv[5:]
 
 
-def save(**kv):
-    with open(RESULTS) as f:
-        data = json.load(f)
-    data.update(kv)
-    tmp = RESULTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, RESULTS)
 
 
-def load():
-    with open(RESULTS) as f:
-        return json.load(f)
-
-
-def say(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def ps(app):
-    out = subprocess.run([BIN, "--home", HOME, "ps", app, "--json"], capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        raise RuntimeError(f"slipway ps {app} --json: {out.stderr.strip()}")
-    return json.loads(out.stdout)
 
 
 def run_ns(pid):

@@ -26,8 +26,8 @@ N_CRASH=${BENCH_CRASH_DYNOS:-20}
 IDLE=${BENCH_IDLE_SECONDS:-60}
 PUSH_PARALLEL=4
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 [[ -x $SRC_BIN ]] || die "no slipway binary at $SRC_BIN (run: cargo build --release)"
 command -v git >/dev/null || die "git is required"
@@ -36,15 +36,9 @@ command -v python3 >/dev/null || die "python3 is required"
 [[ $N_CRASH =~ ^[0-9]+$ && $N_CRASH -ge 1 && $N_CRASH -le 100 ]] || die "BENCH_CRASH_DYNOS must be 1..100"
 [[ $IDLE =~ ^[0-9]+$ && $IDLE -ge 1 && $IDLE -le 600 ]] || die "BENCH_IDLE_SECONDS must be 1..600"
 
-BENCH_START=$(date +%s)
-WORK=$(mktemp -d /tmp/slipway-bench.XXXXXX)
-H=$WORK/home
-BIN=$WORK/bin/slipway
-PY=$WORK/bench.py
-RESULTS=$WORK/results.json
+bench_workdir
 
-# Nothing that names $WORK is exported: the last-resort cleanup below kills every process whose
-# command line or environment mentions it, and this script must not be one of them.
+# Nothing that names $WORK is exported (see bench_workdir).
 export SLIPWAY_PORTS=$PORTS SLIPWAY_STOP_TIMEOUT=5
 unset SLIPWAY_HOME
 
@@ -52,67 +46,24 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -d $H/run ]]; then
-        timeout 60 "$BIN" --home "$H" ps:stop --all >/dev/null 2>&1
-        timeout 30 "$BIN" --home "$H" daemon --stop >/dev/null 2>&1
-    fi
-    local leftovers=() p pid
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-        if grep -qsF -- "$WORK" "$p/cmdline" "$p/environ"; then
-            leftovers+=("$pid")
-        fi
-    done
-    if ((${#leftovers[@]})); then
-        log "cleanup: SIGKILL to leftover processes: ${leftovers[*]}"
-        kill -9 "${leftovers[@]}" 2>/dev/null
-        sleep 0.5
-    fi
-    rm -rf "$WORK"
+    bench_cleanup 0
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-mkdir -p "$WORK/bin" "$WORK/src"
-cp "$SRC_BIN" "$BIN"
-echo '{}' >"$RESULTS"
+bench_prepare
 
 # ----- the Python half: timing, /proc sampling, JSON, the report ------------------------------
 cat >"$PY" <<'PYEOF'
 import json, math, os, re, signal, subprocess, sys, time, urllib.request
+
+from benchlib import load, ps, save, say, sw
 from datetime import datetime
 
 BIN, HOME, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 CMD, ARGS = sys.argv[4], sys.argv[5:]
 
 
-def save(**kv):
-    with open(RESULTS) as f:
-        data = json.load(f)
-    data.update(kv)
-    tmp = RESULTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, RESULTS)
 
 
-def load():
-    with open(RESULTS) as f:
-        return json.load(f)
-
-
-def say(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def ps(app):
-    out = subprocess.run([BIN, "--home", HOME, "ps", app, "--json"], capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        raise RuntimeError(f"slipway ps {app} --json: {out.stderr.strip()}")
-    return json.loads(out.stdout)
 
 
 def http_ok(port):

@@ -12,7 +12,8 @@
 #   SLIPWAY_BIN          binary to test (default: target/release/slipway of this checkout);
 #                        it is copied into the temp dir so a concurrent rebuild cannot swap it
 #   SLIPWAY_BENCH_PORTS  dyno PORT range (default 24000-24999: below the kernel's ephemeral
-#                        range, so no outgoing connection can be sitting on a dyno's port)
+#                        range, so no outgoing connection can be sitting on a dyno's port); its
+#                        last port is the daemon's HTTP router
 #   BENCH_APPS           apps for the idle measurement (default 50, 2 dynos each)
 #   BENCH_CRASH_DYNOS    web dynos killed once each for the latency measurement (default 20)
 #   BENCH_IDLE_SECONDS   CPU measurement window (default 60)
@@ -512,6 +513,9 @@ set_result() { py set "$1" "$2"; }
 [[ $PORTS =~ ^([0-9]+)-([0-9]+)$ ]] || die "SLIPWAY_BENCH_PORTS must be START-END"
 PORT_LO=${BASH_REMATCH[1]} PORT_HI=${BASH_REMATCH[2]}
 py ports-free "$PORT_LO" "$PORT_HI" || die "port range $PORTS is not free; set SLIPWAY_BENCH_PORTS"
+# The range's last port is the daemon's HTTP router, not the shared default 0.0.0.0:8080 (where
+# an installed slipway may already listen); the dynos get the rest.
+export SLIPWAY_PORTS=$PORT_LO-$((PORT_HI - 1)) SLIPWAY_ROUTER_ADDR=127.0.0.1:$PORT_HI
 
 CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
 set_result date "\"$(date -u +%Y-%m-%d)\""

@@ -36,3 +36,56 @@ def sw(*args, timeout=60):
 
 def ps(app):
     return json.loads(sw("ps", app, "--json", timeout=20))
+
+
+def stat_fields(pid):
+    """Fields of /proc/PID/stat after the command name (index 0 = field 3, state)."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    return s[s.rfind(")") + 2:].split()
+
+
+def cpu_ticks(pid):
+    f = stat_fields(pid)
+    return int(f[11]) + int(f[12])  # utime (14) + stime (15)
+
+
+def run_ns(pid):
+    """On-CPU nanoseconds per thread (tid -> ns) from /proc/PID/task/*/schedstat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except OSError:
+            pass
+    return out
+
+
+def cmd_ports_free(start, end):
+    """`ports-free START END`: exits 1 (naming them) if any port in the range is listening."""
+    start, end = int(start), int(end)
+    busy = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if start <= port <= end and fields[3] == "0A":  # LISTEN
+                        busy.add(port)
+        except FileNotFoundError:
+            pass
+    if busy:
+        say(f"ports listening inside {start}-{end}: {sorted(busy)[:20]}")
+        sys.exit(1)
+
+
+def cmd_set(key, value):
+    """`set KEY VALUE`: VALUE as JSON if it parses, else as a string."""
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    save(**{key: value})

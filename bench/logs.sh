@@ -141,7 +141,7 @@ GENEOF
 cat >"$PY" <<'PYEOF'
 import json, os, re, subprocess, sys, time
 
-from benchlib import load, ps, save, say, sw
+from benchlib import cmd_ports_free, cmd_set, cpu_ticks, load, ps, run_ns, save, say, stat_fields, sw
 
 BIN, HOME, RESULTS, MARKS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 CMD, ARGS = sys.argv[5], sys.argv[6:]
@@ -151,33 +151,6 @@ STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
 def payload(dyno, i):
     return f"{dyno} {i:09d} {B[i % 62:i % 62 + 40 + i % 41]}"
-
-
-
-
-
-
-def stat_fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    return s[s.rfind(")") + 2:].split()
-
-
-def cpu_ticks(pid):
-    f = stat_fields(pid)
-    return int(f[11]) + int(f[12])  # utime (14) + stime (15)
-
-
-def run_ns(pid):
-    """On-CPU nanoseconds per thread (tid -> ns) from /proc/PID/task/*/schedstat."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0])
-        except OSError:
-            pass
-    return out
 
 
 def io(pid):
@@ -262,24 +235,6 @@ def wait_for(what, deadline_s, cond, step=0.01):
 
 
 # ----- commands -------------------------------------------------------------------------------
-
-def cmd_ports_free(start, end):
-    start, end = int(start), int(end)
-    busy = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if start <= port <= end and fields[3] == "0A":  # LISTEN
-                        busy.add(port)
-        except FileNotFoundError:
-            pass
-    if busy:
-        say(f"ports listening inside {start}-{end}: {sorted(busy)[:20]}")
-        sys.exit(1)
 
 
 def cmd_run(key, app, ptype, count, per_dyno, mode, rate="0"):
@@ -490,14 +445,6 @@ def verify(app, expect, pace=None):
 def cmd_check(app, *specs):
     """Self-test aid: verify APP's log against DYNO=N specs and print the result."""
     print(json.dumps(verify(app, {s.split("=")[0]: int(s.split("=")[1]) for s in specs}), indent=1))
-
-
-def cmd_set(key, value):
-    try:
-        value = json.loads(value)
-    except ValueError:
-        pass
-    save(**{key: value})
 
 
 SCENARIOS = [

@@ -158,30 +158,14 @@ bench_prepare
 cat >"$PY" <<'PYEOF'
 import json, os, re, resource, subprocess, sys, time
 
-from benchlib import load, ps, save, say, sw
+from benchlib import cmd_ports_free, cmd_set, load, ps, run_ns, save, say
 
 BIN, HOME, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 CMD, ARGS = sys.argv[4], sys.argv[5:]
 
 
-
-
-
-
-def run_ns(pid):
-    """On-CPU nanoseconds of all threads of PID (schedstat; threads that exited are missed)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
-
-
 def cpu_ns(pids):
-    return sum(run_ns(p) for p in pids)
+    return sum(sum(run_ns(p).values()) for p in pids)
 
 
 def thread_ns(pids, comm):
@@ -235,24 +219,6 @@ def parse_wrk(out):
 
 
 # ----- commands -------------------------------------------------------------------------------
-
-def cmd_ports_free(start, end):
-    start, end = int(start), int(end)
-    busy = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if start <= port <= end and fields[3] == "0A":  # LISTEN
-                        busy.add(port)
-        except FileNotFoundError:
-            pass
-    if busy:
-        say(f"ports listening inside {start}-{end}: {sorted(busy)[:20]}")
-        sys.exit(1)
 
 
 def cmd_wait_web(app, deadline_s, out_path):
@@ -344,14 +310,6 @@ def cmd_log_check(app, dyno):
     save(log_check={"lines": n[0], "status_200": n[1], "other_router_lines": other,
                     "wrk_requests": wrk_total, "log_bytes": size})
     say(f"router lines: {n[0]} ({n[1]} with status=200, {other} other router lines); wrk counted {wrk_total} responses")
-
-
-def cmd_set(key, value):
-    try:
-        value = json.loads(value)
-    except ValueError:
-        pass
-    save(**{key: value})
 
 
 def all_runs(d, label=None):

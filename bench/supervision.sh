@@ -56,15 +56,11 @@ bench_prepare
 cat >"$PY" <<'PYEOF'
 import json, math, os, re, signal, subprocess, sys, time, urllib.request
 
-from benchlib import load, ps, save, say, sw
+from benchlib import cmd_set, cpu_ticks, load, ps, run_ns, save, say, stat_fields
 from datetime import datetime
 
 BIN, HOME, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 CMD, ARGS = sys.argv[4], sys.argv[5:]
-
-
-
-
 
 
 def http_ok(port):
@@ -74,30 +70,6 @@ def http_ok(port):
             return r.status == 200
     except Exception:
         return False
-
-
-def stat_fields(pid):
-    """Fields of /proc/PID/stat after the command name (index 0 = field 3, state)."""
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    return s[s.rfind(")") + 2:].split()
-
-
-def cpu_ticks(pid):
-    f = stat_fields(pid)
-    return int(f[11]) + int(f[12])  # utime (14) + stime (15)
-
-
-def run_ns(pid):
-    """On-CPU nanoseconds per thread (tid -> ns) from /proc/PID/task/*/schedstat."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0])
-        except OSError:
-            pass
-    return out
 
 
 def ns_delta(before, after):
@@ -407,14 +379,6 @@ def cmd_warnings():
     for l in lines[:20]:
         say(f"slipway.log: {l}")
     save(daemon_log_warnings=len(lines))
-
-
-def cmd_set(key, value):
-    try:
-        value = json.loads(value)
-    except ValueError:
-        pass
-    save(**{key: value})
 
 
 def ms(x):

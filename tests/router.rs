@@ -69,12 +69,7 @@ impl Env {
     }
 
     async fn client(&self) -> SendRequest<Full<Bytes>> {
-        let tcp = within("connect to the router", TcpStream::connect(self.addr)).await.expect("connect");
-        let (sender, conn) = within("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn.with_upgrades());
-        sender
+        client_at(self.addr).await
     }
 
     /// One GET on a fresh connection.
@@ -208,6 +203,21 @@ impl TestBackend {
     fn requests(&self) -> usize {
         self.heads.lock().expect("heads").len()
     }
+}
+
+/// A hyper HTTP/1.1 client on a new connection to `addr` (its connection driven on a task).
+async fn client_at<B>(addr: SocketAddr) -> SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = within("connect to the router", TcpStream::connect(addr)).await.expect("connect");
+    let (sender, conn) = within("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn.with_upgrades());
+    sender
 }
 
 /// A port nothing listens on (bound a moment ago, then closed).
@@ -572,11 +582,7 @@ async fn bodies_stream_both_ways_without_buffering() {
         }
     });
     let body = ChannelBody(rx);
-    let tcp = within("connect", TcpStream::connect(env.addr)).await.expect("connect");
-    let (mut sender, conn) = within("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = client_at(env.addr).await;
     let req = Request::post("/up").header("host", "echo.localhost").body(body).expect("request");
     let response = within("upload", sender.send_request(req)).await.expect("response");
     let text = within("upload body", response.into_body().collect()).await.expect("body").to_bytes();
@@ -694,11 +700,7 @@ async fn the_timeout_counts_from_the_end_of_a_slow_upload() {
             }
         }
     });
-    let tcp = within("connect", TcpStream::connect(env.addr)).await.expect("connect");
-    let (mut sender, conn) = within("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = client_at(env.addr).await;
     let started = Instant::now();
     let req =
         Request::post("/slowly").header("host", "echo.localhost").body(ChannelBody(rx)).expect("request");
@@ -743,10 +745,7 @@ async fn drain_waits_for_the_request_in_flight() {
 
     let addr = env.addr;
     let pending = tokio::spawn(async move {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = client_at(addr).await;
         send(&mut sender, request("alpha.localhost", "/slow", &[])).await
     });
     within("request reaches the old dyno", old.arrived.recv()).await.expect("arrived");
@@ -773,10 +772,7 @@ async fn drain_waits_for_the_request_in_flight() {
     env.route(&[("alpha", &[], up(&[&hang]))]);
     let addr = env.addr;
     let _stuck = tokio::spawn(async move {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = client_at(addr).await;
         let _ = sender.send_request(request("alpha.localhost", "/", &[])).await;
     });
     let mut hang = hang;

@@ -79,13 +79,9 @@ impl RequestHead {
 pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Invalid("malformed request head")),
+    let parsed = req.parse_with_uninit_headers(buf, &mut slots);
+    let Some(len) = head_len(parsed, buf, "malformed request head")? else {
+        return Ok(None);
     };
     let method = req.method.unwrap_or("GET").to_string();
     let http10 = req.version == Some(0);
@@ -167,6 +163,23 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
         fwd,
         upstream,
     }))
+}
+
+/// The length of the head httparse found at the start of `buf`, `None` if it is not complete
+/// yet, or why it cannot be used (over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] headers: too large).
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
+    malformed: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => Ok(Some(len)),
+        Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Invalid(malformed)),
+    }
 }
 
 /// `/path?q` → (None, `/path?q`); `http://host:1/path` → (Some(`host:1`), `/path`); `*` stays.
@@ -269,15 +282,10 @@ impl ResponseHead {
 pub fn parse_response(buf: &[u8], ctx: ResponseContext) -> Result<Option<ResponseHead>, HeadError> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
-    {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Invalid("malformed response head")),
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+    let Some(len) = head_len(parsed, buf, "malformed response head")? else {
+        return Ok(None);
     };
     let status = res.code.unwrap_or(0);
     if status == 101 && !ctx.upgrade {

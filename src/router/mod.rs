@@ -71,9 +71,6 @@ use self::pool::Pool;
 use crate::home::Home;
 use crate::logs::LogPolicy;
 
-/// Largest request head (request line + headers) accepted; larger ones get 431.
-pub const MAX_REQUEST_HEAD: usize = http1::MAX_HEAD;
-
 /// How long a request or response body may go without a byte moving before the router gives
 /// up on it: Heroku's 55 s rolling window (`H15` for a dyno, `H28` for a client).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
@@ -300,11 +297,6 @@ impl Router {
             })?;
         }
         Ok(())
-    }
-
-    /// Idle pooled connections to the dyno on `port` (for tests and diagnostics).
-    pub fn idle_connections(&self, port: u16) -> usize {
-        self.inner.pool.idle(port)
     }
 }
 

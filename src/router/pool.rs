@@ -95,7 +95,8 @@ impl Pool {
         drop(dropped);
     }
 
-    /// Idle connections kept for `port`, on every router thread (for tests and diagnostics).
+    /// Idle connections kept for `port`, on every router thread.
+    #[cfg(test)]
     pub fn idle(&self, port: u16) -> usize {
         let map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         map.iter().filter(|((_, p), _)| *p == port).map(|(_, list)| list.len()).sum()

@@ -34,8 +34,12 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
 fn key(port: u16) -> (usize, u16) {
-    (WORKER.with(std::cell::Cell::get), port)
+    (worker(), port)
 }
 
 struct Idle {
@@ -77,13 +81,15 @@ impl Pool {
         drop(dropped); // closed outside the lock
     }
 
-    /// Drops connections idle too long or closed by their dyno.
+    /// Drops this router thread's connections that sat idle too long or were closed by their
+    /// dyno (every router thread sweeps its own).
     pub fn sweep(&self) {
         let now = Instant::now();
+        let worker = worker();
         let mut dropped = Vec::new();
         {
             let mut map = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            for list in map.values_mut() {
+            for (_, list) in map.iter_mut().filter(|((w, _), _)| *w == worker) {
                 let (keep, gone): (Vec<Idle>, Vec<Idle>) = list
                     .drain(..)
                     .partition(|i| now.duration_since(i.since) < IDLE_TIMEOUT && still_open(&i.stream));

@@ -82,6 +82,14 @@ impl Home {
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir().join("slipway.pid")
     }
+    /// Where each dyno's shim announces itself (`run/dynos/<id>`) before the daemon records
+    /// its pid, so a daemon killed in between finds it again.
+    pub fn dyno_announcements(&self) -> PathBuf {
+        self.run_dir().join("dynos")
+    }
+    pub fn dyno_announcement(&self, dyno: i64) -> PathBuf {
+        self.dyno_announcements().join(dyno.to_string())
+    }
     pub fn deploy_lock(&self, app: &AppName) -> PathBuf {
         self.run_dir().join("locks").join(format!("{app}.lock"))
     }

@@ -233,6 +233,8 @@ pub enum Command {
         dyno: String,
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        announce: Option<PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -293,7 +295,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Status => daemon::status(home),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, command } => {
+        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, command } => {
             // Rotation policy: given by the daemon, else the one recorded in logs/.policy (a
             // daemon older than this binary does not pass it; its dynos must still start).
             let logs_dir = log.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
@@ -308,6 +310,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 dyno,
                 dir,
                 command: command.join(" "),
+                announce,
             }))
         }
     }

@@ -8,12 +8,12 @@
 
 pub mod client;
 pub mod plan;
-pub mod ports;
 pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod shim;
 pub mod supervisor;
+pub mod world;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

@@ -52,7 +52,7 @@ pub enum Request {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Hello {
         protocol: u32,
@@ -77,7 +77,7 @@ pub enum Response {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebDyno {
     pub name: String,
     pub port: u16,

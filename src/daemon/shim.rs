@@ -31,6 +31,9 @@ pub struct ShimArgs {
     pub dyno: String,
     pub dir: PathBuf,
     pub command: String,
+    /// `run/dynos/<id>`: where the shim announces itself and its dyno before the daemon
+    /// records them, so a daemon killed in between finds both again.
+    pub announce: Option<PathBuf>,
 }
 
 /// Runs the shim; returns the exit code for the shim process itself.
@@ -81,6 +84,19 @@ pub fn run(args: ShimArgs) -> i32 {
     };
     let pid = child.id() as i32;
     let start = process::start_time(pid).unwrap_or(0);
+    if let Some(path) = &args.announce {
+        if let Err(err) = announce(path, pid, start) {
+            // The daemon still learns the pids from stdout; only a daemon killed in the next
+            // instant would miss this dyno, and it reaps what its row names.
+            let _ = log.lock().map(|mut w| {
+                w.event(
+                    Source::Slipway,
+                    &args.dyno,
+                    &format!("Could not record the process in {}: {err}", path.display()),
+                )
+            });
+        }
+    }
     report_and_release_stdout(pid, start);
 
     let mut readers = Vec::new();
@@ -115,7 +131,21 @@ pub fn run(args: ShimArgs) -> i32 {
     if let Ok(mut w) = log.lock() {
         let _ = w.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     }
+    if let Some(path) = &args.announce {
+        // Gone with the dyno; a daemon that restarts now treats the row as an exit.
+        let _ = std::fs::remove_file(path);
+    }
     0
+}
+
+/// Writes `SHIM_PID SHIM_START PID PID_START` to `path` (temp file + rename, so a reader never
+/// sees half a line).
+fn announce(path: &std::path::Path, pid: i32, start: u64) -> std::io::Result<()> {
+    let me = std::process::id() as i32;
+    let my_start = process::start_time(me).unwrap_or(0);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{me} {my_start} {pid} {start}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Prints `PID START` for the daemon, then points stdout at /dev/null so the shim never writes

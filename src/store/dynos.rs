@@ -9,7 +9,7 @@ use super::Result;
 use crate::app::AppName;
 use crate::timefmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DynoState {
     Starting,
@@ -41,7 +41,7 @@ impl DynoState {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DynoRow {
     pub id: i64,
     pub app: String,
@@ -121,6 +121,44 @@ pub fn insert(conn: &Connection, new: &NewDyno<'_>) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+/// Writes the daemon's whole view of one dyno: inserts or replaces the row with this id.
+/// Idempotent, so a write retried after a failure is harmless. A row of an app that no longer
+/// exists (destroyed meanwhile) is not written.
+pub fn upsert(conn: &Connection, row: &DynoRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO dynos (id, app, type, num, release, command, state, port, pid, pid_start,
+                            shim_pid, shim_start, restarts, stopped, started_at, updated_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+         WHERE EXISTS (SELECT 1 FROM apps WHERE name = ?2)
+         ON CONFLICT (id) DO UPDATE SET
+            app = excluded.app, type = excluded.type, num = excluded.num,
+            release = excluded.release, command = excluded.command, state = excluded.state,
+            port = excluded.port, pid = excluded.pid, pid_start = excluded.pid_start,
+            shim_pid = excluded.shim_pid, shim_start = excluded.shim_start,
+            restarts = excluded.restarts, stopped = excluded.stopped,
+            started_at = excluded.started_at, updated_at = excluded.updated_at",
+        params![
+            row.id,
+            row.app,
+            row.process_type,
+            row.num,
+            row.release,
+            row.command,
+            row.state.as_str(),
+            row.port,
+            row.pid,
+            row.pid_start.map(|v| v as i64),
+            row.shim_pid,
+            row.shim_start.map(|v| v as i64),
+            row.restarts,
+            row.stopped,
+            row.started_at,
+            row.updated_at,
+        ],
+    )?;
+    Ok(())
+}
+
 pub fn get(conn: &Connection, id: i64) -> Result<Option<DynoRow>> {
     Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM dynos WHERE id = ?1"), [id], from_row).optional()?)
 }
@@ -154,7 +192,7 @@ pub fn set_state(conn: &Connection, id: i64, state: DynoState) -> Result<()> {
 }
 
 /// Identity of a freshly spawned dyno process and its shim.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessIds {
     pub pid: i32,
     pub pid_start: u64,

@@ -114,10 +114,13 @@ fn change(
     let name = app_name(app)?;
     let settings = Settings::from_env()?;
     let mut store = open_store(home)?;
-    let row = store::apps::require(store.conn(), &name)?;
+    store::apps::require(store.conn(), &name)?;
     crate::job::cancel_on_signals();
     let _lock = release::lock(home, &name, || eprintln!("Waiting for another deploy of {name} to finish..."))
         .map_err(anyhow::Error::msg)?;
+    // Everything the new release is made of is read under the lock: a push that held it may
+    // have just made a new build current.
+    let row = store::apps::require(store.conn(), &name)?;
     let mut config = store::releases::config_vars(store.conn(), &name)?;
     edit(&mut config);
     let build_id = match row.current_release {

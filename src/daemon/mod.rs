@@ -16,10 +16,11 @@ pub mod shim;
 pub mod supervisor;
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 
@@ -63,7 +64,8 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
         }
     }
     init_tracing(home, foreground);
-    let _pid_lock = lock_pid_file(home)?;
+    let _home_lock = lock_home(home)?;
+    keep_pid_file(home.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,35 +124,99 @@ pub fn stop(home: &Home) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pid of the live daemon: the pid file's content, but only while its lock is held.
+/// The pid of the live daemon, or None when no daemon holds this home's lock. The pid comes
+/// from `run/slipway.pid` (rewritten by the daemon if deleted), else from the kernel's lock table.
 pub fn running_pid(home: &Home) -> Option<i32> {
-    let mut file = File::open(home.pid_file()).ok()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_unlocked_on_drop) => None, // nobody holds it: stale
-        Err(_) => text.trim().parse().ok(),
+    let dir = File::open(home.root()).ok()?;
+    // A shared probe, dropped at once: it conflicts only with the daemon's exclusive lock.
+    match Flock::lock(dir, FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => None,
+        Err((dir, Errno::EWOULDBLOCK)) => pid_file_pid(home).or_else(|| lock_holder(&dir)),
+        Err(_) => None,
     }
 }
 
-/// Holds an exclusive lock on `run/slipway.pid` for the daemon's lifetime: two daemons on one
-/// home cannot both run, and the lock vanishes with the process however it dies.
-fn lock_pid_file(home: &Home) -> anyhow::Result<Flock<File>> {
-    let path = home.pid_file();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow::anyhow!("the daemon is already running (lock on {} is held)", path.display()))?;
-    lock.set_len(0)?;
-    lock.rewind()?;
-    writeln!(lock, "{}", std::process::id())?;
-    lock.flush()?;
-    Ok(lock)
+/// One daemon per home: an exclusive flock on the home directory itself, held for the daemon's
+/// life. Unlike a lock file it cannot be deleted away while the home exists, and the kernel drops
+/// it with the process however it dies. The descriptor is close-on-exec, so shims and dynos never
+/// inherit it. A few short retries ride out another command's momentary probe (`running_pid`).
+fn lock_home(home: &Home) -> anyhow::Result<Flock<File>> {
+    let root = home.root();
+    let mut dir = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    for attempt in 0.. {
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((file, Errno::EWOULDBLOCK)) if attempt < 10 => {
+                dir = file;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((file, Errno::EWOULDBLOCK)) => match pid_file_pid(home).or_else(|| lock_holder(&file)) {
+                Some(pid) => bail!("the daemon is already running (pid {pid})"),
+                None => bail!(
+                    "the daemon is already running (another process holds the lock on {})",
+                    root.display()
+                ),
+            },
+            Err((_, errno)) => bail!("locking {}: {errno}", root.display()),
+        }
+    }
+    unreachable!()
+}
+
+/// Writes `run/slipway.pid` (for operators and scripts; the lock is the guard), and keeps
+/// rewriting it should it be deleted or overwritten while the daemon lives.
+fn keep_pid_file(home: Home) {
+    let me = std::process::id() as i32;
+    let write = move || {
+        if pid_file_pid(&home) == Some(me) {
+            return;
+        }
+        let path = home.pid_file();
+        let tmp = path.with_extension("pid.tmp");
+        let written = std::fs::create_dir_all(home.run_dir())
+            .and_then(|_| std::fs::write(&tmp, format!("{me}\n")))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(err) = written {
+            tracing::warn!(path = %path.display(), %err, "cannot write the pid file");
+        }
+    };
+    write();
+    let spawned = std::thread::Builder::new().name("pid-file".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        write();
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(%err, "cannot start the pid file keeper");
+    }
+}
+
+fn pid_file_pid(home: &Home) -> Option<i32> {
+    let mut text = String::new();
+    File::open(home.pid_file()).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok().filter(|pid| *pid > 1)
+}
+
+/// The pid holding an exclusive flock on `file`, from `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; device numbers in hex).
+fn lock_holder(file: &File) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(meta.dev()),
+        nix::sys::stat::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, dev_ino, ..] if *dev_ino == id && !line.contains("->") => {
+                pid.parse().ok()
+            }
+            _ => None,
+        }
+    })
 }
 
 fn open_daemon_log(home: &Home) -> anyhow::Result<File> {
@@ -189,4 +255,25 @@ fn init_tracing(home: &Home, foreground: bool) {
         Some(file) => builder.with_writer(std::io::stderr.and(std::sync::Mutex::new(file))).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_home_lock_survives_a_deleted_pid_file_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.ensure_layout().unwrap();
+        assert_eq!(running_pid(&home), None);
+        let lock = lock_home(&home).unwrap();
+        // No pid file at all: the kernel's lock table still names this process.
+        assert_eq!(lock_holder(&File::open(home.root()).unwrap()), Some(std::process::id() as i32));
+        assert_eq!(running_pid(&home), Some(std::process::id() as i32));
+        let err = lock_home(&home).unwrap_err().to_string();
+        assert_eq!(err, format!("the daemon is already running (pid {})", std::process::id()));
+        drop(lock);
+        assert_eq!(running_pid(&home), None);
+    }
 }

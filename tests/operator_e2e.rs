@@ -217,6 +217,50 @@ fn root_on_a_home_owned_by_another_user_acts_as_that_user() {
     assert!(!process_alive(pid), "daemon {pid} still alive after --stop");
 }
 
+#[test]
+fn root_that_cannot_switch_users_is_told_the_runuser_command_and_touches_nothing() {
+    if !is_root() {
+        println!("skipped: needs root (creates a system user)");
+        return;
+    }
+    let user = SystemUser::create();
+    let slip = home_owned_by(&user);
+    // Root without CAP_SETUID/CAP_SETGID (as in a locked-down container).
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-setuid,-setgid", "--", BIN, "--home"])
+        .arg(&slip.home)
+        .arg("apps")
+        .current_dir(slip.root());
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let expected = format!("runuser -u {} -- {BIN} --home {} apps", user.name, slip.home.display());
+    assert!(err.contains(&expected), "wanted {expected:?}:\n{}", describe(&out));
+    assert_eq!(err.trim().lines().count(), 1, "not one sentence: {err:?}");
+    assert!(!slip.home.join("slipway.db").exists(), "the refused command created the database");
+}
+
+#[test]
+fn a_home_owned_by_a_uid_without_a_user_is_refused() {
+    if !is_root() {
+        println!("skipped: needs root (chowns to an unknown uid)");
+        return;
+    }
+    let slip = Slipway::new();
+    let uid = (3_900_000..3_900_100)
+        .find(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*uid)).is_ok_and(|u| u.is_none()))
+        .expect("a uid without a user");
+    std::os::unix::fs::chown(&slip.home, Some(uid), Some(uid)).unwrap();
+    let out = slip.cmd(&["apps"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("belongs to uid {uid}, which has no user entry")),
+        "{}",
+        describe(&out)
+    );
+    assert!(!slip.home.join("slipway.db").exists(), "the refused command created the database");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Case 4: read-only commands never wait behind a writer
 // ---------------------------------------------------------------------------------------------

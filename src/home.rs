@@ -109,6 +109,66 @@ impl Home {
     }
 }
 
+/// How the home's owner runs this very command: `runuser -u NAME -- slipway ARGS...` (the
+/// arguments as given, shell-quoted).
+pub fn runuser_command(user: &str) -> String {
+    let mut words = vec!["runuser".to_string(), "-u".into(), user.to_string(), "--".into()];
+    let mut args = std::env::args();
+    words.push(args.next().unwrap_or_else(|| "slipway".into()));
+    words.extend(args);
+    shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+}
+
+impl Home {
+    /// Run as root on a home owned by another user (install.sh's `slipway` user owns
+    /// /var/lib/slipway), becomes that user before anything is read or written: the
+    /// supplementary groups, gid and uid, then `HOME`, `USER` and `LOGNAME`. Otherwise root would
+    /// write files the owner cannot read (an authorized_keys sshd ignores) or start a daemon whose
+    /// socket the owner cannot open. Where switching is impossible (no user entry for the uid, or
+    /// no CAP_SETUID) it refuses with the command to use instead. Does nothing when not root, for
+    /// a root-owned home, or for a home that does not exist yet.
+    pub fn become_owner(&self) -> anyhow::Result<()> {
+        use nix::unistd::{Uid, User};
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let Ok(meta) = std::fs::metadata(&self.root) else {
+            return Ok(());
+        };
+        if meta.uid() == 0 {
+            return Ok(());
+        }
+        let root = self.root.display();
+        let Some(user) = User::from_uid(Uid::from_raw(meta.uid())).ok().flatten() else {
+            anyhow::bail!(
+                "{root} belongs to uid {}, which has no user entry; run slipway as the user owning {root}",
+                meta.uid()
+            );
+        };
+        let name = std::ffi::CString::new(user.name.clone())?;
+        let switched = nix::unistd::initgroups(&name, user.gid)
+            .and_then(|_| nix::unistd::setgid(user.gid))
+            .and_then(|_| nix::unistd::setuid(user.uid));
+        if let Err(errno) = switched {
+            anyhow::bail!(
+                "{root} belongs to user '{}' and slipway cannot switch to it ({errno}); run: {}",
+                user.name,
+                runuser_command(&user.name)
+            );
+        }
+        // Still single-threaded here (nothing has started a thread), so the environment is ours.
+        std::env::set_var("HOME", &user.dir);
+        std::env::set_var("USER", &user.name);
+        std::env::set_var("LOGNAME", &user.name);
+        // root's working directory (/root) is usually closed to the owner; git and Python care.
+        if nix::unistd::access(".", nix::unistd::AccessFlags::X_OK).is_err() {
+            let _ = std::env::set_current_dir(&self.root);
+        }
+        Ok(())
+    }
+}
+
 fn user_home() -> Option<PathBuf> {
     nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()

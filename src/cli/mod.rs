@@ -262,6 +262,11 @@ impl Command {
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::resolve(cli.home);
+    // As root on a home another user owns, act as that user (the home stays the one resolved
+    // here). The hook and the shim already run as whoever git or the daemon runs as.
+    if !matches!(cli.command, Command::Hook { .. } | Command::DynoShim { .. }) {
+        home.become_owner()?;
+    }
     dispatch(&home, cli.command, None)
 }
 

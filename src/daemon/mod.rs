@@ -20,6 +20,7 @@ use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 
@@ -63,7 +64,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
         }
     }
     init_tracing(home, foreground);
-    let _pid_lock = lock_pid_file(home)?;
+    let _lock = DaemonLock::take(home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,35 +123,172 @@ pub fn stop(home: &Home) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pid of the live daemon: the pid file's content, but only while its lock is held.
+/// The pid of the live daemon, or None when no daemon holds this home. The pid comes from the
+/// kernel's lock table, else from `run/slipway.pid` (which the daemon rewrites if deleted).
 pub fn running_pid(home: &Home) -> Option<i32> {
-    let mut file = File::open(home.pid_file()).ok()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_unlocked_on_drop) => None, // nobody holds it: stale
-        Err(_) => text.trim().parse().ok(),
+    if let Ok(dir) = File::open(home.root()) {
+        // A shared probe, dropped at once: it conflicts only with the daemon's exclusive lock.
+        if let Err((dir, Errno::EWOULDBLOCK)) = Flock::lock(dir, FlockArg::LockSharedNonblock) {
+            return lock_holder(&dir).or_else(|| pid_file_pid(home));
+        }
+    }
+    // A daemon of an older slipway (before the home lock) holds only its pid file's lock.
+    let file = File::open(home.pid_file()).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Err((_, Errno::EWOULDBLOCK)) => pid_file_pid(home),
+        _ => None,
     }
 }
 
-/// Holds an exclusive lock on `run/slipway.pid` for the daemon's lifetime: two daemons on one
-/// home cannot both run, and the lock vanishes with the process however it dies.
-fn lock_pid_file(home: &Home) -> anyhow::Result<Flock<File>> {
-    let path = home.pid_file();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow::anyhow!("the daemon is already running (lock on {} is held)", path.display()))?;
-    lock.set_len(0)?;
-    lock.rewind()?;
-    writeln!(lock, "{}", std::process::id())?;
-    lock.flush()?;
-    Ok(lock)
+/// What makes a daemon the only one of its home, held for its whole life:
+/// - an exclusive flock on the home directory itself: unlike a lock file it cannot be deleted
+///   away while the home exists (a deleted `run/slipway.pid` once let a second daemon start and
+///   unlink the first one's socket);
+/// - an exclusive flock on `run/slipway.pid`, as older slipways took and still look for, so an
+///   older binary (an upgrade in progress) sees this daemon, and this one sees theirs.
+///
+/// The kernel drops both with the process however it dies; the descriptors are close-on-exec, so
+/// shims and dynos never inherit them. A thread rewrites (and relocks) the pid file if it is
+/// deleted or replaced.
+pub struct DaemonLock {
+    _home: Flock<File>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DaemonLock {
+    pub fn take(home: &Home) -> anyhow::Result<DaemonLock> {
+        let root = home.root();
+        let dir = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        let already_running = |holder: Option<i32>| match holder.or_else(|| pid_file_pid(home)) {
+            Some(pid) => anyhow::anyhow!("the daemon is already running (pid {pid})"),
+            None => anyhow::anyhow!("the daemon is already running (the lock on {} is held)", root.display()),
+        };
+        let home_lock = match lock_exclusive(dir) {
+            Ok(lock) => lock,
+            Err((dir, Errno::EWOULDBLOCK)) => return Err(already_running(lock_holder(&dir))),
+            Err((_, errno)) => bail!("locking {}: {errno}", root.display()),
+        };
+        let pid_lock = match open_pid_file(home).map(lock_exclusive) {
+            Ok(Ok(lock)) => lock,
+            Ok(Err((_, Errno::EWOULDBLOCK))) => return Err(already_running(None)),
+            Ok(Err((_, errno))) => bail!("locking {}: {errno}", home.pid_file().display()),
+            Err(err) => return Err(err).with_context(|| format!("opening {}", home.pid_file().display())),
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        keep_pid_file(home.clone(), pid_lock, stop.clone())?;
+        Ok(DaemonLock { _home: home_lock, stop })
+    }
+}
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An exclusive flock, retried for ~200 ms: another command's probe (`running_pid`) holds a lock
+/// for a moment only.
+fn lock_exclusive(mut file: File) -> Result<Flock<File>, (File, Errno)> {
+    for _ in 0..10 {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Err((again, Errno::EWOULDBLOCK)) => file = again,
+            done => return done,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+}
+
+fn open_pid_file(home: &Home) -> std::io::Result<File> {
+    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(home.pid_file())
+}
+
+/// Writes this process's pid into the locked pid file, and checks every second that
+/// `run/slipway.pid` still is that file with that pid; a deleted or replaced one is recreated,
+/// relocked and rewritten.
+fn keep_pid_file(
+    home: Home,
+    lock: Flock<File>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    let write = move |lock: &mut Flock<File>| -> std::io::Result<()> {
+        lock.set_len(0)?;
+        lock.rewind()?;
+        writeln!(lock, "{me}")?;
+        lock.flush()
+    };
+    let mut lock = lock;
+    write(&mut lock).with_context(|| format!("writing {}", home.pid_file().display()))?;
+    let mut warned = false;
+    std::thread::Builder::new()
+        .name("pid-file".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let ours = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+                let at_path = std::fs::metadata(home.pid_file()).map(|m| (m.dev(), m.ino())).ok();
+                if ours.is_some() && ours == at_path && pid_file_pid(&home) == Some(me) {
+                    continue;
+                }
+                if ours != at_path {
+                    let relocked = open_pid_file(&home).map_err(|e| e.to_string()).and_then(|file| {
+                        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| errno.to_string())
+                    });
+                    match relocked {
+                        Ok(new) => lock = new,
+                        Err(err) => {
+                            if !warned {
+                                tracing::warn!(path = %home.pid_file().display(), %err, "cannot recreate the pid file");
+                                warned = true;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if let Err(err) = write(&mut lock) {
+                    tracing::warn!(path = %home.pid_file().display(), %err, "cannot rewrite the pid file");
+                } else {
+                    tracing::info!(path = %home.pid_file().display(), "pid file rewritten");
+                    warned = false;
+                }
+            }
+        })
+        .context("starting the pid file keeper")?;
+    Ok(())
+}
+
+fn pid_file_pid(home: &Home) -> Option<i32> {
+    let mut text = String::new();
+    File::open(home.pid_file()).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok().filter(|pid| *pid > 1)
+}
+
+/// The pid holding an exclusive flock on `file`, from `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; device numbers in hex).
+fn lock_holder(file: &File) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(meta.dev()),
+        nix::sys::stat::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().filter(|line| !line.contains("->")).find_map(|line| {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            // A holder outside our pid namespace shows as 0.
+            [_, "FLOCK", _, "WRITE", pid, dev_ino, ..] if *dev_ino == id => {
+                pid.parse().ok().filter(|p| *p > 0)
+            }
+            _ => None,
+        }
+    })
 }
 
 fn open_daemon_log(home: &Home) -> anyhow::Result<File> {
@@ -189,4 +327,50 @@ fn init_tracing(home: &Home, foreground: bool) {
         Some(file) => builder.with_writer(std::io::stderr.and(std::sync::Mutex::new(file))).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_home_lock_survives_a_deleted_pid_file_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.ensure_layout().unwrap();
+        assert_eq!(running_pid(&home), None);
+        let lock = DaemonLock::take(&home).unwrap();
+        let me = std::process::id() as i32;
+        assert_eq!(pid_file_pid(&home), Some(me));
+        std::fs::remove_file(home.pid_file()).unwrap();
+        // No pid file at all: the kernel's lock table still names this process.
+        assert_eq!(lock_holder(&File::open(home.root()).unwrap()), Some(me));
+        assert_eq!(running_pid(&home), Some(me));
+        let err = DaemonLock::take(&home).err().unwrap().to_string();
+        assert_eq!(err, format!("the daemon is already running (pid {me})"));
+        // The keeper puts the pid file back, locked.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pid_file_pid(&home) != Some(me) {
+            assert!(Instant::now() < deadline, "the pid file was not rewritten");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let relocked = Flock::lock(File::open(home.pid_file()).unwrap(), FlockArg::LockSharedNonblock);
+        assert!(matches!(relocked, Err((_, Errno::EWOULDBLOCK))), "the new pid file is not locked");
+        drop(lock);
+    }
+
+    #[test]
+    fn a_daemon_of_an_older_slipway_holding_only_the_pid_file_lock_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.ensure_layout().unwrap();
+        std::fs::write(home.pid_file(), "4242\n").unwrap();
+        let old = Flock::lock(File::open(home.pid_file()).unwrap(), FlockArg::LockExclusive).unwrap();
+        assert_eq!(running_pid(&home), Some(4242));
+        let err = DaemonLock::take(&home).err().unwrap().to_string();
+        assert_eq!(err, "the daemon is already running (pid 4242)");
+        drop(old);
+        assert_eq!(running_pid(&home), None);
+        drop(DaemonLock::take(&home).unwrap());
+    }
 }

@@ -91,12 +91,19 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// Brings the schema to the newest version in one exclusive transaction, so two processes
-/// opening a fresh database at once cannot both run a migration.
+/// Brings the schema to the newest version. The version is read first without any write lock:
+/// an up-to-date database (every open but the first after an upgrade) is left alone, so opening
+/// never waits behind a writer. Otherwise the migrations run in one exclusive transaction that
+/// re-reads the version, so two processes opening a fresh database at once cannot both run one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let known = MIGRATIONS.len() as i64;
+    match user_version(conn)? {
+        current if current == known => return Ok(()),
+        current if current > known => return Err(StoreError::TooNew { found: current, known }),
+        _ => {}
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = user_version(&tx)?;
     if current > known {
         return Err(StoreError::TooNew { found: current, known });
     }
@@ -106,6 +113,10 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
 #[cfg(test)]
@@ -156,6 +167,41 @@ mod tests {
         let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn opening_an_up_to_date_database_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut first = Connection::open(&path).unwrap();
+        first.pragma_update(None, "journal_mode", "WAL").unwrap();
+        migrate(&mut first).unwrap();
+        // Another process's writer holds the write lock for as long as it likes.
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO apps (name, created_at) VALUES ('w', 'x');")
+            .unwrap();
+        let mut reader = Connection::open(&path).unwrap();
+        reader.busy_timeout(std::time::Duration::ZERO).unwrap(); // any lock wait fails at once
+        migrate(&mut reader).unwrap();
+        let apps: i64 = reader.query_row("SELECT count(*) FROM apps", [], |r| r.get(0)).unwrap();
+        assert_eq!(apps, 0, "the writer's row is not committed yet");
+        writer.execute_batch("COMMIT").unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_even_while_a_writer_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let first = Connection::open(&path).unwrap();
+        first.pragma_update(None, "journal_mode", "WAL").unwrap();
+        first.pragma_update(None, "user_version", 99).unwrap();
+        first.execute_batch("BEGIN IMMEDIATE; CREATE TABLE t (x);").unwrap();
+        let mut reader = Connection::open(&path).unwrap();
+        reader.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let err = migrate(&mut reader).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("upgrade slipway"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! All state in one SQLite file (DESIGN.md, "State"). WAL mode and a busy timeout let the CLI,
-//! the build hook and the daemon share it; every state change is one transaction. The schema
+//! the build hook and the daemon share it; every state change is one transaction, and opening
+//! an up-to-date database writes nothing (readers never queue behind a writer). The schema
 //! is versioned by `PRAGMA user_version` with forward-only migrations ([`migrations`]).
 //!
 //! One file per table's queries; they take `&Connection` so callers can group several into one
@@ -43,6 +44,8 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (creating if needed) and migrates the database. On an up-to-date database in WAL
+    /// mode this takes no write lock, so read-only commands never wait behind a writer.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -50,7 +53,12 @@ impl Store {
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(15)).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        // Switching to WAL needs a write lock; asking does not. A database is switched once, so
+        // later opens (every read-only command) never wait behind a writer for this.
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         migrations::migrate(&mut conn)?;
@@ -65,5 +73,27 @@ impl Store {
     /// then deadlock on upgrade (SQLITE_BUSY mid-transaction is not retried by busy_timeout).
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
         Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_does_not_wait_behind_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slipway.db");
+        drop(Store::open(&path).unwrap());
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO apps (name, created_at) VALUES ('w', 'x');")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let store = Store::open(&path).unwrap();
+        assert!(apps::list(store.conn()).unwrap().is_empty());
+        // busy_timeout is 15 s: any lock wait would show here.
+        assert!(started.elapsed() < Duration::from_secs(3), "open took {:?}", started.elapsed());
+        writer.execute_batch("COMMIT").unwrap();
     }
 }

@@ -47,8 +47,11 @@ pub enum Event {
 /// daemon learnt its pid).
 fn failpoint(name: &str) {
     if std::env::var("SLIPWAY_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::error!(failpoint = name, "failpoint reached: aborting");
-        std::process::abort();
+        tracing::error!(failpoint = name, "failpoint reached: dying as if by kill -9");
+        if let Err(err) = nix::sys::signal::raise(Signal::SIGKILL) {
+            tracing::error!(%err, "raising SIGKILL");
+        }
+        std::process::exit(137);
     }
 }
 

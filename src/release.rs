@@ -226,8 +226,8 @@ pub struct Published {
     pub web: Vec<WebDyno>,
     /// Where the router serves the app (from the daemon, which knows its own address).
     pub url: Option<String>,
-    /// False when the daemon was not running: the release is current in SQLite and the dynos
-    /// move onto it when the daemon starts.
+    /// False when the daemon was not running: the release is `queued` and the daemon rolls
+    /// the dynos onto it when it starts.
     pub daemon_running: bool,
 }
 
@@ -253,9 +253,9 @@ pub fn publish(
     finish(home, settings, store, app, version, restart, emit)
 }
 
-/// Runs the release phase of the pending release `version` and makes it current: through the
-/// daemon when it runs, directly in SQLite when it does not. Any failure marks it failed and
-/// leaves the app as it was.
+/// Runs the release phase of the pending release `version` and asks the daemon to make it
+/// current; without a daemon it is queued for the daemon's start. Any failure marks it failed
+/// and leaves the app as it was.
 pub fn finish(
     home: &Home,
     settings: &Settings,
@@ -275,7 +275,14 @@ pub fn finish(
         fail(home, store, app, version, &why);
         return Err(why);
     }
-    let daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
+    let mut daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
+    if !daemon_running {
+        // The daemon alone makes a release current. Without it the release is queued: the
+        // daemon rolls the dynos onto it when it starts. One that started meanwhile (it read
+        // the queue before this write) is asked now.
+        store::releases::set_status(store.conn(), app, version, "queued").map_err(|e| e.to_string())?;
+        daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
+    }
     let (web, url) = if daemon_running {
         match go_live(home, settings, app, version, restart) {
             Ok((web, url)) => (web, Some(url)),
@@ -291,11 +298,6 @@ pub fn finish(
             }
         }
     } else {
-        // One transaction: the release is current exactly when it is marked succeeded.
-        let tx = store.transaction().map_err(|e| e.to_string())?;
-        store::apps::set_current_release(&tx, app, version).map_err(|e| e.to_string())?;
-        store::releases::set_status(&tx, app, version, "succeeded").map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
         (Vec::new(), None)
     };
     prune(home, store, app, settings.keep_releases);

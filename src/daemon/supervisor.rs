@@ -147,9 +147,11 @@ impl Supervisor {
     fn load(&mut self) -> Result<Input, StoreError> {
         let conn = self.store.conn();
         let apps = store::apps::list(conn)?;
+        let queued = store::releases::queued(conn)?;
         for app in &apps {
             let Ok(name) = app.name.parse::<AppName>() else { continue };
-            let spec = app_spec(conn, &name, &[app.current_release])?;
+            let waiting = queued.iter().find(|(a, _)| *a == name).map(|(_, v)| *v);
+            let spec = app_spec(conn, &name, &[app.current_release, waiting])?;
             self.world.load_app(name, app.current_release, spec);
         }
         let rows = store::dynos::all(conn)?;
@@ -189,7 +191,7 @@ impl Supervisor {
         let adopted = observed.values().filter(|o| matches!(o, Observed::Alive(_))).count();
         tracing::info!(adopted, recorded = rows.len(), orphans = orphans.len(), "re-adopting dynos");
         let pending = store::releases::pending(conn)?;
-        Ok(Input::Start { observed, orphans, pending })
+        Ok(Input::Start { observed, orphans, pending, queued })
     }
 
     /// Turns a control request into an input for the core, reading the app's desired state;
@@ -527,7 +529,7 @@ fn apply(store: &mut Store, write: &Write) -> store::Result<()> {
         Write::Promote { app, version } => {
             let tx = store.transaction()?;
             store::apps::set_current_release(&tx, app, *version)?;
-            store::releases::set_status(&tx, app, *version, "succeeded")?;
+            store::releases::set_live(&tx, app, *version)?;
             tx.commit()?;
             Ok(())
         }

@@ -96,7 +96,14 @@ pub enum Observed {
 pub enum Input {
     /// The daemon started: what each recorded dyno's processes are doing, and announced shims
     /// that no row claims (killed).
-    Start { observed: BTreeMap<DynoId, Observed>, orphans: Vec<ProcessIds>, pending: Vec<(AppName, i64)> },
+    /// `pending` releases lost their rollout with the previous daemon; `queued` ones were made
+    /// while no daemon ran and go live now.
+    Start {
+        observed: BTreeMap<DynoId, Observed>,
+        orphans: Vec<ProcessIds>,
+        pending: Vec<(AppName, i64)>,
+        queued: Vec<(AppName, i64)>,
+    },
     /// Put release `version` live; `restart: false` relabels the running dynos instead.
     Deploy { app: AppName, version: i64, restart: bool, spec: AppSpec, reply: ReplyId },
     /// The app's desired state changed (None: the app was destroyed).
@@ -317,7 +324,7 @@ impl World {
     pub fn handle(&mut self, input: Input, now: OffsetDateTime, probe: &dyn Probe) -> Vec<Effect> {
         let mut cx = Cx { out: Vec::new(), now, probe };
         match input {
-            Input::Start { observed, orphans, pending } => {
+            Input::Start { observed, orphans, pending, queued } => {
                 for (app, version) in pending {
                     // Its rollout died with the previous daemon; the old release kept serving.
                     cx.log(
@@ -327,12 +334,17 @@ impl World {
                     );
                     cx.persist(Write::ReleaseFailed { app, version });
                 }
-                self.start(&mut cx, observed, orphans)
+                self.start(&mut cx, observed, orphans);
+                for (app, version) in queued {
+                    if self.apps.contains_key(&app) {
+                        self.deploy(&mut cx, &app, version, None);
+                    }
+                }
             }
             Input::Deploy { app, version, restart, spec, reply } => {
                 self.set_spec(&app, spec);
                 if restart {
-                    self.deploy(&mut cx, &app, version, reply);
+                    self.deploy(&mut cx, &app, version, Some(reply));
                 } else {
                     self.relabel(&mut cx, &app, version, reply);
                 }
@@ -448,14 +460,17 @@ impl World {
 
     /// Starts the release's formation next to the running one; the old dynos are stopped only
     /// once every new web dyno is ready (zero downtime), else the new ones go.
-    fn deploy(&mut self, cx: &mut Cx<'_>, app: &AppName, version: i64, reply: ReplyId) {
+    fn deploy(&mut self, cx: &mut Cx<'_>, app: &AppName, version: i64, reply: Option<ReplyId>) {
+        let refuse = |cx: &mut Cx<'_>, message: String| match reply {
+            Some(reply) => cx.reply(reply, Response::Error { message }),
+            None => cx.log(app, "api", format!("Release v{version} failed: {message}")),
+        };
         if self.has_rollout(app) {
-            let message = format!("another rollout of {app} is in progress; try again when it finishes");
-            cx.reply(reply, Response::Error { message });
+            refuse(cx, format!("another rollout of {app} is in progress; try again when it finishes"));
             return;
         }
         let Some(processes) = self.apps[app].spec.processes.get(&version).cloned() else {
-            cx.reply(reply, Response::Error { message: format!("release v{version} of {app} has no build") });
+            refuse(cx, format!("release v{version} of {app} has no build"));
             return;
         };
         let formation = self.apps[app].spec.formation.clone();
@@ -535,7 +550,7 @@ impl World {
                 DynoState::Stopping => {}
             }
         }
-        self.rollout(cx, app, RolloutKind::Replace { retire }, release, starts, reply);
+        self.rollout(cx, app, RolloutKind::Replace { retire }, release, starts, Some(reply));
     }
 
     /// After `ps:scale`: stopped dynos of the scaled types are forgotten (scaling brings them
@@ -613,10 +628,9 @@ impl World {
         kind: RolloutKind,
         release: i64,
         starts: Vec<(String, i64, String)>,
-        reply: ReplyId,
+        reply: Option<ReplyId>,
     ) {
-        let mut rollout =
-            Rollout { kind, release, started: Vec::new(), waiting: BTreeSet::new(), reply: Some(reply) };
+        let mut rollout = Rollout { kind, release, started: Vec::new(), waiting: BTreeSet::new(), reply };
         let mut failure = None;
         for (process_type, num, command) in starts {
             match self.create_dyno(cx, app, &process_type, num, release, &command) {

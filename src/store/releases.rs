@@ -110,6 +110,45 @@ pub fn insert_release(
     Ok(version)
 }
 
+/// Per app, the newest release queued for the daemon (made while it was not running) that is
+/// newer than the current one.
+pub fn queued(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.app, max(r.version) FROM releases r JOIN apps a ON a.name = r.app
+         WHERE r.status = 'queued' AND r.version > coalesce(a.current_release, 0) GROUP BY r.app",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (app, version) = row?;
+        if let Ok(app) = app.parse() {
+            out.push((app, version));
+        }
+    }
+    Ok(out)
+}
+
+/// `version` is live: it and the releases queued before it (their config is part of it)
+/// succeeded.
+pub fn set_live(conn: &Connection, app: &AppName, version: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE releases SET status = 'succeeded'
+         WHERE app = ?1 AND (version = ?2 OR (status = 'queued' AND version < ?2))",
+        params![app.as_str(), version],
+    )?;
+    Ok(())
+}
+
+/// `version` failed, and with it the releases queued before it.
+pub fn set_failed(conn: &Connection, app: &AppName, version: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE releases SET status = 'failed'
+         WHERE app = ?1 AND (version = ?2 OR (status = 'queued' AND version < ?2))",
+        params![app.as_str(), version],
+    )?;
+    Ok(())
+}
+
 pub fn set_status(conn: &Connection, app: &AppName, version: i64, status: &str) -> Result<()> {
     conn.execute(
         "UPDATE releases SET status = ?3 WHERE app = ?1 AND version = ?2",
@@ -183,11 +222,13 @@ pub fn pending(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
     Ok(out)
 }
 
-/// The app's config vars: the snapshot of its newest succeeded release (empty before any).
+/// The app's config vars: the snapshot of its newest succeeded release, or of a newer one
+/// queued for the daemon (empty before any).
 pub fn config_vars(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, String>> {
     let config: Option<String> = conn
         .query_row(
-            "SELECT config FROM releases WHERE app = ?1 AND status = 'succeeded' ORDER BY version DESC LIMIT 1",
+            "SELECT config FROM releases WHERE app = ?1 AND status IN ('succeeded', 'queued')
+             ORDER BY version DESC LIMIT 1",
             [app.as_str()],
             |r| r.get(0),
         )

@@ -212,7 +212,11 @@ fn a_spawn_recorded_only_in_the_shims_announcement_is_adopted_after_a_restart() 
     };
     w.load_dyno(row.clone());
     let observed = BTreeMap::from([(4, Observed::Alive(ids(300)))]);
-    let fx = w.handle(Input::Start { observed, orphans: vec![ids(400)], pending: vec![] }, t0(), &AllFree);
+    let fx = w.handle(
+        Input::Start { observed, orphans: vec![ids(400)], pending: vec![], queued: vec![] },
+        t0(),
+        &AllFree,
+    );
     assert!(fx.contains(&Effect::Watch { dyno: 4, shim: (10_300, 7) }));
     assert!(fx.contains(&Effect::Signal { pid: 400, start: 7, sig: Sig::Kill }), "orphans are killed");
     assert!(!fx.iter().any(|e| matches!(e, Effect::Spawn { .. })), "no second worker.1: {fx:?}");
@@ -225,7 +229,8 @@ fn a_spawn_recorded_only_in_the_shims_announcement_is_adopted_after_a_restart() 
     w.load_app(hello, Some(1), spec(&[(1, WEB_WORKER)], &[("worker", 1)]));
     w.load_dyno(row);
     let observed = BTreeMap::from([(5, Observed::Gone { dyno: Some((300, 7)) })]);
-    let fx = w.handle(Input::Start { observed, orphans: vec![], pending: vec![] }, t0(), &AllFree);
+    let fx =
+        w.handle(Input::Start { observed, orphans: vec![], pending: vec![], queued: vec![] }, t0(), &AllFree);
     assert!(fx.contains(&Effect::Signal { pid: 300, start: 7, sig: Sig::Kill }));
     assert!(fx.contains(&Effect::Spawn { dyno: 5 }));
 }
@@ -624,7 +629,7 @@ impl Sim {
         // Exit reports of the old daemon's watchers are lost; the new one looks for itself.
         self.timers.clear();
         self.world = world;
-        self.feed(Input::Start { observed, orphans, pending: vec![] });
+        self.feed(Input::Start { observed, orphans, pending: vec![], queued: vec![] });
     }
 
     fn random_event(&mut self) {

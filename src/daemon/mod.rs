@@ -39,7 +39,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     drop(Store::open(&home.db())?);
     drop(std::net::TcpListener::bind(settings.router_addr).with_context(|| {
         format!(
-            "the router cannot listen on {} (set router_addr: slipway settings:set router_addr=IP:PORT)",
+            "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
             settings.router_addr
         )
     })?);
@@ -87,7 +87,7 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
     let router_listener = std::net::TcpListener::bind(settings.router_addr).with_context(|| {
         format!(
-            "the router cannot listen on {} (set router_addr: slipway settings:set router_addr=IP:PORT)",
+            "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
             settings.router_addr
         )
     })?;

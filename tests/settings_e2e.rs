@@ -239,3 +239,23 @@ fn settings_set_and_unset_keep_comments_and_other_keys() {
     // Reading through the link is fine.
     assert_eq!(setting(&slip.json(&["settings", "--json"]), "max_slug_mb").0, "250");
 }
+
+#[test]
+fn log_rotation_follows_the_settings_file() {
+    let slip = Slipway::new();
+    fs::write(slip.home.join("slipway.toml"), "log_max_mb = 0.004\nlog_files = 2\n")
+        .expect("write slipway.toml");
+    slip.cmd_ok(&["apps:create", "hello"]);
+    // Each change is a `slipway[api]` line written by the CLI itself (no daemon running).
+    for i in 0..30 {
+        let host = format!("www{i}.example.com");
+        slip.cmd_ok(&["domains:add", "hello", &host]);
+        slip.cmd_ok(&["domains:remove", "hello", &host]);
+    }
+    let log = slip.app_log_path("hello");
+    let rotated = log.with_file_name("app.log.1");
+    assert!(rotated.exists(), "app.log never rotated at 4 KB: {:?}", list_tree(&slip.home.join("logs")));
+    assert!(!log.with_file_name("app.log.2").exists(), "more files than log_files = 2");
+    let size = fs::metadata(&rotated).map(|m| m.len()).unwrap_or_default();
+    assert!((4096..4096 + 512).contains(&size), "app.log.1 is {size} bytes");
+}

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # install.sh — turn a Debian/Ubuntu box into a slipway server.
 #
-#   sudo ./install.sh [--home DIR] [--user NAME]
+#   sudo ./install.sh [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
 #
 # Run it from a checkout of the slipway repository. It is idempotent: running it
 # again (for example after `git pull`, to upgrade) rebuilds, reinstalls the binary
 # and restarts the daemon; running dynos keep serving across the restart.
+# Settings live in $HOME_DIR/slipway.toml: this script only adds or changes the
+# keys of the options it is given (and router_addr when the file has none), so
+# whatever an operator put there survives every run.
 set -euo pipefail
 
 readonly DEFAULT_HOME=/var/lib/slipway
@@ -16,13 +19,14 @@ readonly WAIT_SECONDS=10
 
 HOME_DIR=$DEFAULT_HOME
 SLIPWAY_USER=$DEFAULT_USER   # not $USER: that one is the caller's, from the environment
-ROUTER_ADDR=""                # --router-addr; chosen in parse_args when empty
+ROUTER_ADDR=""                # --router-addr; empty: keep slipway.toml's, else a default
+DOMAIN=""                     # --domain; empty: keep slipway.toml's
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TMP_FILES=()
 
 usage() {
     cat <<EOF
-Usage: sudo $0 [--home DIR] [--user NAME]
+Usage: sudo $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
 
 Install slipway on this machine: system packages, the slipway binary
 ($BIN), the system user, sshd, and the slipway daemon.
@@ -32,9 +36,16 @@ Options:
   --home DIR    SLIPWAY_HOME, which is also the user's home (default: $DEFAULT_HOME)
   --user NAME   system user that owns the data and runs the daemon (default: $DEFAULT_USER)
   --router-addr ADDR
-                where the HTTP router listens (default: 0.0.0.0:80 with systemd, which
-                grants the daemon the right to bind it; 0.0.0.0:8080 otherwise)
+                where the HTTP router listens (default: the router_addr already in
+                DIR/slipway.toml, else 0.0.0.0:80 with systemd, which grants the
+                daemon the right to bind it, and 0.0.0.0:8080 otherwise)
+  --domain DOMAIN
+                apps answer at <app>.DOMAIN (default: the domain already in
+                DIR/slipway.toml, else localhost)
   -h, --help    show this help and exit
+
+Both options are written to DIR/slipway.toml (with 'slipway settings:set'), where
+every other setting can be added too; keys already there are kept.
 EOF
 }
 
@@ -57,6 +68,8 @@ parse_args() {
             --user=*) SLIPWAY_USER=${1#--user=}; shift ;;
             --router-addr) [ $# -ge 2 ] || die "--router-addr needs HOST:PORT."; ROUTER_ADDR=$2; shift 2 ;;
             --router-addr=*) ROUTER_ADDR=${1#--router-addr=}; shift ;;
+            --domain) [ $# -ge 2 ] || die "--domain needs a domain name."; DOMAIN=$2; shift 2 ;;
+            --domain=*) DOMAIN=${1#--domain=}; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument '$1'." ;;
         esac
@@ -68,12 +81,13 @@ parse_args() {
         die "--user '$SLIPWAY_USER' is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)."
     fi
     [ "$SLIPWAY_USER" != root ] || die "--user root is refused: slipway must run as an unprivileged user."
-    if [ -z "${ROUTER_ADDR:-}" ]; then
-        # Port 80 needs CAP_NET_BIND_SERVICE, which only the systemd unit grants.
-        if [ -d /run/systemd/system ]; then ROUTER_ADDR=0.0.0.0:80; else ROUTER_ADDR=0.0.0.0:8080; fi
-    fi
     local addr_re='^[][0-9a-fA-F.:]+:[0-9]+$'   # IPv4:port or [IPv6]:port
-    [[ $ROUTER_ADDR =~ $addr_re ]] || die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
+    if [ -n "$ROUTER_ADDR" ] && ! [[ $ROUTER_ADDR =~ $addr_re ]]; then
+        die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
+    fi
+    if [ -n "$DOMAIN" ] && ! [[ $DOMAIN =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]]; then
+        die "--domain '$DOMAIN' is not a domain name (letters, digits, '.' and '-')."
+    fi
     # Drop trailing slashes so /var/lib/slipway/ and /var/lib/slipway are the same home.
     while [ "${#HOME_DIR}" -gt 1 ] && [ "${HOME_DIR%/}" != "$HOME_DIR" ]; do HOME_DIR=${HOME_DIR%/}; done
     [[ $HOME_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
@@ -300,6 +314,61 @@ setup_sshd() {
 }
 
 # ---------------------------------------------------------------------------
+# Settings: $HOME_DIR/slipway.toml
+# ---------------------------------------------------------------------------
+# setting KEY: the value of KEY when slipway.toml sets it (empty otherwise). Run as
+# the slipway user with a clean environment, so no SLIPWAY_* variable hides the file.
+# configure_settings checks first that the file is valid, so this does not fail.
+setting() {
+    as_slipway settings | awk -v key="$1" '$1 == key && $NF == "slipway.toml" { print $2 }'
+}
+
+# Settings that older versions of this script wrote into the unit as Environment=
+# lines: carry over to slipway.toml the ones it does not set yet.
+migrate_unit_settings() {
+    local line assignment var key value
+    [ -f "$UNIT" ] || return 0
+    # The unit on fd 3: the slipway commands in the loop must not read it as stdin.
+    while IFS= read -r line <&3 || [ -n "$line" ]; do
+        [[ $line =~ ^[[:space:]]*Environment=\"?(SLIPWAY_[A-Z_]+=[^\"]*)\"?[[:space:]]*$ ]] || continue
+        assignment=${BASH_REMATCH[1]}
+        var=${assignment%%=*}
+        value=${assignment#*=}
+        key=${var#SLIPWAY_}
+        key=${key,,}
+        if [ "$key" = home ] || [ -z "$value" ] || [ -n "$(setting "$key")" ]; then continue; fi
+        if as_slipway settings:set "$key=$value" >/dev/null; then
+            say "Moved $var=$value from $UNIT to $HOME_DIR/slipway.toml"
+        else
+            warn "could not move $var=$value from $UNIT to $HOME_DIR/slipway.toml (the reason is above); set it with 'slipway settings:set'."
+        fi
+    done 3<"$UNIT"
+}
+
+configure_settings() {
+    local pairs=()
+    as_slipway settings >/dev/null ||
+        die "$HOME_DIR/slipway.toml is not valid (the reason is above); fix it and run install.sh again."
+    migrate_unit_settings
+    if [ -z "$ROUTER_ADDR" ] && [ -z "$(setting router_addr)" ]; then
+        # Port 80 needs CAP_NET_BIND_SERVICE, which only the systemd unit grants.
+        if have_systemd; then ROUTER_ADDR=0.0.0.0:80; else ROUTER_ADDR=0.0.0.0:8080; fi
+    fi
+    if [ -n "$ROUTER_ADDR" ]; then pairs+=("router_addr=$ROUTER_ADDR"); fi
+    if [ -n "$DOMAIN" ]; then pairs+=("domain=$DOMAIN"); fi
+    if [ "${#pairs[@]}" -gt 0 ]; then
+        say "Writing ${pairs[*]} to $HOME_DIR/slipway.toml"
+        as_slipway settings:set "${pairs[@]}" >/dev/null ||
+            die "could not write $HOME_DIR/slipway.toml (the reason is above)."
+    else
+        say "Settings in $HOME_DIR/slipway.toml kept as they are"
+    fi
+    # What the daemon will use, for the next steps printed at the end.
+    ROUTER_ADDR=$(setting router_addr)
+    DOMAIN=$(setting domain)
+}
+
+# ---------------------------------------------------------------------------
 # The daemon
 # ---------------------------------------------------------------------------
 # Run slipway as the slipway user with a clean environment (like systemd would),
@@ -307,7 +376,7 @@ setup_sshd() {
 as_slipway() {
     (cd "$HOME_DIR" && runuser -u "$SLIPWAY_USER" -- env -i \
         PATH=/usr/local/bin:/usr/bin:/bin HOME="$HOME_DIR" USER="$SLIPWAY_USER" \
-        LOGNAME="$SLIPWAY_USER" LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" SLIPWAY_ROUTER_ADDR="$ROUTER_ADDR" \
+        LOGNAME="$SLIPWAY_USER" LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" \
         "$BIN" --home "$HOME_DIR" "$@")
 }
 
@@ -333,7 +402,6 @@ render_unit() {
     TMP_FILES+=("$tmp")
     # Safe with sed: the values were validated above and contain no '|', '&' or '\'.
     sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$SLIPWAY_USER|g" \
-        -e "s|@ROUTER_ADDR@|$ROUTER_ADDR|g" \
         "$template" >"$tmp"
     if grep -q '@[A-Z]*@' "$tmp"; then die "unsubstituted placeholder left in $template."; fi
     chmod 0644 "$tmp"
@@ -400,11 +468,14 @@ Next steps:
        git remote add slipway $SLIPWAY_USER@$host:hello
        git push slipway main
      The push ends with the app's URL; the router listens on $ROUTER_ADDR and routes
-     Host: hello.<SLIPWAY_DOMAIN> (default localhost) to the app, e.g.
-       curl http://hello.localhost:${ROUTER_ADDR##*:}/
+     Host: hello.${DOMAIN:-localhost} to the app, e.g.
+       curl http://hello.${DOMAIN:-localhost}:${ROUTER_ADDR##*:}/
   3. On this server, as the $SLIPWAY_USER user (so files it creates stay owned by it):
        sudo -u $SLIPWAY_USER slipway $(home_flag)apps
        sudo -u $SLIPWAY_USER slipway $(home_flag)logs hello
+  4. Settings (domain, timeouts, limits) are in $HOME_DIR/slipway.toml:
+       sudo -u $SLIPWAY_USER slipway $(home_flag)settings
+       sudo -u $SLIPWAY_USER slipway $(home_flag)settings:set domain=apps.example.com
 EOF
     if ! have_systemd; then
         cat <<EOF
@@ -424,6 +495,7 @@ main() {
     install_packages
     build_and_install_binary
     setup_user
+    configure_settings
     setup_sshd
     if have_systemd; then start_daemon_systemd; else start_daemon_plain; fi
     next_steps

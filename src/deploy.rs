@@ -98,7 +98,7 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     let Some(update) = deploy_ref(&updates)? else {
         return Ok(());
     };
-    let settings = Settings::from_env().map_err(|e| e.to_string())?;
+    let settings = Settings::load(&ctx.home).map_err(|e| e.to_string())?;
     // Reject before building anything if nothing could run the result.
     Client::connect(&ctx.home, Duration::from_secs(10)).map_err(|e| e.to_string())?;
 

@@ -39,6 +39,10 @@ impl Home {
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// `slipway.toml`: the settings every slipway process reads (see `settings.rs`).
+    pub fn settings_file(&self) -> PathBuf {
+        self.root.join(crate::settings::FILE_NAME)
+    }
     pub fn db(&self) -> PathBuf {
         self.root.join("slipway.db")
     }

@@ -92,7 +92,7 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
 /// Through the daemon when it runs (it owns the dynos); otherwise directly, by the pids and
 /// start times recorded in SQLite: SIGTERM, then SIGKILL after the grace period.
 fn stop_all_dynos(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<()> {
-    let settings = crate::settings::Settings::from_env()?;
+    let settings = crate::settings::Settings::load(home)?;
     let request = Request::Stop { app: Some(app.to_string()), target: None };
     match client::call(home, &request, settings.stop_timeout + Duration::from_secs(30)) {
         Ok(_) => return Ok(()),
@@ -161,5 +161,5 @@ fn web_url(home: &Home, app: &str) -> anyhow::Result<String> {
     if let Ok(crate::daemon::protocol::Response::Status { domain, router_port, .. }) = status {
         return Ok(crate::settings::app_url(&domain, router_port, app));
     }
-    Ok(crate::settings::Settings::from_env()?.app_url(app))
+    Ok(crate::settings::Settings::load(home)?.app_url(app))
 }

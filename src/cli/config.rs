@@ -112,7 +112,7 @@ fn change(
     edit: impl FnOnce(&mut BTreeMap<String, String>),
 ) -> anyhow::Result<i32> {
     let name = app_name(app)?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::load(home)?;
     let mut store = open_store(home)?;
     store::apps::require(store.conn(), &name)?;
     crate::job::cancel_on_signals();

@@ -28,7 +28,7 @@ struct DomainView {
 
 pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     let name = app_name(app)?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::load(home)?;
     let store = open_store(home)?;
     let row = store::apps::require(store.conn(), &name)?;
     let custom = store::domains::for_app(store.conn(), &name)?;
@@ -59,7 +59,7 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
 pub fn add(home: &Home, app: &str, host: &str, who: Option<&str>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
     let host = store::domains::validate_host(host)?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::load(home)?;
     check_not_reserved(&name, &host, &settings.domain)?;
     let mut store = open_store(home)?;
     let tx = store.transaction()?;

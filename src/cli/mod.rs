@@ -12,6 +12,7 @@ mod logs;
 mod ps;
 mod releases;
 mod run;
+mod settings;
 mod ssh;
 
 use std::path::PathBuf;
@@ -196,6 +197,25 @@ pub enum Command {
     /// Remove an SSH key.
     #[command(name = "keys:remove")]
     KeysRemove { name: String },
+    /// Show every setting's effective value and where it comes from (default, slipway.toml,
+    /// or an environment variable).
+    #[command(name = "settings")]
+    Settings {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set keys in $SLIPWAY_HOME/slipway.toml (validated; comments and other keys kept).
+    #[command(name = "settings:set")]
+    SettingsSet {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove keys from $SLIPWAY_HOME/slipway.toml, so their defaults apply.
+    #[command(name = "settings:unset")]
+    SettingsUnset {
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
     /// Run the daemon (detached unless --foreground), or stop it with --stop.
     #[command(name = "daemon")]
     Daemon {
@@ -252,6 +272,8 @@ impl Command {
         !matches!(
             self,
             Command::Daemon { .. }
+                | Command::SettingsSet { .. }
+                | Command::SettingsUnset { .. }
                 | Command::Hook { .. }
                 | Command::SshServe { .. }
                 | Command::DynoShim { .. }
@@ -296,15 +318,17 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Keys { json } => keys::list(home, json),
         Command::KeysAdd { name } => keys::add(home, &name),
         Command::KeysRemove { name } => keys::remove(home, &name),
+        Command::Settings { json } => settings::show(home, json),
+        Command::SettingsSet { pairs } => settings::set(home, &pairs),
+        Command::SettingsUnset { keys } => settings::unset(home, &keys),
         Command::Daemon { foreground, stop } => daemon::daemon(home, foreground, stop),
         Command::Status => daemon::status(home),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, command } => {
-            // Rotation policy: given by the daemon, else the one recorded in logs/.policy (a
-            // daemon older than this binary does not pass it; its dynos must still start).
-            let logs_dir = log.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
-            let recorded = crate::logs::LogPolicy::for_logs_dir(logs_dir);
+            // Rotation policy: given by the daemon, else the home's settings (a daemon older
+            // than this binary does not pass it; its dynos must still start).
+            let recorded = crate::logs::LogPolicy::for_app_log(&log);
             let log_policy = crate::logs::LogPolicy {
                 max_bytes: log_max_bytes.unwrap_or(recorded.max_bytes),
                 files: log_files.unwrap_or(recorded.files),

@@ -167,7 +167,7 @@ pub fn scale(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> a
 
 pub fn restart(home: &Home, app: &str, target: Option<String>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
-    let settings = crate::settings::Settings::from_env()?;
+    let settings = crate::settings::Settings::load(home)?;
     let request = Request::Restart { app: name.to_string(), target: target.clone() };
     client::call(home, &request, settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60))?;
     out(&format!(
@@ -182,7 +182,7 @@ pub fn stop(home: &Home, app: Option<&str>, target: Option<String>) -> anyhow::R
     if let Some(name) = &name {
         store::apps::require(open_store(home)?.conn(), name)?;
     }
-    let settings = crate::settings::Settings::from_env()?;
+    let settings = crate::settings::Settings::load(home)?;
     let request = Request::Stop { app: name.as_ref().map(|n| n.to_string()), target: target.clone() };
     client::call(home, &request, settings.stop_timeout + Duration::from_secs(60))?;
     let what = match (&name, &target) {

@@ -148,7 +148,7 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
 pub fn rollback(home: &Home, app: &str, version: Option<&str>, who: Option<&str>) -> anyhow::Result<i32> {
     use crate::release::{self, Kind, NewRelease};
     let name = app_name(app)?;
-    let settings = crate::settings::Settings::from_env()?;
+    let settings = crate::settings::Settings::load(home)?;
     let mut store = open_store(home)?;
     store::apps::require(store.conn(), &name)?;
     crate::job::cancel_on_signals();

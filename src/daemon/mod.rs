@@ -31,7 +31,7 @@ use crate::store::Store;
 /// Starts the daemon. Detached (the default) the parent returns once the socket answers.
 pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     home.ensure_layout().with_context(|| format!("creating {}", home.root().display()))?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::load(home)?;
     if let Some(pid) = running_pid(home) {
         bail!("the daemon is already running (pid {pid})");
     }
@@ -39,7 +39,10 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     // a port in use is reported to the operator's terminal, not only to the daemon's log.
     drop(Store::open(&home.db())?);
     drop(std::net::TcpListener::bind(settings.router_addr).with_context(|| {
-        format!("the router cannot listen on {} (set SLIPWAY_ROUTER_ADDR)", settings.router_addr)
+        format!(
+            "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
+            settings.router_addr
+        )
     })?);
 
     if !foreground {
@@ -63,7 +66,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
             }
         }
     }
-    init_tracing(home, foreground);
+    init_tracing(home, foreground, &settings.log);
     let _lock = DaemonLock::take(home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,17 +78,19 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
 
 async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let store = Store::open(&home.db())?;
-    settings
-        .log_policy
-        .record(&home.root().join("logs"))
-        .context("recording the log rotation policy in logs/.policy")?;
+    // Daemons before slipway.toml recorded their log policy there; every writer now reads the
+    // settings file instead.
+    let _ = std::fs::remove_file(home.root().join("logs").join(".policy"));
     let socket = home.socket();
     // We hold the pid lock, so a socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
     let router_listener = std::net::TcpListener::bind(settings.router_addr).with_context(|| {
-        format!("the router cannot listen on {} (set SLIPWAY_ROUTER_ADDR)", settings.router_addr)
+        format!(
+            "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
+            settings.router_addr
+        )
     })?;
     let router_threads = std::thread::available_parallelism().map_or(1, usize::from);
     router.serve_on_threads(router_listener, router_threads).context("starting the router's threads")?;
@@ -317,9 +322,10 @@ fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
 
 /// The daemon's own log goes to `logs/slipway.log`, never into app logs. Detached, stderr
 /// already is that file; in the foreground it goes to both the terminal and the file.
-fn init_tracing(home: &Home, foreground: bool) {
+/// `filter` is the `log` setting (validated when the settings were loaded).
+fn init_tracing(home: &Home, foreground: bool, filter: &str) {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
     let file = if foreground { open_daemon_log(home).ok() } else { None };

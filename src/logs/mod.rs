@@ -62,40 +62,20 @@ impl Default for LogPolicy {
     }
 }
 
-/// Where the daemon records the policy it runs with, in `logs/`: every writer (the build hook,
-/// the CLI, `ssh-serve` under sshd's environment) must rotate by the same rules as the shims,
-/// whatever its own environment says.
-const POLICY_FILE: &str = ".policy";
-
 impl LogPolicy {
-    /// From the environment; a bad value falls back to the default here (the daemon refuses to
-    /// start with one, so the operator hears about it there).
-    pub fn from_env() -> LogPolicy {
-        crate::settings::log_policy_from_env().unwrap_or_default()
+    /// The policy of `home`'s settings (`log_max_mb`, `log_files` in slipway.toml, overridden by
+    /// this process's environment), so every writer (shims, the daemon, the build hook, the CLI,
+    /// `ssh-serve` under sshd's environment) rotates by the same rules. A bad value falls back to
+    /// the default here: the daemon refuses to start with one, and so does every command that
+    /// loads the settings, so the operator hears about it there.
+    pub fn for_home(home: &crate::home::Home) -> LogPolicy {
+        crate::settings::Settings::load(home).map(|s| s.log_policy).unwrap_or_default()
     }
 
-    /// The policy recorded for the logs dir `logs_dir`, else this process's environment.
-    pub fn for_logs_dir(logs_dir: &Path) -> LogPolicy {
-        std::fs::read_to_string(logs_dir.join(POLICY_FILE))
-            .ok()
-            .and_then(|text| {
-                let mut words = text.split_whitespace().map(str::parse::<u64>);
-                match (words.next(), words.next()) {
-                    (Some(Ok(max_bytes)), Some(Ok(files))) if max_bytes > 0 && (1..=100).contains(&files) => {
-                        Some(LogPolicy { max_bytes, files: files as u32 })
-                    }
-                    _ => None,
-                }
-            })
-            .unwrap_or_else(LogPolicy::from_env)
-    }
-
-    /// Records this policy for every writer of `logs_dir` (the daemon does, at start).
-    pub fn record(&self, logs_dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(logs_dir)?;
-        let tmp = logs_dir.join(".policy.tmp");
-        std::fs::write(&tmp, format!("{} {}\n", self.max_bytes, self.files))?;
-        std::fs::rename(tmp, logs_dir.join(POLICY_FILE))
+    /// The policy of the home an app log belongs to (`<home>/logs/<app>/app.log`).
+    pub fn for_app_log(path: &Path) -> LogPolicy {
+        let home = path.ancestors().nth(3).unwrap_or(Path::new("."));
+        LogPolicy::for_home(&crate::home::Home::at(home))
     }
 }
 
@@ -115,10 +95,9 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Opens `logs/<app>/app.log` with the policy recorded for `logs/`.
+    /// Opens `<home>/logs/<app>/app.log` with the policy of that home's settings.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
-        let logs_dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-        LogWriter::with_policy(path, LogPolicy::for_logs_dir(logs_dir))
+        LogWriter::with_policy(path, LogPolicy::for_app_log(path))
     }
 
     pub fn with_policy(path: &Path, policy: LogPolicy) -> io::Result<LogWriter> {
@@ -224,15 +203,15 @@ mod tests {
     }
 
     #[test]
-    fn writers_use_the_recorded_policy() {
+    fn writers_use_the_policy_of_the_settings_file() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        LogPolicy { max_bytes: 1234, files: 7 }.record(&logs).unwrap();
-        assert_eq!(LogPolicy::for_logs_dir(&logs), LogPolicy { max_bytes: 1234, files: 7 });
-        let w = LogWriter::open(&logs.join("app1/app.log")).unwrap();
-        assert_eq!(w.policy, LogPolicy { max_bytes: 1234, files: 7 });
-        std::fs::write(logs.join(".policy"), "garbage").unwrap();
-        assert_eq!(LogPolicy::for_logs_dir(&logs), LogPolicy::from_env());
+        std::fs::write(dir.path().join("slipway.toml"), "log_max_mb = 0.5\nlog_files = 7\n").unwrap();
+        let want = LogPolicy { max_bytes: 512 * 1024, files: 7 };
+        let w = LogWriter::open(&dir.path().join("logs/app1/app.log")).unwrap();
+        assert_eq!(w.policy, want);
+        std::fs::write(dir.path().join("slipway.toml"), "log_files = 0\n").unwrap();
+        let w = LogWriter::open(&dir.path().join("logs/app1/app.log")).unwrap();
+        assert_eq!(w.policy, LogPolicy::default());
     }
 
     #[test]

@@ -88,10 +88,10 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    /// App logs under `home` (`logs/<app>/app.log`) rotated by the policy recorded there (as
+    /// App logs under `home` (`logs/<app>/app.log`) rotated by the policy of its settings (as
     /// every other writer does), and the default timeout (30 s).
     pub fn for_home(home: &Home) -> RouterConfig {
-        let log_policy = LogPolicy::for_logs_dir(&home.root().join("logs"));
+        let log_policy = LogPolicy::for_home(home);
         let home = home.clone();
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))

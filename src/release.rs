@@ -96,9 +96,14 @@ pub fn insert(conn: &rusqlite::Connection, app: &AppName, new: &NewRelease<'_>) 
     Ok(version)
 }
 
-/// Marks a release failed and says why in the app's log.
+/// Marks a release failed and says why in the app's log. A release that cannot be marked stays
+/// `pending`, which the daemon marks failed when it next starts; the operator is told.
 pub fn fail(home: &Home, store: &Store, app: &AppName, version: i64, why: &str) {
-    let _ = store::releases::set_status(store.conn(), app, version, "failed");
+    if let Err(err) = store::releases::set_status(store.conn(), app, version, "failed") {
+        eprintln!(
+            "warning: recording that v{version} failed: {err}; it stays pending until the daemon restarts"
+        );
+    }
     logs::append_event(
         &home.app_log(app),
         Source::Slipway,
@@ -146,10 +151,14 @@ pub fn release_phase(
         Err(e) => (format!("Release command {e}"), format!("failed: {e}")),
     };
     let _ = log.event(Source::Slipway, "release.1", &outcome);
-    let _ = conn.execute(
+    let recorded = conn.execute(
         "UPDATE releases SET release_phase = ?3 WHERE app = ?1 AND version = ?2",
         params![app.as_str(), version, record],
     );
+    if let Err(err) = recorded {
+        // Only what releases:info shows is lost; the outcome itself decides below.
+        emit(&format!("warning: recording the release phase's result: {err}"));
+    }
     match result {
         Ok(()) => Ok(true),
         Err(e) => Err(format!("the release command `{command}` {e}")),

@@ -74,8 +74,13 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
     let tx = store.transaction()?;
     store::apps::delete(&tx, &name)?;
     tx.commit()?;
-    // The router forgets the app's hosts on the daemon's next event: make that now.
-    let _ = client::notify_converge(home, name.as_str());
+    // The daemon forgets the app (its hosts leave the router) now, not at its next event.
+    match client::notify_converge(home, name.as_str()) {
+        Ok(()) | Err(ClientError::NotRunning(_)) => {}
+        Err(e) => {
+            eprintln!("warning: the daemon was not told {name} is gone ({e}); it forgets it when it restarts")
+        }
+    }
     for dir in
         [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)]
     {

@@ -60,7 +60,9 @@ pub fn create(home: &Home, app: &str) -> anyhow::Result<i32> {
     // The router answers for it from now on (H14 until its first deploy), not 404.
     match client::notify_converge(home, app.as_str()) {
         Ok(()) | Err(ClientError::NotRunning(_)) => {}
-        Err(e) => eprintln!("warning: the daemon was not told about {app} ({e}); it learns of it at the first deploy"),
+        Err(e) => eprintln!(
+            "warning: the daemon was not told about {app} ({e}); it learns of it at the first deploy"
+        ),
     }
     out(&format!(
         "Created {app}. Push to it: git remote add slipway slipway@<host>:{app} && git push slipway main"

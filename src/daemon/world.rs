@@ -846,12 +846,7 @@ impl World {
             }
         }
         let d = self.dyno_mut(id);
-        d.state = DynoState::Starting;
-        d.pid = None;
-        d.pid_start = None;
-        d.shim_pid = None;
-        d.shim_start = None;
-        d.updated_at = timefmt::stamp(cx.now);
+        without_process(d, DynoState::Starting, cx.now);
         let (row, app, name) = (d.clone(), d.app.clone(), d.name());
         cx.persist(Write::Dyno(row.clone()));
         if let Ok(app) = app.parse::<AppName>() {
@@ -1036,7 +1031,7 @@ impl World {
         match was {
             DynoState::Stopping | DynoState::Down => {
                 if d.stopped {
-                    set_down(d, cx.now);
+                    without_process(d, DynoState::Down, cx.now);
                     let row = d.clone();
                     cx.persist(Write::Dyno(row));
                 } else {
@@ -1051,12 +1046,7 @@ impl World {
                 if plan::was_healthy(d.started_at.as_deref(), cx.now) {
                     d.restarts = 0;
                 }
-                d.state = DynoState::Crashed;
-                d.pid = None;
-                d.pid_start = None;
-                d.shim_pid = None;
-                d.shim_start = None;
-                d.updated_at = timefmt::stamp(cx.now);
+                without_process(d, DynoState::Crashed, cx.now);
                 let row = d.clone();
                 cx.persist(Write::Dyno(row));
                 if was != DynoState::Crashed {
@@ -1139,8 +1129,9 @@ fn set_ids(d: &mut DynoRow, ids: ProcessIds, now: OffsetDateTime) {
     d.updated_at = timefmt::stamp(now);
 }
 
-fn set_down(d: &mut DynoRow, now: OffsetDateTime) {
-    d.state = DynoState::Down;
+/// The dyno's process is gone (or not started yet): no pids to signal by mistake later.
+fn without_process(d: &mut DynoRow, state: DynoState, now: OffsetDateTime) {
+    d.state = state;
     d.pid = None;
     d.pid_start = None;
     d.shim_pid = None;

@@ -113,19 +113,11 @@ pub fn insert_release(
 /// Per app, the newest release queued for the daemon (made while it was not running) that is
 /// newer than the current one.
 pub fn queued(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
-    let mut stmt = conn.prepare(
+    app_versions(
+        conn,
         "SELECT r.app, max(r.version) FROM releases r JOIN apps a ON a.name = r.app
          WHERE r.status = 'queued' AND r.version > coalesce(a.current_release, 0) GROUP BY r.app",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (app, version) = row?;
-        if let Ok(app) = app.parse() {
-            out.push((app, version));
-        }
-    }
-    Ok(out)
+    )
 }
 
 /// `version` is live: it and the releases queued before it (their config is part of it)
@@ -210,7 +202,12 @@ pub fn last_deployed_commit(conn: &Connection, app: &AppName) -> Result<Option<S
 
 /// Releases still `pending` (a rollout the daemon never finished, e.g. it died mid-way).
 pub fn pending(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
-    let mut stmt = conn.prepare("SELECT app, version FROM releases WHERE status = 'pending'")?;
+    app_versions(conn, "SELECT app, version FROM releases WHERE status = 'pending'")
+}
+
+/// Runs a query of (app, version) rows; rows whose app name is not valid are skipped.
+fn app_versions(conn: &Connection, sql: &str) -> Result<Vec<(AppName, i64)>> {
+    let mut stmt = conn.prepare(sql)?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     let mut out = Vec::new();
     for row in rows {

@@ -99,23 +99,31 @@ fn a_dyno_is_recorded_before_it_is_spawned() {
     }
 }
 
-#[test]
-fn a_deploy_goes_live_only_when_its_web_dynos_are_ready_then_stops_the_old_ones() {
-    let (mut w, old_web, old_worker) = running_world();
-    let hello = app("hello");
+/// Starts deploying release 2 (web + worker, one each) on top of [`running_world`], with its
+/// dynos spawned (pids 200, 201) but not booted; returns the deploy's first effects and the
+/// new dynos.
+fn deploying_v2(w: &mut World) -> (Vec<Effect>, Vec<DynoId>) {
     let s = spec(&[(1, WEB_WORKER), (2, WEB_WORKER)], &[("web", 1), ("worker", 1)]);
     let fx = w.handle(
-        Input::Deploy { app: hello.clone(), version: 2, restart: true, spec: s, reply: 2 },
+        Input::Deploy { app: app("hello"), version: 2, restart: true, spec: s, reply: 2 },
         t0(),
         &AllFree,
     );
-    assert!(!fx
-        .iter()
-        .any(|e| matches!(e, Effect::Signal { .. } | Effect::Drain { .. } | Effect::Reply { .. })));
     let new: Vec<DynoId> =
         fx.iter().filter_map(|e| if let Effect::Spawn { dyno } = e { Some(*dyno) } else { None }).collect();
     w.handle(Input::Spawned { dyno: new[0], ids: ids(200) }, t0(), &AllFree);
     w.handle(Input::Spawned { dyno: new[1], ids: ids(201) }, t0(), &AllFree);
+    (fx, new)
+}
+
+#[test]
+fn a_deploy_goes_live_only_when_its_web_dynos_are_ready_then_stops_the_old_ones() {
+    let (mut w, old_web, old_worker) = running_world();
+    let hello = app("hello");
+    let (fx, new) = deploying_v2(&mut w);
+    assert!(!fx
+        .iter()
+        .any(|e| matches!(e, Effect::Signal { .. } | Effect::Drain { .. } | Effect::Reply { .. })));
     assert_eq!(w.current_release(&hello), Some(1), "live before its web dyno was ready");
     let fx = w.handle(Input::Booted { dyno: new[0], pid: 200 }, t0(), &AllFree);
     assert_eq!(w.current_release(&hello), Some(2));
@@ -132,16 +140,7 @@ fn a_deploy_goes_live_only_when_its_web_dynos_are_ready_then_stops_the_old_ones(
 fn a_crash_during_boot_fails_the_deploy_and_the_old_release_keeps_serving() {
     let (mut w, old_web, _) = running_world();
     let hello = app("hello");
-    let s = spec(&[(1, WEB_WORKER), (2, WEB_WORKER)], &[("web", 1), ("worker", 1)]);
-    let fx = w.handle(
-        Input::Deploy { app: hello.clone(), version: 2, restart: true, spec: s, reply: 2 },
-        t0(),
-        &AllFree,
-    );
-    let new: Vec<DynoId> =
-        fx.iter().filter_map(|e| if let Effect::Spawn { dyno } = e { Some(*dyno) } else { None }).collect();
-    w.handle(Input::Spawned { dyno: new[0], ids: ids(200) }, t0(), &AllFree);
-    w.handle(Input::Spawned { dyno: new[1], ids: ids(201) }, t0(), &AllFree);
+    let (_, new) = deploying_v2(&mut w);
     let fx = w.handle(Input::Exited { dyno: new[0], shim_pid: 10_200 }, t0(), &AllFree);
     assert!(fx.iter().any(|e| matches!(e, Effect::Reply { reply: 2, response: Response::Error { .. } })));
     assert!(fx.iter().any(|e| matches!(e, Effect::Persist(Write::ReleaseFailed { version: 2, .. }))));
@@ -155,15 +154,7 @@ fn a_crash_during_boot_fails_the_deploy_and_the_old_release_keeps_serving() {
 fn stopping_a_booting_dyno_ends_its_rollout_and_leaves_the_app_usable() {
     let (mut w, _, _) = running_world();
     let hello = app("hello");
-    let s = spec(&[(1, WEB_WORKER), (2, WEB_WORKER)], &[("web", 1), ("worker", 1)]);
-    let fx = w.handle(
-        Input::Deploy { app: hello.clone(), version: 2, restart: true, spec: s.clone(), reply: 2 },
-        t0(),
-        &AllFree,
-    );
-    let new: Vec<DynoId> =
-        fx.iter().filter_map(|e| if let Effect::Spawn { dyno } = e { Some(*dyno) } else { None }).collect();
-    w.handle(Input::Spawned { dyno: new[0], ids: ids(200) }, t0(), &AllFree);
+    let (_, _) = deploying_v2(&mut w);
     let fx = w.handle(
         Input::Stop { app: Some(hello.clone()), target: Some("web".into()), reply: 3 },
         t0(),
@@ -178,6 +169,7 @@ fn stopping_a_booting_dyno_ends_its_rollout_and_leaves_the_app_usable() {
     // Restart is accepted again, and scaling brings web back.
     let fx = w.handle(Input::Restart { app: hello.clone(), target: None, reply: 4 }, t0(), &AllFree);
     assert!(!fx.iter().any(|e| matches!(e, Effect::Reply { reply: 4, response: Response::Error { message } } if message.contains("in progress"))));
+    let s = spec(&[(1, WEB_WORKER)], &[("web", 1), ("worker", 1)]);
     w.handle(
         Input::Scale { app: hello.clone(), types: vec!["web".into()], spec: s, reply: 5 },
         t0(),
@@ -827,13 +819,16 @@ fn random_event_sequences_keep_every_invariant() {
         run_seed(seed, 150);
     }
     let seeds: u64 = std::env::var("SLIPWAY_PROPTEST_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let events: usize =
+        std::env::var("SLIPWAY_PROPTEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let mut transitions = BTreeSet::new();
     let mut steps = 0;
     for seed in 1..=seeds {
-        let sim = run_seed(seed, 150);
+        let sim = run_seed(seed, events);
         transitions.extend(sim.transitions.iter().copied());
         steps += sim.steps;
     }
+    eprintln!("explored seeds 1..={seeds}, {events} random events each, {steps} inputs handled; transitions seen: {transitions:?}");
     for t in &transitions {
         assert!(ALLOWED.contains(t), "transition {t:?} is not in the table");
     }

@@ -13,6 +13,7 @@
 //! dropped and counted ([`Dropped`]), and its next write that gets through starts with
 //! `slipway[<writer>]: N log lines dropped (disk full)`.
 
+pub mod daemon_log;
 pub mod follow;
 pub mod read;
 

@@ -202,6 +202,18 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
 
     let filler = fill(&env.logs);
     let full_since = Instant::now();
+    // The last page of app.log may still take a few lines; the worker fills it within moments
+    // (lines every 5 ms), after which the log stops growing.
+    let log_len = || std::fs::metadata(slip.app_log_path("hello")).map_or(0, |m| m.len());
+    let mut last = (log_len(), Instant::now());
+    let settled = wait_until(Duration::from_secs(10), || {
+        let len = log_len();
+        if len != last.0 {
+            last = (len, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_millis(300)
+    });
+    assert!(settled, "app.log kept growing on a full disk");
     // Full for a while, with the router logging, the worker and the web dyno printing, and
     // the daemon writing events and starting a dyno.
     slip.cmd_ok(&["ps:scale", "hello", "sleeper=1"]);

@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use time::macros::format_description;
@@ -192,10 +192,15 @@ impl DaemonLog {
     /// Points this process's stdout and stderr (fds 1 and 2) at a pipe that a thread drains
     /// into this log, line by line and rate-limited, so nothing printed there can fail (an
     /// `eprintln!` to a full disk panics) or grow the file without bound. The thread also
-    /// calls [`DaemonLog::tick`] every second. For the detached daemon, whose stdout and stderr
-    /// were `slipway.log` itself.
+    /// calls [`DaemonLog::tick`] every second. At exit (`exit(3)`, so also after `main`
+    /// returns or `std::process::exit`) what is still in the pipe is written synchronously:
+    /// the last words of a daemon that fails are not lost. For the detached daemon, whose
+    /// stdout and stderr were `slipway.log` itself. Once per process.
     pub fn capture_stdio(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        if STDIO.get().is_some() {
+            return Err(io::Error::other("stdout and stderr are already captured"));
+        }
         let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pipe) => pipe,
             Err(err) => {
@@ -209,17 +214,30 @@ impl DaemonLog {
                 return Err(err.into());
             }
         };
+        // The drain reads without blocking (it polls first); writers to fds 1 and 2 do block
+        // when the pipe is full rather than fail, which would make `eprintln!` panic.
+        let flags =
+            nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nonblocking))
+            .map_err(io::Error::from)?;
+        let stdio = STDIO.get_or_init(|| {
+            Mutex::new(Stdio { pipe: File::from(read), pending: Vec::new(), log: self.clone() })
+        });
         for fd in [1, 2] {
             nix::unistd::dup2(write.as_raw_fd(), fd).map_err(io::Error::from)?;
         }
         drop(write); // fds 1 and 2 keep the pipe open for as long as the process lives
-        let log = self.clone();
-        let mut pipe = File::from(read);
+                     // A copy to stderr would now come back through the pipe.
+        self.with_inner(|inner| inner.terminal = false);
+        // SAFETY: registers a plain `extern "C" fn()` that only uses statics.
+        unsafe {
+            libc::atexit(drain_at_exit);
+        }
+        let fd = stdio.lock().unwrap_or_else(PoisonError::into_inner).pipe.as_raw_fd();
         std::thread::Builder::new().name("stdio-to-log".into()).spawn(move || loop {
-            // `drain` should not panic; if it does, it starts over on the same pipe.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drain(&mut pipe, &log))).is_ok() {
-                return;
-            }
+            // Nothing in here should panic; if something does, the thread goes on.
+            let _ = std::panic::catch_unwind(|| drain_when_ready(fd, stdio));
         })?;
         Ok(())
     }
@@ -236,32 +254,66 @@ impl DaemonLog {
     }
 }
 
-/// The `stdio-to-log` thread: whole lines from the pipe into the log, a tick when it has been
-/// quiet for a second. It must not die: fds 1 and 2 would then be a pipe nobody reads.
-fn drain(pipe: &mut File, log: &DaemonLog) {
-    use std::os::fd::AsFd;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let mut fds = [nix::poll::PollFd::new(pipe.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).unwrap_or(0);
-        if ready == 0 {
-            log.tick();
-            continue;
+/// The captured stdout and stderr: the pipe's read end, a line not finished yet, and the log.
+struct Stdio {
+    pipe: File,
+    pending: Vec<u8>,
+    log: DaemonLog,
+}
+
+static STDIO: OnceLock<Mutex<Stdio>> = OnceLock::new();
+
+/// One round of the `stdio-to-log` thread: wait up to a second for output, then move it into
+/// the log, or tick when there was none. It reads and writes under the lock, so when
+/// [`drain_at_exit`] gets the lock, nothing read is left unwritten.
+fn drain_when_ready(fd: std::os::fd::RawFd, stdio: &Mutex<Stdio>) {
+    // SAFETY: the pipe's read end lives in a static and is never closed.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut fds = [nix::poll::PollFd::new(borrowed, nix::poll::PollFlags::POLLIN)];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).unwrap_or(0);
+    let mut stdio = stdio.lock().unwrap_or_else(PoisonError::into_inner);
+    if ready == 0 {
+        stdio.log.tick();
+    } else {
+        stdio.drain(false);
+    }
+}
+
+/// Registered with `atexit`: writes what the process printed last, however it exits.
+extern "C" fn drain_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(stdio) = STDIO.get() {
+            let mut stdio = stdio.lock().unwrap_or_else(PoisonError::into_inner);
+            stdio.drain(true);
+            stdio.log.tick();
         }
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => return, // every writer is gone: the process is exiting
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            log.write_lines(&line);
+    });
+}
+
+impl Stdio {
+    /// Reads what is in the pipe (without waiting) and writes its whole lines; `all` also
+    /// writes an unfinished last line.
+    fn drain(&mut self, all: bool) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock: all read
+            }
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                self.log.write_lines(&line);
+            }
+            if self.pending.len() > 16 * 1024 {
+                self.pending.push(b'\n');
+                self.log.write_lines(&std::mem::take(&mut self.pending));
+            }
         }
-        if pending.len() > 16 * 1024 {
-            pending.push(b'\n');
-            log.write_lines(&std::mem::take(&mut pending));
+        if all && !self.pending.is_empty() {
+            self.pending.push(b'\n');
+            self.log.write_lines(&std::mem::take(&mut self.pending));
         }
     }
 }

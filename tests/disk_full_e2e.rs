@@ -277,3 +277,70 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
         "disk full for {full_for:?}, {requests} requests through the router meanwhile; reports: {reports:?}"
     );
 }
+
+/// The shim alone, no root needed: its log is `/dev/full` (every write fails with ENOSPC).
+/// The dyno's 100,000 lines drain without the dyno noticing (no SIGPIPE, no blocking); once the
+/// log is a writable file again the next line is preceded by the exact count of dropped lines,
+/// and the shim said so once on its stderr, not once per line.
+#[test]
+fn a_shim_whose_log_cannot_be_written_keeps_draining_and_counts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("logs/hello/app.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    let (rc, go) = (dir.path().join("rc"), dir.path().join("go"));
+    let script = format!(
+        "seq 1 100000; echo $? > {rc}; while [ ! -e {go} ]; do sleep 0.02; done; echo after",
+        rc = rc.display(),
+        go = go.display()
+    );
+    let stderr = std::fs::File::create(dir.path().join("shim.err")).unwrap();
+    let mut shim = Command::new(BIN)
+        .args(["dyno-shim", "--log"])
+        .arg(&log)
+        .args(["--dyno", "worker.1", "--dir"])
+        .arg(dir.path())
+        .arg("--")
+        .arg(format!("sh -c '{script}'"))
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the shim");
+    assert!(wait_until(Duration::from_secs(30), || rc.exists()), "seq did not finish");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&rc).is_ok_and(|s| s.ends_with('\n')))
+    );
+    assert_eq!(std::fs::read_to_string(&rc).unwrap().trim(), "0", "seq did not exit 0 (141 is SIGPIPE)");
+
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(shim.try_wait(), Ok(Some(_)))),
+        "the shim did not exit"
+    );
+    // The writer may still have had lines queued when the log came back: those are written.
+    // Either way every line is accounted for: N dropped, then N+1 … 100000 in order.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let messages: Vec<&str> = text.lines().map(|l| l.split_once(' ').map_or(l, |(_, m)| m)).collect();
+    let show = || {
+        format!(
+            "{:?} … {:?}",
+            &messages[..messages.len().min(3)],
+            &messages[messages.len().saturating_sub(3)..]
+        )
+    };
+    let dropped: u64 = messages
+        .first()
+        .and_then(|m| m.strip_prefix("slipway[worker.1]: "))
+        .and_then(|m| m.strip_suffix(" log lines dropped (disk full)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines report first: {}", show()));
+    assert!(dropped > 0, "{}", show());
+    let expected: Vec<String> = (dropped + 1..=100_000)
+        .map(|i| format!("app[worker.1]: {i}"))
+        .chain(["app[worker.1]: after".into(), "slipway[worker.1]: Process exited with status 0".into()])
+        .collect();
+    assert!(messages[1..] == expected, "lines lost, doubled or out of order: {}", show());
+    let diagnostics = std::fs::read_to_string(dir.path().join("shim.err")).unwrap();
+    assert_eq!(diagnostics.matches("dropping lines until it works again").count(), 1, "{diagnostics}");
+}

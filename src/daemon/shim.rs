@@ -175,16 +175,22 @@ fn spawn_writer(mut log: LogWriter, dyno: String) -> (Queue, Receiver<LogWriter>
         loop {
             let message = rx.recv_timeout(RETRY);
             log.add_dropped(dropped.swap(0, Ordering::Relaxed));
+            // Nothing here should panic; if a write does, its lines are lost, not the thread
+            // (a dead writer would silently drop every later line).
             let result = match message {
                 Ok(Queued::Lines(text)) => {
-                    let result = log.write_raw(text.as_bytes());
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        log.write_raw(text.as_bytes())
+                    }));
                     queued.fetch_sub(text.len(), Ordering::Relaxed);
                     result
                 }
-                Err(RecvTimeoutError::Timeout) => log.flush_dropped(),
+                Err(RecvTimeoutError::Timeout) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.flush_dropped()))
+                }
                 Ok(Queued::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             };
-            match result {
+            match result.unwrap_or_else(|_| Err(std::io::Error::other("panicked while writing"))) {
                 Ok(()) => failing = false,
                 Err(err) if !failing => {
                     failing = true;

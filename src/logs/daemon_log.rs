@@ -166,10 +166,16 @@ impl DaemonLog {
         if WRITING.with(|w| w.replace(true)) {
             return; // re-entered from a panic inside a write: drop it rather than deadlock
         }
+        /// Clears the flag however `f` ends, a panic included.
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                WRITING.with(|w| w.set(false));
+            }
+        }
+        let _done = Done;
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut inner);
-        drop(inner);
-        WRITING.with(|w| w.set(false));
     }
 
     /// Sends the process's panics here, synchronously and past the rate limit: in the

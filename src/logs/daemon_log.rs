@@ -233,8 +233,9 @@ impl DaemonLog {
         for fd in [1, 2] {
             nix::unistd::dup2(write.as_raw_fd(), fd).map_err(io::Error::from)?;
         }
-        drop(write); // fds 1 and 2 keep the pipe open for as long as the process lives
-                     // A copy to stderr would now come back through the pipe.
+        // Fds 1 and 2 keep the pipe open for as long as the process lives.
+        drop(write);
+        // A copy to stderr would now come back through the pipe.
         self.with_inner(|inner| inner.terminal = false);
         // SAFETY: registers a plain `extern "C" fn()` that only uses statics.
         unsafe {

@@ -152,7 +152,8 @@ fn dropped_reports(log: &str) -> Vec<(usize, String, u64)> {
     log.lines()
         .enumerate()
         .filter_map(|(i, line)| {
-            let rest = line.split_once(" slipway[")?.1;
+            // A whole line of its own: `<stamp> slipway[…`, not glued to a line the disk cut.
+            let rest = line.get(32..)?.strip_prefix(" slipway[")?;
             let (dyno, rest) = rest.split_once("]: ")?;
             let n = rest.strip_suffix(" log lines dropped (disk full)")?.parse().ok()?;
             Some((i, dyno.to_string(), n))
@@ -253,7 +254,9 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
                 .iter()
                 .any(|(i, d, n)| d == dyno && *n > 0 && text.lines().skip(i + 1).any(|l| l.contains(then)))
         };
-        after("worker.1", "app[worker.1]: tick") && after("router", "router[web.1]: at=info")
+        after("worker.1", "app[worker.1]: tick")
+            && after("web.1", "app[web.1]: ")
+            && after("router", "router[web.1]: at=info")
     });
     assert!(
         recovered,
@@ -272,6 +275,8 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
     );
     assert_eq!(pid_of(slip, "worker.1"), Some(worker));
     assert_eq!(daemon_pid(slip), daemon);
+    let daemon_log = std::fs::read_to_string(env.logs.join("slipway.log")).unwrap_or_default();
+    assert!(!daemon_log.contains("panicked"), "something panicked:\n{daemon_log}");
     let reports = dropped_reports(&log());
     eprintln!(
         "disk full for {full_for:?}, {requests} requests through the router meanwhile; reports: {reports:?}"

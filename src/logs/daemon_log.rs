@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-use super::{rotated_name, write_some, Dropped};
+use super::{ends_mid_line, rotated_name, write_some, Dropped};
 
 /// `slipway.log` is rotated when a write takes it to this size.
 pub const MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -349,6 +349,9 @@ impl Inner {
             return;
         }
         let Some(file) = self.file.as_mut() else { return };
+        if self.dropped.lines > 0 && !self.dropped.cut && ends_mid_line(file) {
+            self.dropped.cut = true; // a shim's diagnostic was cut by the same full disk
+        }
         let prefix = self
             .dropped
             .prefix(|n| format!("{}  WARN slipway[daemon]: {n} log lines dropped (disk full)\n", stamp()));
@@ -365,7 +368,7 @@ impl Inner {
         match std::fs::metadata(&self.path) {
             Ok(m) if self.file.is_some() && m.ino() == self.inode => Ok(()),
             _ => {
-                let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                let file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
                 self.inode = file.metadata()?.ino();
                 self.file = Some(file);
                 Ok(())

@@ -269,6 +269,10 @@ impl LogWriter {
             return Err(e);
         }
         let Some(file) = self.file.as_mut() else { return Ok(()) };
+        if self.dropped.lines > 0 && !self.dropped.cut && ends_mid_line(file) {
+            // Another writer's write was cut by the same full disk: start on a line of our own.
+            self.dropped.cut = true;
+        }
         let (stamp, name) = (timefmt::now, &self.name);
         let prefix = self.dropped.prefix(|n| dropped_line(&stamp(), name, n));
         let (written, result) = if prefix.is_empty() {
@@ -337,8 +341,18 @@ pub fn rotated_name(path: &Path, index: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether the file's last byte is not a newline: a write cut short by a full disk left part
+/// of a line there. Only asked when recovering from dropped lines (one `pread`).
+pub fn ends_mid_line(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    let mut last = [b'\n'];
+    len > 0 && file.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+}
+
+/// Opened for reading too, for [`ends_mid_line`].
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
     let inode = file.metadata()?.ino();
     Ok((file, inode))
 }
@@ -529,6 +543,23 @@ mod tests {
         w.flush_dropped().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("slipway[web.1]: 1 log lines dropped (disk full)\n"), "{text}");
+    }
+
+    #[test]
+    fn a_recovering_writer_starts_on_a_new_line_after_another_writers_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let mut w = LogWriter::with_policy(&path, LogPolicy::default()).unwrap().named("web.1");
+        assert!(w.event(Source::App, "web.1", "lost").is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "2026-11-24T18:00:00.123456+00:00 app[worker.1]: cut by the d").unwrap();
+        w.event(Source::App, "web.1", "back").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].ends_with(" slipway[web.1]: 1 log lines dropped (disk full)"), "{text}");
+        assert!(lines[2].ends_with(" app[web.1]: back"), "{text}");
     }
 
     #[test]

@@ -157,6 +157,13 @@ struct Queue {
     dropped: Arc<AtomicU64>,
 }
 
+/// Most bytes the writer thread gathers from its queue into one `write`.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// How long the writer thread lets lines gather after a write; a line reaches the file at
+/// most about this much later than it was read.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// How often the writer thread tries to report dropped lines when no new line comes.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -172,13 +179,26 @@ fn spawn_writer(mut log: LogWriter, dyno: String) -> (Queue, Receiver<LogWriter>
     let (queued, dropped) = (queue.queued.clone(), queue.dropped.clone());
     std::thread::spawn(move || {
         let mut failing = false;
-        loop {
+        let mut stop = false;
+        while !stop {
             let message = rx.recv_timeout(RETRY);
+            let message_was_lines = matches!(message, Ok(Queued::Lines(_)));
             log.add_dropped(dropped.swap(0, Ordering::Relaxed));
             // Nothing here should panic; if a write does, its lines are lost, not the thread
             // (a dead writer would silently drop every later line).
             let result = match message {
-                Ok(Queued::Lines(text)) => {
+                Ok(Queued::Lines(mut text)) => {
+                    // Whatever else is queued goes in the same write (both pipes, a burst).
+                    while text.len() < MAX_WRITE {
+                        match rx.try_recv() {
+                            Ok(Queued::Lines(more)) => text.push_str(&more),
+                            Ok(Queued::Stop) => {
+                                stop = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         log.write_raw(text.as_bytes())
                     }));
@@ -200,6 +220,11 @@ fn spawn_writer(mut log: LogWriter, dyno: String) -> (Queue, Receiver<LogWriter>
                     ));
                 }
                 Err(_) => {}
+            }
+            if !stop && message_was_lines {
+                // Let lines gather: while this thread is not waiting in `recv`, a send wakes
+                // nobody, so under load the readers cost no futex wake-up each.
+                std::thread::sleep(GATHER);
             }
         }
         let _ = back_tx.send(log);

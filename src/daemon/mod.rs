@@ -320,19 +320,29 @@ fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
     }
 }
 
-/// The daemon's own log goes to `logs/slipway.log`, never into app logs. Detached, stderr
-/// already is that file; in the foreground it goes to both the terminal and the file.
-/// `filter` is the `log` setting (validated when the settings were loaded).
+/// The daemon's own log goes to `logs/slipway.log`, never into app logs, through a
+/// [`DaemonLog`](crate::logs::daemon_log::DaemonLog): rotated at 10 MiB, rate-limited, and
+/// unable to fail or panic whatever the disk does (a full disk used to kill the daemon, and
+/// the router of every app with it, through a panicking `eprintln!`). In the foreground every
+/// line is copied to the terminal too. Detached, the daemon's stdout and stderr (until now
+/// `slipway.log` itself) become a pipe drained into the same log; panics are reported there.
 fn init_tracing(home: &Home, foreground: bool, filter: &str) {
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    // `filter` is the `log` setting (validated when the settings were loaded).
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    let file = if foreground { open_daemon_log(home).ok() } else { None };
-    let _ = match file {
-        Some(file) => builder.with_writer(std::io::stderr.and(std::sync::Mutex::new(file))).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
-    };
+    let log = crate::logs::daemon_log::DaemonLog::open(&home.daemon_log(), foreground);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        // Its own error reports are `eprintln!`s; our writer never fails anyway.
+        .log_internal_errors(false)
+        .with_writer(log.clone())
+        .try_init();
+    log.report_panics();
+    let background = if foreground { log.start_ticking() } else { log.capture_stdio() };
+    if let Err(err) = background {
+        tracing::warn!(%err, "the daemon log's background thread did not start; summaries come with the next line");
+    }
 }
 
 #[cfg(test)]

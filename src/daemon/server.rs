@@ -2,6 +2,7 @@
 //! each request to the supervisor, answering with whatever it replies.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -11,9 +12,11 @@ use super::protocol::{self, Request, Response, PROTOCOL_VERSION};
 use super::supervisor::Event;
 
 pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                backoff.succeeded();
                 let events = events.clone();
                 tokio::spawn(async move {
                     if let Err(err) = handle(stream, events).await {
@@ -21,8 +24,45 @@ pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>)
                     }
                 });
             }
-            Err(err) => tracing::warn!(%err, "accepting a control connection"),
+            Err(err) => {
+                // Out of file descriptors (EMFILE) and the like fail again at once: wait before
+                // the next try instead of spinning, and say so once per streak, not per failure.
+                let (wait, report) = backoff.failed();
+                if let Some(failures) = report {
+                    tracing::warn!(%err, failures, retry_in = ?wait, "accepting a control connection");
+                }
+                tokio::time::sleep(wait).await;
+            }
         }
+    }
+}
+
+/// The accept loop's answer to errors: waits that double from [`AcceptBackoff::FIRST`] up to
+/// [`AcceptBackoff::MAX`], and a report on the first failure of a streak and then every
+/// [`AcceptBackoff::REPORT_EVERY`] failures, so a lasting EMFILE neither spins nor floods the log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures since the last accept that worked.
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: u64 = 60;
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// How long to wait, and `Some(failures so far)` when this failure should be logged.
+    fn failed(&mut self) -> (Duration, Option<u64>) {
+        self.failures += 1;
+        let doublings = (self.failures - 1).min(16) as u32;
+        let wait = Self::FIRST.saturating_mul(1 << doublings).min(Self::MAX);
+        let report =
+            (self.failures == 1 || self.failures.is_multiple_of(Self::REPORT_EVERY)).then_some(self.failures);
+        (wait, report)
     }
 }
 
@@ -63,4 +103,36 @@ async fn read_frame<T: for<'de> serde::Deserialize<'de>>(stream: &mut UnixStream
 async fn write_frame<T: serde::Serialize>(stream: &mut UnixStream, message: &T) -> io::Result<()> {
     stream.write_all(&protocol::encode(message)?).await?;
     stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_and_are_reported_sparingly() {
+        let mut b = AcceptBackoff::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let steps: Vec<(u64, Option<u64>)> = (0..10).map(|_| b.failed()).map(|(w, r)| (ms(w), r)).collect();
+        assert_eq!(
+            steps,
+            [
+                (10, Some(1)),
+                (20, None),
+                (40, None),
+                (80, None),
+                (160, None),
+                (320, None),
+                (640, None),
+                (1000, None),
+                (1000, None),
+                (1000, None)
+            ]
+        );
+        let reports: Vec<u64> = (11..=200).filter_map(|_| b.failed().1).collect();
+        assert_eq!(reports, [60, 120, 180]);
+        assert_eq!(b.failed().0, AcceptBackoff::MAX, "no overflow after many failures");
+        b.succeeded();
+        assert_eq!(b.failed(), (AcceptBackoff::FIRST, Some(1)), "a new streak starts over");
+    }
 }

@@ -8,12 +8,20 @@
 //! full pipe, dying of SIGPIPE, or losing a single line. When the dyno's main process exits the
 //! shim kills what is left of its process group (a dyno is all of its processes), writes
 //! `Process exited with status N`, and exits; the daemon notices through a pidfd.
+//!
+//! Inside the shim, one reader thread per pipe drains the dyno's output and queues formatted
+//! batches for one writer thread, which owns the log. The readers never wait for the disk: a
+//! full disk makes the writer drop and count lines (reported in the log once writing works
+//! again), a stalled one fills the queue and the readers drop and count beyond it. Either
+//! way the dyno's pipes keep draining, so the dyno never blocks on a full pipe nor gets EPIPE.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, signal, SigHandler, Signal};
@@ -46,13 +54,9 @@ pub fn run(args: ShimArgs) -> i32 {
             let _ = signal(sig, SigHandler::SigIgn);
         }
     }
-    let log = match LogWriter::with_policy(&args.log, args.log_policy) {
-        Ok(w) => Arc::new(Mutex::new(w)),
-        Err(err) => {
-            eprintln!("slipway dyno-shim: opening {}: {err}", args.log.display());
-            return 1;
-        }
-    };
+    // A log that cannot be opened now (full disk) must not keep the dyno from starting: the
+    // writer opens it as soon as it can and counts what it had to drop until then.
+    let mut log = LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno);
 
     let mut command = Command::new("/bin/sh");
     command
@@ -76,9 +80,7 @@ pub fn run(args: ShimArgs) -> i32 {
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(err) => {
-            let _ = log.lock().map(|mut w| {
-                w.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"))
-            });
+            let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
             return 1;
         }
     };
@@ -88,23 +90,22 @@ pub fn run(args: ShimArgs) -> i32 {
         if let Err(err) = announce(path, pid, start) {
             // The daemon still learns the pids from stdout; only a daemon killed in the next
             // instant would miss this dyno, and it reaps what its row names.
-            let _ = log.lock().map(|mut w| {
-                w.event(
-                    Source::Slipway,
-                    &args.dyno,
-                    &format!("Could not record the process in {}: {err}", path.display()),
-                )
-            });
+            let _ = log.event(
+                Source::Slipway,
+                &args.dyno,
+                &format!("Could not record the process in {}: {err}", path.display()),
+            );
         }
     }
     report_and_release_stdout(pid, start);
 
+    let (queue, writer) = spawn_writer(log, args.dyno.clone());
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(out, log.clone(), args.dyno.clone()));
+        readers.push(spawn_reader(out, queue.clone(), args.dyno.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, log.clone(), args.dyno.clone()));
+        readers.push(spawn_reader(err, queue.clone(), args.dyno.clone()));
     }
 
     let status = child.wait();
@@ -120,6 +121,9 @@ pub fn run(args: ShimArgs) -> i32 {
     });
     // A grandchild that escaped the group (setsid) could hold a pipe open forever.
     let _ = done_rx.recv_timeout(Duration::from_secs(5));
+    // Everything read so far is queued ahead of the stop; a disk that hangs gets as long.
+    let _ = queue.tx.send(Queued::Stop);
+    let log = writer.recv_timeout(Duration::from_secs(5)).ok();
 
     let code = match status {
         Ok(s) => {
@@ -128,12 +132,19 @@ pub fn run(args: ShimArgs) -> i32 {
         }
         Err(_) => -1,
     };
-    if let Ok(mut w) = log.lock() {
-        let _ = w.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
-    }
+    let mut log = log.unwrap_or_else(|| LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno));
+    let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     if let Some(path) = &args.announce {
         // Gone with the dyno; a daemon that restarts now treats the row as an exit.
-        let _ = std::fs::remove_file(path);
+        if let Err(err) = std::fs::remove_file(path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                let _ = log.event(
+                    Source::Slipway,
+                    &args.dyno,
+                    &format!("Could not remove {}: {err}", path.display()),
+                );
+            }
+        }
     }
     0
 }
@@ -160,32 +171,147 @@ fn report_and_release_stdout(pid: i32, start: u64) {
     }
 }
 
+/// Most bytes of formatted lines waiting for the writer thread. Beyond it the readers drop
+/// (and count) lines instead of waiting: a disk that stalls must not stall the dyno.
+const MAX_QUEUED: usize = 8 * 1024 * 1024;
+
+/// What the readers hand the writer thread.
+enum Queued {
+    /// Complete formatted lines.
+    Lines(String),
+    /// The dyno has exited: write what came before, then give the [`LogWriter`] back.
+    Stop,
+}
+
+/// The readers' side of the writer thread's queue.
+#[derive(Clone)]
+struct Queue {
+    tx: std::sync::mpsc::Sender<Queued>,
+    /// Bytes sent and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Lines the readers dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
+}
+
+/// Most bytes the writer thread gathers from its queue into one `write`.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// How long the writer thread lets lines gather after a write; a line reaches the file at
+/// most about this much later than it was read.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// How often the writer thread tries to report dropped lines when no new line comes.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the thread that owns the app log: it writes what the readers queue, one `write` per
+/// batch, so the readers never wait on the disk. A write that fails (full disk…) drops and
+/// counts its lines in the [`LogWriter`], which reports them with its next successful write;
+/// when the dyno is quiet, the writer tries that every [`RETRY`] on its own. The thread hands
+/// the writer back on the returned channel after a [`Queued::Stop`].
+fn spawn_writer(mut log: LogWriter, dyno: String) -> (Queue, Receiver<LogWriter>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queue = Queue { tx, queued: Arc::new(AtomicUsize::new(0)), dropped: Arc::new(AtomicU64::new(0)) };
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel(1);
+    let (queued, dropped) = (queue.queued.clone(), queue.dropped.clone());
+    std::thread::spawn(move || {
+        let mut failing = false;
+        let mut stop = false;
+        while !stop {
+            let message = rx.recv_timeout(RETRY);
+            let message_was_lines = matches!(message, Ok(Queued::Lines(_)));
+            log.add_dropped(dropped.swap(0, Ordering::Relaxed));
+            // Nothing here should panic; if a write does, its lines are lost, not the thread
+            // (a dead writer would silently drop every later line).
+            let result = match message {
+                Ok(Queued::Lines(mut text)) => {
+                    // Whatever else is queued goes in the same write (both pipes, a burst).
+                    while text.len() < MAX_WRITE {
+                        match rx.try_recv() {
+                            Ok(Queued::Lines(more)) => text.push_str(&more),
+                            Ok(Queued::Stop) => {
+                                stop = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        log.write_raw(text.as_bytes())
+                    }));
+                    queued.fetch_sub(text.len(), Ordering::Relaxed);
+                    result
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.flush_dropped()))
+                }
+                Ok(Queued::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            };
+            match result.unwrap_or_else(|_| Err(std::io::Error::other("panicked while writing"))) {
+                Ok(()) => failing = false,
+                Err(err) if !failing => {
+                    failing = true;
+                    diagnose(&format!(
+                        "slipway dyno-shim[{dyno}]: writing {}: {err}; dropping lines until it works again",
+                        log.path().display()
+                    ));
+                }
+                Err(_) => {}
+            }
+            if !stop && message_was_lines {
+                // Let lines gather: while this thread is not waiting in `recv`, a send wakes
+                // nobody, so under load the readers cost no futex wake-up each.
+                std::thread::sleep(GATHER);
+            }
+        }
+        let _ = back_tx.send(log);
+    });
+    (queue, back_rx)
+}
+
+/// The shim's last-resort diagnostics: its stderr, which is the daemon's log file (the daemon
+/// opens it for every shim). On a full disk that write fails too and nothing can be done about
+/// it, so the result is ignored; `eprintln!` would panic instead and take the reader thread, the
+/// pipe and with it the dyno (EPIPE) down.
+fn diagnose(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// Drains one of the dyno's pipes into the writer's queue until the dyno closes it. It never
+/// waits for the disk and never stops early: a reader that died would close the pipe and the
+/// dyno's next write would fail with EPIPE.
 fn spawn_reader(
     mut stream: impl Read + Send + 'static,
-    log: Arc<Mutex<LogWriter>>,
+    queue: Queue,
     dyno: String,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut lines = LineSplitter::new(MAX_LINE);
         loop {
-            let n = match stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let batch = lines.push(&chunk[..n]);
-            write_batch(&log, &dyno, &batch);
+            // Nothing in here should panic; if something does, keep draining anyway.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let n = match stream.read(&mut chunk) {
+                    Ok(0) => return false,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+                    Err(_) => return false,
+                };
+                let batch = lines.push(&chunk[..n]);
+                write_batch(&queue, &dyno, &batch);
+                true
+            }));
+            if let Ok(false) = step {
+                break;
+            }
         }
         // A final line without a newline still counts.
-        write_batch(&log, &dyno, &lines.finish());
+        write_batch(&queue, &dyno, &lines.finish());
     })
 }
 
-/// Formats a batch of lines with one timestamp and appends them in one write: a burst costs
-/// one syscall per pipe read, not one per line.
-fn write_batch(log: &Mutex<LogWriter>, dyno: &str, batch: &[Vec<u8>]) {
+/// Formats a batch of lines with one timestamp and queues them for one write: a burst costs
+/// one syscall per pipe read, not one per line. Drops (and counts) them if the queue is full.
+fn write_batch(queue: &Queue, dyno: &str, batch: &[Vec<u8>]) {
     if batch.is_empty() {
         return;
     }
@@ -194,10 +320,13 @@ fn write_batch(log: &Mutex<LogWriter>, dyno: &str, batch: &[Vec<u8>]) {
     for line in batch {
         out.push_str(&crate::logs::format_line(&stamp, Source::App, dyno, &String::from_utf8_lossy(line)));
     }
-    if let Ok(mut w) = log.lock() {
-        if let Err(err) = w.write_raw(out.as_bytes()) {
-            eprintln!("slipway dyno-shim: writing {}: {err}", w.path().display());
-        }
+    let lines = batch.len() as u64;
+    let len = out.len();
+    if queue.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED
+        || queue.tx.send(Queued::Lines(out)).is_err()
+    {
+        queue.queued.fetch_sub(len, Ordering::Relaxed);
+        queue.dropped.fetch_add(lines, Ordering::Relaxed);
     }
 }
 

@@ -17,12 +17,13 @@
 //! many lines share one write and no request pays for waking the writer (measured: waking it per
 //! line cost the router about a fifth of its throughput). If the queue is ever full (the disk
 //! stalled for tens of thousands of requests) lines are dropped and counted in the daemon's log
-//! rather than slowing the router down.
+//! rather than slowing the router down. A write that fails (full disk) drops its lines too;
+//! they are counted per app and reported in that app's log once a write gets through again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,16 +169,50 @@ impl LogSink {
     }
 }
 
+/// How often the writer reports lines a full disk made it drop when no new line comes.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Runs [`write_lines`] until every sink is gone. Nothing in it should panic, but a router
+/// whose log thread died would drop every line from then on, so a panic only starts it over.
 fn writer_thread(rx: Receiver<Queued>, log_path: LogPath, policy: LogPolicy, dropped: Arc<AtomicU64>) {
     let mut writers: HashMap<Arc<str>, LogWriter> = HashMap::new();
-    let mut batch: HashMap<Arc<str>, String> = HashMap::new();
     let mut reported = 0;
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_lines(&rx, &log_path, policy, &dropped, &mut writers, &mut reported)
+        }));
+        match run {
+            Ok(()) => return,
+            Err(_) => tracing::error!("the router's log writer panicked; starting it over"),
+        }
+    }
+}
+
+fn write_lines(
+    rx: &Receiver<Queued>,
+    log_path: &LogPath,
+    policy: LogPolicy,
+    dropped: &AtomicU64,
+    writers: &mut HashMap<Arc<str>, LogWriter>,
+    reported: &mut u64,
+) {
+    let mut batch: HashMap<Arc<str>, String> = HashMap::new();
     let add = |batch: &mut HashMap<Arc<str>, String>, (app, queued): Queued| {
         let (at, line) = *queued;
         batch.entry(app).or_default().push_str(&line.line(&crate::timefmt::stamp(at)));
     };
-    while let Ok(queued) = rx.recv() {
-        add(&mut batch, queued);
+    loop {
+        match rx.recv_timeout(RETRY) {
+            Ok(queued) => add(&mut batch, queued),
+            Err(RecvTimeoutError::Timeout) => {
+                // Quiet: report lines a full disk dropped, now that it may have room again.
+                for writer in writers.values_mut() {
+                    let _ = writer.flush_dropped();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
         // Take whatever else is queued (bounded, so one busy app cannot starve the write).
         for _ in 0..4096 {
             match rx.try_recv() {
@@ -186,12 +221,12 @@ fn writer_thread(rx: Receiver<Queued>, log_path: LogPath, policy: LogPolicy, dro
             }
         }
         for (app, text) in batch.drain() {
-            write_app(&mut writers, &log_path, policy, &app, &text);
+            write_app(writers, log_path, policy, &app, &text);
         }
         let now_dropped = dropped.load(Ordering::Relaxed);
-        if now_dropped != reported {
-            tracing::warn!(lines = now_dropped - reported, "router log queue full; lines dropped");
-            reported = now_dropped;
+        if now_dropped != *reported {
+            tracing::warn!(lines = now_dropped - *reported, "router log queue full; lines dropped");
+            *reported = now_dropped;
         }
         // Let lines gather: while this thread is not waiting in `recv`, a `try_send` wakes
         // nobody, so under load requests cost no futex wake-up or context switch each.
@@ -199,6 +234,9 @@ fn writer_thread(rx: Receiver<Queued>, log_path: LogPath, policy: LogPolicy, dro
     }
 }
 
+/// Appends `text` to the app's log. A write that fails (full disk…) drops and counts the
+/// lines in the app's [`LogWriter`], which writes `slipway[router]: N log lines dropped (disk
+/// full)` ahead of its next lines that get through; the daemon's log hears once per outage.
 fn write_app(
     writers: &mut HashMap<Arc<str>, LogWriter>,
     log_path: &LogPath,
@@ -208,21 +246,16 @@ fn write_app(
 ) {
     if !writers.contains_key(app) {
         let Some(path) = log_path(app) else { return };
-        match LogWriter::with_policy(&path, policy) {
-            Ok(w) => {
-                writers.insert(app.clone(), w);
-            }
-            Err(err) => {
-                tracing::warn!(app = %app, path = %path.display(), %err, "cannot open app log for router lines");
-                return;
-            }
-        }
+        writers.insert(app.clone(), LogWriter::deferred(&path, policy).named("router"));
     }
-    if let Some(writer) = writers.get_mut(app) {
-        if let Err(err) = writer.write_raw(text.as_bytes()) {
-            // The app may have been destroyed (its log dir is gone); reopen next time.
-            tracing::warn!(app = %app, %err, "writing router lines");
+    let Some(writer) = writers.get_mut(app) else { return };
+    let was_failing = !writer.dropped().is_clear();
+    if let Err(err) = writer.write_raw(text.as_bytes()) {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            // The app was destroyed (its log dir is gone); start afresh if it comes back.
             writers.remove(app);
+        } else if !was_failing {
+            tracing::warn!(app = %app, %err, "writing router lines; dropping them until it works again");
         }
     }
 }

@@ -80,10 +80,10 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let store = Store::open(&home.db())?;
     // Daemons before slipway.toml recorded their log policy there; every writer now reads the
     // settings file instead.
-    let _ = std::fs::remove_file(home.root().join("logs").join(".policy"));
+    remove_if_present(&home.root().join("logs").join(".policy"))?;
     let socket = home.socket();
-    // We hold the pid lock, so a socket file left here belongs to a dead daemon.
-    let _ = std::fs::remove_file(&socket);
+    // We hold the home lock, so a socket file left here belongs to a dead daemon.
+    remove_if_present(&socket)?;
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
     let router_listener = std::net::TcpListener::bind(settings.router_addr).with_context(|| {
@@ -102,13 +102,32 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = server::serve(listener, tx) => {}
+        _ = server::serve(listener, tx.clone()) => {}
         _ = term.recv() => tracing::info!("SIGTERM: shutting down, dynos keep running"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos keep running"),
-        result = supervising => tracing::error!(?result, "the supervisor stopped"),
+        result = supervising => {
+            // It stops only when it could not load the state; exit non-zero so systemd retries.
+            tracing::error!(?result, "the supervisor stopped");
+            remove_if_present(&socket)?;
+            bail!("the supervisor stopped (see {})", home.daemon_log().display());
+        }
     }
-    let _ = std::fs::remove_file(&socket);
+    // What the supervisor decided last reaches SQLite before the process ends.
+    let (done, flushed) = tokio::sync::oneshot::channel();
+    if tx.send(supervisor::Event::Shutdown(Duration::from_secs(10), done)).is_ok() && flushed.await.is_err() {
+        tracing::warn!("the supervisor ended before its writes were flushed");
+    }
+    remove_if_present(&socket)?;
     Ok(())
+}
+
+fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("removing {}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `slipway daemon --stop`: SIGTERM to the daemon, then wait until it is gone. Dynos stay up.

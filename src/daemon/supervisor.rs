@@ -40,6 +40,9 @@ pub enum Event {
     Input(Input),
     /// Try the queued writes again.
     RetryWrites,
+    /// The daemon is stopping: make the queued writes durable (for at most the given time),
+    /// then answer.
+    Shutdown(Duration, oneshot::Sender<()>),
 }
 
 /// Fails the process at a named point, for the tests that prove a daemon killed there loses
@@ -137,6 +140,13 @@ impl Supervisor {
                     self.retry_armed = false;
                     self.apply_writes();
                     self.process(None).await;
+                }
+                Event::Shutdown(within, done) => {
+                    self.flush_before_exit(within).await;
+                    if done.send(()).is_err() {
+                        tracing::debug!("nobody waits for the shutdown any more");
+                    }
+                    return;
                 }
             }
             self.refresh_routes();
@@ -380,6 +390,22 @@ impl Supervisor {
                     self.writes.pop_front();
                 }
             }
+        }
+    }
+
+    /// Retries the queued writes until they are durable or `within` has passed; what is left
+    /// is reported (the next daemon re-observes every process, so nothing runs untracked).
+    async fn flush_before_exit(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.apply_writes();
+            if self.writes.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !self.writes.is_empty() {
+            tracing::error!(lost = self.writes.len(), "stopping with state writes SQLite did not take");
         }
     }
 

@@ -147,6 +147,7 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         &format!("Release v{version} created by {pushed_by}: deploy {short}"),
     );
 
+    warn_if_web_goes_away(&store, &ctx.app, &built.procfile);
     output::step(&format!("Releasing v{version}: release phase (if any), then the dynos"));
     let published =
         release::finish(&ctx.home, &settings, &mut store, &ctx.app, version, true, output::detail)
@@ -157,6 +158,20 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         output::detail(&url);
     }
     Ok(())
+}
+
+/// A release without a `web` process type stops the app's web dynos: say so before it happens.
+fn warn_if_web_goes_away(store: &Store, app: &AppName, procfile: &crate::procfile::Procfile) {
+    if procfile.processes.contains_key("web") {
+        return;
+    }
+    let web = store::formation::get(store.conn(), app).ok().and_then(|f| f.get("web").copied()).unwrap_or(0);
+    if web > 0 {
+        output::warn(&format!(
+            "This release has no web process type, but {app} is scaled to web={web}: its web dynos \
+             will stop and the app will answer H14 until a release with a web process is deployed"
+        ));
+    }
 }
 
 /// A push that waited for the lock may be based on a commit another push has just replaced.

@@ -166,18 +166,38 @@ pub fn release_phase(
 }
 
 /// Asks the daemon to put `version` live: with `restart`, new dynos replace the old ones (web
-/// ones boot first); without, the running dynos are relabelled and keep their old environment
-/// until they next restart. Waits for the result.
+/// ones must be ready first); without, the running dynos are relabelled and keep their old
+/// environment until they next restart. Waits for the result; every `PROGRESS_EVERY` it says
+/// through `progress` how long it has been waiting.
 pub fn go_live(
     home: &Home,
     settings: &Settings,
     app: &AppName,
     version: i64,
     restart: bool,
+    mut progress: impl FnMut(Duration),
 ) -> Result<(Vec<WebDyno>, String), String> {
-    let wait = settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60);
+    // The daemon always answers (every rollout ends); this only bounds a daemon that hangs.
+    let wait =
+        settings.boot_timeout + settings.boot_settle + settings.stop_timeout + Duration::from_secs(600);
     let request = Request::Deploy { app: app.to_string(), version, restart };
-    match client::call(home, &request, wait) {
+    let home = home.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver is gone only if the caller panicked; nothing is left to tell then.
+        let _ = tx.send(client::call(&home, &request, wait));
+    });
+    let started = std::time::Instant::now();
+    let answer = loop {
+        match rx.recv_timeout(PROGRESS_EVERY) {
+            Ok(answer) => break answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => progress(started.elapsed()),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the request to the daemon ended without an answer".into())
+            }
+        }
+    };
+    match answer {
         Ok(Response::Deployed { web, url, .. }) => Ok((web, url)),
         Ok(other) => Err(format!("unexpected answer from the daemon: {other:?}")),
         Err(ClientError::Daemon(message)) => Err(message),
@@ -186,6 +206,38 @@ pub fn go_live(
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// How often a deploy waiting for its dynos says so.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The web dynos a rollout of `version` waits for, as the push names them (`web.1, web.2`).
+fn awaited_web(store: &Store, app: &AppName, version: i64) -> Option<String> {
+    let conn = store.conn();
+    let build_id = store::releases::require_release(conn, app, version).ok()?.build_id?;
+    let build = store::releases::build(conn, &build_id).ok()??;
+    build.process_types.processes.get("web")?;
+    let count = store::formation::get(conn, app).ok()?.get("web").copied().unwrap_or(0);
+    (count > 0).then(|| (1..=count).map(|n| format!("web.{n}")).collect::<Vec<_>>().join(", "))
+}
+
+/// The last `n` lines a dyno (`web.1`) wrote to the app log since `since`, its platform lines
+/// included (`Process exited with status 3`): what a rejected push shows of the failure.
+fn last_output(home: &Home, app: &AppName, dyno: &str, since: &str, n: usize) -> Vec<String> {
+    let filter = logs::read::Filter { source: None, dyno: Some(dyno.to_string()) };
+    let lines = logs::read::last_lines(&home.app_log(app), 200, &filter).unwrap_or_default();
+    let mut recent: Vec<String> = lines
+        .into_iter()
+        .filter(|l| l.split(' ').next().is_some_and(|stamp| stamp >= since))
+        .filter(|l| {
+            !l.contains(" router[")
+                && !l.contains("]: Stopping all processes")
+                && !l.contains("]: State changed")
+        })
+        .collect();
+    let skip = recent.len().saturating_sub(n);
+    recent.drain(..skip);
+    recent
 }
 
 /// Keeps the slugs and release dirs of the newest `keep` releases and of the current one;
@@ -272,7 +324,7 @@ pub fn finish(
     app: &AppName,
     version: i64,
     restart: bool,
-    emit: impl FnMut(&str),
+    mut emit: impl FnMut(&str),
 ) -> Result<Published, String> {
     let release = store::releases::require_release(store.conn(), app, version).map_err(|e| e.to_string())?;
     if release.build_id.is_none() {
@@ -280,7 +332,7 @@ pub fn finish(
         store::releases::set_status(store.conn(), app, version, "succeeded").map_err(|e| e.to_string())?;
         return Ok(Published { version, web: Vec::new(), url: None, daemon_running: true });
     }
-    if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, emit) {
+    if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, &mut emit) {
         fail(home, store, app, version, &why);
         return Err(why);
     }
@@ -293,9 +345,25 @@ pub fn finish(
         daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
     }
     let (web, url) = if daemon_running {
-        match go_live(home, settings, app, version, restart) {
+        let since = crate::timefmt::now();
+        let awaited = restart.then(|| awaited_web(store, app, version)).flatten();
+        let progress = |waited: Duration| {
+            let what = awaited.as_deref().unwrap_or("the new dynos");
+            emit(&format!("Waiting for {what} to be ready... ({} s)", waited.as_secs()));
+        };
+        match go_live(home, settings, app, version, restart, progress) {
             Ok((web, url)) => (web, Some(url)),
             Err(why) => {
+                // The failing dyno's last words, so the push shows why without `slipway logs`.
+                if let Some(dyno) = why.split_whitespace().next().filter(|w| w.contains('.')) {
+                    let lines = last_output(home, app, dyno, &since, 10);
+                    if !lines.is_empty() {
+                        emit(&format!("The last lines of {dyno}:"));
+                        for line in lines {
+                            emit(&format!("  {line}"));
+                        }
+                    }
+                }
                 // A rollout that failed in the daemon was logged and marked there already; only
                 // a failure on the way to it (the daemon gone mid-request, say) is ours to log.
                 let marked = store::releases::require_release(store.conn(), app, version)

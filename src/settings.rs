@@ -35,6 +35,13 @@ pub struct Settings {
     pub boot_timeout: Duration,
     /// SIGTERM → SIGKILL grace period (`stop_timeout`, 30 s).
     pub stop_timeout: Duration,
+    /// A new web dyno that accepts connections must then stay up this long before it counts as
+    /// ready (`boot_settle`, 3 s): a server whose master binds before its workers crash at import
+    /// is caught here.
+    pub boot_settle: Duration,
+    /// Roll back automatically when a release's web dynos crash repeatedly soon after it went
+    /// live (`auto_rollback`, on).
+    pub auto_rollback: bool,
     /// Apps answer at `<app>.<domain>` (`domain`, localhost).
     pub domain: String,
     /// The interpreter used for builds (`python`, default `python3` on PATH).
@@ -93,6 +100,8 @@ const SPECS: &[Spec] = &[
     spec("router_timeout", "30", Kind::Number, true),
     spec("boot_timeout", "60", Kind::Number, true),
     spec("stop_timeout", "30", Kind::Number, true),
+    spec("boot_settle", "3", Kind::Number, true),
+    spec("auto_rollback", "1", Kind::Flag, true),
     spec("python", "python3", Kind::Text, false),
     spec("build_timeout", "900", Kind::Number, false),
     spec("release_timeout", "3600", Kind::Number, false),
@@ -338,6 +347,13 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
             None => (SPECS[i].default, key),
         }
     };
+    fn flag(s: &str) -> Result<bool, &'static str> {
+        match s {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err("expected 1 or 0 (true or false)"),
+        }
+    }
     fn check<T>(
         (text, shown): (&str, &str),
         parse: impl Fn(&str) -> Result<T, &'static str>,
@@ -358,6 +374,8 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         })?,
         boot_timeout: check(get("boot_timeout"), |s| seconds(s).ok_or(SECONDS))?,
         stop_timeout: check(get("stop_timeout"), |s| seconds(s).ok_or(SECONDS))?,
+        boot_settle: check(get("boot_settle"), |s| seconds(s).ok_or(SECONDS))?,
+        auto_rollback: check(get("auto_rollback"), flag)?,
         python: check(get("python"), |s| Ok(s.to_string()))?,
         build_timeout: check(get("build_timeout"), |s| seconds(s).ok_or(SECONDS))?,
         release_timeout: check(get("release_timeout"), |s| seconds(s).ok_or(SECONDS))?,
@@ -365,11 +383,7 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         max_slug_bytes: check(get("max_slug_mb"), |s| count(s, 1..=100_000).ok_or(IN_RANGE))? as u64
             * 1024
             * 1024,
-        build_config: check(get("build_config"), |s| match s {
-            "1" | "true" => Ok(true),
-            "0" | "false" => Ok(false),
-            _ => Err("expected 1 or 0 (true or false)"),
-        })?,
+        build_config: check(get("build_config"), flag)?,
         log_policy: LogPolicy {
             // May be fractional (0.5); at least 0.001 MB.
             max_bytes: check(get("log_max_mb"), |s| {

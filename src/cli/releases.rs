@@ -170,7 +170,11 @@ pub fn rollback(home: &Home, app: &str, version: Option<&str>, who: Option<&str>
         anyhow::bail!("v{target} has no code (it only set config vars before the first deploy); pick a release with a build");
     };
     release::ensure_release_dir(home, &name, &build_id, target).map_err(anyhow::Error::msg)?;
-    let by = super::actor(who);
+    // The daemon's automatic rollback says why, as the release's author.
+    let by = match std::env::var("SLIPWAY_ROLLBACK_REASON") {
+        Ok(why) if who.is_none() && !why.is_empty() => format!("slipway (automatic: {why})"),
+        _ => super::actor(who),
+    };
     let description = format!("Rollback to v{target}");
     let new = NewRelease {
         kind: Kind::Rollback,

@@ -100,6 +100,8 @@ impl Supervisor {
             ports: settings.ports.clone(),
             boot_timeout: settings.boot_timeout,
             stop_timeout: settings.stop_timeout,
+            boot_settle: settings.boot_settle,
+            auto_rollback: settings.auto_rollback,
             domain: settings.domain.clone(),
             router_port: settings.router_addr.port(),
         };
@@ -319,6 +321,14 @@ impl Supervisor {
                 self.boot_check(dyno, pid, port);
                 None
             }
+            Effect::HealthCheck { dyno, pid, port, app, release } => {
+                self.health_check(dyno, pid, port, &app, release);
+                None
+            }
+            Effect::Rollback { app, to, why } => {
+                self.roll_back(&app, to, &why);
+                None
+            }
             Effect::Drain { dyno, pid, port } => {
                 // Out of the table first (routes are refreshed before the drain can end).
                 self.refresh_routes();
@@ -507,6 +517,63 @@ impl Supervisor {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             let _ = events.send(Event::Input(Input::BootTimedOut { dyno, pid }));
+        });
+    }
+
+    /// Runs the release's `app.json` health checks (none declared: healthy at once) with the
+    /// app's own host, as the router would send it.
+    fn health_check(&self, dyno: DynoId, pid: i32, port: u16, app: &AppName, release: i64) {
+        let events = self.events.clone();
+        let host = format!("{app}.{}", self.settings.domain);
+        let checks = crate::dyno::DynoEnv::for_release(&self.home, self.store.conn(), app, release)
+            .map_err(|e| e.to_string())
+            .and_then(|env| crate::healthcheck::for_release(&env.dir));
+        tokio::spawn(async move {
+            let outcome = match checks {
+                Ok(checks) => crate::healthcheck::run_all(&checks, port, &host).await,
+                Err(reason) => Err(reason),
+            };
+            let input = match outcome {
+                Ok(()) => Input::Healthy { dyno, pid },
+                Err(reason) => Input::Unhealthy { dyno, pid, reason },
+            };
+            let _ = events.send(Event::Input(input));
+        });
+    }
+
+    /// An automatic rollback is an ordinary `slipway rollback` (deploy lock, release phase,
+    /// zero-downtime rollout), run as a child of the daemon with the reason as its author.
+    fn roll_back(&self, app: &AppName, to: i64, why: &str) {
+        let mut command = Command::new(&self.shim_binary);
+        command
+            .arg("--home")
+            .arg(self.home.root())
+            .arg("rollback")
+            .arg(app.as_str())
+            .arg(format!("v{to}"))
+            .env("SLIPWAY_ROLLBACK_REASON", why)
+            .stdin(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; the rollback must not die with the daemon.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let log = self.home.app_log(app);
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || match command.output() {
+            Ok(out) if out.status.success() => tracing::info!(%app, to, "automatic rollback done"),
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+                tracing::warn!(%app, to, status = %out.status, why, "automatic rollback failed");
+                logs::append_event(&log, Source::Slipway, "api", &format!("Automatic rollback to v{to} failed: {why}"));
+            }
+            Err(err) => {
+                tracing::error!(%app, to, %err, "starting the automatic rollback");
+                logs::append_event(&log, Source::Slipway, "api", &format!("Automatic rollback to v{to} could not start: {err}"));
+            }
         });
     }
 

@@ -29,6 +29,11 @@ use crate::store::dynos::{DynoRow, DynoState, ProcessIds};
 use crate::timefmt;
 
 pub type DynoId = i64;
+
+/// How long after going live a release's web crashes count towards an automatic rollback.
+pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(300);
+/// That many web crashes within the window roll the release back.
+pub const CRASHES_TO_ROLL_BACK: u32 = 3;
 /// Names a request's pending answer; the executor holds the channel behind it.
 pub type ReplyId = u64;
 
@@ -68,6 +73,19 @@ struct AppModel {
     current: Option<i64>,
     spec: AppSpec,
     rollout: Option<Rollout>,
+    /// The release that went live last, watched for crashes while it is young.
+    watch: Option<Watch>,
+    /// Releases rolled back automatically: never rolled back *to*.
+    bad: BTreeSet<i64>,
+}
+
+/// A release that went live at `since`, replacing `previous`.
+#[derive(Debug, Clone)]
+struct Watch {
+    version: i64,
+    previous: i64,
+    since: OffsetDateTime,
+    crashes: u32,
 }
 
 /// Settings the core decides with.
@@ -76,6 +94,11 @@ pub struct Limits {
     pub ports: RangeInclusive<u16>,
     pub boot_timeout: Duration,
     pub stop_timeout: Duration,
+    /// A web dyno that accepts connections must stay up this long before its health checks.
+    pub boot_settle: Duration,
+    /// Roll back a release whose web dynos crash [`CRASHES_TO_ROLL_BACK`] times within
+    /// [`ROLLBACK_WINDOW`] of going live.
+    pub auto_rollback: bool,
     /// Apps answer at `<app>.<domain>` on the router's port (for the URL a push prints).
     pub domain: String,
     pub router_port: u16,
@@ -124,6 +147,12 @@ pub enum Input {
     Booted { dyno: DynoId, pid: i32 },
     /// The web dyno did not accept connections within the boot timeout.
     BootTimedOut { dyno: DynoId, pid: i32 },
+    /// The web dyno stayed up for the settle period after it accepted connections.
+    Settled { dyno: DynoId, pid: i32 },
+    /// The web dyno passed its release's health checks (or it declares none).
+    Healthy { dyno: DynoId, pid: i32 },
+    /// The web dyno failed a health check.
+    Unhealthy { dyno: DynoId, pid: i32, reason: String },
     /// A web dyno being stopped has no requests left (or its drain time ran out).
     Drained { dyno: DynoId, pid: i32 },
     /// The stop grace period of a dyno that got SIGTERM ended.
@@ -173,6 +202,21 @@ pub enum Effect {
         dyno: DynoId,
         pid: i32,
         port: u16,
+    },
+    /// Run the release's `app.json` health checks against the dyno's port with the app's
+    /// host; answered by `Healthy` or `Unhealthy`.
+    HealthCheck {
+        dyno: DynoId,
+        pid: i32,
+        port: u16,
+        app: AppName,
+        release: i64,
+    },
+    /// Make a rollback release of `app` to `to` (as `slipway rollback` does), because `why`.
+    Rollback {
+        app: AppName,
+        to: i64,
+        why: String,
     },
     /// Wait for the router's requests in flight on `port` to finish; answered by `Drained`.
     Drain {
@@ -251,7 +295,7 @@ impl World {
 
     /// Adds a recorded app (at load).
     pub fn load_app(&mut self, app: AppName, current: Option<i64>, spec: AppSpec) {
-        self.apps.insert(app, AppModel { current, spec, rollout: None });
+        self.apps.insert(app, AppModel { current, spec, ..AppModel::default() });
     }
 
     /// Adds a recorded dyno (at load).
@@ -379,6 +423,9 @@ impl World {
                 }
             }
             Input::Booted { dyno, pid } => self.booted(&mut cx, dyno, pid),
+            Input::Settled { dyno, pid } => self.settled(&mut cx, dyno, pid),
+            Input::Healthy { dyno, pid } => self.ready(&mut cx, dyno, pid),
+            Input::Unhealthy { dyno, pid, reason } => self.unhealthy(&mut cx, dyno, pid, reason),
             Input::BootTimedOut { dyno, pid } => self.boot_timed_out(&mut cx, dyno, pid),
             Input::Drained { dyno, pid } => self.term(&mut cx, dyno, pid),
             Input::KillDue { dyno, pid } => self.kill_due(&mut cx, dyno, pid),
@@ -666,7 +713,11 @@ impl World {
         let version = rollout.release;
         let response = match (outcome, &rollout.kind) {
             (Ok(()), RolloutKind::Deploy) => {
-                self.apps.get_mut(app).expect("known").current = Some(version);
+                let model = self.apps.get_mut(app).expect("known");
+                let previous = model.current.replace(version);
+                model.watch = previous
+                    .filter(|p| *p != version && self.limits.auto_rollback)
+                    .map(|previous| Watch { version, previous, since: cx.now, crashes: 0 });
                 cx.persist(Write::Promote { app: app.clone(), version });
                 let old: Vec<DynoId> =
                     self.app_dynos(app).filter(|d| d.release != version).map(|d| d.id).collect();
@@ -910,17 +961,58 @@ impl World {
         }
     }
 
+    /// The web dyno accepts connections: it must now stay up for the settle period.
     fn booted(&mut self, cx: &mut Cx<'_>, id: DynoId, pid: i32) {
-        let Some(d) = self.dynos.get(&id) else { return };
-        if d.pid != Some(pid) || d.state != DynoState::Starting {
+        if !self.starting_as(id, pid) {
             return;
         }
-        let Ok(app) = d.app.parse::<AppName>() else { return };
+        cx.schedule(self.limits.boot_settle, Input::Settled { dyno: id, pid });
+    }
+
+    /// Still up after the settle period: its health checks run next.
+    fn settled(&mut self, cx: &mut Cx<'_>, id: DynoId, pid: i32) {
+        if !self.starting_as(id, pid) {
+            return;
+        }
+        let d = &self.dynos[&id];
+        let (Some(port), Ok(app)) = (d.port, d.app.parse::<AppName>()) else { return };
+        cx.out.push(Effect::HealthCheck { dyno: id, pid, port, app, release: d.release });
+    }
+
+    /// Accepted connections, stayed up, passed its checks: the dyno is up (routable), and a
+    /// rollout waiting for it may finish.
+    fn ready(&mut self, cx: &mut Cx<'_>, id: DynoId, pid: i32) {
+        if !self.starting_as(id, pid) {
+            return;
+        }
+        let Ok(app) = self.dynos[&id].app.parse::<AppName>() else { return };
         self.mark_up(cx, id);
         if let Some(rollout) = self.apps.get_mut(&app).and_then(|a| a.rollout.as_mut()) {
             rollout.waiting.remove(&id);
         }
         self.maybe_finish_rollout(cx, &app);
+    }
+
+    /// A failed health check fails the rollout waiting for the dyno; outside a rollout (a
+    /// crash restart) the dyno is killed and goes through the restart policy.
+    fn unhealthy(&mut self, cx: &mut Cx<'_>, id: DynoId, pid: i32, reason: String) {
+        if !self.starting_as(id, pid) {
+            return;
+        }
+        let d = &self.dynos[&id];
+        let (name, start) = (d.name(), d.pid_start);
+        let Ok(app) = d.app.parse::<AppName>() else { return };
+        cx.log(&app, &name, format!("Health check failed: {reason}"));
+        if self.rollout_waits_on(&app, id) {
+            self.finish_rollout(cx, &app, Err(format!("{name} failed its health check: {reason}")));
+        } else if let Some(start) = start {
+            cx.signal(pid, start, Sig::Kill);
+        }
+    }
+
+    /// The dyno exists, is starting, and runs `pid` (inputs about an older process are stale).
+    fn starting_as(&self, id: DynoId, pid: i32) -> bool {
+        self.dynos.get(&id).is_some_and(|d| d.pid == Some(pid) && d.state == DynoState::Starting)
     }
 
     fn boot_timed_out(&mut self, cx: &mut Cx<'_>, id: DynoId, pid: i32) {
@@ -1048,9 +1140,13 @@ impl World {
                 }
                 without_process(d, DynoState::Crashed, cx.now);
                 let row = d.clone();
+                let (is_web, release) = (row.process_type == "web", row.release);
                 cx.persist(Write::Dyno(row));
                 if was != DynoState::Crashed {
                     cx.log(&app, &name, format!("State changed from {} to crashed", was.as_str()));
+                }
+                if is_web && was != DynoState::Crashed {
+                    self.count_crash(cx, &app, release);
                 }
                 if self.rollout_waits_on(&app, id) {
                     self.finish_rollout(cx, &app, Err(format!("{name} exited during boot")));
@@ -1059,6 +1155,35 @@ impl World {
                 }
             }
         }
+    }
+
+    /// A web dyno of `release` crashed: if that release went live less than
+    /// [`ROLLBACK_WINDOW`] ago and this is its [`CRASHES_TO_ROLL_BACK`]th crash, it is rolled
+    /// back to the release it replaced (never to one rolled back before).
+    fn count_crash(&mut self, cx: &mut Cx<'_>, app: &AppName, release: i64) {
+        let Some(model) = self.apps.get_mut(app) else { return };
+        let Some(watch) = model.watch.as_mut() else { return };
+        if watch.version != release || model.current != Some(release) {
+            return;
+        }
+        if cx.now - watch.since > ROLLBACK_WINDOW {
+            model.watch = None;
+            return;
+        }
+        watch.crashes += 1;
+        if watch.crashes < CRASHES_TO_ROLL_BACK {
+            return;
+        }
+        let (version, to) = (watch.version, watch.previous);
+        model.watch = None;
+        model.bad.insert(version);
+        if model.bad.contains(&to) {
+            return;
+        }
+        let minutes = ROLLBACK_WINDOW.as_secs() / 60;
+        let why = format!("web dynos of v{version} crashed {CRASHES_TO_ROLL_BACK} times within {minutes} minutes of going live");
+        cx.log(app, "api", format!("Rolling back to v{to}: {why}"));
+        cx.out.push(Effect::Rollback { app: app.clone(), to, why });
     }
 
     fn forget(&mut self, cx: &mut Cx<'_>, id: DynoId) {

@@ -19,6 +19,8 @@ fn limits() -> Limits {
         ports: 5000..=5019,
         boot_timeout: Duration::from_secs(60),
         stop_timeout: Duration::from_secs(30),
+        boot_settle: Duration::from_secs(3),
+        auto_rollback: true,
         domain: "localhost".into(),
         router_port: 8080,
     }
@@ -56,6 +58,24 @@ fn ids(pid: i32) -> ProcessIds {
     ProcessIds { pid, pid_start: 7, shim_pid: pid + 10_000, shim_start: 7 }
 }
 
+/// Boots dyno `id` (pid `pid`) through every readiness step: accepts connections, stays up for
+/// the settle period, passes its health checks. Returns the last step's effects.
+fn ready(w: &mut World, id: DynoId, pid: i32) -> Vec<Effect> {
+    let fx = w.handle(Input::Booted { dyno: id, pid }, t0(), &AllFree);
+    assert!(
+        fx.contains(&Effect::Schedule {
+            after: Duration::from_secs(3),
+            input: Input::Settled { dyno: id, pid }
+        }),
+        "{fx:?}"
+    );
+    assert_eq!(w.dyno(id).unwrap().state, DynoState::Starting, "up before it settled");
+    let fx = w.handle(Input::Settled { dyno: id, pid }, t0(), &AllFree);
+    assert!(fx.iter().any(|e| matches!(e, Effect::HealthCheck { dyno, .. } if *dyno == id)), "{fx:?}");
+    assert_eq!(w.dyno(id).unwrap().state, DynoState::Starting, "up before its health checks");
+    w.handle(Input::Healthy { dyno: id, pid }, t0(), &AllFree)
+}
+
 /// A world with app `hello` whose release 1 runs `web.1` (up) and `worker.1` (up).
 fn running_world() -> (World, DynoId, DynoId) {
     let mut w = World::new(limits());
@@ -73,7 +93,7 @@ fn running_world() -> (World, DynoId, DynoId) {
     let (web, worker) = (spawns[0], spawns[1]);
     w.handle(Input::Spawned { dyno: web, ids: ids(100) }, t0(), &AllFree);
     w.handle(Input::Spawned { dyno: worker, ids: ids(101) }, t0(), &AllFree);
-    let fx = w.handle(Input::Booted { dyno: web, pid: 100 }, t0(), &AllFree);
+    let fx = ready(&mut w, web, 100);
     assert!(fx
         .iter()
         .any(|e| matches!(e, Effect::Reply { reply: 1, response: Response::Deployed { version: 1, .. } })));
@@ -125,7 +145,7 @@ fn a_deploy_goes_live_only_when_its_web_dynos_are_ready_then_stops_the_old_ones(
         .iter()
         .any(|e| matches!(e, Effect::Signal { .. } | Effect::Drain { .. } | Effect::Reply { .. })));
     assert_eq!(w.current_release(&hello), Some(1), "live before its web dyno was ready");
-    let fx = w.handle(Input::Booted { dyno: new[0], pid: 200 }, t0(), &AllFree);
+    let fx = ready(&mut w, new[0], 200);
     assert_eq!(w.current_release(&hello), Some(2));
     let promote = position(&fx, |e| matches!(e, Effect::Persist(Write::Promote { version: 2, .. }))).unwrap();
     let reply = position(&fx, |e| matches!(e, Effect::Reply { reply: 2, .. })).unwrap();
@@ -271,8 +291,16 @@ fn transition_table() {
     use DynoState::*;
     type Step = fn(DynoId) -> Input;
     let cases: &[(&str, DynoState, Step, Option<DynoState>)] = &[
-        ("booted", Starting, |d| Input::Booted { dyno: d, pid: 100 }, Some(Up)),
-        ("boot of another pid is stale", Starting, |d| Input::Booted { dyno: d, pid: 99 }, Some(Starting)),
+        ("booted: settles first", Starting, |d| Input::Booted { dyno: d, pid: 100 }, Some(Starting)),
+        ("settled: health checks next", Starting, |d| Input::Settled { dyno: d, pid: 100 }, Some(Starting)),
+        ("healthy", Starting, |d| Input::Healthy { dyno: d, pid: 100 }, Some(Up)),
+        (
+            "unhealthy outside a rollout: killed",
+            Starting,
+            |d| Input::Unhealthy { dyno: d, pid: 100, reason: "x".into() },
+            Some(Starting),
+        ),
+        ("health of another pid is stale", Starting, |d| Input::Healthy { dyno: d, pid: 99 }, Some(Starting)),
         (
             "exit while starting is a crash",
             Starting,
@@ -366,6 +394,12 @@ struct Proc {
     ignores_term: bool,
 }
 
+/// Something due at a time: an input for the core, or a process dying by itself.
+enum Timed {
+    Input(Input),
+    Die(i32),
+}
+
 /// A simulated machine and database around the core.
 struct Sim {
     world: World,
@@ -376,7 +410,7 @@ struct Sim {
     /// Shim announcements (`run/dynos/<id>`).
     announced: BTreeMap<DynoId, ProcessIds>,
     next_pid: i32,
-    timers: Vec<(OffsetDateTime, u64, Input)>,
+    timers: Vec<(OffsetDateTime, u64, Timed)>,
     timer_seq: u64,
     /// The durable copy: dyno rows and app rows (current release, release statuses).
     db_dynos: BTreeMap<DynoId, DynoRow>,
@@ -390,6 +424,7 @@ struct Sim {
     hostile: bool,
     steps: u64,
     transitions: BTreeSet<(DynoState, DynoState)>,
+    rollbacks: u64,
 }
 
 const APPS: &[&str] = &["alpha", "beta"];
@@ -424,6 +459,7 @@ impl Sim {
             hostile: true,
             steps: 0,
             transitions: BTreeSet::new(),
+            rollbacks: 0,
         }
     }
 
@@ -447,7 +483,12 @@ impl Sim {
 
     fn after(&mut self, d: Duration, input: Input) {
         self.timer_seq += 1;
-        self.timers.push((self.now + d, self.timer_seq, input));
+        self.timers.push((self.now + d, self.timer_seq, Timed::Input(input)));
+    }
+
+    fn die_after(&mut self, d: Duration, pid: i32) {
+        self.timer_seq += 1;
+        self.timers.push((self.now + d, self.timer_seq, Timed::Die(pid)));
     }
 
     /// Feeds one input and carries out its effects like the executor does (spawn results are
@@ -522,11 +563,38 @@ impl Sim {
                     }
                     7 => self.after(Duration::from_secs(60), Input::BootTimedOut { dyno, pid }),
                     _ => {
-                        let after = Duration::from_millis(self.rng.below(3000));
-                        self.after(after, Input::Booted { dyno: -1, pid: -1 }); // a no-op tick
-                        self.die(pid);
+                        // Binds, then crashes (a server whose workers die at import), before or
+                        // after the settle period ends.
+                        let bind = Duration::from_millis(self.rng.below(1000));
+                        self.after(bind, Input::Booted { dyno, pid });
+                        let crash = bind + Duration::from_millis(self.rng.below(6000));
+                        self.die_after(crash, pid);
                     }
                 }
+            }
+            Effect::HealthCheck { dyno, pid, .. } => {
+                let after = Duration::from_millis(self.rng.below(500));
+                if self.hostile && self.rng.chance(10) {
+                    self.after(
+                        after,
+                        Input::Unhealthy { dyno, pid, reason: "GET /health answered 500".into() },
+                    );
+                } else {
+                    self.after(after, Input::Healthy { dyno, pid });
+                }
+            }
+            Effect::Rollback { app, to, why: _ } => {
+                // What `slipway rollback` does: a new release with `to`'s code, deployed.
+                self.rollbacks += 1;
+                let types = self.releases[&app][&to].clone();
+                let version = self.releases[&app].keys().max().copied().unwrap_or(0) + 1;
+                self.releases.get_mut(&app).unwrap().insert(version, types);
+                let reply = self.reply_id();
+                let spec = self.spec(&app, Some(version));
+                self.after(
+                    Duration::from_millis(100),
+                    Input::Deploy { app, version, restart: true, spec, reply },
+                );
             }
             Effect::Drain { dyno, pid, .. } => {
                 let after = Duration::from_millis(self.rng.below(2000));
@@ -564,10 +632,11 @@ impl Sim {
             self.timers.sort_by_key(|(at, seq, _)| (*at, *seq));
             match self.timers.first() {
                 Some((at, _, _)) if *at <= until => {
-                    let (at, _, input) = self.timers.remove(0);
+                    let (at, _, due) = self.timers.remove(0);
                     self.now = self.now.max(at);
-                    if !matches!(input, Input::Booted { dyno: -1, .. }) {
-                        self.feed(input);
+                    match due {
+                        Timed::Input(input) => self.feed(input),
+                        Timed::Die(pid) => self.die(pid),
                     }
                 }
                 _ => break,
@@ -579,7 +648,7 @@ impl Sim {
     /// A `kill -9` of the daemon and a new one started from the durable copy: timers, pending
     /// answers and drains die with it; processes and announcements survive.
     fn restart_daemon(&mut self) {
-        self.timers.retain(|(_, _, input)| matches!(input, Input::Exited { .. }));
+        self.timers.retain(|(_, _, due)| matches!(due, Timed::Die(_) | Timed::Input(Input::Exited { .. })));
         self.open_replies.clear();
         let mut world = World::new(limits());
         for a in APPS {
@@ -619,7 +688,7 @@ impl Sim {
             }
         }
         // Exit reports of the old daemon's watchers are lost; the new one looks for itself.
-        self.timers.clear();
+        self.timers.retain(|(_, _, due)| matches!(due, Timed::Die(_)));
         self.world = world;
         self.feed(Input::Start { observed, orphans, pending: vec![], queued: vec![] });
     }
@@ -822,13 +891,14 @@ fn random_event_sequences_keep_every_invariant() {
     let events: usize =
         std::env::var("SLIPWAY_PROPTEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let mut transitions = BTreeSet::new();
-    let mut steps = 0;
+    let (mut steps, mut rollbacks) = (0, 0);
     for seed in 1..=seeds {
         let sim = run_seed(seed, events);
         transitions.extend(sim.transitions.iter().copied());
         steps += sim.steps;
+        rollbacks += sim.rollbacks;
     }
-    eprintln!("explored seeds 1..={seeds}, {events} random events each, {steps} inputs handled; transitions seen: {transitions:?}");
+    eprintln!("explored seeds 1..={seeds}, {events} random events each, {steps} inputs handled, {rollbacks} automatic rollbacks; transitions seen: {transitions:?}");
     for t in &transitions {
         assert!(ALLOWED.contains(t), "transition {t:?} is not in the table");
     }

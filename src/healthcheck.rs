@@ -56,7 +56,8 @@
 //! The HTTP client is a minimal HTTP/1.1 one over `tokio::net::TcpStream` (`Connection: close`;
 //! status line and headers parsed with httparse; the body, only read when `content` is given,
 //! framed by `Transfer-Encoding: chunked`, `Content-Length` or the end of the connection, and
-//! read up to 64 KiB).
+//! read up to 64 KiB or until it contains `content`, so a dyno that keeps the connection open
+//! still passes at once).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -434,11 +435,11 @@ async fn attempt(check: &Check, port: u16, host: &str) -> Result<(), String> {
     let body = if head.status == 204 || head.status == 304 {
         Ok(Vec::new())
     } else if head.chunked {
-        conn.read_chunked().await
+        conn.read_chunked(content.as_bytes()).await
     } else if let Some(length) = head.content_length {
-        conn.read_sized(length).await
+        conn.read_sized(length, content.as_bytes()).await
     } else {
-        conn.read_to_close().await
+        conn.read_to_close(content.as_bytes()).await
     }
     .map_err(|why| format!("GET {target} answered {} but {why}", head.status))?;
     if contains(&body, content.as_bytes()) {
@@ -523,22 +524,24 @@ impl Conn {
         }
     }
 
-    /// Up to `length` bytes (at most [`MAX_BODY`]); a body cut short is what arrived.
-    async fn read_sized(&mut self, length: usize) -> Result<Vec<u8>, String> {
+    /// Up to `length` bytes (at most [`MAX_BODY`]); a body cut short is what arrived. Each
+    /// reader stops early once the body holds `needle`: a dyno that keeps the connection open
+    /// after its answer (ignoring `Connection: close`) still passes at once.
+    async fn read_sized(&mut self, length: usize, needle: &[u8]) -> Result<Vec<u8>, String> {
         let want = length.min(MAX_BODY);
-        while self.buf.len() < want && self.fill().await? {}
+        while self.buf.len() < want && !contains(&self.buf, needle) && self.fill().await? {}
         self.buf.truncate(want);
         Ok(std::mem::take(&mut self.buf))
     }
 
-    async fn read_to_close(&mut self) -> Result<Vec<u8>, String> {
-        while self.buf.len() < MAX_BODY && self.fill().await? {}
+    async fn read_to_close(&mut self, needle: &[u8]) -> Result<Vec<u8>, String> {
+        while self.buf.len() < MAX_BODY && !contains(&self.buf, needle) && self.fill().await? {}
         self.buf.truncate(MAX_BODY);
         Ok(std::mem::take(&mut self.buf))
     }
 
     /// De-chunks until the last chunk or [`MAX_BODY`] bytes (trailers are not read).
-    async fn read_chunked(&mut self) -> Result<Vec<u8>, String> {
+    async fn read_chunked(&mut self, needle: &[u8]) -> Result<Vec<u8>, String> {
         let mut body = Vec::new();
         loop {
             let line_end = loop {
@@ -560,21 +563,22 @@ impl Conn {
             if size == 0 {
                 return Ok(body);
             }
-            let take = size.min(MAX_BODY - body.len());
-            while self.buf.len() < take && self.fill().await? {}
-            if self.buf.len() < take {
-                body.extend_from_slice(&self.buf);
-                return Ok(body);
+            let mut remaining = size;
+            while remaining > 0 {
+                if self.buf.is_empty() && !self.fill().await? {
+                    return Ok(body);
+                }
+                let n = remaining.min(self.buf.len()).min(MAX_BODY - body.len());
+                body.extend(self.buf.drain(..n));
+                remaining -= n;
+                if body.len() >= MAX_BODY || contains(&body, needle) {
+                    return Ok(body);
+                }
             }
-            body.extend_from_slice(&self.buf[..take]);
-            if body.len() >= MAX_BODY {
-                return Ok(body);
-            }
-            // The chunk's data and its CRLF.
-            let with_crlf = size.saturating_add(2);
-            while self.buf.len() < with_crlf && self.fill().await? {}
-            let consumed = with_crlf.min(self.buf.len());
-            self.buf.drain(..consumed);
+            // The CRLF after the chunk's data.
+            while self.buf.len() < 2 && self.fill().await? {}
+            let crlf = self.buf.len().min(2);
+            self.buf.drain(..crlf);
         }
     }
 }
@@ -830,6 +834,8 @@ mod tests {
         Send(Vec<u8>),
         /// Accepts and reads, never answers.
         Hang,
+        /// Writes these bytes and keeps the connection open.
+        SendOpen(Vec<u8>),
     }
 
     fn send(text: &str) -> Reply {
@@ -866,6 +872,10 @@ mod tests {
                             let _ = socket.write_all(&bytes).await;
                         }
                         Reply::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
+                        Reply::SendOpen(bytes) => {
+                            let _ = socket.write_all(&bytes).await;
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
                     }
                 });
             }
@@ -1024,6 +1034,24 @@ mod tests {
         let check = Check { content: Some("needle".into()), attempts: 1, ..quick("/") };
         let err = run(&check, dyno2.port, "h").await.unwrap_err();
         assert!(err.ends_with(r#"the body does not contain "needle""#), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_dyno_keeping_the_connection_open_passes_once_the_content_arrived() {
+        let unsized_body = Reply::SendOpen(b"HTTP/1.1 200 OK\r\n\r\nstatus: ok".to_vec());
+        let long_chunk = Reply::SendOpen(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\nstatus: ok".to_vec(),
+        );
+        let long_sized = Reply::SendOpen(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok".to_vec());
+        for reply in [unsized_body, long_chunk, long_sized] {
+            let dyno = dyno(vec![reply]).await;
+            let check = Check { content: Some("ok".into()), attempts: 1, ..quick("/") };
+            run(&check, dyno.port, "h").await.unwrap();
+        }
+        // Without content the body is not read at all.
+        let dyno =
+            dyno(vec![Reply::SendOpen(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec())]).await;
+        run(&Check { attempts: 1, ..quick("/") }, dyno.port, "h").await.unwrap();
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod dyno;
 pub mod git;
+pub mod healthcheck;
 pub mod home;
 pub mod job;
 pub mod keys;

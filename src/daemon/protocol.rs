@@ -8,8 +8,8 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape: 2 added Scale/Restart/Stop, Deploy.restart,
-/// Deployed.url and Status.domain/router_port.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Deployed.url and Status.domain/router_port; 3 added RunStart/RunAttach/OneOff.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Messages are small; anything bigger is a bug or garbage on the socket.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
@@ -50,6 +50,21 @@ pub enum Request {
         app: Option<String>,
         target: Option<String>,
     },
+    /// A one-off dyno (`slipway run`) is about to start: record it (`run.N`, listed by `ps`,
+    /// stoppable by `ps:stop`) and give it a name and a `PORT`.
+    RunStart {
+        app: String,
+        command: String,
+    },
+    /// The one-off dyno `dyno` runs: `pid` (its process group) under the `run` command
+    /// `shim_pid`, which the daemon watches as it watches a shim.
+    RunAttach {
+        dyno: i64,
+        pid: i32,
+        pid_start: u64,
+        shim_pid: i32,
+        shim_start: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +85,12 @@ pub enum Response {
         version: i64,
         web: Vec<WebDyno>,
         url: String,
+    },
+    /// The one-off dyno a `RunStart` recorded.
+    OneOff {
+        dyno: i64,
+        name: String,
+        port: u16,
     },
     Done,
     Error {

@@ -241,6 +241,13 @@ impl Supervisor {
             Request::Restart { app, target } => {
                 parse(&app).map(|app| Input::Restart { app, target, reply: id })
             }
+            Request::RunStart { app, command } => {
+                parse(&app).map(|app| Input::RunStart { app, command, reply: id })
+            }
+            Request::RunAttach { dyno, pid, pid_start, shim_pid, shim_start } => {
+                let ids = ProcessIds { pid, pid_start, shim_pid, shim_start };
+                Ok(Input::RunAttached { dyno, ids, reply: id })
+            }
             Request::Stop { app, target } => {
                 app.as_deref().map(parse).transpose().map(|app| Input::Stop { app, target, reply: id })
             }
@@ -568,11 +575,21 @@ impl Supervisor {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
                 tracing::warn!(%app, to, status = %out.status, why, "automatic rollback failed");
-                logs::append_event(&log, Source::Slipway, "api", &format!("Automatic rollback to v{to} failed: {why}"));
+                logs::append_event(
+                    &log,
+                    Source::Slipway,
+                    "api",
+                    &format!("Automatic rollback to v{to} failed: {why}"),
+                );
             }
             Err(err) => {
                 tracing::error!(%app, to, %err, "starting the automatic rollback");
-                logs::append_event(&log, Source::Slipway, "api", &format!("Automatic rollback to v{to} could not start: {err}"));
+                logs::append_event(
+                    &log,
+                    Source::Slipway,
+                    "api",
+                    &format!("Automatic rollback to v{to} could not start: {err}"),
+                );
             }
         });
     }

@@ -32,6 +32,8 @@ pub type DynoId = i64;
 
 /// How long after going live a release's web crashes count towards an automatic rollback.
 pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(300);
+/// How long `slipway run` has between recording a one-off dyno and attaching its process.
+pub const RUN_ATTACH_WITHIN: Duration = Duration::from_secs(60);
 /// That many web crashes within the window roll the release back.
 pub const CRASHES_TO_ROLL_BACK: u32 = 3;
 /// Names a request's pending answer; the executor holds the channel behind it.
@@ -137,6 +139,13 @@ pub enum Input {
     Restart { app: AppName, target: Option<String>, reply: ReplyId },
     /// `ps:stop`: stop the targeted dynos (of one app or all) and keep them down.
     Stop { app: Option<AppName>, target: Option<String>, reply: ReplyId },
+    /// `slipway run` is about to start a one-off dyno of `app`'s current release.
+    RunStart { app: AppName, command: String, reply: ReplyId },
+    /// The one-off dyno runs: `ids.pid` is its process group, `ids.shim_pid` the `run` command
+    /// that waits for it (watched like a shim).
+    RunAttached { dyno: DynoId, ids: ProcessIds, reply: ReplyId },
+    /// A one-off dyno recorded this long ago without being attached is forgotten.
+    RunAttachDue { dyno: DynoId },
     /// A [`Effect::Spawn`] worked: the shim runs and reported the dyno's process.
     Spawned { dyno: DynoId, ids: ProcessIds },
     /// A [`Effect::Spawn`] failed.
@@ -273,6 +282,15 @@ pub struct World {
 fn spawning(d: &DynoRow) -> bool {
     d.state == DynoState::Starting && d.shim_pid.is_none()
 }
+
+/// A one-off dyno (`slipway run`): started and waited for by the `run` command, listed and
+/// stopped like the others, never restarted, converged, replaced or stopped by a deploy.
+pub fn one_off(d: &DynoRow) -> bool {
+    d.process_type == ONE_OFF_TYPE
+}
+
+/// The process type of one-off dynos (`run.1`); a Procfile may not declare it.
+pub const ONE_OFF_TYPE: &str = "run";
 
 fn running(d: &DynoRow) -> bool {
     matches!(d.state, DynoState::Starting | DynoState::Up | DynoState::Stopping)
@@ -414,6 +432,13 @@ impl World {
             Input::Stop { app, target, reply } => {
                 self.stop_request(&mut cx, app.as_ref(), target.as_deref(), reply)
             }
+            Input::RunStart { app, command, reply } => self.run_start(&mut cx, &app, command, reply),
+            Input::RunAttached { dyno, ids, reply } => self.run_attached(&mut cx, dyno, ids, reply),
+            Input::RunAttachDue { dyno } => {
+                if self.dynos.get(&dyno).is_some_and(|d| one_off(d) && d.pid.is_none()) {
+                    self.forget(&mut cx, dyno);
+                }
+            }
             Input::Spawned { dyno, ids } => self.spawned(&mut cx, dyno, ids),
             Input::SpawnFailed { dyno, message } => self.spawn_failed(&mut cx, dyno, &message),
             Input::Exited { dyno, shim_pid } => {
@@ -540,8 +565,11 @@ impl World {
         let model = self.apps.get_mut(app).expect("set_spec made it");
         let previous = model.current.replace(version);
         cx.persist(Write::Promote { app: app.clone(), version });
-        let ids: Vec<DynoId> =
-            self.app_dynos(app).filter(|d| Some(d.release) == previous).map(|d| d.id).collect();
+        let ids: Vec<DynoId> = self
+            .app_dynos(app)
+            .filter(|d| !one_off(d) && Some(d.release) == previous)
+            .map(|d| d.id)
+            .collect();
         for id in ids {
             let d = self.dyno_mut(id);
             d.release = version;
@@ -568,7 +596,12 @@ impl World {
         };
         let targets: Vec<DynoRow> = self
             .app_dynos(app)
-            .filter(|d| d.release == release && d.state != DynoState::Stopping && matches_target(d, target))
+            .filter(|d| {
+                !one_off(d)
+                    && d.release == release
+                    && d.state != DynoState::Stopping
+                    && matches_target(d, target)
+            })
             .cloned()
             .collect();
         if targets.is_empty() {
@@ -666,6 +699,66 @@ impl World {
         }
     }
 
+    // ----- one-off dynos -----------------------------------------------------------------------
+
+    /// Records a one-off dyno of the current release: the lowest free `run.N`, a port (one-off
+    /// dynos get `PORT` as on Heroku). The `run` command spawns it and attaches it.
+    fn run_start(&mut self, cx: &mut Cx<'_>, app: &AppName, command: String, reply: ReplyId) {
+        let Some(release) = self.current_release(app) else {
+            let message = format!("{app} has no release yet; push it before running commands");
+            cx.reply(reply, Response::Error { message });
+            return;
+        };
+        let used: BTreeSet<i64> = self.app_dynos(app).filter(|d| one_off(d)).map(|d| d.num).collect();
+        let num = (1..).find(|n| !used.contains(n)).unwrap_or(1);
+        let Some(port) = self.allocate_port(cx.probe) else {
+            let range = self.limits.ports.clone();
+            cx.reply(
+                reply,
+                Response::Error { message: format!("no free port left in the dyno port range ({range:?})") },
+            );
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let row = DynoRow {
+            id,
+            app: app.to_string(),
+            process_type: ONE_OFF_TYPE.to_string(),
+            num,
+            release,
+            command,
+            state: DynoState::Starting,
+            port: Some(port),
+            pid: None,
+            pid_start: None,
+            shim_pid: None,
+            shim_start: None,
+            restarts: 0,
+            stopped: false,
+            started_at: None,
+            updated_at: timefmt::stamp(cx.now),
+        };
+        let name = row.name();
+        self.dynos.insert(id, row.clone());
+        cx.persist(Write::Dyno(row));
+        cx.schedule(RUN_ATTACH_WITHIN, Input::RunAttachDue { dyno: id });
+        cx.reply(reply, Response::OneOff { dyno: id, name, port });
+    }
+
+    fn run_attached(&mut self, cx: &mut Cx<'_>, id: DynoId, ids: ProcessIds, reply: ReplyId) {
+        let Some(d) = self.dynos.get_mut(&id).filter(|d| one_off(d) && spawning(d)) else {
+            cx.reply(reply, Response::Error { message: format!("no one-off dyno {id} is waiting to start") });
+            return;
+        };
+        set_ids(d, ids, cx.now);
+        d.state = DynoState::Up;
+        let row = d.clone();
+        cx.persist(Write::Dyno(row));
+        cx.out.push(Effect::Watch { dyno: id, shim: (ids.shim_pid, ids.shim_start) });
+        cx.reply(reply, Response::Done);
+    }
+
     // ----- rollouts ---------------------------------------------------------------------------
 
     fn rollout(
@@ -719,8 +812,12 @@ impl World {
                     .filter(|p| *p != version && self.limits.auto_rollback)
                     .map(|previous| Watch { version, previous, since: cx.now, crashes: 0 });
                 cx.persist(Write::Promote { app: app.clone(), version });
-                let old: Vec<DynoId> =
-                    self.app_dynos(app).filter(|d| d.release != version).map(|d| d.id).collect();
+                // One-off dynos of the old release run to their end, as on Heroku.
+                let old: Vec<DynoId> = self
+                    .app_dynos(app)
+                    .filter(|d| !one_off(d) && d.release != version)
+                    .map(|d| d.id)
+                    .collect();
                 for id in old {
                     self.stop_dyno(cx, id, false);
                 }
@@ -794,7 +891,7 @@ impl World {
             return;
         }
         let desired = self.desired(app);
-        let rows: Vec<DynoRow> = self.app_dynos(app).cloned().collect();
+        let rows: Vec<DynoRow> = self.app_dynos(app).filter(|d| !one_off(d)).cloned().collect();
         let plan = plan::plan(&desired, &rows, cx.now);
         let release = desired.release.unwrap_or(0);
         for action in plan.actions {
@@ -1118,6 +1215,11 @@ impl World {
     /// The dyno's process is gone: expected after a stop, a crash otherwise.
     fn exited(&mut self, cx: &mut Cx<'_>, id: DynoId) {
         let Some(d) = self.dynos.get_mut(&id) else { return };
+        if one_off(d) {
+            // Its `run` command logged the exit status; one-off dynos are never restarted.
+            self.forget(cx, id);
+            return;
+        }
         let (name, was) = (d.name(), d.state);
         let Ok(app) = d.app.parse::<AppName>() else { return };
         match was {

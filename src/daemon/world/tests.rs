@@ -425,6 +425,8 @@ struct Sim {
     steps: u64,
     transitions: BTreeSet<(DynoState, DynoState)>,
     rollbacks: u64,
+    /// Attach requests of one-off dynos in flight: reply → the one-off's pid.
+    attaching: BTreeMap<ReplyId, i32>,
 }
 
 const APPS: &[&str] = &["alpha", "beta"];
@@ -460,6 +462,7 @@ impl Sim {
             steps: 0,
             transitions: BTreeSet::new(),
             rollbacks: 0,
+            attaching: BTreeMap::new(),
         }
     }
 
@@ -553,7 +556,14 @@ impl Sim {
                 self.announced.insert(dyno, ids);
                 return Some(Input::Spawned { dyno, ids });
             }
-            Effect::Watch { .. } | Effect::Log { .. } => {}
+            Effect::Log { .. } => {}
+            // Watching a shim that is already gone reports its exit at once (a pidfd of a dead
+            // process is readable, or the pid no longer matches its start time).
+            Effect::Watch { dyno, shim } => {
+                if !self.procs.values().any(|p| p.shim_pid == shim.0) {
+                    self.after(Duration::from_millis(1), Input::Exited { dyno, shim_pid: shim.0 });
+                }
+            }
             Effect::BootCheck { dyno, pid, port: _ } => {
                 let roll = if self.hostile { self.rng.below(10) } else { 0 };
                 match roll {
@@ -613,8 +623,30 @@ impl Sim {
                 self.announced.remove(&dyno);
             }
             Effect::Schedule { after, input } => self.after(after, input),
-            Effect::Reply { reply, .. } => {
+            Effect::Reply { reply, response } => {
                 assert!(self.open_replies.remove(&reply), "reply {reply} answered twice or never asked");
+                match response {
+                    // `slipway run` starts the one-off's process and attaches it.
+                    Response::OneOff { dyno, .. } => {
+                        let pid = self.next_pid;
+                        self.next_pid += 2;
+                        self.procs.insert(pid, Proc { dyno, shim_pid: pid + 1, ignores_term: false });
+                        let ids = ProcessIds { pid, pid_start: 7, shim_pid: pid + 1, shim_start: 7 };
+                        let reply = self.reply_id();
+                        self.attaching.insert(reply, pid);
+                        let after = Duration::from_millis(self.rng.below(200));
+                        self.after(after, Input::RunAttached { dyno, ids, reply });
+                    }
+                    // An attach the daemon refused (it restarted meanwhile): `run` kills its
+                    // command rather than leave it untracked.
+                    Response::Error { .. } => {
+                        if let Some(pid) = self.attaching.remove(&reply) {
+                            self.die(pid);
+                        }
+                    }
+                    _ => {}
+                }
+                self.attaching.remove(&reply);
             }
         }
         None
@@ -650,6 +682,10 @@ impl Sim {
     fn restart_daemon(&mut self) {
         self.timers.retain(|(_, _, due)| matches!(due, Timed::Die(_) | Timed::Input(Input::Exited { .. })));
         self.open_replies.clear();
+        // A `run` waiting for its attach answer loses its connection and kills its command.
+        for (_, pid) in std::mem::take(&mut self.attaching) {
+            self.die(pid);
+        }
         let mut world = World::new(limits());
         for a in APPS {
             let a = app(a);
@@ -754,6 +790,10 @@ impl Sim {
                 self.feed(Input::Converge { app: a, spec, reply });
             }
             70..=72 => self.restart_daemon(),
+            73..=76 => {
+                let reply = self.reply_id();
+                self.feed(Input::RunStart { app: a, command: "bash".into(), reply });
+            }
             _ => {
                 let d = Duration::from_millis(self.rng.below(20_000));
                 self.fire_timers_until(self.now + d);
@@ -834,7 +874,11 @@ impl Sim {
                     );
                 }
             }
-            for d in self.world.dynos().filter(|d| d.app == a.as_str() && d.state != DynoState::Down) {
+            for d in self
+                .world
+                .dynos()
+                .filter(|d| d.app == a.as_str() && d.state != DynoState::Down && !one_off(d))
+            {
                 let wanted = d.release == current
                     && types.iter().any(|(t, _)| *t == d.process_type)
                     && d.num <= i64::from(self.formation[&a].get(&d.process_type).copied().unwrap_or(0));
@@ -910,5 +954,98 @@ fn random_event_sequences_keep_every_invariant() {
         (DynoState::Crashed, DynoState::Starting),
     ] {
         assert!(transitions.contains(&t), "never saw {t:?}");
+    }
+}
+
+#[test]
+fn one_off_dynos_are_listed_stopped_and_forgotten_but_never_restarted_or_replaced() {
+    let (mut w, _, _) = running_world();
+    let hello = app("hello");
+    let fx =
+        w.handle(Input::RunStart { app: hello.clone(), command: "bash".into(), reply: 7 }, t0(), &AllFree);
+    let Some(Effect::Reply { response: Response::OneOff { dyno, name, port }, .. }) =
+        fx.iter().find(|e| matches!(e, Effect::Reply { reply: 7, .. })).cloned()
+    else {
+        panic!("no one-off answer: {fx:?}")
+    };
+    assert_eq!(name, "run.1");
+    assert!(port != 5000, "the web dyno's port was given again");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Spawn { .. })), "the daemon must not spawn it");
+    let fx = w.handle(Input::RunAttached { dyno, ids: ids(300), reply: 8 }, t0(), &AllFree);
+    assert!(fx.contains(&Effect::Watch { dyno, shim: (10_300, 7) }));
+    assert_eq!(w.dyno(dyno).unwrap().state, DynoState::Up);
+
+    // A deploy neither waits for it nor stops it; a converge leaves it alone.
+    let (_, new) = deploying_v2(&mut w);
+    let fx = ready(&mut w, new[0], 200);
+    assert!(!fx.contains(&Effect::Signal { pid: 300, start: 7, sig: Sig::Term }), "{fx:?}");
+    assert_eq!(w.dyno(dyno).unwrap().state, DynoState::Up);
+
+    // ps:stop run.1 stops it; its exit forgets it (it is not kept down, nor restarted).
+    let fx = w.handle(
+        Input::Stop { app: Some(hello.clone()), target: Some("run.1".into()), reply: 9 },
+        t0(),
+        &AllFree,
+    );
+    assert!(fx.contains(&Effect::Signal { pid: 300, start: 7, sig: Sig::Term }), "{fx:?}");
+    let fx = w.handle(Input::Exited { dyno, shim_pid: 10_300 }, t0(), &AllFree);
+    assert!(w.dyno(dyno).is_none());
+    assert!(fx.iter().any(|e| matches!(e, Effect::Reply { reply: 9, response: Response::Done })));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Spawn { .. })));
+
+    // Recorded but never attached: forgotten after the attach window.
+    let fx =
+        w.handle(Input::RunStart { app: hello.clone(), command: "bash".into(), reply: 10 }, t0(), &AllFree);
+    let due = fx.iter().find_map(|e| match e {
+        Effect::Schedule { after, input: Input::RunAttachDue { dyno } } => Some((*after, *dyno)),
+        _ => None,
+    });
+    let (after, late) = due.expect("an attach deadline");
+    assert_eq!(after, RUN_ATTACH_WITHIN);
+    w.handle(Input::RunAttachDue { dyno: late }, t0(), &AllFree);
+    assert!(w.dyno(late).is_none());
+    let fx = w.handle(Input::RunAttached { dyno: late, ids: ids(400), reply: 11 }, t0(), &AllFree);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Reply { reply: 11, response: Response::Error { .. } })));
+}
+
+#[test]
+fn three_web_crashes_soon_after_going_live_roll_back_once_and_never_to_a_bad_release() {
+    let (mut w, _, _) = running_world();
+    let hello = app("hello");
+    let (_, new) = deploying_v2(&mut w);
+    ready(&mut w, new[0], 200);
+    assert_eq!(w.current_release(&hello), Some(2));
+    let crash = |w: &mut World, pid: i32, at: OffsetDateTime| {
+        let web = w.dynos().find(|d| d.process_type == "web" && d.release == 2).unwrap().id;
+        let fx = w.handle(Input::Exited { dyno: web, shim_pid: pid + 10_000 }, at, &AllFree);
+        // Restarted once its backoff is over, for the next crash.
+        let later = at + Duration::from_secs(5);
+        w.handle(Input::Tick { app: app("hello") }, later, &AllFree);
+        w.handle(Input::Spawned { dyno: web, ids: ids(pid + 1) }, later, &AllFree);
+        fx
+    };
+    let fx = crash(&mut w, 200, t0() + Duration::from_secs(10));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Rollback { .. })));
+    crash(&mut w, 201, t0() + Duration::from_secs(20));
+    let fx = crash(&mut w, 202, t0() + Duration::from_secs(30));
+    let rollback = fx.iter().find_map(|e| match e {
+        Effect::Rollback { to, why, .. } => Some((*to, why.clone())),
+        _ => None,
+    });
+    let (to, why) = rollback.expect("a rollback after three crashes");
+    assert_eq!(to, 1);
+    assert!(why.contains("web dynos of v2 crashed 3 times within 5 minutes"), "{why}");
+    // Once only.
+    let fx = crash(&mut w, 203, t0() + Duration::from_secs(40));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Rollback { .. })));
+
+    // Crashes after the window count for nothing.
+    let (mut w, _, _) = running_world();
+    let (_, new) = deploying_v2(&mut w);
+    ready(&mut w, new[0], 200);
+    for (i, pid) in [200, 201, 202].into_iter().enumerate() {
+        let at = t0() + ROLLBACK_WINDOW + Duration::from_secs(1 + i as u64);
+        let fx = crash(&mut w, pid, at);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Rollback { .. })), "late crash {i} rolled back");
     }
 }

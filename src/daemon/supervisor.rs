@@ -643,8 +643,8 @@ fn apply(store: &mut Store, write: &Write) -> store::Result<()> {
             tx.commit()?;
             Ok(())
         }
-        Write::ReleaseFailed { app, version } => {
-            store::releases::set_status(store.conn(), app, *version, "failed")
+        Write::ReleaseFailed { app, version, why: _ } => {
+            store::releases::set_failed(store.conn(), app, *version)
         }
     }
 }

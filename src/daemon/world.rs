@@ -187,9 +187,11 @@ pub enum Write {
         app: AppName,
         version: i64,
     },
+    /// The release failed (and the releases queued before it), because `why`.
     ReleaseFailed {
         app: AppName,
         version: i64,
+        why: String,
     },
 }
 
@@ -389,12 +391,9 @@ impl World {
             Input::Start { observed, orphans, pending, queued } => {
                 for (app, version) in pending {
                     // Its rollout died with the previous daemon; the old release kept serving.
-                    cx.log(
-                        &app,
-                        "api",
-                        format!("Release v{version} failed: the daemon restarted during its rollout"),
-                    );
-                    cx.persist(Write::ReleaseFailed { app, version });
+                    let why = "the daemon restarted during its rollout".to_string();
+                    cx.log(&app, "api", format!("Release v{version} failed: {why}"));
+                    cx.persist(Write::ReleaseFailed { app, version, why });
                 }
                 self.start(&mut cx, observed, orphans);
                 for (app, version) in queued {
@@ -535,7 +534,11 @@ impl World {
     fn deploy(&mut self, cx: &mut Cx<'_>, app: &AppName, version: i64, reply: Option<ReplyId>) {
         let refuse = |cx: &mut Cx<'_>, message: String| match reply {
             Some(reply) => cx.reply(reply, Response::Error { message }),
-            None => cx.log(app, "api", format!("Release v{version} failed: {message}")),
+            None => {
+                // A queued release nobody waits for: it fails for good, and says why.
+                cx.log(app, "api", format!("Release v{version} failed: {message}"));
+                cx.persist(Write::ReleaseFailed { app: app.clone(), version, why: message });
+            }
         };
         if self.has_rollout(app) {
             refuse(cx, format!("another rollout of {app} is in progress; try again when it finishes"));
@@ -836,7 +839,7 @@ impl World {
                 }
                 if *kind == RolloutKind::Deploy {
                     cx.log(app, "api", format!("Release v{version} failed: {message}"));
-                    cx.persist(Write::ReleaseFailed { app: app.clone(), version });
+                    cx.persist(Write::ReleaseFailed { app: app.clone(), version, why: message.clone() });
                 }
                 Response::Error { message }
             }

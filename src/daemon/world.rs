@@ -34,6 +34,8 @@ pub type DynoId = i64;
 pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(300);
 /// How long `slipway run` has between recording a one-off dyno and attaching its process.
 pub const RUN_ATTACH_WITHIN: Duration = Duration::from_secs(60);
+/// A dyno that could not even be recorded (no free port) is tried again after this long.
+pub const START_RETRY: Duration = Duration::from_secs(5);
 /// That many web crashes within the window roll the release back.
 pub const CRASHES_TO_ROLL_BACK: u32 = 3;
 /// Names a request's pending answer; the executor holds the channel behind it.
@@ -897,11 +899,13 @@ impl World {
         let rows: Vec<DynoRow> = self.app_dynos(app).filter(|d| !one_off(d)).cloned().collect();
         let plan = plan::plan(&desired, &rows, cx.now);
         let release = desired.release.unwrap_or(0);
+        let mut retry = false;
         for action in plan.actions {
             match action {
                 Action::Start { process_type, num, command } => {
                     if let Err(message) = self.create_dyno(cx, app, &process_type, num, release, &command) {
                         cx.log(app, &format!("{process_type}.{num}"), format!("Failed to start: {message}"));
+                        retry = true;
                     }
                 }
                 Action::Stop { dyno } => self.stop_dyno(cx, dyno, false),
@@ -915,6 +919,10 @@ impl World {
         if let Some(wait) = plan.wake_in {
             // A little slack so the plan, run at the wake-up, finds the backoff elapsed.
             cx.schedule(wait + Duration::from_millis(10), Input::Tick { app: app.clone() });
+        }
+        if retry {
+            // Out of ports, say: try again once others may have freed some.
+            cx.schedule(START_RETRY, Input::Tick { app: app.clone() });
         }
     }
 

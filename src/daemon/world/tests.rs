@@ -398,6 +398,8 @@ struct Proc {
 enum Timed {
     Input(Input),
     Die(i32),
+    /// `slipway rollback`'s request reaches the daemon (it reads the desired state then).
+    Deploy(AppName, i64),
 }
 
 /// A simulated machine and database around the core.
@@ -599,12 +601,9 @@ impl Sim {
                 let types = self.releases[&app][&to].clone();
                 let version = self.releases[&app].keys().max().copied().unwrap_or(0) + 1;
                 self.releases.get_mut(&app).unwrap().insert(version, types);
-                let reply = self.reply_id();
-                let spec = self.spec(&app, Some(version));
-                self.after(
-                    Duration::from_millis(100),
-                    Input::Deploy { app, version, restart: true, spec, reply },
-                );
+                self.timer_seq += 1;
+                let at = self.now + Duration::from_millis(100);
+                self.timers.push((at, self.timer_seq, Timed::Deploy(app, version)));
             }
             Effect::Drain { dyno, pid, .. } => {
                 let after = Duration::from_millis(self.rng.below(2000));
@@ -669,6 +668,11 @@ impl Sim {
                     match due {
                         Timed::Input(input) => self.feed(input),
                         Timed::Die(pid) => self.die(pid),
+                        Timed::Deploy(app, version) => {
+                            let reply = self.reply_id();
+                            let spec = self.spec(&app, Some(version));
+                            self.feed(Input::Deploy { app, version, restart: true, spec, reply });
+                        }
                     }
                 }
                 _ => break,

@@ -1,0 +1,203 @@
+//! Procfile lines run as on Heroku (`bash -c LINE`, not rewritten): env prefixes, `cd dir &&`,
+//! `$PORT`; a line whose shell stays as the app's parent still stops gracefully and still loses
+//! its leftovers when it crashes; and an app without a Procfile gets a detected web command.
+//!
+//! The apps with a Procfile are generic (their server script is called `server`, not `*.py`),
+//! so a push builds in a fraction of a second.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// A stdlib web server. Port: `--port=N` if given, else `$PORT`. Answers
+/// `GREETING port=… argv=[…] cwd=… helper=PID`, where the helper is a `sleep` child it started
+/// (a process of the dyno besides the app). `/crash` ends it at once with status 3. On SIGTERM
+/// it says goodbye, takes 2 s to "finish its work", says so, and exits 0.
+const SERVER: &str = r#"import os, signal, subprocess, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port = int(os.environ["PORT"])
+for arg in sys.argv[1:]:
+    if arg.startswith("--port="):
+        port = int(arg.split("=", 1)[1])
+helper = subprocess.Popen(["sleep", "1000"])
+body = "%s port=%d argv=%s cwd=%s helper=%d" % (
+    os.environ.get("GREETING", "none"), port, sys.argv[1:], os.path.basename(os.getcwd()), helper.pid)
+
+
+def goodbye(signum, frame):
+    print("goodbye", flush=True)
+    time.sleep(2)
+    print("goodbye done", flush=True)
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, goodbye)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/crash":
+            print("crashing", flush=True)
+            os._exit(3)
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+print("listening on %d" % port, flush=True)
+server.serve_forever()
+"#;
+
+fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn log(slip: &Slipway, app: &str) -> String {
+    std::fs::read_to_string(slip.app_log_path(app)).unwrap_or_default()
+}
+
+/// Waits until `app` has one `web.1`, up, whose pid is not `not`; returns (pid, port).
+fn web_up(slip: &Slipway, app: &str, not: Option<u32>) -> (u32, u16) {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        let dynos = slip.ps_json(app);
+        found = dynos.iter().find_map(|d| {
+            if text(d, "name") != Some("web.1") || text(d, "state") != Some("up") {
+                return None;
+            }
+            let pid = d.get("pid")?.as_u64()? as u32;
+            let port = d.get("port")?.as_u64()? as u16;
+            (Some(pid) != not).then_some((pid, port))
+        });
+        found.is_some() && dynos.len() == 1
+    });
+    assert!(ok, "web.1 of {app} is not up\n{}", slip.diagnostics());
+    found.expect("checked by wait_until")
+}
+
+/// The body `port` answers `/` with (200 only), waiting for it to answer.
+fn body(port: u16) -> String {
+    let mut got = None;
+    wait_until(Duration::from_secs(10), || {
+        got = http_get(port, "/").filter(|(status, _)| *status == 200).map(|(_, b)| b);
+        got.is_some()
+    });
+    got.unwrap_or_else(|| panic!("nothing answered on port {port}"))
+}
+
+fn push(slip: &Slipway, repo: &GitRepo, app: &str, version: &str) -> String {
+    let (ok, out) = slip.push_local(repo, app);
+    assert!(ok && out.contains(&format!("done, {version}")), "push failed:\n{out}\n{}", slip.diagnostics());
+    out
+}
+
+#[test]
+fn env_prefixes_cd_and_port_expand_as_in_a_shell() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    repo.commit_files(
+        &[("Procfile", "web: GREETING=hi python3 server --port=$PORT\n"), ("server", SERVER)],
+        "env prefix",
+    );
+    push(&slip, &repo, "hello", "v1");
+    let (_, port) = web_up(&slip, "hello", None);
+    let got = body(port);
+    assert!(got.starts_with(&format!("hi port={port} argv=['--port={port}'] cwd=")), "{got}");
+
+    repo.commit_files(
+        &[("Procfile", "web: cd sub && GREETING=\"from sub\" python3 server\n"), ("sub/server", SERVER)],
+        "cd sub",
+    );
+    push(&slip, &repo, "hello", "v2");
+    let (_, port) = wait_for_new_body(&slip, "cwd=sub");
+    assert!(body(port).starts_with(&format!("from sub port={port} argv=[] cwd=sub")));
+}
+
+/// Waits until web.1 answers with a body containing `needle` (a rollout replaced it).
+fn wait_for_new_body(slip: &Slipway, needle: &str) -> (u32, u16) {
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let (_, port) = web_up(slip, "hello", None);
+        last = http_get(port, "/").map(|(_, b)| b).unwrap_or_default();
+        last.contains(needle)
+    });
+    assert!(ok, "web.1 never answered with {needle:?}; last: {last}\n{}", slip.diagnostics());
+    web_up(slip, "hello", None)
+}
+
+#[test]
+fn a_line_whose_shell_stays_stops_gracefully_and_a_crash_kills_its_leftovers() {
+    let mut slip = Slipway::new();
+    // In the settings file, so that the shims (which see only the dyno's environment) use the
+    // same grace period as the daemon.
+    slip.cmd_ok(&["settings:set", "stop_timeout=8"]);
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // A `;` list: bash stays as the parent of python3 (it has to run `echo` afterwards).
+    repo.commit_files(
+        &[("Procfile", "web: python3 server; echo shell-after $?\n"), ("server", SERVER)],
+        "compound",
+    );
+    push(&slip, &repo, "hello", "v1");
+    let (shell, port) = web_up(&slip, "hello", None);
+    let comm = std::fs::read_to_string(format!("/proc/{shell}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "bash", "the dyno's main process should be the shell");
+    let helper = helper_pid(&body(port));
+
+    // A restart: the old web.1 gets SIGTERM with its whole group; bash dies at once, the app
+    // takes its 2 s and is not killed meanwhile.
+    let started = Instant::now();
+    slip.cmd_ok(&["ps:restart", "hello", "web"]);
+    let (_, new_port) = web_up(&slip, "hello", Some(shell));
+    let done =
+        wait_until(Duration::from_secs(15), || log(&slip, "hello").contains("app[web.1]: goodbye done"));
+    let text = log(&slip, "hello");
+    assert!(done, "the app was not given time to finish:\n{text}\n{}", slip.diagnostics());
+    assert!(
+        wait_until(Duration::from_secs(10), || log(&slip, "hello")
+            .contains("Process exited with status 143")),
+        "the old dyno's shim did not report the shell's SIGTERM\n{}",
+        log(&slip, "hello")
+    );
+    assert!(started.elapsed() < Duration::from_secs(8), "the stop took the whole grace period");
+    let text = log(&slip, "hello");
+    assert!(!text.contains("R12") && !text.contains("SIGKILL"), "{text}");
+    assert!(!text.contains("app[web.1]: shell-after"), "the shell ran on after SIGTERM:\n{text}");
+    assert!(!process_alive(helper), "the old dyno's helper survived its stop");
+
+    // A crash of the app: the shell carries on and exits 0; the dyno is over and its helper
+    // goes at once, not after a grace period.
+    let (shell, _) = web_up(&slip, "hello", None);
+    let helper = helper_pid(&body(new_port));
+    assert!(process_alive(helper));
+    let crashed = Instant::now();
+    let _ = http_get(new_port, "/crash");
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive(helper)),
+        "the crashed dyno's helper survived\n{}",
+        log(&slip, "hello")
+    );
+    assert!(crashed.elapsed() < Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(10), || log(&slip, "hello").contains("app[web.1]: shell-after 3")),
+        "{}",
+        log(&slip, "hello")
+    );
+    let (again, _) = web_up(&slip, "hello", Some(shell));
+    assert_ne!(again, shell);
+}
+
+fn helper_pid(body: &str) -> u32 {
+    body.rsplit("helper=").next().and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{body}"))
+}

@@ -9,6 +9,12 @@ use std::process::Command;
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Procfile {
     pub processes: BTreeMap<String, String>,
+    /// Where the process types came from: `Procfile`, or `detected Django` (…) when the app has
+    /// no Procfile and the build chose the web command. Stored in its own column
+    /// (`builds.process_types_source`), not in the JSON of the types; None for builds recorded
+    /// before it was tracked.
+    #[serde(skip)]
+    pub source: Option<String>,
 }
 
 /// The shell a Procfile command line runs in: bash when the system has it (Heroku runs
@@ -80,7 +86,7 @@ impl Procfile {
         if processes.is_empty() {
             return Err(ProcfileError::Empty);
         }
-        Ok(Procfile { processes })
+        Ok(Procfile { processes, source: None })
     }
 
     /// Types that run as long-lived dynos: everything but the one-off `release` phase.

@@ -201,3 +201,34 @@ fn a_line_whose_shell_stays_stops_gracefully_and_a_crash_kills_its_leftovers() {
 fn helper_pid(body: &str) -> u32 {
     body.rsplit("helper=").next().and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{body}"))
 }
+
+#[test]
+fn an_app_py_without_procfile_is_detected_served_and_recorded() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    repo.commit_files(&[("app.py", python_app_py("detected and served"))], "no Procfile");
+    let out = push(&slip, &repo, "hello", "v1");
+    assert!(out.contains("-----> No Procfile; detected app.py: web: python app.py"), "{out}");
+    assert!(out.contains("Default types for app.py -> web"), "{out}");
+    let (_, port) = web_up(&slip, "hello", None);
+    assert_eq!(body(port), "detected and served");
+
+    let info = slip.json(&["releases:info", "hello", "v1", "--json"]);
+    assert_eq!(info["process_types_source"], "detected app.py", "{info}");
+    let text = slip.cmd_ok(&["releases:info", "hello", "v1"]);
+    assert!(text.contains("Process types: web (detected app.py)"), "{text}");
+
+    // A Procfile wins, and says so.
+    repo.commit_files(&[("Procfile", "web: python app.py\n")], "Procfile");
+    let out = push(&slip, &repo, "hello", "v2");
+    assert!(out.contains("Procfile declares types -> web") && !out.contains("No Procfile"), "{out}");
+    let info = slip.json(&["releases:info", "hello", "v2", "--json"]);
+    assert_eq!(info["process_types_source"], "Procfile", "{info}");
+
+    // Nothing to detect: the push is refused and says what it looked for.
+    let other = GitRepo::init(&slip.root().join("other"));
+    other.commit_files(&[("tool.py", "print('not a web app')\n")], "nothing");
+    let (ok, out) = slip.push_local(&other, "other");
+    assert!(!ok && out.contains("no Procfile found") && out.contains("Django"), "{out}");
+}

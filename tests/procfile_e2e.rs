@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::*;
 
 /// A stdlib web server. Port: `--port=N` if given, else `$PORT`. Answers
-/// `GREETING port=… argv=[…] cwd=… helper=PID`, where the helper is a `sleep` child it started
+/// `GREETING port=… argv=[…] cwd=… hints=WEB_CONCURRENCY,DYNO_RAM,FORWARDED_ALLOW_IPS helper=PID`, where the helper is a `sleep` child it started
 /// (a process of the dyno besides the app). `/crash` ends it at once with status 3. On SIGTERM
 /// it says goodbye, takes 2 s to "finish its work", says so, and exits 0.
 const SERVER: &str = r#"import os, signal, subprocess, sys, time
@@ -24,8 +24,9 @@ for arg in sys.argv[1:]:
     if arg.startswith("--port="):
         port = int(arg.split("=", 1)[1])
 helper = subprocess.Popen(["sleep", "1000"])
-body = "%s port=%d argv=%s cwd=%s helper=%d" % (
-    os.environ.get("GREETING", "none"), port, sys.argv[1:], os.path.basename(os.getcwd()), helper.pid)
+hints = ",".join(os.environ.get(k, "-") for k in ("WEB_CONCURRENCY", "DYNO_RAM", "FORWARDED_ALLOW_IPS"))
+body = "%s port=%d argv=%s cwd=%s hints=%s helper=%d" % (
+    os.environ.get("GREETING", "none"), port, sys.argv[1:], os.path.basename(os.getcwd()), hints, helper.pid)
 
 
 def goodbye(signum, frame):
@@ -114,6 +115,7 @@ fn env_prefixes_cd_and_port_expand_as_in_a_shell() {
     let (_, port) = web_up(&slip, "hello", None);
     let got = body(port);
     assert!(got.starts_with(&format!("hi port={port} argv=['--port={port}'] cwd=")), "{got}");
+    assert!(got.contains(" hints=2,512,127.0.0.1 "), "{got}");
 
     repo.commit_files(
         &[("Procfile", "web: cd sub && GREETING=\"from sub\" python3 server\n"), ("sub/server", SERVER)],
@@ -122,6 +124,11 @@ fn env_prefixes_cd_and_port_expand_as_in_a_shell() {
     push(&slip, &repo, "hello", "v2");
     let (_, port) = wait_for_new_body(&slip, "cwd=sub");
     assert!(body(port).starts_with(&format!("from sub port={port} argv=[] cwd=sub")));
+
+    // The app's config wins over slipway's runtime hints.
+    slip.cmd_ok(&["config:set", "hello", "WEB_CONCURRENCY=5", "FORWARDED_ALLOW_IPS=*"]);
+    let (_, port) = wait_for_new_body(&slip, "hints=5,512,* ");
+    assert!(body(port).contains("cwd=sub"));
 }
 
 /// Waits until web.1 answers with a body containing `needle` (a rollout replaced it).
@@ -231,4 +238,84 @@ fn an_app_py_without_procfile_is_detected_served_and_recorded() {
     other.commit_files(&[("tool.py", "print('not a web app')\n")], "nothing");
     let (ok, out) = slip.push_local(&other, "other");
     assert!(!ok && out.contains("no Procfile found") && out.contains("Django"), "{out}");
+}
+
+#[test]
+fn a_flask_app_with_gunicorn_is_served_by_gunicorn_with_web_concurrency_workers() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let app = "from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route(\"/\")\ndef index():\n    return \"flask on gunicorn\"\n";
+    repo.commit_files(&[("app.py", app), ("requirements.txt", "flask\ngunicorn\n")], "flask");
+    let out = push(&slip, &repo, "hello", "v1");
+    assert!(out.contains("-----> No Procfile; detected Flask: web: gunicorn app:app"), "{out}");
+    let (_, port) = web_up(&slip, "hello", None);
+    assert_eq!(body(port), "flask on gunicorn");
+    // gunicorn binds 0.0.0.0:$PORT and starts $WEB_CONCURRENCY workers by itself.
+    let booted = wait_until(Duration::from_secs(10), || {
+        log(&slip, "hello").matches("Booting worker with pid").count() == 2
+    });
+    assert!(booted, "{}", log(&slip, "hello"));
+    let info = slip.json(&["releases:info", "hello", "v1", "--json"]);
+    assert_eq!(info["process_types_source"], "detected Flask", "{info}");
+}
+
+const DJANGO_MANAGE: &str = r#"#!/usr/bin/env python
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+"#;
+
+const DJANGO_SETTINGS: &str = r#"from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "not-a-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "mysite.urls"
+INSTALLED_APPS = ["django.contrib.staticfiles"]
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DATABASES = {}
+"#;
+
+const DJANGO_URLS: &str = r#"from django.http import HttpResponse
+from django.urls import path
+
+urlpatterns = [path("", lambda request: HttpResponse("django on gunicorn"))]
+"#;
+
+const DJANGO_WSGI: &str = r#"import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+application = get_wsgi_application()
+"#;
+
+#[test]
+fn a_django_project_without_procfile_runs_on_gunicorn() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    repo.commit_files(
+        &[
+            ("manage.py", DJANGO_MANAGE),
+            ("mysite/__init__.py", ""),
+            ("mysite/settings.py", DJANGO_SETTINGS),
+            ("mysite/urls.py", DJANGO_URLS),
+            ("mysite/wsgi.py", DJANGO_WSGI),
+            ("requirements.txt", "django\ngunicorn\n"),
+        ],
+        "django",
+    );
+    let out = push(&slip, &repo, "hello", "v1");
+    assert!(out.contains("-----> No Procfile; detected Django: web: gunicorn mysite.wsgi"), "{out}");
+    let (_, port) = web_up(&slip, "hello", None);
+    assert_eq!(body(port), "django on gunicorn");
 }

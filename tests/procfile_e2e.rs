@@ -203,6 +203,16 @@ fn a_line_whose_shell_stays_stops_gracefully_and_a_crash_kills_its_leftovers() {
     );
     let (again, _) = web_up(&slip, "hello", Some(shell));
     assert_ne!(again, shell);
+
+    // Scaling down stops it as gracefully as a restart does.
+    slip.cmd_ok(&["ps:scale", "hello", "web=0"]);
+    let stopped = wait_until(Duration::from_secs(15), || {
+        slip.ps_json("hello").is_empty()
+            && log(&slip, "hello").matches("app[web.1]: goodbye done").count() == 2
+    });
+    let text = log(&slip, "hello");
+    assert!(stopped, "scaling down did not let the app finish:\n{text}");
+    assert!(!text.contains("R12") && !text.contains("SIGKILL"), "{text}");
 }
 
 fn helper_pid(body: &str) -> u32 {

@@ -6,7 +6,7 @@
 //! | `manage.py`, no gunicorn (or no `wsgi.py` found) | `python manage.py runserver 0.0.0.0:$PORT`, with a warning |
 //! | `main.py` or `app.py` defining `X = FastAPI(`, uvicorn a dependency | `uvicorn main:X --host 0.0.0.0 --port $PORT` |
 //! | `app.py` defining a Dash app and `server = app.server`, gunicorn a dependency | `gunicorn app:server` |
-//! | `app.py` defining `X = Flask(`, gunicorn a dependency | `gunicorn app:X` |
+//! | `app.py` defining `X = Flask(`, gunicorn a dependency | `gunicorn app:X` (`gunicorn "app:create_app()"` for a factory) |
 //! | a Dash or Flask `app.py` without gunicorn, or any `app.py` with a `__main__` block | `python app.py` |
 //!
 //! Django's WSGI module comes from `DJANGO_SETTINGS_MODULE` in `manage.py` (`proj.settings` →
@@ -145,8 +145,14 @@ pub fn detect(files: &impl Files) -> Detection {
         return Detection::Web(Detected { framework: Framework::Dash, command, warning: None });
     }
     if imports(&app, "flask") && app.contains("Flask(") {
-        let var = assigned_name(&app, "Flask(").unwrap_or_else(|| "app".into());
-        let command = if gunicorn { format!("gunicorn app:{var}") } else { script() };
+        // An app factory (`def create_app():` and no module-level app): gunicorn calls it.
+        let target = match assigned_name(&app, "Flask(") {
+            Some(var) => var,
+            None if app.lines().any(|l| l.starts_with("def create_app(")) => "\"app:create_app()\"".into(),
+            None => "app".into(),
+        };
+        let target = if target.starts_with('"') { target } else { format!("app:{target}") };
+        let command = if gunicorn { format!("gunicorn {target}") } else { script() };
         return Detection::Web(Detected { framework: Framework::Flask, command, warning: None });
     }
     if app.contains("__main__") {
@@ -502,6 +508,14 @@ mod tests {
                 "gunicorn app:application",
             ),
             (vec![("app.py", FLASK), ("requirements.txt", "flask\n")], Framework::Flask, "python app.py"),
+            (
+                vec![
+                    ("app.py", "import flask\n\ndef create_app():\n    app = flask.Flask(__name__)\n    return app\n"),
+                    ("requirements.txt", "Flask\ngunicorn\n"),
+                ],
+                Framework::Flask,
+                "gunicorn \"app:create_app()\"",
+            ),
             (
                 vec![("app.py", DASH), ("requirements.txt", "dash\ngunicorn\n")],
                 Framework::Dash,

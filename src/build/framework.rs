@@ -40,8 +40,13 @@ const MAX_READ: u64 = 16 * 1024 * 1024;
 
 impl Files for Dir<'_> {
     fn read(&self, path: &str) -> Option<String> {
-        let path = self.0.join(path);
-        // Not through a symlink: detection reads only the app's own files.
+        // Only the app's own files: nothing outside it (`-r ../x.txt`, `-r /etc/x`), and not
+        // through a symlink.
+        let relative = Path::new(path);
+        if !relative.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return None;
+        }
+        let path = self.0.join(relative);
         let meta = std::fs::symlink_metadata(&path).ok()?;
         if !meta.is_file() || meta.len() > MAX_READ {
             return None;
@@ -560,6 +565,24 @@ mod tests {
             panic!("FastAPI without uvicorn")
         };
         assert!(why.contains("uvicorn"), "{why}");
+    }
+
+    #[test]
+    fn the_dir_reader_stays_inside_the_app() {
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("app");
+        std::fs::create_dir_all(app.join("mysite")).unwrap();
+        std::fs::write(root.path().join("outside.txt"), "gunicorn\n").unwrap();
+        std::fs::write(app.join("requirements.txt"), "-r ../outside.txt\n").unwrap();
+        std::fs::write(app.join("mysite/wsgi.py"), "").unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside.txt"), app.join("link.txt")).unwrap();
+        let dir = Dir(&app);
+        assert_eq!(dir.read("mysite/wsgi.py").as_deref(), Some(""));
+        assert_eq!(dir.read("../outside.txt"), None);
+        assert_eq!(dir.read(&root.path().join("outside.txt").display().to_string()), None);
+        assert_eq!(dir.read("link.txt"), None);
+        assert_eq!(dir.dirs(), ["mysite"]);
+        assert!(dependencies(&dir).is_empty());
     }
 
     #[test]

@@ -112,9 +112,11 @@ fn env_prefixes_cd_and_port_expand_as_in_a_shell() {
         "env prefix",
     );
     push(&slip, &repo, "hello", "v1");
-    let (_, port) = web_up(&slip, "hello", None);
+    let (pid, port) = web_up(&slip, "hello", None);
     let got = body(port);
     assert!(got.starts_with(&format!("hi port={port} argv=['--port={port}'] cwd=")), "{got}");
+    // bash execs a simple command: the app itself is the dyno's main process.
+    assert_eq!(comm(pid), "python3");
     assert!(got.contains(" hints=2,512,127.0.0.1 "), "{got}");
 
     repo.commit_files(
@@ -122,8 +124,10 @@ fn env_prefixes_cd_and_port_expand_as_in_a_shell() {
         "cd sub",
     );
     push(&slip, &repo, "hello", "v2");
-    let (_, port) = wait_for_new_body(&slip, "cwd=sub");
+    let (pid, port) = wait_for_new_body(&slip, "cwd=sub");
     assert!(body(port).starts_with(&format!("from sub port={port} argv=[] cwd=sub")));
+    // ... and the last command of an `&&` list.
+    assert_eq!(comm(pid), "python3");
 
     // The app's config wins over slipway's runtime hints.
     slip.cmd_ok(&["config:set", "hello", "WEB_CONCURRENCY=5", "FORWARDED_ALLOW_IPS=*"]);
@@ -158,8 +162,7 @@ fn a_line_whose_shell_stays_stops_gracefully_and_a_crash_kills_its_leftovers() {
     );
     push(&slip, &repo, "hello", "v1");
     let (shell, port) = web_up(&slip, "hello", None);
-    let comm = std::fs::read_to_string(format!("/proc/{shell}/comm")).unwrap_or_default();
-    assert_eq!(comm.trim(), "bash", "the dyno's main process should be the shell");
+    assert_eq!(comm(shell), "bash", "the dyno's main process should be the shell");
     let helper = helper_pid(&body(port));
 
     // A restart: the old web.1 gets SIGTERM with its whole group; bash dies at once, the app
@@ -213,6 +216,11 @@ fn a_line_whose_shell_stays_stops_gracefully_and_a_crash_kills_its_leftovers() {
     let text = log(&slip, "hello");
     assert!(stopped, "scaling down did not let the app finish:\n{text}");
     assert!(!text.contains("R12") && !text.contains("SIGKILL"), "{text}");
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
 
 fn helper_pid(body: &str) -> u32 {

@@ -1,7 +1,9 @@
 //! What a dyno runs in: its release dir and its clean environment (DESIGN.md, "Dyno
 //! lifecycle"): `PATH` with the virtualenv first, `HOME`, `LANG`, `PORT` for web dynos,
-//! `DYNO`, `PYTHONUNBUFFERED=1`, and the release's config vars. Shared by the daemon's
-//! long-running dynos and `slipway run`'s one-off ones, so both see the same world.
+//! `DYNO`, `PYTHONUNBUFFERED=1`, Heroku's runtime hints `DYNO_RAM`, `WEB_CONCURRENCY` and
+//! `FORWARDED_ALLOW_IPS` (each only when the app's config does not set it), and the release's
+//! config vars. Shared by the daemon's long-running dynos and `slipway run`'s one-off ones, so
+//! both see the same world.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +23,20 @@ pub enum DynoEnvError {
     NoBuild(i64),
     #[error("the release dir {0} is missing")]
     MissingDir(String),
+}
+
+/// The memory a dyno is sized for, in MB. Dynos have no memory limit of their own yet; this is
+/// Heroku's standard dyno (512 MB), which `DYNO_RAM` and `WEB_CONCURRENCY` are derived from.
+pub const DYNO_RAM_MB: u64 = 512;
+
+/// The router's address as the dyno sees it (it connects to dynos over loopback): gunicorn and
+/// uvicorn trust `X-Forwarded-*` headers only from `FORWARDED_ALLOW_IPS`.
+pub const ROUTER_PEER: &str = "127.0.0.1";
+
+/// Heroku's `WEB_CONCURRENCY` for a dyno of `ram_mb`: one web worker per 256 MB (512 MB → 2,
+/// 1 GB → 4), at least 1 and at most 8.
+pub fn web_concurrency(ram_mb: u64) -> u64 {
+    (ram_mb / 256).clamp(1, 8)
 }
 
 pub struct DynoEnv {
@@ -47,6 +63,14 @@ impl DynoEnv {
     /// The complete environment of dyno `name` (`web.1`, `run.4711`).
     pub fn vars(&self, name: &str, port: Option<u16>) -> BTreeMap<String, String> {
         let mut env = self.config.clone();
+        // Hints an app may tune: a config var of the same name wins, as on Heroku.
+        for (key, value) in [
+            ("DYNO_RAM", DYNO_RAM_MB.to_string()),
+            ("WEB_CONCURRENCY", web_concurrency(DYNO_RAM_MB).to_string()),
+            ("FORWARDED_ALLOW_IPS", ROUTER_PEER.to_string()),
+        ] {
+            env.entry(key.into()).or_insert(value);
+        }
         let venv = self.dir.join(VENV);
         let system_path = "/usr/local/bin:/usr/bin:/bin";
         if venv.is_dir() {
@@ -63,5 +87,40 @@ impl DynoEnv {
             env.insert("PORT".into(), port.to_string());
         }
         env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(config: &[(&str, &str)]) -> DynoEnv {
+        let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        DynoEnv { dir: PathBuf::from("/nonexistent/release"), config }
+    }
+
+    #[test]
+    fn runtime_hints_are_set_unless_the_config_sets_them() {
+        let vars = env(&[]).vars("web.1", Some(5000));
+        assert_eq!(vars["WEB_CONCURRENCY"], "2");
+        assert_eq!(vars["DYNO_RAM"], "512");
+        assert_eq!(vars["FORWARDED_ALLOW_IPS"], "127.0.0.1");
+        assert_eq!(vars["PORT"], "5000");
+        assert_eq!(vars["DYNO"], "web.1");
+
+        let vars = env(&[("WEB_CONCURRENCY", "5"), ("FORWARDED_ALLOW_IPS", "*"), ("DYNO_RAM", "1024")])
+            .vars("worker.1", None);
+        assert_eq!(vars["WEB_CONCURRENCY"], "5");
+        assert_eq!(vars["FORWARDED_ALLOW_IPS"], "*");
+        assert_eq!(vars["DYNO_RAM"], "1024");
+        assert!(!vars.contains_key("PORT"));
+    }
+
+    #[test]
+    fn web_concurrency_follows_memory() {
+        assert_eq!(web_concurrency(512), 2);
+        assert_eq!(web_concurrency(1024), 4);
+        assert_eq!(web_concurrency(128), 1);
+        assert_eq!(web_concurrency(14_336), 8);
     }
 }

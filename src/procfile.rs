@@ -3,11 +3,38 @@
 //! names the line, instead of silently dropping a process.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 
 /// Process types in file order are not needed anywhere; a sorted map keeps output stable.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Procfile {
     pub processes: BTreeMap<String, String>,
+    /// Where the process types came from: `Procfile`, or `detected Django` (…) when the app has
+    /// no Procfile and the build chose the web command. Stored in its own column
+    /// (`builds.process_types_source`), not in the JSON of the types; None for builds recorded
+    /// before it was tracked.
+    #[serde(skip)]
+    pub source: Option<String>,
+}
+
+/// The shell a Procfile command line runs in: bash when the system has it (Heroku runs
+/// `bash -c`), else `/bin/sh`.
+pub fn shell() -> &'static str {
+    if std::path::Path::new("/bin/bash").is_file() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    }
+}
+
+/// `SHELL -c LINE`: the line exactly as written, so env prefixes (`FOO=1 cmd`), `cd dir && cmd`,
+/// pipes and `$PORT` work as on Heroku. Whether the shell then execs the command (bash does for a
+/// simple command and for the last one of a list; Debian's dash never does) or stays as its
+/// parent is up to the shell; the dyno shim handles both (see `daemon::shim`).
+pub fn shell_command(line: &str) -> Command {
+    let mut command = Command::new(shell());
+    command.arg("-c").arg(line);
+    command
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,7 +86,7 @@ impl Procfile {
         if processes.is_empty() {
             return Err(ProcfileError::Empty);
         }
-        Ok(Procfile { processes })
+        Ok(Procfile { processes, source: None })
     }
 
     /// Types that run as long-lived dynos: everything but the one-off `release` phase.

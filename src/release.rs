@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::process::Command;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -133,12 +132,8 @@ pub fn release_phase(
     let log_path = home.app_log(app);
     let mut log = LogWriter::open(&log_path).map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let _ = log.event(Source::Slipway, "release.1", &format!("Starting process with command `{command}`"));
-    let mut sh = Command::new("/bin/sh");
-    sh.arg("-c")
-        .arg(format!("exec {command}"))
-        .env_clear()
-        .envs(env.vars("release.1", None))
-        .current_dir(&env.dir);
+    let mut sh = crate::procfile::shell_command(&command);
+    sh.env_clear().envs(env.vars("release.1", None)).current_dir(&env.dir);
     let result = job::run(sh, Some(timeout), |line| {
         emit(line);
         let _ = log.event(Source::App, "release.1", line);

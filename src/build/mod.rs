@@ -6,6 +6,7 @@
 //! removes (see `deploy`). Nothing here touches the database: the caller records the build
 //! and its release in one transaction once this returned successfully.
 
+pub mod framework;
 pub mod interpreter;
 pub mod output;
 pub mod python;
@@ -29,8 +30,10 @@ use crate::settings::Settings;
 pub enum BuildError {
     #[error("{0}")]
     Git(#[from] git::GitError),
-    #[error("no Procfile found in the root of the repository; add one, e.g. 'web: python app.py'")]
+    #[error("no Procfile found in the root of the repository, and no framework detected (Django, FastAPI, Dash, Flask, app.py); add one, e.g. 'web: python app.py'")]
     NoProcfile,
+    #[error("no Procfile found in the root of the repository; {0}")]
+    Undetectable(String),
     #[error(transparent)]
     Procfile(#[from] ProcfileError),
     #[error("{0}")]
@@ -122,7 +125,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
     git::export_commit(req.repo, req.commit, &dir)?;
-    let procfile = read_procfile(&dir)?;
+    let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
     compile_hook(req, &dir, "bin/pre_compile", deadline)?;
     let deps_key = match stack {
@@ -136,7 +139,10 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
 
     output::step("Discovering process types");
     let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
-    output::detail(&format!("Procfile declares types -> {}", types.join(", ")));
+    match procfile.source.as_deref().and_then(|s| s.strip_prefix("detected ")) {
+        Some(framework) => output::detail(&format!("Default types for {framework} -> {}", types.join(", "))),
+        None => output::detail(&format!("Procfile declares types -> {}", types.join(", "))),
+    }
 
     if let Ok(text) = std::fs::read_to_string(dir.join(".slugignore")) {
         let removed =
@@ -192,10 +198,26 @@ fn build_id(commit: &str) -> String {
     format!("{}-{short}-{nonce:08x}", crate::timefmt::compact_now())
 }
 
-fn read_procfile(dir: &Path) -> Result<Procfile, BuildError> {
+/// The app's process types: its Procfile, else the web command of its framework
+/// ([`framework::detect`]), announced in the build output. [`Procfile::source`] says which.
+fn process_types(dir: &Path) -> Result<Procfile, BuildError> {
     match std::fs::read_to_string(dir.join("Procfile")) {
-        Ok(text) => Ok(Procfile::parse(&text)?),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BuildError::NoProcfile),
+        Ok(text) => Ok(Procfile { source: Some("Procfile".into()), ..Procfile::parse(&text)? }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match framework::detect(&framework::Dir(dir)) {
+            framework::Detection::Web(found) => {
+                let name = found.framework.name();
+                output::step(&format!("No Procfile; detected {name}: web: {}", found.command));
+                if let Some(warning) = &found.warning {
+                    output::warn(warning);
+                }
+                Ok(Procfile {
+                    processes: BTreeMap::from([("web".to_string(), found.command)]),
+                    source: Some(format!("detected {name}")),
+                })
+            }
+            framework::Detection::Unusable(why) => Err(BuildError::Undetectable(why)),
+            framework::Detection::Nothing => Err(BuildError::NoProcfile),
+        },
         Err(e) => Err(io_err("reading the Procfile")(e)),
     }
 }

@@ -92,6 +92,9 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
         slug_bytes: Option<i64>,
         slug_kept: bool,
         process_types: Vec<String>,
+        /// `Procfile`, or `detected Django` (…) for an app without one; null for builds made
+        /// before slipway recorded it.
+        process_types_source: Option<String>,
         config_keys: Vec<String>,
         release_phase: Option<String>,
     }
@@ -111,6 +114,7 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
             .as_ref()
             .map(|b| b.process_types.processes.keys().cloned().collect())
             .unwrap_or_default(),
+        process_types_source: build.as_ref().and_then(|b| b.process_types.source.clone()),
         config_keys: release.config.keys().cloned().collect(),
         release_phase: phase,
     };
@@ -131,8 +135,9 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
         None => none(),
     };
     out(&format!("Slug:          {slug}"));
+    let source = info.process_types_source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default();
     out(&format!(
-        "Process types: {}",
+        "Process types: {}{source}",
         if info.process_types.is_empty() { none() } else { info.process_types.join(", ") }
     ));
     out(&format!(

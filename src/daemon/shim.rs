@@ -1,13 +1,29 @@
 //! The per-dyno shim (`slipway dyno-shim`): a small process that owns one dyno's output.
 //!
 //! The daemon spawns one shim per dyno, in a session of its own. The shim starts the dyno as
-//! `sh -c 'exec COMMAND'` in a new process group, reports the dyno's pid and start time on its
-//! stdout (then lets go of it), and from then on turns every line the dyno prints into a log
-//! line appended straight to the app's log. Because the shim — not the daemon — holds the
-//! pipes and writes the log, the daemon can restart or crash without the dyno blocking on a
-//! full pipe, dying of SIGPIPE, or losing a single line. When the dyno's main process exits the
-//! shim kills what is left of its process group (a dyno is all of its processes), writes
-//! `Process exited with status N`, and exits; the daemon notices through a pidfd.
+//! `bash -c COMMAND` (`/bin/sh -c` without bash; the line exactly as written, as on Heroku) in a
+//! new process group, reports the dyno's pid and start time on its stdout (then lets go of it),
+//! and from then on turns every line the dyno prints into a log line appended straight to the
+//! app's log. Because the shim — not the daemon — holds the pipes and writes the log, the daemon
+//! can restart or crash without the dyno blocking on a full pipe, dying of SIGPIPE, or losing a
+//! single line.
+//!
+//! The dyno's main process (the pid the daemon records, and the process group's id) is the shell.
+//! bash execs a simple command (`FOO=1 gunicorn app:app`) and the last command of a list
+//! (`cd src && gunicorn app:app`), so the app itself becomes the main process; for a pipeline, a
+//! `;` list or under dash (which never execs) the shell stays as the app's parent. Signals go to
+//! the whole group either way. When the main process ends, how it ended decides:
+//! - killed by SIGTERM or SIGINT: a stop is under way, and every process of the group got the
+//!   signal too. A shell dies of it at once while its app shuts down gracefully, so the shim
+//!   waits until the group is empty (it is the subreaper of the dyno's orphans and reaps them);
+//!   whatever is still there after the grace period (`stop_timeout` from the home's settings,
+//!   counted from the main process's death) is SIGKILLed. The daemon's own SIGKILL cannot do it
+//!   then: it only signals the recorded main process, which is gone.
+//! - anything else (an exit, SIGKILL, a crash): the dyno is over, and what is left of its group
+//!   is SIGKILLed at once (a dyno is all of its processes).
+//!
+//! Then the shim writes `Process exited with status N` (the main process's status) and exits;
+//! the daemon notices through a pidfd.
 //!
 //! Inside the shim, one reader thread per pipe drains the dyno's output and queues formatted
 //! batches for one writer thread, which owns the log. The readers never wait for the disk: a
@@ -18,13 +34,14 @@
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, signal, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::process;
@@ -58,10 +75,14 @@ pub fn run(args: ShimArgs) -> i32 {
     // writer opens it as soon as it can and counts what it had to drop until then.
     let mut log = LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno);
 
-    let mut command = Command::new("/bin/sh");
+    // Processes of the dyno orphaned by its shell (see the module doc) become the shim's
+    // children, so it can reap them and tell when the group is empty.
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        let _ = libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    let mut command = crate::procfile::shell_command(&args.command);
     command
-        .arg("-c")
-        .arg(format!("exec {}", args.command))
         .current_dir(&args.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -108,9 +129,14 @@ pub fn run(args: ShimArgs) -> i32 {
         readers.push(spawn_reader(err, queue.clone(), args.dyno.clone()));
     }
 
-    let status = child.wait();
-    // The main process is gone; anything it left behind in its group goes too, which also
-    // closes the pipes the readers are draining.
+    let status = wait_for_main(pid);
+    let stopping = matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGTERM | Signal::SIGINT, _)));
+    if stopping {
+        // A stop: the rest of the group got the signal too and may be shutting down gracefully.
+        wait_for_group(pid, Instant::now() + grace_period(&args.log));
+    }
+    // Anything the main process left behind in its group goes (at once after a crash, after the
+    // grace period after a stop), which also closes the pipes the readers are draining.
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -126,11 +152,9 @@ pub fn run(args: ShimArgs) -> i32 {
     let log = writer.recv_timeout(Duration::from_secs(5)).ok();
 
     let code = match status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-        }
-        Err(_) => -1,
+        Some(WaitStatus::Exited(_, code)) => code,
+        Some(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        _ => -1,
     };
     let mut log = log.unwrap_or_else(|| LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno));
     let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
@@ -147,6 +171,44 @@ pub fn run(args: ShimArgs) -> i32 {
         }
     }
     0
+}
+
+/// The stop grace period: `stop_timeout` of the home the app log belongs to
+/// (`<home>/logs/<app>/app.log`), 30 s when the settings cannot be read.
+fn grace_period(log: &std::path::Path) -> Duration {
+    let home = log.ancestors().nth(3).unwrap_or(std::path::Path::new("."));
+    crate::settings::Settings::load(&crate::home::Home::at(home))
+        .map(|s| s.stop_timeout)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Waits for the dyno's main process and returns how it ended (None if it cannot be waited
+/// for). Orphans of the dyno that end meanwhile (the shim is their subreaper) are reaped on the
+/// way, so they never pile up as zombies.
+fn wait_for_main(pid: i32) -> Option<WaitStatus> {
+    loop {
+        match waitpid(None, None) {
+            Ok(status) if status.pid() == Some(Pid::from_raw(pid)) => return Some(status),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Waits until no process is left in process group `pgid` or `deadline` passes, reaping the
+/// group's orphans (the shim is their subreaper) so that they do not linger as zombies.
+fn wait_for_group(pgid: i32, deadline: Instant) {
+    loop {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        if killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH) || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Writes `SHIM_PID SHIM_START PID PID_START` to `path` (temp file + rename, so a reader never

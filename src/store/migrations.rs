@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE dynos ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
     "#,
+    // v4: where a build's process types came from: 'Procfile' or 'detected Django' (…); NULL for
+    // builds made before it was recorded.
+    r#"
+    ALTER TABLE builds ADD COLUMN process_types_source TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:

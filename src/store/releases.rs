@@ -16,6 +16,7 @@ pub struct BuildRow {
     pub id: String,
     pub commit_sha: String,
     pub stack: String,
+    /// The types and, in `source`, where they came from (`Procfile`, `detected Django`, …).
     pub process_types: Procfile,
     pub slug_bytes: i64,
     pub created_at: String,
@@ -43,8 +44,9 @@ impl ReleaseRow {
 pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Result<()> {
     let types = serde_json::to_string(&build.process_types).unwrap_or_else(|_| "{}".into());
     conn.execute(
-        "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at, deps_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO builds (id, app, commit_sha, stack, process_types, slug_bytes, created_at, deps_key,
+                             process_types_source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             build.id,
             app.as_str(),
@@ -53,7 +55,8 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
             types,
             build.slug_bytes,
             build.created_at,
-            build.deps_key
+            build.deps_key,
+            build.process_types.source
         ],
     )?;
     Ok(())
@@ -62,15 +65,18 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
 pub fn build(conn: &Connection, id: &str) -> Result<Option<BuildRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, commit_sha, stack, process_types, slug_bytes, created_at, deps_key FROM builds WHERE id = ?1",
+            "SELECT id, commit_sha, stack, process_types, slug_bytes, created_at, deps_key, process_types_source
+             FROM builds WHERE id = ?1",
             [id],
             |r| {
                 let types: String = r.get(3)?;
+                let mut process_types: Procfile = serde_json::from_str(&types).unwrap_or_default();
+                process_types.source = r.get(7)?;
                 Ok(BuildRow {
                     id: r.get(0)?,
                     commit_sha: r.get(1)?,
                     stack: r.get(2)?,
-                    process_types: serde_json::from_str(&types).unwrap_or_default(),
+                    process_types,
                     slug_bytes: r.get(4)?,
                     created_at: r.get(5)?,
                     deps_key: r.get(6)?,

@@ -255,6 +255,9 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long)]
         announce: Option<PathBuf>,
+        /// Seconds between SIGTERM and SIGKILL (the daemon's stop_timeout).
+        #[arg(long)]
+        stop_timeout: Option<f64>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -325,7 +328,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Status => daemon::status(home),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, command } => {
+        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
             // than this binary does not pass it; its dynos must still start).
             let recorded = crate::logs::LogPolicy::for_app_log(&log);
@@ -340,6 +343,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 dir,
                 command: command.join(" "),
                 announce,
+                stop_timeout: stop_timeout
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(std::time::Duration::from_secs_f64),
             }))
         }
     }

@@ -16,7 +16,8 @@
 //! - killed by SIGTERM or SIGINT: a stop is under way, and every process of the group got the
 //!   signal too. A shell dies of it at once while its app shuts down gracefully, so the shim
 //!   waits until the group is empty (it is the subreaper of the dyno's orphans and reaps them);
-//!   whatever is still there after the grace period (`stop_timeout` from the home's settings,
+//!   whatever is still there after the grace period (the daemon's `stop_timeout`, given as
+//!   `--stop-timeout`; the home's settings for a shim of an older daemon;
 //!   counted from the main process's death) is SIGKILLed. The daemon's own SIGKILL cannot do it
 //!   then: it only signals the recorded main process, which is gone.
 //! - anything else (an exit, SIGKILL, a crash): the dyno is over, and what is left of its group
@@ -59,6 +60,9 @@ pub struct ShimArgs {
     /// `run/dynos/<id>`: where the shim announces itself and its dyno before the daemon
     /// records them, so a daemon killed in between finds both again.
     pub announce: Option<PathBuf>,
+    /// The daemon's stop grace period (`--stop-timeout`); without it (an older daemon), the
+    /// home's settings say.
+    pub stop_timeout: Option<Duration>,
 }
 
 /// Runs the shim; returns the exit code for the shim process itself.
@@ -133,7 +137,8 @@ pub fn run(args: ShimArgs) -> i32 {
     let stopping = matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGTERM | Signal::SIGINT, _)));
     if stopping {
         // A stop: the rest of the group got the signal too and may be shutting down gracefully.
-        wait_for_group(pid, Instant::now() + grace_period(&args.log));
+        let grace = args.stop_timeout.unwrap_or_else(|| grace_period(&args.log));
+        wait_for_group(pid, Instant::now() + grace);
     }
     // Anything the main process left behind in its group goes (at once after a crash, after the
     // grace period after a stop), which also closes the pipes the readers are draining.

@@ -477,6 +477,8 @@ impl Supervisor {
             .arg(&env.dir)
             .arg("--announce")
             .arg(&announce)
+            .arg("--stop-timeout")
+            .arg(self.settings.stop_timeout.as_secs_f64().to_string())
             .arg("--")
             .arg(&dyno.command)
             .env_clear()

@@ -49,6 +49,8 @@ pub enum ProcfileError {
     Duplicate { line: usize, name: String, first: usize },
     #[error("Procfile declares no process types")]
     Empty,
+    #[error("Procfile line {line}: process type 'run' is reserved for one-off dynos (slipway run); rename it")]
+    Reserved { line: usize },
 }
 
 impl Procfile {
@@ -72,6 +74,9 @@ impl Procfile {
                     return Err(ProcfileError::Malformed { line, text: trimmed.to_string() });
                 }
                 return Err(ProcfileError::BadType { line, name: name.to_string() });
+            }
+            if name == crate::daemon::world::ONE_OFF_TYPE {
+                return Err(ProcfileError::Reserved { line });
             }
             let command = command.trim();
             if command.is_empty() {
@@ -138,6 +143,7 @@ mod tests {
     #[test]
     fn bad_types_and_empty_commands() {
         assert!(matches!(Procfile::parse("we$b: a").unwrap_err(), ProcfileError::BadType { line: 1, .. }));
+        assert_eq!(Procfile::parse("web: a\nrun: b").unwrap_err(), ProcfileError::Reserved { line: 2 });
         assert!(matches!(Procfile::parse("web:   ").unwrap_err(), ProcfileError::EmptyCommand { .. }));
         let long = format!("{}: a", "x".repeat(64));
         assert!(matches!(Procfile::parse(&long).unwrap_err(), ProcfileError::BadType { .. }));

@@ -89,6 +89,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE dynos ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
     "#,
+    // v4: why a failed release failed (NULL for any other, and for releases failed before v4).
+    r#"
+    ALTER TABLE releases ADD COLUMN failure TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:

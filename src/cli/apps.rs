@@ -264,12 +264,27 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
             eprintln!("warning: the virtualenv of {} was not rewritten for its new path: {e}", dir.display());
         }
     }
-    // The daemon forgets the old name (and its host) and starts the formation under the new one.
-    for name in [&old, &new] {
-        match client::notify_converge(home, name.as_str()) {
-            Ok(()) | Err(ClientError::NotRunning(_)) => {}
-            Err(e) => eprintln!("warning: the daemon was not told about the rename ({e}); restart it"),
+    // The daemon forgets the old name (its dynos and host) and learns the new one: its current
+    // release goes live again under the new name (web dynos boot before it answers), or, before
+    // a first deploy, the router answers for the new host.
+    match client::notify_converge(home, old.as_str()) {
+        Ok(()) | Err(ClientError::NotRunning(_)) => {}
+        Err(e) => eprintln!("warning: the daemon was not told {old} is gone ({e}); restart it"),
+    }
+    let current = store::apps::require(store.conn(), &new)?.current_release;
+    let settings = crate::settings::Settings::load(home)?;
+    let started = match current {
+        Some(version) if client::call(home, &Request::Status, Duration::from_secs(5)).is_ok() => {
+            eprintln!("Starting {new}'s dynos...");
+            crate::release::go_live(home, &settings, &new, version, true).map(|_| ())
         }
+        _ => client::notify_converge(home, new.as_str()).or_else(|e| match e {
+            ClientError::NotRunning(_) => Ok(()),
+            e => Err(e.to_string()),
+        }),
+    };
+    if let Err(why) = started {
+        eprintln!("warning: {new}'s dynos did not start ({why}); try: slipway ps:restart {new}");
     }
     out(&format!("Renamed {old} to {new}: {}", web_url(home, new.as_str())?));
     out(&format!("Point your git remote at it: git remote set-url slipway slipway@<host>:{new}"));

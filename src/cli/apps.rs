@@ -219,7 +219,10 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
 
     let staged = match stage_venvs(home, &old, &new) {
         Ok(staged) => staged,
-        Err(e) => bail!("{old} was not renamed: {e:#}; start its dynos again with: slipway ps:restart {old}"),
+        Err(e) => {
+            restart_after_failed_rename(home, &old);
+            bail!("{old} was not renamed: {e:#}");
+        }
     };
     let moves: Vec<(std::path::PathBuf, std::path::PathBuf)> = vec![
         (home.repo(&old), home.repo(&new)),
@@ -255,7 +258,7 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
         for venv in &staged {
             let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
         }
-        let _ = client::notify_converge(home, old.as_str());
+        restart_after_failed_rename(home, &old);
         bail!("{old} was not renamed: {e:#}");
     }
     for build_id in &staged {
@@ -289,6 +292,17 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
     out(&format!("Renamed {old} to {new}: {}", web_url(home, new.as_str())?));
     out(&format!("Point your git remote at it: git remote set-url slipway slipway@<host>:{new}"));
     Ok(0)
+}
+
+/// A rename that failed after stopping the app's dynos starts them again where they were.
+fn restart_after_failed_rename(home: &Home, app: &AppName) {
+    let request = Request::Restart { app: app.to_string(), target: None };
+    match client::call(home, &request, Duration::from_secs(180)) {
+        Ok(_) | Err(ClientError::NotRunning(_)) => {}
+        Err(e) => eprintln!(
+            "warning: {app}'s dynos were stopped and not started again ({e}); run: slipway ps:restart {app}"
+        ),
+    }
 }
 
 /// Beside a release's venv, the copy made for the release's new path until the rename commits.

@@ -236,6 +236,7 @@ fn rename_moves_a_deployed_app_everywhere() {
     assert!(ok, "{out}\n{}", slip.diagnostics());
     assert!(wait_until(Duration::from_secs(30), || get(&router, "hi-there.localhost")
         .is_some_and(|(s, b)| s == 200 && b == "second")));
+    slip.cmd_ok(&["scale", "web=1", "-a", "hi-there"]);
     slip.cmd_ok(&["restart", "-a", "hi-there"]);
     assert!(get(&router, "hi-there.localhost").is_some_and(|(s, b)| s == 200 && b == "second"));
     // The old name is unknown to git too.

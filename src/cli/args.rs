@@ -18,12 +18,10 @@ pub fn try_parse(words: Vec<String>) -> Result<Cli, clap::Error> {
     let Some(found) = find_app_flag(&root, &words) else {
         // The flag is global (so every command's help shows it); here it was not resolved, so
         // the command takes no app.
-        let cli = Cli::try_parse_from(words)?;
+        let cli = Cli::try_parse_from(&words)?;
         if let Some(app) = &cli.app_flag {
-            return Err(root.clone().error(
-                clap::error::ErrorKind::UnknownArgument,
-                format!("this command takes no app (-a {app})"),
-            ));
+            let name = subcommand_name(&words).unwrap_or_default();
+            return Err(usage_error(&name, format!("'{name}' takes no app (-a {app})")));
         }
         return Ok(cli);
     };
@@ -70,6 +68,22 @@ pub fn try_parse(words: Vec<String>) -> Result<Cli, clap::Error> {
             Err(err)
         }
     }
+}
+
+/// The subcommand's name: the first word that is neither an option nor `--home`'s value.
+fn subcommand_name(words: &[String]) -> Option<String> {
+    let mut skip = false;
+    for word in words.iter().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        match word.as_str() {
+            "--home" | "-a" | "--app" => skip = true,
+            w if w.starts_with('-') => {}
+            w => return Some(w.to_string()),
+        }
+    }
+    None
 }
 
 /// A usage error about subcommand `name`, with its usage line.
@@ -232,7 +246,11 @@ mod tests {
 
     #[test]
     fn commands_without_an_app_reject_the_flag() {
-        assert!(parse("keys -a hello").is_err());
+        let err = parse("keys -a hello").unwrap_err();
+        assert!(
+            err.contains("'keys' takes no app (-a hello)") && err.contains("Usage: slipway keys"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -269,3 +269,33 @@ pub fn config_vars(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, 
         .optional()?;
     Ok(config.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn a_failed_release_keeps_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let app: AppName = "hello".parse().unwrap();
+        crate::store::apps::create(store.conn(), &app).unwrap();
+        let config = BTreeMap::new();
+        let v1 = insert_release(store.conn(), &app, None, "one", "me", &config).unwrap();
+        set_status(store.conn(), &app, v1, "queued").unwrap();
+        let v2 = insert_release(store.conn(), &app, None, "two", "me", &config).unwrap();
+        assert_eq!(failure(store.conn(), &app, v2).unwrap(), None);
+        set_failed_with(store.conn(), &app, v2, "web.1 did not boot within 60 s").unwrap();
+        assert_eq!(require_release(store.conn(), &app, v1).unwrap().status, "failed");
+        assert_eq!(
+            failure(store.conn(), &app, v2).unwrap().as_deref(),
+            Some("web.1 did not boot within 60 s")
+        );
+        assert_eq!(failure(store.conn(), &app, v1).unwrap(), None);
+        assert_eq!(
+            failures(store.conn(), &app).unwrap().into_iter().collect::<Vec<_>>(),
+            vec![(v2, "web.1 did not boot within 60 s".to_string())]
+        );
+    }
+}

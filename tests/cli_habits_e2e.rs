@@ -181,8 +181,44 @@ fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_a
         wait_until(Duration::from_secs(10), || !process_alive(pid)),
         "the one-off {pid} outlived its SSH client"
     );
-    let log = std::fs::read_to_string(slip.app_log_path("hello")).unwrap();
-    assert!(log.contains("Stopped: the client went away"), "{log}");
+    let log = || std::fs::read_to_string(slip.app_log_path("hello")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || log().contains("Stopped: the client went away")),
+        "{}",
+        log()
+    );
+
+    // One that ignores SIGTERM is killed, with its whole group, after the stop grace period.
+    // (The file, not settings:set: that waits for the home's lock, which the daemon holds.)
+    std::fs::write(slip.home.join("slipway.toml"), "stop_timeout = 2\n").unwrap();
+    let pid_file = slip.root().join("stubborn.pid");
+    let script = format!("'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.2; done'", pid_file.display());
+    let mut client = env
+        .sshd
+        .ssh_base(&env.key.path, &["run", "hello", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssh");
+    let mut pid = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        pid.is_some()
+    }));
+    let pid = pid.unwrap();
+    client.kill().expect("kill the ssh client");
+    let _ = client.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || !process_alive(pid)),
+        "the one-off {pid} that ignores SIGTERM outlived its SSH client"
+    );
+    // SIGKILL, after the grace period.
+    assert!(
+        wait_until(Duration::from_secs(10), || log().contains("Process exited with status 137")),
+        "{}",
+        log()
+    );
 }
 
 #[test]

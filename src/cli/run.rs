@@ -150,7 +150,12 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
             }
             _ => {}
         }
-        watch(stdin_is_tty, Duration::from_millis(100));
+        if caller_gone {
+            // The hang-up stays reported: polling again would return at once.
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            watch(stdin_is_tty, Duration::from_millis(100));
+        }
     }
     if caller_gone {
         // Whatever the command left behind in its group goes with it (the leader is not reaped

@@ -232,6 +232,9 @@ mod tests {
         assert_eq!((app.as_str(), tail, lines), ("hello", true, 5));
         let Ok(Command::Logs { app, ps, .. }) = parse("logs --ps web -a hello") else { panic!() };
         assert_eq!((app.as_str(), ps.as_deref()), ("hello", Some("web")));
+        for line in ["-a hello ps", "--home /h ps -a hello", "--home /h -a hello ps --json"] {
+            assert!(matches!(parse(line), Ok(Command::Ps { ref app, .. }) if app == "hello"), "{line}");
+        }
         let Ok(Command::AppsRename { app, new_name }) = parse("apps:rename new -a old") else { panic!() };
         assert_eq!((app.as_str(), new_name.as_str()), ("old", "new"));
     }

@@ -1,9 +1,8 @@
 //! Entry point: parse arguments, dispatch, turn errors into one sentence on stderr.
 
-use clap::Parser;
-
 fn main() {
-    let cli = slipway::cli::Cli::parse();
+    // clap's parse, plus Heroku's `-a/--app APP` (see cli/args.rs).
+    let cli = slipway::cli::parse_env();
     let code = match slipway::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -49,7 +49,9 @@ pub enum ProcfileError {
     Duplicate { line: usize, name: String, first: usize },
     #[error("Procfile declares no process types")]
     Empty,
-    #[error("Procfile line {line}: process type 'run' is reserved for one-off dynos (slipway run); rename it")]
+    #[error(
+        "Procfile line {line}: process type 'run' is reserved for one-off dynos (slipway run); rename it"
+    )]
     Reserved { line: usize },
 }
 

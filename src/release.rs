@@ -95,10 +95,12 @@ pub fn insert(conn: &rusqlite::Connection, app: &AppName, new: &NewRelease<'_>) 
     Ok(version)
 }
 
-/// Marks a release failed and says why in the app's log. A release that cannot be marked stays
+/// Marks a release failed, records why (`releases:info` shows it) and says it in the app's log. A release that cannot be marked stays
 /// `pending`, which the daemon marks failed when it next starts; the operator is told.
 pub fn fail(home: &Home, store: &Store, app: &AppName, version: i64, why: &str) {
-    if let Err(err) = store::releases::set_status(store.conn(), app, version, "failed") {
+    let marked = store::releases::set_status(store.conn(), app, version, "failed")
+        .and_then(|()| store::releases::set_failure(store.conn(), app, version, why));
+    if let Err(err) = marked {
         eprintln!(
             "warning: recording that v{version} failed: {err}; it stays pending until the daemon restarts"
         );

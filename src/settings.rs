@@ -528,11 +528,22 @@ fn edit(
     let file = home.settings_file();
     let fail = |what: &str, e: std::io::Error| SettingsError(format!("{what} {}: {e}", file.display()));
     std::fs::create_dir_all(home.root()).map_err(|e| fail("creating the directory of", e))?;
-    // Two edits at once must not lose one another's change: flock the home directory itself
-    // (no lock file to create, so the home's owner and contents stay as they are).
-    let dir = File::open(home.root()).map_err(|e| fail("opening the directory of", e))?;
-    let _lock = Flock::lock(dir, FlockArg::LockExclusive)
-        .map_err(|(_, e)| fail("locking the directory of", std::io::Error::from(e)))?;
+    // Two edits at once must not lose one another's change: flock `run/locks/settings.lock`
+    // (not the home directory itself, which the daemon holds locked for its whole life).
+    let lock_path = home.run_dir().join("locks").join("settings.lock");
+    let lock_fail = |e: std::io::Error| SettingsError(format!("locking {}: {e}", lock_path.display()));
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(lock_fail)?;
+    }
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(lock_fail)?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| lock_fail(std::io::Error::from(e)))?;
 
     let old = read_file(&file)?;
     let text = old.clone().unwrap_or_else(|| HEADER.to_string());

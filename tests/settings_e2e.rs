@@ -259,3 +259,18 @@ fn log_rotation_follows_the_settings_file() {
     let size = fs::metadata(&rotated).map(|m| m.len()).unwrap_or_default();
     assert!((4096..4096 + 512).contains(&size), "app.log.1 is {size} bytes");
 }
+
+/// `settings:set` used to wait forever while the daemon ran: both locked the home directory.
+#[test]
+fn settings_set_works_while_the_daemon_runs() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let out = run_with_timeout(
+        &mut slip.command(&["settings:set", "keep_releases=5"]),
+        None,
+        std::time::Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let json = slip.json(&["settings", "--json"]);
+    assert_eq!(json["settings"]["keep_releases"]["value"], "5", "{json}");
+}

@@ -175,3 +175,178 @@ fn web_url(home: &Home, app: &str) -> anyhow::Result<String> {
     }
     Ok(crate::settings::Settings::load(home)?.app_url(app))
 }
+
+/// `open APP`: prints the app's URL (a server has no browser to open it in).
+pub fn open(home: &Home, app: &str) -> anyhow::Result<i32> {
+    let name = app_name(app)?;
+    let store = open_store(home)?;
+    store::apps::require(store.conn(), &name)?;
+    out(&web_url(home, name.as_str())?);
+    Ok(0)
+}
+
+/// `apps:rename OLD NEW`. Release dirs hold virtualenvs with their absolute path written in
+/// them, and the daemon's dynos run from those dirs under the old name, so a rename is not done
+/// under running dynos: they are stopped first (through the daemon, gracefully), everything
+/// moves, each kept release's venv is rewritten for its new path (as a reused venv is, see
+/// `build::venv`), and the daemon then starts the formation under the new name and routes the
+/// new host. The app is down for that while.
+pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
+    let old = app_name(app)?;
+    let new: AppName = new.parse().map_err(|e| anyhow::anyhow!("cannot rename {old} to '{new}': {e}"))?;
+    if old == new {
+        bail!("{old} is already called {new}");
+    }
+    let mut store = open_store(home)?;
+    store::apps::require(store.conn(), &old)?;
+    let taken = || anyhow::anyhow!("an app named {new} already exists; choose another name");
+    if store::apps::get(store.conn(), &new)?.is_some() {
+        bail!(taken());
+    }
+    // No push, config change or rollback of either name runs meanwhile (name order: no deadlock).
+    let (first, second) = if old.as_str() < new.as_str() { (&old, &new) } else { (&new, &old) };
+    let wait = |n: String| move || eprintln!("Waiting for another deploy of {n} to finish...");
+    let _first = crate::release::lock(home, first, wait(first.to_string())).map_err(anyhow::Error::msg)?;
+    let _second = crate::release::lock(home, second, wait(second.to_string())).map_err(anyhow::Error::msg)?;
+    store::apps::require(store.conn(), &old)?;
+    if store::apps::get(store.conn(), &new)?.is_some() {
+        bail!(taken());
+    }
+    if !store::dynos::for_app(store.conn(), &old)?.is_empty() {
+        eprintln!("Stopping {old}'s dynos...");
+    }
+    stop_all_dynos(home, &store, &old)?;
+
+    let staged = match stage_venvs(home, &old, &new) {
+        Ok(staged) => staged,
+        Err(e) => {
+            restart_after_failed_rename(home, &old);
+            bail!("{old} was not renamed: {e:#}");
+        }
+    };
+    let moves: Vec<(std::path::PathBuf, std::path::PathBuf)> = vec![
+        (home.repo(&old), home.repo(&new)),
+        (home.releases(&old), home.releases(&new)),
+        (home.slugs(&old), home.slugs(&new)),
+        (home.cache(&old), home.cache(&new)),
+        (home.app_logs(&old), home.app_logs(&new)),
+    ];
+    let mut moved = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        let tx = store.transaction()?;
+        store::apps::rename(&tx, &old, &new)?;
+        for (from, to) in &moves {
+            if !from.exists() {
+                continue;
+            }
+            if to.exists() {
+                bail!("{} is in the way", to.display());
+            }
+            std::fs::rename(from, to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            moved.push((from.clone(), to.clone()));
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (from, to) in moved.iter().rev() {
+            if let Err(e) = std::fs::rename(to, from) {
+                eprintln!("warning: could not move {} back to {}: {e}", to.display(), from.display());
+            }
+        }
+        for venv in &staged {
+            let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
+        }
+        restart_after_failed_rename(home, &old);
+        bail!("{old} was not renamed: {e:#}");
+    }
+    for build_id in &staged {
+        let dir = home.release_dir(&new, build_id);
+        if let Err(e) = swap_venv(&dir) {
+            eprintln!("warning: the virtualenv of {} was not rewritten for its new path: {e}", dir.display());
+        }
+    }
+    // The daemon forgets the old name (its dynos and host) and learns the new one: its current
+    // release goes live again under the new name (web dynos boot before it answers), or, before
+    // a first deploy, the router answers for the new host.
+    match client::notify_converge(home, old.as_str()) {
+        Ok(()) | Err(ClientError::NotRunning(_)) => {}
+        Err(e) => eprintln!("warning: the daemon was not told {old} is gone ({e}); restart it"),
+    }
+    let current = store::apps::require(store.conn(), &new)?.current_release;
+    let settings = crate::settings::Settings::load(home)?;
+    let started = match current {
+        Some(version) if client::call(home, &Request::Status, Duration::from_secs(5)).is_ok() => {
+            eprintln!("Starting {new}'s dynos...");
+            crate::release::go_live(home, &settings, &new, version, true, |_| {}).map(|_| ())
+        }
+        _ => client::notify_converge(home, new.as_str()).or_else(|e| match e {
+            ClientError::NotRunning(_) => Ok(()),
+            e => Err(e.to_string()),
+        }),
+    };
+    if let Err(why) = started {
+        eprintln!("warning: {new}'s dynos did not start ({why}); try: slipway ps:restart {new}");
+    }
+    out(&format!("Renamed {old} to {new}: {}", web_url(home, new.as_str())?));
+    out(&format!("Point your git remote at it: git remote set-url slipway slipway@<host>:{new}"));
+    Ok(0)
+}
+
+/// A rename that failed after stopping the app's dynos starts them again where they were.
+fn restart_after_failed_rename(home: &Home, app: &AppName) {
+    let request = Request::Restart { app: app.to_string(), target: None };
+    match client::call(home, &request, Duration::from_secs(180)) {
+        Ok(_) | Err(ClientError::NotRunning(_)) => {}
+        Err(e) => eprintln!(
+            "warning: {app}'s dynos were stopped and not started again ({e}); run: slipway ps:restart {app}"
+        ),
+    }
+}
+
+/// Beside a release's venv, the copy made for the release's new path until the rename commits.
+const STAGED_VENV: &str = ".slipway/venv.renamed";
+
+/// For every release dir of `old` with a venv: a copy of it rewritten for the dir's path under
+/// `new` (hard links, see `build::venv::clone`). Returns the build ids staged.
+fn stage_venvs(home: &Home, old: &AppName, new: &AppName) -> anyhow::Result<Vec<String>> {
+    let mut staged = Vec::new();
+    let entries = match std::fs::read_dir(home.releases(old)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(staged),
+        Err(e) => return Err(e).context(format!("reading {}", home.releases(old).display())),
+    };
+    let result = (|| -> anyhow::Result<()> {
+        for entry in entries {
+            let build_id = entry?.file_name().to_string_lossy().into_owned();
+            let dir = home.release_dir(old, &build_id);
+            let venv = dir.join(crate::build::python::VENV);
+            if !venv.is_dir() {
+                continue;
+            }
+            let copy = dir.join(STAGED_VENV);
+            let _ = std::fs::remove_dir_all(&copy);
+            staged.push(build_id.clone());
+            crate::build::venv::clone(&venv, &copy, &dir, &home.release_dir(new, &build_id))
+                .with_context(|| format!("rewriting the virtualenv in {}", dir.display()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for build_id in &staged {
+            let _ = std::fs::remove_dir_all(home.release_dir(old, build_id).join(STAGED_VENV));
+        }
+        return Err(e);
+    }
+    Ok(staged)
+}
+
+/// Puts the staged venv in place of the old one.
+fn swap_venv(dir: &std::path::Path) -> std::io::Result<()> {
+    let venv = dir.join(crate::build::python::VENV);
+    let retired = dir.join(".slipway/venv.old");
+    std::fs::rename(&venv, &retired)?;
+    std::fs::rename(dir.join(STAGED_VENV), &venv)?;
+    std::fs::remove_dir_all(&retired)
+}

@@ -3,6 +3,7 @@
 //! same handlers run either way, so a command behaves identically locally and over SSH.
 
 mod apps;
+mod args;
 mod config;
 mod daemon;
 mod domains;
@@ -19,6 +20,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use args::{parse_env, parse_or_exit, try_parse};
+
 use crate::home::Home;
 
 #[derive(Debug, Parser)]
@@ -28,6 +31,9 @@ pub struct Cli {
     /// /var/lib/slipway as root, else ~/.slipway.
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// The app, for commands that take one: `ps -a hello` is `ps hello`.
+    #[arg(short = 'a', long = "app", global = true, value_name = "APP")]
+    pub app_flag: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,18 +47,30 @@ pub enum Command {
         json: bool,
     },
     /// Create an app (a push creates it too).
-    #[command(name = "apps:create")]
+    #[command(name = "apps:create", visible_alias = "create")]
     AppsCreate { app: String },
     /// Destroy an app: stop its dynos, delete its repo, releases, slugs, logs and rows.
-    #[command(name = "apps:destroy")]
+    #[command(name = "apps:destroy", visible_alias = "destroy")]
     AppsDestroy {
         app: String,
         /// The app's name again, to confirm.
         #[arg(long, value_name = "APP")]
         confirm: Option<String>,
     },
+    /// Rename an app: its repo, releases, logs, config and domains move; its host becomes
+    /// `<NEW>.<domain>`. Its dynos restart under the new name.
+    #[command(name = "apps:rename")]
+    AppsRename {
+        app: String,
+        /// The new name.
+        #[arg(value_name = "NEW")]
+        new_name: String,
+    },
+    /// Print the app's URL.
+    #[command(name = "open")]
+    Open { app: String },
     /// Show an app's release, formation and dynos.
-    #[command(name = "apps:info")]
+    #[command(name = "apps:info", visible_alias = "info")]
     AppsInfo {
         app: String,
         #[arg(long)]
@@ -66,7 +84,7 @@ pub enum Command {
         json: bool,
     },
     /// Set how many dynos of each process type run: `ps:scale APP web=2 worker=1`.
-    #[command(name = "ps:scale")]
+    #[command(name = "ps:scale", visible_alias = "scale")]
     PsScale {
         app: String,
         /// TYPE=N pairs, N from 0 to 100.
@@ -74,7 +92,7 @@ pub enum Command {
         changes: Vec<String>,
     },
     /// Restart an app's dynos (all, one type, or one dyno); web dynos without downtime.
-    #[command(name = "ps:restart")]
+    #[command(name = "ps:restart", visible_alias = "restart")]
     PsRestart {
         app: String,
         /// A process type (`web`) or a dyno (`web.2`); default: every dyno.
@@ -96,8 +114,9 @@ pub enum Command {
     #[command(name = "run")]
     Run {
         app: String,
-        /// The command and its arguments (after `--`); run directly, not through a shell.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The command and its arguments, run directly (not through a shell). It starts at the
+        /// first word after APP that is not an option of `run`; `--` before it works too.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Show an app's log.
@@ -302,6 +321,8 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::AppsCreate { app } => apps::create(home, &app),
         Command::AppsDestroy { app, confirm } => apps::destroy(home, &app, confirm.as_deref()),
         Command::AppsInfo { app, json } => apps::info(home, &app, json),
+        Command::AppsRename { app, new_name } => apps::rename(home, &app, &new_name),
+        Command::Open { app } => apps::open(home, &app),
         Command::Ps { app, json } => ps::list(home, &app, json),
         Command::PsScale { app, changes } => ps::scale(home, &app, &changes, who),
         Command::PsRestart { app, target } => ps::restart(home, &app, target),

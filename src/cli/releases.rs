@@ -9,6 +9,7 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     let store = open_store(home)?;
     let row = store::apps::require(store.conn(), &name)?;
     let releases = store::releases::list(store.conn(), &name)?;
+    let failures = store::releases::failures(store.conn(), &name)?;
     if json {
         #[derive(serde::Serialize)]
         struct View<'a> {
@@ -17,6 +18,8 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
             created_by: &'a str,
             created_at: &'a str,
             status: &'a str,
+            /// Why it failed, when it did.
+            failure: Option<&'a str>,
             current: bool,
         }
         let views: Vec<View<'_>> = releases
@@ -27,6 +30,7 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
                 created_by: &r.created_by,
                 created_at: &r.created_at,
                 status: &r.status,
+                failure: failures.get(&r.version).map(String::as_str),
                 current: row.current_release == Some(r.version),
             })
             .collect();
@@ -43,7 +47,10 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
             vec![
                 format!("{}{marker}", r.name()),
                 r.description.clone(),
-                r.status.clone(),
+                match failures.get(&r.version) {
+                    Some(why) => format!("{}: {}", r.status, short(why, 40)),
+                    None => r.status.clone(),
+                },
                 r.created_by.clone(),
                 r.created_at.clone(),
             ]
@@ -51,6 +58,14 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         .collect();
     print_table(&["VERSION", "DESCRIPTION", "STATUS", "BY", "CREATED"], &rows);
     Ok(0)
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn short(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn parse_version(v: &str) -> anyhow::Result<i64> {
@@ -97,6 +112,7 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
         process_types_source: Option<String>,
         config_keys: Vec<String>,
         release_phase: Option<String>,
+        failure: Option<String>,
     }
     let info = Info {
         version: release.name(),
@@ -117,6 +133,7 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
         process_types_source: build.as_ref().and_then(|b| b.process_types.source.clone()),
         config_keys: release.config.keys().cloned().collect(),
         release_phase: phase,
+        failure: store::releases::failure(store.conn(), &name, version)?,
     };
     if json {
         return print_json(&info);
@@ -145,6 +162,9 @@ pub fn info(home: &Home, app: &str, version: &str, json: bool) -> anyhow::Result
         if info.config_keys.is_empty() { none() } else { info.config_keys.join(", ") }
     ));
     out(&format!("Release phase: {}", info.release_phase.clone().unwrap_or_else(|| "none".into())));
+    if let Some(why) = &info.failure {
+        out(&format!("Failure:       {why}"));
+    }
     Ok(0)
 }
 

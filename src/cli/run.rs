@@ -1,12 +1,23 @@
-//! `run APP -- CMD ARGS...`: a one-off dyno (`run.N`) in the current release's directory and
+//! `run APP CMD ARGS...`: a one-off dyno (`run.N`) in the current release's directory and
 //! environment, attached to the caller's stdin, stdout and stderr (over SSH too: `ssh -t`).
 //! The command is executed directly, never through a shell; its exit status becomes ours.
 //! Its output stays on the caller's terminal: only its start and exit are logged.
+//!
+//! The command runs in a process group of its own (on a terminal, the terminal's foreground
+//! group, so Ctrl-C and an interactive REPL work as in a shell). It ends when its caller goes
+//! away, tty or not: while it runs, [`wait`] watches stdout and stderr (and stdin when it is a
+//! terminal) for a hang-up or error, our parent for being replaced, and SIGTERM/SIGHUP sent to
+//! us; then the group gets SIGTERM, and SIGKILL after the stop grace period (`stop_timeout`).
+//! A stdin that merely reached its end (`ssh host run app cat < file`) is not a hang-up.
 
-use std::process::Command;
+use std::os::fd::BorrowedFd;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::signal::{killpg, signal, SigHandler, Signal};
+use nix::unistd::Pid;
 
 use super::{app_name, open_store};
 use crate::dyno::DynoEnv;
@@ -16,6 +27,7 @@ use crate::store;
 
 pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
+    let grace = crate::settings::Settings::load(home)?.stop_timeout;
     let store = open_store(home)?;
     let row = store::apps::require(store.conn(), &name)?;
     let Some(release) = row.current_release else {
@@ -23,7 +35,6 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     };
     let env = DynoEnv::for_release(home, store.conn(), &name, release)?;
     drop(store);
-    let (program, args) = command.split_first().context("no command given")?;
     let dyno = format!("run.{}", 1000 + std::process::id() % 9000);
     let log = home.app_log(&name);
     let by = format!(" by {}", super::actor(who));
@@ -33,27 +44,187 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
         &dyno,
         &format!("Starting process with command `{}`{by}", command.join(" ")),
     );
+    let one_off = spawn(&env, &dyno, command)?;
+    let ended = wait(one_off, grace)?;
+    if ended.caller_gone {
+        logs::append_event(&log, Source::Slipway, &dyno, "Stopped: the client went away");
+    }
+    logs::append_event(&log, Source::Slipway, &dyno, &format!("Process exited with status {}", ended.code));
+    Ok(ended.code)
+}
 
-    let mut child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env.vars(&dyno, None))
-        .current_dir(&env.dir)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    // Ctrl-C at the terminal reaches the command (same process group); this process waits for
-    // it to finish and reports its status instead of dying first.
-    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
-        // SAFETY: SIG_IGN installs no handler code.
+/// A started one-off process: the leader of its own process group.
+pub struct OneOff {
+    child: Child,
+    /// Whether the command was made the terminal's foreground group (stdin is our terminal).
+    foreground: bool,
+}
+
+impl OneOff {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+/// How a one-off ended.
+pub struct Ended {
+    /// The exit code as a shell reports it (128 + signal when killed).
+    pub code: i32,
+    /// It was stopped because the caller went away.
+    pub caller_gone: bool,
+}
+
+/// Starts `command` in `env` as dyno `name`, in a new process group (the terminal's foreground
+/// group when stdin is our controlling terminal).
+pub fn spawn(env: &DynoEnv, name: &str, command: &[String]) -> anyhow::Result<OneOff> {
+    use std::os::unix::process::CommandExt;
+    let (program, args) = command.split_first().context("no command given")?;
+    // SAFETY: plain queries on descriptor 0.
+    let foreground = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().envs(env.vars(name, None)).current_dir(&env.dir);
+    // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, tcsetpgrp, getpid) between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if foreground {
+                with_sigttou_blocked(|| {
+                    libc::tcsetpgrp(0, libc::getpid());
+                });
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    Ok(OneOff { child, foreground })
+}
+
+/// The signal last sent to this process while a one-off runs (0: none).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Waits for the one-off to exit, passing on Ctrl-C and stopping it when the caller goes away.
+pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
+    extern "C" fn on_signal(sig: i32) {
+        RECEIVED.store(sig, Ordering::SeqCst);
+    }
+    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
-            let _ = signal(sig, SigHandler::SigIgn);
+            let _ = signal(sig, SigHandler::Handler(on_signal));
         }
     }
-    let status = child.wait().context("waiting for the command")?;
-    let code = {
-        use std::os::unix::process::ExitStatusExt;
-        status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-    };
-    logs::append_event(&log, Source::Slipway, &dyno, &format!("Process exited with status {code}"));
-    Ok(code)
+    let group = Pid::from_raw(one_off.pid());
+    let parent = nix::unistd::getppid();
+    // SAFETY: a plain query on descriptor 0.
+    let stdin_is_tty = unsafe { libc::isatty(0) == 1 };
+    let mut stop_deadline: Option<Instant> = None;
+    let mut caller_gone = false;
+    loop {
+        if exited(one_off.pid())? {
+            break;
+        }
+        match RECEIVED.swap(0, Ordering::SeqCst) {
+            0 => {}
+            sig @ (libc::SIGINT | libc::SIGQUIT) => {
+                // On a terminal the group got it from the terminal already.
+                if !one_off.foreground {
+                    let _ = killpg(group, Signal::try_from(sig).ok());
+                }
+            }
+            _ => caller_gone = true,
+        }
+        if !caller_gone && (hung_up(stdin_is_tty) || nix::unistd::getppid() != parent) {
+            caller_gone = true;
+        }
+        match stop_deadline {
+            None if caller_gone => {
+                let _ = killpg(group, Signal::SIGTERM);
+                stop_deadline = Some(Instant::now() + grace);
+            }
+            Some(deadline) if Instant::now() >= deadline => {
+                let _ = killpg(group, Signal::SIGKILL);
+                stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            _ => {}
+        }
+        if caller_gone {
+            // The hang-up stays reported: polling again would return at once.
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            watch(stdin_is_tty, Duration::from_millis(100));
+        }
+    }
+    if caller_gone {
+        // Whatever the command left behind in its group goes with it (the leader is not reaped
+        // yet, so the group id cannot have been reused).
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let status = one_off.child.wait().context("waiting for the command")?;
+    if one_off.foreground {
+        // SAFETY: gives the terminal back to our own process group.
+        with_sigttou_blocked(|| unsafe {
+            libc::tcsetpgrp(0, libc::getpgrp());
+        });
+    }
+    Ok(Ended { code: crate::job::exit_code(status), caller_gone })
+}
+
+/// Whether `pid` (our child) has exited, without reaping it.
+fn exited(pid: i32) -> anyhow::Result<bool> {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: waitid writes only into `info`.
+    if unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err).context("waiting for the command");
+    }
+    // SAFETY: after a successful waitid, si_pid is set (0 when no child changed state).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// The descriptors whose hang-up means the caller is gone: stdout and stderr always (the
+/// reader closed), stdin only on a terminal (elsewhere a hang-up is just its end).
+fn watched(stdin_is_tty: bool) -> Vec<BorrowedFd<'static>> {
+    // SAFETY: 0, 1 and 2 stay open for the life of the process.
+    let fd = |n| unsafe { BorrowedFd::borrow_raw(n) };
+    let mut fds = vec![fd(1), fd(2)];
+    if stdin_is_tty {
+        fds.push(fd(0));
+    }
+    fds
+}
+
+fn hung_up(stdin_is_tty: bool) -> bool {
+    watched(stdin_is_tty).into_iter().any(crate::job::reader_gone)
+}
+
+/// Sleeps up to `timeout`, waking early when a watched descriptor hangs up or a signal arrives.
+fn watch(stdin_is_tty: bool, timeout: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let fds = watched(stdin_is_tty);
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::empty())).collect();
+    let ms = PollTimeout::from(timeout.as_millis().min(1000) as u16);
+    let _ = poll(&mut polled, ms);
+}
+
+/// Runs `f` with SIGTTOU blocked: a process outside the terminal's foreground group may then
+/// change it (`tcsetpgrp`) instead of being stopped.
+fn with_sigttou_blocked(f: impl FnOnce()) {
+    // SAFETY: sigset operations on a local set; pthread_sigmask is async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
 }

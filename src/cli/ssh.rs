@@ -7,9 +7,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command as Process;
 
 use anyhow::bail;
-use clap::Parser;
 
-use super::{apps::ensure_app, open_store, Cli};
+use super::{apps::ensure_app, open_store};
 use crate::git::ssh_command::{self, SshCommand};
 use crate::home::Home;
 use crate::store;
@@ -53,7 +52,7 @@ fn exec_git(verb: &str, home: &Home, repo: &std::path::Path, key: &str) -> anyho
 
 fn admin(home: &Home, key: &str, words: Vec<String>) -> anyhow::Result<i32> {
     let argv = std::iter::once("slipway".to_string()).chain(words);
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match super::try_parse(argv.collect()) {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -67,9 +66,10 @@ fn admin(home: &Home, key: &str, words: Vec<String>) -> anyhow::Result<i32> {
             return Ok(0);
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid command").trim_start_matches("error: ");
-            bail!("{first} (run 'help' for the list of commands)");
+            // A usage error in full, as locally: what is wrong, the usage line, "did you mean",
+            // and clap's exit code (2).
+            eprint!("{}", e.render());
+            return Ok(e.exit_code());
         }
     };
     if cli.home.is_some() {

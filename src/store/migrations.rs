@@ -94,6 +94,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE builds ADD COLUMN process_types_source TEXT;
     "#,
+    // v5: why a failed release failed (NULL for any other, and for releases failed before v5).
+    r#"
+    ALTER TABLE releases ADD COLUMN failure TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:

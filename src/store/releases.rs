@@ -147,6 +147,43 @@ pub fn set_failed(conn: &Connection, app: &AppName, version: i64) -> Result<()> 
     Ok(())
 }
 
+/// `version` failed because of `why` (one sentence, shown by `releases:info`); the releases
+/// queued before it fail with it, as in [`set_failed`], without a reason of their own.
+pub fn set_failed_with(conn: &Connection, app: &AppName, version: i64, why: &str) -> Result<()> {
+    set_failed(conn, app, version)?;
+    set_failure(conn, app, version, why)
+}
+
+/// Records why `version` failed (its status is set separately).
+pub fn set_failure(conn: &Connection, app: &AppName, version: i64, why: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE releases SET failure = ?3 WHERE app = ?1 AND version = ?2",
+        params![app.as_str(), version, why],
+    )?;
+    Ok(())
+}
+
+/// Why `version` failed, when it did and the reason was recorded.
+pub fn failure(conn: &Connection, app: &AppName, version: i64) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT failure FROM releases WHERE app = ?1 AND version = ?2 AND status = 'failed'",
+            params![app.as_str(), version],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Every recorded failure reason of an app's releases, by version.
+pub fn failures(conn: &Connection, app: &AppName) -> Result<BTreeMap<i64, String>> {
+    let mut stmt = conn.prepare(
+        "SELECT version, failure FROM releases WHERE app = ?1 AND status = 'failed' AND failure IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub fn set_status(conn: &Connection, app: &AppName, version: i64, status: &str) -> Result<()> {
     conn.execute(
         "UPDATE releases SET status = ?3 WHERE app = ?1 AND version = ?2",
@@ -237,4 +274,34 @@ pub fn config_vars(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, 
         )
         .optional()?;
     Ok(config.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn a_failed_release_keeps_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let app: AppName = "hello".parse().unwrap();
+        crate::store::apps::create(store.conn(), &app).unwrap();
+        let config = BTreeMap::new();
+        let v1 = insert_release(store.conn(), &app, None, "one", "me", &config).unwrap();
+        set_status(store.conn(), &app, v1, "queued").unwrap();
+        let v2 = insert_release(store.conn(), &app, None, "two", "me", &config).unwrap();
+        assert_eq!(failure(store.conn(), &app, v2).unwrap(), None);
+        set_failed_with(store.conn(), &app, v2, "web.1 did not boot within 60 s").unwrap();
+        assert_eq!(require_release(store.conn(), &app, v1).unwrap().status, "failed");
+        assert_eq!(
+            failure(store.conn(), &app, v2).unwrap().as_deref(),
+            Some("web.1 did not boot within 60 s")
+        );
+        assert_eq!(failure(store.conn(), &app, v1).unwrap(), None);
+        assert_eq!(
+            failures(store.conn(), &app).unwrap().into_iter().collect::<Vec<_>>(),
+            vec![(v2, "web.1 did not boot within 60 s".to_string())]
+        );
+    }
 }

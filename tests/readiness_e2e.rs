@@ -101,6 +101,9 @@ fn a_server_that_dies_after_binding_is_not_deployed_and_the_old_release_keeps_se
     assert!(serves(&slip, "v1"), "v1 must keep serving\n{}", slip.diagnostics());
     let releases = slip.json(&["releases", "hello", "--json"]);
     assert_eq!(releases[0]["status"], "failed", "{releases}");
+    let info = slip.json(&["releases:info", "hello", "v2", "--json"]);
+    let failure = info["failure"].as_str().unwrap_or("");
+    assert!(failure.contains("web.1 exited during boot"), "releases:info must say why v2 failed: {info}");
     assert_eq!(releases[1]["current"], true, "{releases}");
 }
 

@@ -645,8 +645,11 @@ fn apply(store: &mut Store, write: &Write) -> store::Result<()> {
             tx.commit()?;
             Ok(())
         }
-        Write::ReleaseFailed { app, version, why: _ } => {
-            store::releases::set_failed(store.conn(), app, *version)
+        Write::ReleaseFailed { app, version, why } => {
+            let tx = store.transaction()?;
+            store::releases::set_failed_with(&tx, app, *version, why)?;
+            tx.commit()?;
+            Ok(())
         }
     }
 }

@@ -304,3 +304,62 @@ fn releases_info_shows_why_a_release_failed() {
     let list = slip.json(&["releases", "hello", "--json"]);
     assert!(list[0]["failure"].as_str().unwrap_or_default().contains("exit 3"), "{list}");
 }
+
+/// A one-off dyno is a dyno the daemon knows: `ps` lists it as `run.N` with its `PORT`,
+/// `ps:stop APP run.N` stops it, and a deploy leaves it running.
+#[test]
+fn one_off_dynos_are_listed_stoppable_and_have_a_port() {
+    let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_BOOT_SETTLE".into(), "0.2".into()));
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    generic_app(&repo, "v1", "");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(ok, "{out}");
+    assert!(web_up(&slip, "hello"), "{}", slip.diagnostics());
+
+    let output = std::fs::File::create(slip.root().join("run.out")).unwrap();
+    let mut one_off = slip
+        .command(&["run", "hello", "sh", "-c", "echo PORT=$PORT; exec sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut listed = None;
+    let found = wait_until(Duration::from_secs(20), || {
+        listed = slip.ps_json("hello").into_iter().find(|d| d["name"] == "run.1" && d["state"] == "up");
+        listed.is_some()
+    });
+    assert!(found, "run.1 is not in ps: {:?}\n{}", slip.ps_json("hello"), slip.diagnostics());
+    let listed = listed.unwrap();
+    let port = listed["port"].as_u64().expect("a one-off dyno has a port");
+    let printed = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(slip.root().join("run.out"))
+            .is_ok_and(|t| t.contains(&format!("PORT={port}")))
+    });
+    assert!(printed, "the one-off did not get PORT={port}");
+
+    // A deploy replaces web.1 and leaves run.1 alone.
+    generic_app(&repo, "v2", "");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(ok, "{out}");
+    let still = slip.ps_json("hello").into_iter().find(|d| d["name"] == "run.1");
+    assert_eq!(
+        still.as_ref().map(|d| d["pid"].clone()),
+        Some(listed["pid"].clone()),
+        "a deploy touched run.1"
+    );
+
+    slip.cmd_ok(&["ps:stop", "hello", "run.1"]);
+    let mut status = None;
+    let ended = wait_until(Duration::from_secs(20), || {
+        status = one_off.try_wait().ok().flatten();
+        status.is_some()
+    });
+    assert!(ended, "ps:stop did not end the one-off");
+    assert_eq!(status.and_then(|s| s.code()), Some(143), "{status:?}");
+    let gone =
+        wait_until(Duration::from_secs(10), || slip.ps_json("hello").iter().all(|d| d["name"] != "run.1"));
+    assert!(gone, "run.1 is still listed: {:?}", slip.ps_json("hello"));
+}

@@ -20,6 +20,8 @@ use nix::sys::signal::{killpg, signal, SigHandler, Signal};
 use nix::unistd::Pid;
 
 use super::{app_name, open_store};
+use crate::daemon::client::{self, ClientError};
+use crate::daemon::protocol::{Request, Response};
 use crate::dyno::DynoEnv;
 use crate::home::Home;
 use crate::logs::{self, Source};
@@ -35,7 +37,13 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     };
     let env = DynoEnv::for_release(home, store.conn(), &name, release)?;
     drop(store);
-    let dyno = format!("run.{}", 1000 + std::process::id() % 9000);
+    // With a daemon, the one-off is a dyno it knows (`ps` lists it, `ps:stop` stops it) and gets
+    // a PORT; without one it runs all the same, unlisted.
+    let recorded = record(home, &name, command)?;
+    let (dyno, port) = match &recorded {
+        Some((_, dyno, port)) => (dyno.clone(), Some(*port)),
+        None => (format!("run.{}", 1000 + std::process::id() % 9000), None),
+    };
     let log = home.app_log(&name);
     let by = format!(" by {}", super::actor(who));
     logs::append_event(
@@ -44,13 +52,51 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
         &dyno,
         &format!("Starting process with command `{}`{by}", command.join(" ")),
     );
-    let one_off = spawn(&env, &dyno, command)?;
+    let one_off = spawn(&env, &dyno, port, command)?;
+    if let Some((id, _, _)) = recorded {
+        if let Err(e) = attach(home, id, one_off.pid()) {
+            // Never leave a process the daemon does not know it runs.
+            let _ = killpg(Pid::from_raw(one_off.pid()), Signal::SIGKILL);
+            let _ = wait(one_off, Duration::ZERO);
+            logs::append_event(&log, Source::Slipway, &dyno, &format!("Stopped: {e}"));
+            bail!("the daemon did not take the one-off dyno {dyno} ({e}); run it again");
+        }
+    }
     let ended = wait(one_off, grace)?;
     if ended.caller_gone {
         logs::append_event(&log, Source::Slipway, &dyno, "Stopped: the client went away");
     }
     logs::append_event(&log, Source::Slipway, &dyno, &format!("Process exited with status {}", ended.code));
     Ok(ended.code)
+}
+
+/// Asks the daemon for a one-off dyno: its id, name (`run.N`) and port. None without a daemon.
+fn record(
+    home: &Home,
+    app: &crate::app::AppName,
+    command: &[String],
+) -> anyhow::Result<Option<(i64, String, u16)>> {
+    let request = Request::RunStart { app: app.to_string(), command: command.join(" ") };
+    match client::call(home, &request, Duration::from_secs(30)) {
+        Ok(Response::OneOff { dyno, name, port }) => Ok(Some((dyno, name, port))),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(ClientError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells the daemon the one-off runs: its process group, and this command, which waits for it.
+fn attach(home: &Home, dyno: i64, pid: i32) -> Result<(), ClientError> {
+    use crate::daemon::process::start_time;
+    let me = std::process::id() as i32;
+    let request = Request::RunAttach {
+        dyno,
+        pid,
+        pid_start: start_time(pid).unwrap_or(0),
+        shim_pid: me,
+        shim_start: start_time(me).unwrap_or(0),
+    };
+    client::call(home, &request, Duration::from_secs(30)).map(|_| ())
 }
 
 /// A started one-off process: the leader of its own process group.
@@ -74,15 +120,15 @@ pub struct Ended {
     pub caller_gone: bool,
 }
 
-/// Starts `command` in `env` as dyno `name`, in a new process group (the terminal's foreground
+/// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
 /// group when stdin is our controlling terminal).
-pub fn spawn(env: &DynoEnv, name: &str, command: &[String]) -> anyhow::Result<OneOff> {
+pub fn spawn(env: &DynoEnv, name: &str, port: Option<u16>, command: &[String]) -> anyhow::Result<OneOff> {
     use std::os::unix::process::CommandExt;
     let (program, args) = command.split_first().context("no command given")?;
     // SAFETY: plain queries on descriptor 0.
     let foreground = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().envs(env.vars(name, None)).current_dir(&env.dir);
+    cmd.args(args).env_clear().envs(env.vars(name, port)).current_dir(&env.dir);
     // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, tcsetpgrp, getpid) between
     // fork and exec.
     unsafe {

@@ -332,6 +332,8 @@ fn one_off_dynos_are_listed_stoppable_and_have_a_port() {
         listed.is_some()
     });
     assert!(found, "run.1 is not in ps: {:?}\n{}", slip.ps_json("hello"), slip.diagnostics());
+    let table = slip.cmd_ok(&["ps", "hello"]);
+    assert!(table.starts_with("Process types (Procfile): web\n") && table.contains("run.1"), "{table}");
     let listed = listed.unwrap();
     let port = listed["port"].as_u64().expect("a one-off dyno has a port");
     let printed = wait_until(Duration::from_secs(10), || {

@@ -66,6 +66,9 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     if json {
         return print_json(&dynos);
     }
+    if let Some(line) = process_types_line(&store, &name) {
+        out(&line);
+    }
     if dynos.is_empty() {
         out(&format!("No dynos for {name}."));
         return Ok(0);
@@ -92,6 +95,18 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         &rows,
     );
     Ok(0)
+}
+
+/// `Process types (Procfile): web, worker` for the current release: what it runs and where
+/// that came from (a Procfile, or a detected framework).
+fn process_types_line(store: &Store, app: &AppName) -> Option<String> {
+    let conn = store.conn();
+    let release = store::apps::get(conn, app).ok()??.current_release?;
+    let build_id = store::releases::require_release(conn, app, release).ok()?.build_id?;
+    let build = store::releases::build(conn, &build_id).ok()??;
+    let types: Vec<&str> = build.process_types.processes.keys().map(String::as_str).collect();
+    let source = build.process_types.source.clone().unwrap_or_else(|| "Procfile".into());
+    Some(format!("Process types ({source}): {}", types.join(", ")))
 }
 
 fn human_duration(secs: i64) -> String {

@@ -58,7 +58,8 @@ fn get(router: &str, host: &str) -> Option<(u16, String)> {
 
 fn serves(slip: &Slipway, body: &str) -> bool {
     wait_until(Duration::from_secs(30), || {
-        get(&slip.router_addr, "hello.localhost").is_some_and(|(s, b)| s == 200 && b == body)
+        // A body, chunked or not (gunicorn chunks a WSGI answer without Content-Length).
+        get(&slip.router_addr, "hello.localhost").is_some_and(|(s, b)| s == 200 && b.contains(body))
     })
 }
 
@@ -187,4 +188,33 @@ fn a_release_without_web_warns_that_web_dynos_will_stop() {
     assert!(ok, "{out}");
     assert!(out.contains("has no web process type"), "{out}");
     assert!(out.contains("H14"), "{out}");
+}
+
+/// The case found by trying it, with the real gunicorn: its master binds `$PORT` before its
+/// worker imports the app; the import fails, the worker dies, the master exits. It used to go
+/// live 55 ms after start (the port check passed) and crash-loop with H10.
+#[test]
+fn a_gunicorn_app_that_fails_at_import_is_rejected_and_the_old_release_keeps_serving() {
+    let mut slip = Slipway::new();
+    slip.start_daemon(); // the default settle period, 3 s
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let good = "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'v1 on gunicorn']\n";
+    let files = |app_py: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("app.py", app_py.to_string()),
+            ("requirements.txt", "gunicorn\n".to_string()),
+            ("Procfile", "web: gunicorn app:app --workers 1\n".to_string()),
+        ]
+    };
+    repo.commit_files(&files(good), "v1");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(ok, "{out}\n{}", slip.diagnostics());
+    assert!(serves(&slip, "v1 on gunicorn"), "{}", slip.diagnostics());
+
+    repo.commit_files(&files("import a_module_that_does_not_exist\n"), "v2");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(!ok, "an app that cannot be imported went live:\n{out}");
+    assert!(out.contains("web.1 exited during boot"), "{out}");
+    assert!(out.contains("ModuleNotFoundError") || out.contains("Worker failed to boot"), "{out}");
+    assert!(serves(&slip, "v1 on gunicorn"), "v1 must keep serving\n{}", slip.diagnostics());
 }

@@ -747,4 +747,6 @@ main() {
 }
 
 # Sourcing the file (for tests) defines the functions without running anything.
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
+# `return` succeeds only in a sourced file; comparing BASH_SOURCE with $0 is not
+# enough: `bash -c 'source "$0"' install.sh` would run main.
+if ! (return 0 2>/dev/null); then main "$@"; fi

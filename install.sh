@@ -456,7 +456,7 @@ wait_for() {
 report_daemon() {
     local status
     status=$(as_slipway status 2>&1) || die "the slipway daemon stopped answering right after starting: $status"
-    say "${status^}"
+    say "$status"
     if [ -n "$NEW_VERSION" ] && [ "$NEW_VERSION" != unknown ] && [[ $status != *" daemon $NEW_VERSION "* ]]; then
         warn "the daemon that answers is not slipway $NEW_VERSION; restart it (systemctl restart slipway, or slipway daemon --stop then slipway daemon)."
     fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # install.sh — turn a Debian/Ubuntu box into a slipway server.
 #
-#   sudo ./install.sh [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
+#   ./install.sh [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
+#   ./install.sh --uninstall [--purge] [--dry-run] [--force] [--home DIR] [--user NAME]
 #
-# Run it from a checkout of the slipway repository. It is idempotent: running it
-# again (for example after `git pull`, to upgrade) rebuilds, reinstalls the binary
-# and restarts the daemon; running dynos keep serving across the restart.
+# Run it as root from a checkout of the slipway repository. It is idempotent: running
+# it again (for example after `git pull`, to upgrade) rebuilds, replaces the binary
+# atomically, reports the version change and restarts the daemon only; running dynos
+# keep serving across the restart. --uninstall undoes it (see uninstall below).
 # Settings live in $HOME_DIR/slipway.toml: this script only adds or changes the
 # keys of the options it is given (and router_addr when the file has none), so
 # whatever an operator put there survives every run.
@@ -15,22 +17,32 @@ readonly DEFAULT_HOME=/var/lib/slipway
 readonly DEFAULT_USER=slipway
 readonly BIN=/usr/local/bin/slipway
 readonly UNIT=/etc/systemd/system/slipway.service
+# What `systemctl enable slipway` creates (WantedBy=multi-user.target in the template).
+readonly UNIT_LINK=/etc/systemd/system/multi-user.target.wants/slipway.service
 readonly WAIT_SECONDS=10
 
 HOME_DIR=$DEFAULT_HOME
 SLIPWAY_USER=$DEFAULT_USER   # not $USER: that one is the caller's, from the environment
 ROUTER_ADDR=""                # --router-addr; empty: keep slipway.toml's, else a default
 DOMAIN=""                     # --domain; empty: keep slipway.toml's
+UNINSTALL=0                   # --uninstall
+PURGE=0                       # --purge: also the home and the user
+DRY_RUN=0                     # --dry-run: print what --uninstall would do, change nothing
+FORCE=0                       # --force: uninstall even when the dynos could not be stopped
+OLD_VERSION=""                # slipway's version before this run ("" when not installed)
+NEW_VERSION=""                # ... and after
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TMP_FILES=()
 
 usage() {
     cat <<EOF
-Usage: sudo $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
+Usage: $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
+       $0 --uninstall [--purge] [--dry-run] [--force] [--home DIR] [--user NAME]
 
-Install slipway on this machine: system packages, the slipway binary
+Run as root. Install slipway on this machine: system packages, the slipway binary
 ($BIN), the system user, sshd, and the slipway daemon.
-Safe to run again; that is also how you upgrade.
+Safe to run again; that is also how you upgrade: the binary is replaced, the
+version change is reported and only the daemon restarts (apps keep running).
 
 Options:
   --home DIR    SLIPWAY_HOME, which is also the user's home (default: $DEFAULT_HOME)
@@ -46,6 +58,17 @@ Options:
 
 Both options are written to DIR/slipway.toml (with 'slipway settings:set'), where
 every other setting can be added too; keys already there are kept.
+
+Uninstall:
+  --uninstall   stop every dyno ('slipway ps:stop --all') and the daemon, then remove
+                what install.sh added: $BIN and the systemd unit
+                ($UNIT). The home (apps, releases, logs, keys,
+                slipway.toml) and the user are kept. System packages, sshd and its
+                host keys are left alone. Running it again says nothing is left.
+  --purge       with --uninstall: also delete the user and the home DIR
+  --dry-run     with --uninstall: print what would be stopped and removed; change nothing
+  --force       with --uninstall: go on when the dynos cannot be stopped (they keep
+                running, on a deleted binary)
 EOF
 }
 
@@ -70,10 +93,19 @@ parse_args() {
             --router-addr=*) ROUTER_ADDR=${1#--router-addr=}; shift ;;
             --domain) [ $# -ge 2 ] || die "--domain needs a domain name."; DOMAIN=$2; shift 2 ;;
             --domain=*) DOMAIN=${1#--domain=}; shift ;;
+            --uninstall) UNINSTALL=1; shift ;;
+            --purge) PURGE=1; shift ;;
+            --dry-run) DRY_RUN=1; shift ;;
+            --force) FORCE=1; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument '$1'." ;;
         esac
     done
+    if [ "$UNINSTALL" = 1 ]; then
+        if [ -n "$ROUTER_ADDR$DOMAIN" ]; then die "--router-addr and --domain make no sense with --uninstall."; fi
+    else
+        if [ "$PURGE$DRY_RUN$FORCE" != 000 ]; then die "--purge, --dry-run and --force go with --uninstall."; fi
+    fi
 
     # Both values end up in a systemd unit, in the commands printed at the end and
     # in authorized_keys forced commands, so accept only plain names and paths.
@@ -154,8 +186,30 @@ find_cargo() {
     return 1
 }
 
+# binary_version FILE: the version FILE reports ("slipway 0.1.0" -> 0.1.0); nothing when
+# FILE does not exist, "unknown" when it exists but does not answer --version.
+binary_version() {
+    local out
+    [ -e "$1" ] || return 0
+    if ! out=$(timeout 10 "$1" --version 2>/dev/null) || [ -z "$out" ]; then
+        echo unknown
+        return 0
+    fi
+    out=${out%%$'\n'*}
+    printf '%s\n' "${out##* }"
+}
+
+# version_change OLD NEW: what this run did to the installed version, in one line.
+version_change() {
+    if [ -z "$1" ]; then printf 'installed slipway %s\n' "$2"
+    elif [ "$1" = "$2" ]; then printf 'reinstalled %s\n' "$2"
+    else printf 'slipway %s → %s\n' "$1" "$2"
+    fi
+}
+
 build_and_install_binary() {
     local cargo tmp owner
+    OLD_VERSION=$(binary_version "$BIN")
     [ -f "$SRC_DIR/Cargo.toml" ] || die "no Cargo.toml next to install.sh; run it from a checkout of the slipway repository."
     find_cargo ||
         die "cargo not found (looked in PATH and ~/.cargo/bin${SUDO_USER:+ and ~$SUDO_USER/.cargo/bin}); install Rust from https://rustup.rs and run install.sh again."
@@ -175,12 +229,13 @@ build_and_install_binary() {
     owner=$(stat -c %u:%g "$SRC_DIR/Cargo.toml")
     if [ "$owner" != 0:0 ]; then
         chown -R "$owner" "$SRC_DIR/target" "$SRC_DIR/Cargo.lock" 2>/dev/null ||
-            warn "could not give $SRC_DIR/target back to uid:gid $owner; 'sudo chown -R' it before building as yourself."
+            warn "could not give $SRC_DIR/target back to uid:gid $owner; chown -R it (as root) before building as yourself."
     fi
 
     [ -x "$SRC_DIR/target/release/slipway" ] || die "the build did not produce target/release/slipway."
+    NEW_VERSION=$(binary_version "$SRC_DIR/target/release/slipway")
     if cmp -s "$SRC_DIR/target/release/slipway" "$BIN"; then
-        say "$BIN is up to date"
+        say "$BIN is up to date: $(version_change "$OLD_VERSION" "$NEW_VERSION")"
         return
     fi
     say "Installing $BIN"
@@ -192,6 +247,8 @@ build_and_install_binary() {
     TMP_FILES+=("$tmp")
     install -o root -g root -m 0755 "$SRC_DIR/target/release/slipway" "$tmp"
     mv -f "$tmp" "$BIN"
+    NEW_VERSION=$(binary_version "$BIN")
+    say "$(version_change "$OLD_VERSION" "$NEW_VERSION")"
 }
 
 # ---------------------------------------------------------------------------
@@ -394,6 +451,17 @@ wait_for() {
     return 1
 }
 
+# report_daemon: after a (re)start, say what answers, and warn when it is not the
+# version just installed (an old daemon still holding the socket).
+report_daemon() {
+    local status
+    status=$(as_slipway status 2>&1) || die "the slipway daemon stopped answering right after starting: $status"
+    say "$status"
+    if [ -n "$NEW_VERSION" ] && [ "$NEW_VERSION" != unknown ] && [[ $status != *" daemon $NEW_VERSION "* ]]; then
+        warn "the daemon that answers is not slipway $NEW_VERSION; restart it (systemctl restart slipway, or slipway daemon --stop then slipway daemon)."
+    fi
+}
+
 # render_unit DEST: fill templates/slipway.service in, replacing DEST atomically.
 render_unit() {
     local dest=$1 template=$SRC_DIR/templates/slipway.service tmp
@@ -418,12 +486,13 @@ start_daemon_systemd() {
     fi
     systemctl daemon-reload
     systemctl enable slipway
-    say "Restarting slipway.service"
+    say "Restarting slipway.service (the daemon only: apps keep running)"
     systemctl restart slipway
     wait_for up || {
         journalctl -u slipway -n 20 --no-pager >&2 || true
         die "slipway.service did not answer 'slipway status' within ${WAIT_SECONDS}s (log above; see 'journalctl -u slipway')."
     }
+    report_daemon
 }
 
 start_daemon_plain() {
@@ -448,6 +517,7 @@ start_daemon_plain() {
         cat "$out" >&2
         die "the slipway daemon did not answer 'slipway status' within ${WAIT_SECONDS}s; check $HOME_DIR/logs."
     }
+    report_daemon
 }
 
 # ---------------------------------------------------------------------------
@@ -458,38 +528,213 @@ next_steps() {
     [ -n "$host" ] || host=$(hostname)
     cat <<EOF
 
-slipway is installed and running (home $HOME_DIR, user $SLIPWAY_USER).
+slipway is installed and running ($(version_change "$OLD_VERSION" "$NEW_VERSION"); home $HOME_DIR, user $SLIPWAY_USER).
 
-Next steps:
+Next steps (as root, 'slipway ...' switches to the $SLIPWAY_USER user by itself; from
+another account use: runuser -u $SLIPWAY_USER -- slipway ...):
   1. Authorize a developer's SSH public key (copy alice's ~/.ssh/id_ed25519.pub
      to this server first), on this server:
-       cat ~/.ssh/id_ed25519.pub | sudo -u $SLIPWAY_USER slipway $(home_flag)keys:add alice
+       slipway $(home_flag)keys:add alice < id_ed25519.pub
   2. On the laptop, in the app's git repository (try examples/python-hello):
        git remote add slipway $SLIPWAY_USER@$host:hello
        git push slipway main
      The push ends with the app's URL; the router listens on $ROUTER_ADDR and routes
      Host: hello.${DOMAIN:-localhost} to the app, e.g.
        curl http://hello.${DOMAIN:-localhost}:${ROUTER_ADDR##*:}/
-  3. On this server, as the $SLIPWAY_USER user (so files it creates stay owned by it):
-       sudo -u $SLIPWAY_USER slipway $(home_flag)apps
-       sudo -u $SLIPWAY_USER slipway $(home_flag)logs hello
+  3. On this server:
+       slipway $(home_flag)apps
+       slipway $(home_flag)logs hello
   4. Settings (domain, timeouts, limits) are in $HOME_DIR/slipway.toml:
-       sudo -u $SLIPWAY_USER slipway $(home_flag)settings
-       sudo -u $SLIPWAY_USER slipway $(home_flag)settings:set domain=apps.example.com
+       slipway $(home_flag)settings
+       slipway $(home_flag)settings:set domain=apps.example.com
+  Upgrade: git pull, then run install.sh again. Remove: install.sh --uninstall [--purge].
 EOF
     if ! have_systemd; then
         cat <<EOF
 
 This machine does not run systemd, so nothing starts sshd or the slipway daemon
 at boot: after a reboot, run install.sh again (or start /usr/sbin/sshd and
-'sudo -u $SLIPWAY_USER slipway $(home_flag)daemon').
+as root, 'slipway $(home_flag)daemon').
 EOF
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Uninstall
+# ---------------------------------------------------------------------------
+# uninstall_files: the files install.sh creates outside the home, one "PATH<TAB>what"
+# per line. Everything else it touches is shared with the rest of the system and is
+# left alone: the system packages, sshd (enabled, started) and its host keys, /run/sshd.
+# The user and the home are --purge's (see uninstall).
+uninstall_files() {
+    local f
+    printf '%s\t%s\n' "$BIN" "the slipway binary" "$UNIT" "the systemd unit" \
+        "$UNIT_LINK" "the unit's enablement link"
+    # Temporary files of an install that was killed half-way.
+    for f in "$(dirname "$BIN")"/.slipway.new.* "$UNIT".new.*; do
+        if [ -e "$f" ]; then printf '%s\t%s\n' "$f" "a leftover temporary file"; fi
+    done
+}
+
+# is_slipway_home: whether --purge may delete HOME_DIR: it belongs to the slipway user,
+# or holds slipway's database or settings. Anything else given as --home is not ours.
+is_slipway_home() {
+    [ -d "$HOME_DIR" ] && [ ! -L "$HOME_DIR" ] || return 1
+    if getent passwd "$SLIPWAY_USER" >/dev/null &&
+        [ "$(stat -c %u "$HOME_DIR")" = "$(id -u "$SLIPWAY_USER")" ]; then
+        return 0
+    fi
+    [ -e "$HOME_DIR/slipway.db" ] || [ -e "$HOME_DIR/slipway.toml" ]
+}
+
+# would WORDS: in a dry run print "Would WORDS" and succeed; otherwise fail, so the
+# caller goes on and does it: `would "remove X" || rm X`.
+would() {
+    if [ "$DRY_RUN" = 1 ]; then say "Would $*"; return 0; fi
+    return 1
+}
+
+# stop_slipway: stop every dyno, then the daemon; STOPPED=1 when there was something to stop.
+STOPPED=0
+stop_slipway() {
+    local unit_there=0
+    if have_systemd && [ -f "$UNIT" ]; then unit_there=1; fi
+    if [ ! -x "$BIN" ] || ! getent passwd "$SLIPWAY_USER" >/dev/null || [ ! -d "$HOME_DIR" ]; then
+        # No binary, user or home: no dyno or daemon of this install can be running.
+        if [ "$unit_there" = 1 ]; then
+            would "stop and disable slipway.service" || {
+                systemctl disable --now slipway >/dev/null 2>&1 || true
+                say "Stopped and disabled slipway.service"
+            }
+            STOPPED=1
+        elif [ "$DRY_RUN" = 1 ]; then
+            say "No dynos or daemon to stop ($BIN, user $SLIPWAY_USER or $HOME_DIR is missing)"
+        fi
+        return 0
+    fi
+    STOPPED=1
+
+    # ps:stop goes through the daemon: start it when it is down (it re-adopts the
+    # dynos that outlived it), so that no dyno is left running on a deleted binary.
+    if would "stop every dyno: runuser -u $SLIPWAY_USER -- $BIN --home $HOME_DIR ps:stop --all (starting the daemon first if it is down)"; then
+        :
+    else
+        if ! daemon_up; then
+            say "Starting the daemon, to stop the dynos through it"
+            if [ "$unit_there" = 1 ]; then
+                systemctl start slipway || true
+            else
+                as_slipway daemon </dev/null >/dev/null 2>&1 || true
+            fi
+            wait_for up || true
+        fi
+        if as_slipway ps:stop --all >/dev/null; then
+            say "Stopped every dyno of every app (after a reinstall they stay down until 'slipway ps:restart APP')"
+        elif [ "$FORCE" = 1 ]; then
+            warn "could not stop the dynos (the reason is above); going on because of --force: they keep running."
+        else
+            die "could not stop the dynos (the reason is above); nothing was removed. Fix that and run --uninstall again, or add --force to leave them running."
+        fi
+    fi
+
+    if [ "$unit_there" = 1 ]; then
+        would "stop and disable slipway.service (systemctl disable --now slipway)" || {
+            systemctl disable --now slipway
+            say "Stopped and disabled slipway.service"
+        }
+    fi
+    # A daemon started by hand (no systemd, or before the unit existed).
+    would "stop the daemon: runuser -u $SLIPWAY_USER -- $BIN --home $HOME_DIR daemon --stop" || {
+        if as_slipway daemon --stop >/dev/null 2>&1; then say "Stopped the slipway daemon"; fi
+        wait_for down || warn "the slipway daemon still answers 'slipway status'; stop it by hand (kill its pid)."
+    }
+}
+
+uninstall() {
+    local changed=0 path what reload=0
+    check_existing_user
+    if [ "$DRY_RUN" = 1 ]; then
+        say "Uninstalling slipway (dry run: nothing is stopped or removed)"
+    else
+        say "Uninstalling slipway"
+    fi
+    stop_slipway
+    changed=$STOPPED
+
+    while IFS=$'\t' read -r path what; do
+        if [ -e "$path" ] || [ -L "$path" ]; then
+            changed=1
+            would "remove $path ($what)" || {
+                rm -f -- "$path"
+                say "Removed $path ($what)"
+                if [[ $path == /etc/systemd/* ]]; then reload=1; fi
+            }
+        elif [ "$DRY_RUN" = 1 ]; then
+            say "$path ($what): not there"
+        fi
+    done < <(uninstall_files)
+    if [ "$reload" = 1 ] && have_systemd; then
+        systemctl daemon-reload
+        systemctl reset-failed slipway >/dev/null 2>&1 || true
+    fi
+
+    if [ "$PURGE" = 1 ]; then
+        # Decide about the home before the user is gone (ownership is checked by uid).
+        local purge_home=0
+        if is_slipway_home; then purge_home=1; fi
+        if getent passwd "$SLIPWAY_USER" >/dev/null; then
+            changed=1
+            would "delete the user $SLIPWAY_USER (userdel $SLIPWAY_USER)" || {
+                userdel "$SLIPWAY_USER" ||
+                    die "userdel $SLIPWAY_USER failed (the reason is above; processes still running as $SLIPWAY_USER? see: ps -u $SLIPWAY_USER)."
+                say "Deleted the user $SLIPWAY_USER"
+                if getent group "$SLIPWAY_USER" >/dev/null; then
+                    say "Kept the group $SLIPWAY_USER (other users share it, or it was there before); groupdel $SLIPWAY_USER removes it"
+                fi
+            }
+        elif [ "$DRY_RUN" = 1 ]; then
+            say "user $SLIPWAY_USER: not there"
+        fi
+        if [ "$purge_home" = 1 ]; then
+            changed=1
+            would "remove $HOME_DIR (SLIPWAY_HOME: apps, repos, releases, logs, keys, slipway.toml)" || {
+                rm -rf --one-file-system -- "$HOME_DIR"
+                say "Removed $HOME_DIR (SLIPWAY_HOME)"
+            }
+        elif [ -e "$HOME_DIR" ]; then
+            warn "kept $HOME_DIR: it is neither owned by $SLIPWAY_USER nor holds slipway.db or slipway.toml, so it is not a slipway home to purge."
+        elif [ "$DRY_RUN" = 1 ]; then
+            say "$HOME_DIR (SLIPWAY_HOME): not there"
+        fi
+    else
+        local kept=Kept
+        if [ "$DRY_RUN" = 1 ]; then kept="Would keep"; fi
+        if [ -d "$HOME_DIR" ]; then
+            say "$kept $HOME_DIR (apps, repos, releases, logs, keys, slipway.toml; --purge removes it)"
+        fi
+        if getent passwd "$SLIPWAY_USER" >/dev/null; then
+            say "$kept the user $SLIPWAY_USER (--purge removes it)"
+        fi
+    fi
+
+    if [ "$DRY_RUN" = 1 ]; then
+        say "Dry run: nothing was changed"
+    elif [ "$changed" = 0 ]; then
+        say "Nothing left to uninstall"
+    else
+        say "slipway is uninstalled; system packages and sshd were left as they are"
     fi
 }
 
 main() {
     parse_args "$@"
-    [ "$(id -u)" -eq 0 ] || die "must be run as root; try: sudo $0${*:+ $*}."
+    if [ "$UNINSTALL" = 1 ]; then
+        [ "$DRY_RUN" = 1 ] || [ "$(id -u)" -eq 0 ] ||
+            die "must be run as root (as root: $0${*:+ $*}; or try --dry-run)."
+        uninstall
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] || die "must be run as root: log in as root (or su -) and run $0${*:+ $*} again."
     check_existing_user
 
     install_packages
@@ -502,4 +747,6 @@ main() {
 }
 
 # Sourcing the file (for tests) defines the functions without running anything.
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
+# `return` succeeds only in a sourced file; comparing BASH_SOURCE with $0 is not
+# enough: `bash -c 'source "$0"' install.sh` would run main.
+if ! (return 0 2>/dev/null); then main "$@"; fi

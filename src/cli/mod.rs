@@ -244,9 +244,13 @@ pub enum Command {
         #[arg(long)]
         stop: bool,
     },
-    /// Is the daemon running?
+    /// The server at a glance: daemon, router, disk, apps and dynos, kernel features, problems.
+    /// Exits 1 when the daemon is down.
     #[command(name = "status")]
-    Status,
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: git hooks.
     #[command(name = "hook", hide = true)]
     Hook {
@@ -346,7 +350,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::SettingsSet { pairs } => settings::set(home, &pairs),
         Command::SettingsUnset { keys } => settings::unset(home, &keys),
         Command::Daemon { foreground, stop } => daemon::daemon(home, foreground, stop),
-        Command::Status => daemon::status(home),
+        Command::Status { json } => daemon::status(home, json),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {

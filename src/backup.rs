@@ -312,7 +312,7 @@ pub fn restore(home: &Home, archive: &Path, force: bool) -> anyhow::Result<Resto
             .collect();
         if !live.is_empty() {
             bail!(
-                "dynos of this home still run ({}); stop them first: slipway ps:stop --all",
+                "dynos of this home still run ({}); stop them first: slipway daemon; slipway ps:stop --all; slipway daemon --stop",
                 live.join(", ")
             );
         }

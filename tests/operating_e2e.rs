@@ -173,6 +173,20 @@ fn backup_of_a_running_app_restores_onto_a_fresh_home() {
     new.stop_daemon();
     let out = new.cmd(&["restore", &archive_s]);
     assert!(!out.status.success() && stderr(&out).contains("--force"), "{}", describe(&out));
+    // --force replaces the apps, but not under dynos that still run from them.
+    let out = new.cmd(&["restore", &archive_s, "--force"]);
+    assert!(!out.status.success() && stderr(&out).contains("still run"), "{}", describe(&out));
+    new.kill_dynos();
+    let mut out = None;
+    wait_until(Duration::from_secs(10), || {
+        out = Some(new.cmd(&["restore", &archive_s, "--force"]));
+        out.as_ref().is_some_and(|o| o.status.success())
+    });
+    let out = out.expect("restore ran");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout(&out).contains("apps:     1 (hello)"), "{}", describe(&out));
+    let releases = new.json(&["releases", "hello", "--json"]);
+    assert_eq!(releases.as_array().map(Vec::len), Some(2), "the forced restore kept v3: {releases}");
 }
 
 /// (name, kind, content or link target) of one crafted archive entry.

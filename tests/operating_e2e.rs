@@ -233,3 +233,27 @@ fn tampered_archives_are_refused() {
     }
     assert!(!Path::new("/tmp/slipway-escaped").exists());
 }
+
+#[test]
+fn backup_never_follows_a_symlink_planted_in_the_home() {
+    let slip = Slipway::new();
+    slip.cmd_ok(&["apps:create", "hello"]);
+    let secret = slip.root().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::os::unix::fs::symlink(&secret, slip.home.join("repos/hello.git/leak")).unwrap();
+    std::os::unix::fs::symlink(slip.root(), slip.home.join("repos/hello.git/leakdir")).unwrap();
+    let archive = slip.root().join("b.tar.gz");
+    let out = slip.cmd(&["backup", &archive.to_string_lossy()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("leak is not a regular file"), "{}", describe(&out));
+    let list = Command::new("tar").arg("tzf").arg(&archive).output().unwrap();
+    let names = stdout(&list);
+    assert!(names.contains("repos/hello.git/HEAD") && names.contains("slipway.db"), "{names}");
+    assert!(!names.contains("leak"), "a symlink was archived:\n{names}");
+    let content = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat {} | grep -c 'top secret'", archive.display()))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&content).trim(), "0", "the symlink's target was archived");
+}

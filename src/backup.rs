@@ -72,8 +72,10 @@ pub fn backup(home: &Home, dest: &Path, force: bool) -> anyhow::Result<BackupSum
     }
     match result {
         Ok(mut summary) => {
-            fs::rename(&tmp, &dest)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+            if let Err(e) = fs::rename(&tmp, &dest) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()));
+            }
             summary.bytes = fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
             Ok(summary)
         }

@@ -491,6 +491,26 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn a_venv_built_under_another_home_is_rewritten_for_this_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
+        let home = super::Home::at(&new);
+        let app: super::AppName = "hello".parse().expect("name");
+        let old_root = super::Home::at(&old).release_dir(&app, "b1");
+        let venv = home.release_dir(&app, "b1").join(".slipway/venv");
+        std::fs::create_dir_all(venv.join("bin")).expect("mkdir");
+        let script = format!("#!{}/.slipway/venv/bin/python\n", old_root.display());
+        std::fs::write(venv.join("bin/gunicorn"), script).expect("write");
+        super::relocate_venv(&home, &old, &app, "b1").expect("relocate");
+        let rewritten = std::fs::read_to_string(venv.join("bin/gunicorn")).expect("read");
+        let new_root = home.release_dir(&app, "b1");
+        assert_eq!(rewritten, format!("#!{}/.slipway/venv/bin/python\n", new_root.display()));
+        assert!(!venv.with_file_name("venv.restored").exists());
+        // The same home: nothing to do.
+        super::relocate_venv(&home, &new, &app, "b1").expect("no-op");
+    }
+
+    #[test]
     fn entry_paths() {
         assert_eq!(check_entry_path(Path::new("slipway.db")), None);
         assert_eq!(check_entry_path(Path::new("repos/hello.git/HEAD")), None);

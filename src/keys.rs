@@ -130,6 +130,15 @@ pub fn remove(home: &Home, store: &mut Store, name: &str) -> Result<(), KeyError
     Ok(())
 }
 
+/// Rewrites slipway's lines of `.ssh/authorized_keys` from the `ssh_keys` table (after a
+/// restore: the keys come back with the database, the file names this home and binary).
+/// Returns how many keys it wrote.
+pub fn regenerate(home: &Home, store: &mut Store) -> Result<usize, KeyError> {
+    let keys = store::keys::list(store.conn())?;
+    write_authorized_keys(home, &keys)?;
+    Ok(keys.len())
+}
+
 /// Rewrites the file atomically (temp file + rename): sshd never sees a half-written file.
 fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<(), KeyError> {
     let path = home.authorized_keys();

@@ -4,6 +4,7 @@
 //! its own module so tests can drive it directly. See docs/ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod backup;
 pub mod build;
 pub mod cli;
 pub mod daemon;

@@ -1,13 +1,17 @@
 //! `daemon [--foreground|--stop]` and `status`.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::out;
+use serde::Serialize;
+
+use super::{out, print_json};
 use crate::daemon::{
     self, client,
     protocol::{Request, Response},
 };
 use crate::home::Home;
+use crate::settings::Settings;
 
 pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> {
     if stop {
@@ -19,16 +23,373 @@ pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> 
     Ok(0)
 }
 
-pub fn status(home: &Home) -> anyhow::Result<i32> {
-    match client::call(home, &Request::Status, Duration::from_secs(10)) {
-        Ok(Response::Status { pid, version, dynos, .. }) => {
-            out(&format!(
-                "slipway daemon {version} is running (pid {pid}, {dynos} dynos) for {}",
-                home.root().display()
-            ));
-            Ok(0)
+/// `status [--json]`: the server at a glance. Everything but the daemon's answer is read from
+/// the home itself (SQLite opened read-only, /proc, /sys), so it prints all of it with the
+/// daemon down too, and then exits 1.
+pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
+    let report = gather(home);
+    let code = if report.daemon.running { 0 } else { 1 };
+    // Why the daemon did not answer, also as the one `slipway: …` line on stderr every failing
+    // command prints (scripts and `slipway status || …` see it there).
+    let fail = |code: i32| {
+        if let Some(why) = &report.daemon_error {
+            eprintln!("slipway: {why}");
         }
-        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-        Err(e) => Err(e.into()),
+        Ok(code)
+    };
+    if json {
+        print_json(&report)?;
+        return fail(code);
+    }
+    let d = &report.daemon;
+    if d.running {
+        let uptime = d.uptime_seconds.map(format_duration).unwrap_or_else(|| "?".into());
+        out(&format!(
+            "Daemon:   running, pid {}, version {}, up {uptime}, {} dynos",
+            d.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            d.version.as_deref().unwrap_or("?"),
+            d.dynos.unwrap_or(0),
+        ));
+    } else {
+        out("Daemon:   not running");
+    }
+    out(&format!("Router:   {} (apps at <app>.{})", report.router.addr, report.router.domain));
+    out(&format!("Home:     {}", report.home));
+    match (&report.disk.free_bytes, &report.disk.total_bytes) {
+        (Some(free), Some(total)) => out(&format!(
+            "Disk:     {} free of {} ({:.0} %)",
+            human(*free),
+            human(*total),
+            report.disk.free_percent.unwrap_or(0.0)
+        )),
+        _ => out("Disk:     free space unknown"),
+    }
+    let u = &report.disk.usage;
+    out(&format!(
+        "Use:      {} in all: slugs {}, releases {}, repos {}, caches {}, logs {}, database {}",
+        human(u.total),
+        human(u.slugs),
+        human(u.releases),
+        human(u.repos),
+        human(u.cache),
+        human(u.logs),
+        human(u.database)
+    ));
+    let states: Vec<String> = report.dynos.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    let states = if states.is_empty() { "none".to_string() } else { states.join(", ") };
+    out(&format!("Apps:     {}; dynos: {states}", report.apps));
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    out(&format!(
+        "Kernel:   landlock {}, cgroup v2 {}",
+        yes_no(report.kernel.landlock),
+        yes_no(report.kernel.cgroup_v2)
+    ));
+    out(&format!("Mode:     {}", report.mode.description));
+    if report.problems.is_empty() {
+        out("Problems: none");
+    } else {
+        out("Problems:");
+        for problem in &report.problems {
+            out(&format!("  ! {problem}"));
+        }
+    }
+    fail(code)
+}
+
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    daemon: DaemonStatus,
+    router: RouterStatus,
+    home: String,
+    disk: DiskStatus,
+    apps: usize,
+    /// Dynos by state (`up`, `crashed`, …), from the database.
+    dynos: BTreeMap<String, usize>,
+    kernel: KernelStatus,
+    mode: ModeStatus,
+    problems: Vec<String>,
+    #[serde(skip)]
+    daemon_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DaemonStatus {
+    running: bool,
+    pid: Option<i32>,
+    version: Option<String>,
+    uptime_seconds: Option<u64>,
+    /// Dynos the daemon supervises (its own count).
+    dynos: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouterStatus {
+    addr: String,
+    domain: String,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskStatus {
+    free_bytes: Option<u64>,
+    total_bytes: Option<u64>,
+    free_percent: Option<f64>,
+    usage: DiskUsage,
+}
+
+/// Bytes on disk (allocated blocks, hard links counted once, symlinks not followed), like `du`.
+#[derive(Debug, Default, Serialize)]
+struct DiskUsage {
+    slugs: u64,
+    releases: u64,
+    repos: u64,
+    cache: u64,
+    logs: u64,
+    database: u64,
+    total: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct KernelStatus {
+    landlock: bool,
+    cgroup_v2: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ModeStatus {
+    user: String,
+    root: bool,
+    description: String,
+}
+
+fn gather(home: &Home) -> StatusReport {
+    let mut problems = Vec::new();
+    let settings = match Settings::load(home) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(format!("settings: {e}"));
+            None
+        }
+    };
+
+    let pid = daemon::running_pid(home);
+    let mut daemon = DaemonStatus { running: false, pid, version: None, uptime_seconds: None, dynos: None };
+    let mut daemon_error = None;
+    let mut domain = settings.as_ref().map(|s| s.domain.clone()).unwrap_or_else(|| "?".into());
+    match client::call(home, &Request::Status, Duration::from_secs(10)) {
+        Ok(Response::Status { pid, version, dynos, domain: served, .. }) => {
+            daemon.running = true;
+            daemon.pid = Some(pid as i32);
+            daemon.uptime_seconds = process_uptime(pid as i32);
+            if version != env!("CARGO_PKG_VERSION") {
+                problems.push(format!(
+                    "the daemon runs slipway {version}, this binary is {}: restart it (slipway daemon --stop; slipway daemon)",
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            daemon.version = Some(version);
+            daemon.dynos = Some(dynos);
+            domain = served;
+        }
+        Ok(other) => {
+            problems.push(format!("unexpected answer from the daemon: {other:?}"));
+            daemon_error = Some(format!("unexpected answer from the daemon: {other:?}"));
+        }
+        Err(e) => {
+            match (&e, pid) {
+                (client::ClientError::NotRunning(_), Some(pid)) => {
+                    problems.push(format!("the daemon (pid {pid}) does not answer on its control socket"))
+                }
+                (client::ClientError::NotRunning(_), None) => {
+                    problems.push("the daemon is not running: start it with `slipway daemon`".into())
+                }
+                _ => problems.push(format!("the daemon does not answer: {e}")),
+            }
+            daemon_error = Some(e.to_string());
+        }
+    }
+    let router = RouterStatus {
+        addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
+        domain,
+    };
+
+    let (free_bytes, total_bytes) = match nix::sys::statvfs::statvfs(home.root()) {
+        Err(nix::errno::Errno::ENOENT) => {
+            problems
+                .push(format!("{} does not exist (nothing was deployed here yet)", home.root().display()));
+            (None, None)
+        }
+        Ok(v) => {
+            let frag = v.fragment_size();
+            (Some(v.blocks_available() * frag), Some(v.blocks() * frag))
+        }
+        Err(e) => {
+            problems.push(format!("cannot read the free space of {}: {e}", home.root().display()));
+            (None, None)
+        }
+    };
+    let free_percent = match (free_bytes, total_bytes) {
+        (Some(free), Some(total)) if total > 0 => Some(free as f64 * 100.0 / total as f64),
+        _ => None,
+    };
+    if let Some(pct) = free_percent.filter(|p| *p < 10.0) {
+        problems.push(format!("the disk of {} is {:.1} % free (under 10 %)", home.root().display(), pct));
+    }
+    let usage = disk_usage(home);
+
+    let mut apps = 0;
+    let mut dynos = BTreeMap::new();
+    if home.db().is_file() {
+        match read_db(home) {
+            Ok((n, by_state)) => {
+                apps = n;
+                dynos = by_state;
+            }
+            Err(e) => problems.push(format!("reading {}: {e}", home.db().display())),
+        }
+    }
+    if let Some(n) = dynos.get("crashed") {
+        problems.push(format!("{n} dyno(s) crashed (see slipway ps APP and slipway logs APP)"));
+    }
+
+    let kernel = KernelStatus {
+        landlock: std::fs::read_to_string("/sys/kernel/security/lsm")
+            .is_ok_and(|lsm| lsm.trim().split(',').any(|m| m == "landlock")),
+        cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+    };
+
+    // Dynos run as the daemon's user: the running daemon's, else whoever runs this (the home's
+    // owner, see Home::become_owner).
+    let uid = daemon
+        .pid
+        .filter(|_| daemon.running)
+        .and_then(|pid| std::fs::metadata(format!("/proc/{pid}")).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid {uid}"));
+    let root = uid == 0;
+    let description = if root {
+        "root: apps run as root, not isolated from each other nor from slipway".to_string()
+    } else {
+        format!("single-user mode: apps run as {user}, not isolated")
+    };
+
+    StatusReport {
+        daemon,
+        router,
+        home: home.root().display().to_string(),
+        disk: DiskStatus { free_bytes, total_bytes, free_percent, usage },
+        apps,
+        dynos,
+        kernel,
+        mode: ModeStatus { user, root, description },
+        problems,
+        daemon_error,
+    }
+}
+
+/// Apps and dynos by state, through a read-only connection (no migration, no WAL switch).
+fn read_db(home: &Home) -> anyhow::Result<(usize, BTreeMap<String, usize>)> {
+    let conn = rusqlite::Connection::open_with_flags(home.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(15))?;
+    let apps = crate::store::apps::list(&conn)?.len();
+    let mut by_state = BTreeMap::new();
+    for dyno in crate::store::dynos::all(&conn)? {
+        *by_state.entry(dyno.state.as_str().to_string()).or_insert(0) += 1;
+    }
+    Ok((apps, by_state))
+}
+
+/// Seconds since `pid` started: its start time in /proc/PID/stat (clock ticks after boot)
+/// against /proc/uptime.
+fn process_uptime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let since_boot: f64 =
+        std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let started = start_ticks as f64 / ticks as f64;
+    Some((since_boot - started).max(0.0) as u64)
+}
+
+fn disk_usage(home: &Home) -> DiskUsage {
+    let root = home.root();
+    let mut seen = HashSet::new();
+    let mut du = |name: &str| walk_size(&root.join(name), &mut seen);
+    let mut usage = DiskUsage {
+        slugs: du("slugs"),
+        releases: du("releases"),
+        repos: du("repos"),
+        cache: du("cache"),
+        logs: du("logs"),
+        database: du("slipway.db") + du("slipway.db-wal") + du("slipway.db-shm"),
+        total: 0,
+    };
+    usage.total = usage.slugs + usage.releases + usage.repos + usage.cache + usage.logs + usage.database;
+    usage
+}
+
+/// Allocated bytes under `path`, not following symlinks, each inode once.
+fn walk_size(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let mut total = 0;
+    if seen.insert((meta.dev(), meta.ino())) {
+        total += meta.blocks() * 512;
+    }
+    if meta.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                total += walk_size(&entry.path(), seen);
+            }
+        }
+    }
+    total
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn format_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_duration, human};
+
+    #[test]
+    fn formats() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(format_duration(59), "59s");
+        assert_eq!(format_duration(3 * 3600 + 120), "3h 2m");
+        assert_eq!(format_duration(2 * 86400 + 60), "2d 0h 1m");
     }
 }

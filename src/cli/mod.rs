@@ -4,6 +4,7 @@
 
 mod apps;
 mod args;
+mod backup;
 mod config;
 mod daemon;
 mod domains;
@@ -244,9 +245,32 @@ pub enum Command {
         #[arg(long)]
         stop: bool,
     },
-    /// Is the daemon running?
+    /// The server at a glance: daemon, router, disk, apps and dynos, kernel features, problems.
+    /// Exits 1 when the daemon is down.
     #[command(name = "status")]
-    Status,
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent snapshot of the home (database, repos, slugs, settings) to FILE.tar.gz,
+    /// while the daemon runs.
+    #[command(name = "backup")]
+    Backup {
+        #[arg(value_name = "FILE.tar.gz")]
+        file: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a backup onto this home (the daemon must not run); then start the daemon.
+    #[command(name = "restore")]
+    Restore {
+        #[arg(value_name = "FILE.tar.gz")]
+        file: PathBuf,
+        /// Replace the apps this home already has.
+        #[arg(long)]
+        force: bool,
+    },
     /// Internal: git hooks.
     #[command(name = "hook", hide = true)]
     Hook {
@@ -294,6 +318,8 @@ impl Command {
         !matches!(
             self,
             Command::Daemon { .. }
+                | Command::Backup { .. }
+                | Command::Restore { .. }
                 | Command::SettingsSet { .. }
                 | Command::SettingsUnset { .. }
                 | Command::Hook { .. }
@@ -346,7 +372,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::SettingsSet { pairs } => settings::set(home, &pairs),
         Command::SettingsUnset { keys } => settings::unset(home, &keys),
         Command::Daemon { foreground, stop } => daemon::daemon(home, foreground, stop),
-        Command::Status => daemon::status(home),
+        Command::Status { json } => daemon::status(home, json),
+        Command::Backup { file, force } => backup::backup(home, &file, force),
+        Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {
@@ -426,4 +454,19 @@ pub(crate) fn local_user() -> String {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "local".into())
+}
+
+#[cfg(test)]
+mod tests {
+    fn command(line: &str) -> super::Command {
+        let words = std::iter::once("slipway").chain(line.split(' ')).map(str::to_string).collect();
+        super::try_parse(words).expect("parses").command
+    }
+
+    #[test]
+    fn backup_and_restore_stay_local_status_does_not() {
+        assert!(!command("backup /tmp/x.tar.gz").allowed_over_ssh());
+        assert!(!command("restore /tmp/x.tar.gz --force").allowed_over_ssh());
+        assert!(command("status --json").allowed_over_ssh());
+    }
 }

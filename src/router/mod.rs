@@ -6,8 +6,9 @@
 //! - It is its own HTTP/1.1 proxy ([`proxy`], [`http1`]): each client connection is one task
 //!   that reads a request head, routes it and relays request and response over a kept-alive
 //!   connection to the dyno ([`pool`]), so a request costs about what it costs nginx. Bodies
-//!   stream both ways as they were framed (sized, chunked, or until close); nothing is buffered
-//!   whole. Client connections are kept alive; `1xx` responses (`100 Continue`) are passed on;
+//!   stream both ways without being buffered whole; a request's chunked body is checked
+//!   strictly (RFC 9112 §7.1: CRLF only, well-formed extensions and trailers) and re-chunked for
+//!   the dyno without extensions or trailers, so a dyno never parses framing a client wrote. Client connections are kept alive; `1xx` responses (`100 Continue`) are passed on;
 //!   `Upgrade` requests (websockets) are passed through: once the dyno answers `101`, both
 //!   connections are spliced with `copy_bidirectional`.
 //! - The routing table is swapped atomically by [`Router::update`]. The request path takes a
@@ -18,9 +19,11 @@
 //!   `update` really waits for every request that backend will ever get.
 //! - Headers: hop-by-hop headers dropped; `X-Forwarded-For` (client appended),
 //!   `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's port), `X-Request-Id` (the
-//!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on.
-//!   A proxy on loopback (TLS termination in front) may pass its own `X-Forwarded-Proto` and
-//!   `-Port` through ([`headers::Forwarded`]).
+//!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on
+//!   (an absolute-form target's authority replaces it). A proxy on loopback (TLS termination in
+//!   front) may pass its own `X-Forwarded-Proto` and `-Port`, `Forwarded`, `X-Forwarded-Host`
+//!   and `X-Real-IP` through ([`headers::Forwarded`], [`headers::is_proxy_claim`]); from anyone
+//!   else the last three are dropped.
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,
@@ -38,7 +41,8 @@
 //! | the client's request body stalled for 55 s ([`IDLE_TIMEOUT`]) | (499, logged only; connection closed) | `H28` Client Connection Idle |
 //! | the dyno's response body stalled for 55 s (the status already went out) | (connection closed) | `H15` Idle connection |
 //! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – |
-//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`) | 400 | – |
+//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`, a malformed chunked body), or with no `Host` (HTTP/1.1) or two | 400 | – |
+//! | a `Transfer-Encoding` other than `chunked` alone (`gzip, chunked` too), as nginx | 501 | – |
 //!
 //! A refused connection is reported as `H10`: a web dyno that does not accept on its port is,
 //! to the user, a crashed app (the supervisor sees the exit a moment later), and `H10` is the

@@ -20,6 +20,7 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 
 struct Env {
     _dir: tempfile::TempDir,
+    router: Router,
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -37,8 +38,9 @@ impl Env {
         router.update(table);
         let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind the router");
         let port = listener.local_addr().expect("router address").port();
-        let task = tokio::spawn(async move { router.serve(listener).await });
-        Env { _dir: dir, addr: SocketAddr::from(([127, 0, 0, 1], port)), task }
+        let serving = router.clone();
+        let task = tokio::spawn(async move { serving.serve(listener).await });
+        Env { _dir: dir, router, addr: SocketAddr::from(([127, 0, 0, 1], port)), task }
     }
 
     /// Sends `raw` from 127.0.0.1 and reads until the router closes the connection.
@@ -279,4 +281,101 @@ fn local_non_loopback() -> Option<std::net::Ipv4Addr> {
         std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
         _ => None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection limits
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `cond` every 10 ms for up to [`STEP`].
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Splits `streams` into those the router closed (or answered) within a second and those it
+/// keeps open and idle, all read at once.
+async fn still_open(streams: Vec<TcpStream>) -> Vec<TcpStream> {
+    let mut set = tokio::task::JoinSet::new();
+    for mut tcp in streams {
+        set.spawn(async move {
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await {
+                Err(_) => Ok(tcp),
+                Ok(Ok(n)) => Err(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Ok(Err(e)) => Err(e.to_string()),
+            }
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(joined) = within("reads", set.join_next()).await {
+        match joined.expect("read task") {
+            Ok(tcp) => open.push(tcp),
+            Err(answer) => assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 503 ") || answer.contains("reset"),
+                "a refused connection got {answer:?}"
+            ),
+        }
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_cannot_take_the_router_down() {
+    // 1,100 client sockets and up to 256 of the router's in this one process.
+    let fds = slipway::router::raise_fd_limit();
+    if fds < 1_100 + 256 + 200 {
+        eprintln!("skipped: the open file limit is {fds}, too low to hold 1,100 connections here");
+        return;
+    }
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start(&dyno).await;
+    let mut attack = Vec::new();
+    for _ in 0..1_100 {
+        attack.push(connect_from([127, 0, 0, 2], env.addr).await);
+    }
+    let open = still_open(attack).await;
+    assert_eq!(open.len(), slipway::router::MAX_PER_IP, "the rest were refused at accept");
+    assert_eq!(env.router.open_connections(), slipway::router::MAX_PER_IP);
+
+    // Meanwhile everyone else is served: the proxy address and another client.
+    let get = b"GET / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n";
+    for from in [[127, 0, 0, 1], [127, 0, 0, 3]] {
+        let answer = env.exchange_from(from, get).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "from {from:?}: {answer}");
+    }
+    drop(open);
+    eventually("the idle connections are uncounted", || env.router.open_connections() == 0).await;
+    let answer = env.exchange_from([127, 0, 0, 2], get).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "the address is welcome again: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_global_cap_connections_get_503_until_some_close() {
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start_with(&dyno, |c| c.max_connections(20)).await;
+    let mut idle = Vec::new();
+    for i in 0..20u8 {
+        idle.push(connect_from([127, 0, 1, i + 1], env.addr).await);
+    }
+    eventually("20 connections counted", || env.router.open_connections() == 20).await;
+    let get = b"GET / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n";
+    let mut tcp = connect_from([127, 0, 0, 1], env.addr).await;
+    let mut answer = Vec::new();
+    // Refused at accept: whatever the client sends is not read (it may even reset the 503).
+    let _ = tcp.write_all(get).await;
+    let _ = within("refused", tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+    assert!(!answer.contains("ok"), "{answer}");
+    assert_eq!(env.router.open_connections(), 20);
+
+    drop(idle.pop());
+    eventually("a slot comes free", || env.router.open_connections() == 19).await;
+    let answer = env.exchange(get).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
 }

@@ -53,6 +53,7 @@
 pub mod headers;
 mod http1;
 mod in_flight;
+mod limits;
 pub mod log;
 mod pool;
 mod proxy;
@@ -66,10 +67,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use self::limits::{default_max_connections, raise_fd_limit, MAX_PER_IP};
 pub use self::log::RouterError;
 pub use self::table::{normalize_host, AppRoute, AppStatus, Backend, RouteTable};
 
 use self::in_flight::{InFlight, InFlightGuard};
+use self::limits::{Limits, RateLimitedLog};
 use self::log::{LogPath, LogSink, H10, H14};
 use self::pool::Pool;
 use crate::home::Home;
@@ -89,6 +92,12 @@ pub struct RouterConfig {
     /// Where an app's log file is; `None` means the app's lines are not written.
     pub log_path: LogPath,
     pub log_policy: LogPolicy,
+    /// Client connections open at once; `None`: [`default_max_connections`] when the router is
+    /// made (so raise the fd limit first, [`raise_fd_limit`]).
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one address (but `127.0.0.1`/`::1`, a TLS proxy in
+    /// front): [`MAX_PER_IP`].
+    pub max_per_ip: usize,
 }
 
 impl RouterConfig {
@@ -100,7 +109,14 @@ impl RouterConfig {
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))
         });
-        RouterConfig { timeout: Duration::from_secs(30), idle_timeout: IDLE_TIMEOUT, log_path, log_policy }
+        RouterConfig {
+            timeout: Duration::from_secs(30),
+            idle_timeout: IDLE_TIMEOUT,
+            log_path,
+            log_policy,
+            max_connections: None,
+            max_per_ip: MAX_PER_IP,
+        }
     }
 
     /// The daemon's set-up: [`for_home`](Self::for_home) with `SLIPWAY_ROUTER_TIMEOUT` and the
@@ -123,6 +139,16 @@ impl RouterConfig {
         self.log_policy = policy;
         self
     }
+
+    pub fn max_connections(mut self, max: usize) -> RouterConfig {
+        self.max_connections = Some(max);
+        self
+    }
+
+    pub fn max_per_ip(mut self, max: usize) -> RouterConfig {
+        self.max_per_ip = max;
+        self
+    }
 }
 
 /// The router. Cheap to clone; every clone shares one table, one connection pool and one log
@@ -140,6 +166,8 @@ struct Inner {
     timeout: Duration,
     idle_timeout: Duration,
     sink: LogSink,
+    limits: Arc<Limits>,
+    accept_errors: RateLimitedLog,
 }
 
 /// The table as the request path uses it: host → app, with shared counters.
@@ -183,6 +211,11 @@ impl Router {
                 timeout: config.timeout,
                 idle_timeout: config.idle_timeout,
                 sink: LogSink::start(config.log_path, config.log_policy),
+                limits: Limits::new(
+                    config.max_connections.unwrap_or_else(default_max_connections),
+                    config.max_per_ip,
+                ),
+                accept_errors: RateLimitedLog::default(),
             }),
         }
     }
@@ -244,6 +277,11 @@ impl Router {
         }
     }
 
+    /// Client connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.limits.open()
+    }
+
     /// Requests in flight to the backend on `port` right now.
     pub fn in_flight(&self, port: u16) -> usize {
         let map = self.inner.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -259,14 +297,29 @@ impl Router {
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%err, "router accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and say so at most once per 10 s.
+                        self.inner
+                            .accept_errors
+                            .note(|n| tracing::warn!(%err, errors = n, "router accept failed"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let guard = match self.inner.limits.admit(peer.ip()) {
+                    Ok(guard) => guard,
+                    Err(_) => {
+                        // Over a cap (see `limits`): refused as cheaply as possible.
+                        let _ = stream.try_write(limits::BUSY);
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(proxy::serve_connection(self.inner.clone(), stream, peer, listen_port));
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let _counted = guard;
+                    proxy::serve_connection(inner, stream, peer, listen_port).await;
+                });
             }
         };
         let sweeping = async {

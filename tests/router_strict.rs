@@ -178,9 +178,14 @@ async fn a_chunked_body_is_rechunked_without_extensions_or_trailers() {
 async fn transfer_codings_other_than_chunked_get_501() {
     let dyno = Dyno::start(OK).await;
     let env = Env::start(&dyno).await;
-    for te in
-        ["gzip, chunked", "chunked, chunked", "gzip", "identity", "chunked\r\nTransfer-Encoding: chunked"]
-    {
+    for te in [
+        "gzip, chunked",
+        "chunked, chunked",
+        "gzip",
+        "identity",
+        "chunked\r\nTransfer-Encoding: chunked",
+        "\r\nTransfer-Encoding: chunked",
+    ] {
         let raw = format!(
             "POST / HTTP/1.1\r\nHost: alpha.localhost\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         );

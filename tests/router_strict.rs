@@ -175,6 +175,22 @@ async fn a_chunked_body_is_rechunked_without_extensions_or_trailers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_content_length_reaches_the_dyno_as_one_plain_value() {
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start(&dyno).await;
+    let raw = "POST / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\nContent-Length: 5, 5\r\n\
+               content-length: 5\r\n\r\nhello";
+    let answer = env.exchange(raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let received = dyno.received();
+    assert_eq!(received.to_ascii_lowercase().matches("content-length").count(), 1, "{received}");
+    assert!(
+        received.contains("\r\nContent-Length: 5\r\n") && received.ends_with("\r\n\r\nhello"),
+        "{received}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_codings_other_than_chunked_get_501() {
     let dyno = Dyno::start(OK).await;
     let env = Env::start(&dyno).await;

@@ -155,6 +155,7 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
             || headers::is_forwarding(name)
             || (!trusted_proxy && headers::is_proxy_claim(name))
             || (authority.is_some() && name.eq_ignore_ascii_case("host"))
+            || name.eq_ignore_ascii_case("content-length")
             || tokens.names(name);
         if !dropped {
             headers::header(&mut upstream, name, h.value);
@@ -163,6 +164,10 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
     if let (true, Some(upgrade_to)) = (upgrade, upgrade_to) {
         headers::header(&mut upstream, "Connection", b"upgrade");
         headers::header(&mut upstream, "Upgrade", upgrade_to);
+    }
+    if let Some(n) = length.0 {
+        // One plain value, whatever list or repetition the client sent (`5, 5`).
+        headers::header(&mut upstream, "Content-Length", n.to_string().as_bytes());
     }
     if body == BodyKind::Chunked {
         // The body is re-chunked on the way (no extensions, no trailers): see `proxy`.
@@ -721,8 +726,13 @@ mod tests {
         ] {
             assert!(matches!(request(bad), Err(HeadError::Invalid(_))), "{bad:?}");
         }
-        let same = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").unwrap().unwrap();
+        let same = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(same.body, BodyKind::Length(5));
+        let up = String::from_utf8(same.upstream).unwrap();
+        assert_eq!(up.to_ascii_lowercase().matches("content-length").count(), 1, "{up}");
+        assert!(up.contains("\r\nContent-Length: 5\r\n"), "{up}");
     }
 
     #[test]

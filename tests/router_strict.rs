@@ -400,3 +400,41 @@ async fn over_the_global_cap_connections_get_503_until_some_close() {
     let answer = env.exchange(get).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_dribbling_clients_are_cut_off_after_the_head_timeout() {
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start_with(&dyno, |c| c.head_timeout(Duration::from_millis(300))).await;
+
+    // Idle: closed without a word.
+    let started = std::time::Instant::now();
+    let mut idle = connect_from([127, 0, 0, 2], env.addr).await;
+    let mut answer = Vec::new();
+    within("idle close", idle.read_to_end(&mut answer)).await.expect("read");
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A byte every 50 ms never finishes a head: 408 at the timeout all the same.
+    let started = std::time::Instant::now();
+    let mut slow = connect_from([127, 0, 0, 2], env.addr).await;
+    let (mut from_router, mut to_router) = slow.split();
+    let dribble = async {
+        for b in b"GET / HTTP/1.1\r\nHost: alpha.localhost\r\nX-Slow: ".iter().cycle() {
+            if to_router.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut answer = Vec::new();
+    tokio::select! {
+        _ = within("408", from_router.read_to_end(&mut answer)) => {}
+        () = dribble => {}
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off, not left to dribble");
+    assert_eq!(dyno.received(), "");
+    eventually("both uncounted", || env.router.open_connections() == 0).await;
+}

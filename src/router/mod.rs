@@ -82,6 +82,11 @@ use crate::logs::LogPolicy;
 /// up on it: Heroku's 55 s rolling window (`H15` for a dyno, `H28` for a client).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
+/// How long a client has to send a complete request head, counted from when the router starts
+/// waiting for it; so it is also how long a kept-alive connection may sit idle between requests,
+/// and a client dribbling a head byte by byte (slowloris) is cut off after it all the same.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a [`Router`] needs besides its routing table.
 #[derive(Clone)]
 pub struct RouterConfig {
@@ -89,6 +94,9 @@ pub struct RouterConfig {
     pub timeout: Duration,
     /// How long a body (either way) may stall before the connection is cut (`H15`/`H28`).
     pub idle_timeout: Duration,
+    /// How long a client may take to send a request head, idle time before it included
+    /// ([`HEAD_TIMEOUT`]); then 408 (or a silent close if it sent nothing).
+    pub head_timeout: Duration,
     /// Where an app's log file is; `None` means the app's lines are not written.
     pub log_path: LogPath,
     pub log_policy: LogPolicy,
@@ -112,6 +120,7 @@ impl RouterConfig {
         RouterConfig {
             timeout: Duration::from_secs(30),
             idle_timeout: IDLE_TIMEOUT,
+            head_timeout: HEAD_TIMEOUT,
             log_path,
             log_policy,
             max_connections: None,
@@ -132,6 +141,11 @@ impl RouterConfig {
 
     pub fn idle_timeout(mut self, idle: Duration) -> RouterConfig {
         self.idle_timeout = idle;
+        self
+    }
+
+    pub fn head_timeout(mut self, timeout: Duration) -> RouterConfig {
+        self.head_timeout = timeout;
         self
     }
 
@@ -165,6 +179,7 @@ struct Inner {
     pool: Pool,
     timeout: Duration,
     idle_timeout: Duration,
+    head_timeout: Duration,
     sink: LogSink,
     limits: Arc<Limits>,
     accept_errors: RateLimitedLog,
@@ -210,6 +225,7 @@ impl Router {
                 pool: Pool::default(),
                 timeout: config.timeout,
                 idle_timeout: config.idle_timeout,
+                head_timeout: config.head_timeout,
                 sink: LogSink::start(config.log_path, config.log_policy),
                 limits: Limits::new(
                     config.max_connections.unwrap_or_else(default_max_connections),

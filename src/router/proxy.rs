@@ -21,9 +21,6 @@ use super::http1::{self, BodyKind, Chunked, HeadError, RequestHead, ResponseCont
 use super::log::{RequestLine, RouterError, H10, H12, H13, H15, H27, H28};
 use super::{normalize_host, Inner, Selection};
 
-/// How long a client has to send a complete request head, which is also how long a kept-alive
-/// connection may sit idle between requests.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a dyno may take before it counts as refused.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much is read at a time.
@@ -50,8 +47,10 @@ pub(super) async fn serve_connection(
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
     loop {
-        let read =
-            tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut client, &mut buf, peer.ip(), listen_port));
+        let read = tokio::time::timeout(
+            inner.head_timeout,
+            read_request(&mut client, &mut buf, peer.ip(), listen_port),
+        );
         let req = match read.await {
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) | Ok(Err(ReadError::Truncated)) => return,
@@ -65,7 +64,8 @@ pub(super) async fn serve_connection(
                         false,
                         true,
                     );
-                    let _ = client.write_all(&page).await;
+                    // Closed gently, so the client reads the 408 rather than a reset.
+                    return finish(client, &page).await;
                 }
                 return;
             }

@@ -77,6 +77,8 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
 }
 
 async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
+    // Before the router is made: its connection cap follows the fd limit.
+    crate::router::raise_fd_limit();
     let store = Store::open(&home.db())?;
     // Daemons before slipway.toml recorded their log policy there; every writer now reads the
     // settings file instead.

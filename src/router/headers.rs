@@ -133,6 +133,19 @@ pub fn is_forwarding(name: &str) -> bool {
         .any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// True for a header by which a proxy tells where a request came from (`Forwarded`,
+/// `X-Forwarded-Host`, `X-Real-IP`): passed on only from a [`trusted_proxy`], dropped from
+/// anyone else, who could claim any host or address with it.
+pub fn is_proxy_claim(name: &str) -> bool {
+    ["forwarded", "x-forwarded-host", "x-real-ip"].iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A peer on loopback: the TLS-terminating proxy in front (templates/nginx-slipway.conf). Its
+/// `X-Forwarded-Proto`/`-Port` and [`is_proxy_claim`] headers are kept; nobody else's are.
+pub fn trusted_proxy(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
 /// The comma-separated tokens of every `Connection` header, trimmed (`close`, `upgrade`,
 /// `keep-alive`, or names of further hop-by-hop headers).
 #[derive(Debug, Default)]
@@ -194,7 +207,7 @@ impl Forwarded {
         let earlier = self.earlier_for.join(", ");
         let earlier = earlier.trim().trim_matches(',').trim();
         let fwd = if earlier.is_empty() { client.to_string() } else { format!("{earlier}, {client}") };
-        let local_proxy = client.is_loopback();
+        let local_proxy = trusted_proxy(client);
         let proto = self.proto.as_deref().filter(|p| local_proxy && (*p == b"http" || *p == b"https"));
         let port = proto
             .and(self.port.as_deref())

@@ -6,8 +6,9 @@
 //! - It is its own HTTP/1.1 proxy ([`proxy`], [`http1`]): each client connection is one task
 //!   that reads a request head, routes it and relays request and response over a kept-alive
 //!   connection to the dyno ([`pool`]), so a request costs about what it costs nginx. Bodies
-//!   stream both ways as they were framed (sized, chunked, or until close); nothing is buffered
-//!   whole. Client connections are kept alive; `1xx` responses (`100 Continue`) are passed on;
+//!   stream both ways without being buffered whole; a request's chunked body is checked
+//!   strictly (RFC 9112 §7.1: CRLF only, well-formed extensions and trailers) and re-chunked for
+//!   the dyno without extensions or trailers, so a dyno never parses framing a client wrote. Client connections are kept alive; `1xx` responses (`100 Continue`) are passed on;
 //!   `Upgrade` requests (websockets) are passed through: once the dyno answers `101`, both
 //!   connections are spliced with `copy_bidirectional`.
 //! - The routing table is swapped atomically by [`Router::update`]. The request path takes a
@@ -18,9 +19,11 @@
 //!   `update` really waits for every request that backend will ever get.
 //! - Headers: hop-by-hop headers dropped; `X-Forwarded-For` (client appended),
 //!   `X-Forwarded-Proto: http`, `X-Forwarded-Port` (the router's port), `X-Request-Id` (the
-//!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on.
-//!   A proxy on loopback (TLS termination in front) may pass its own `X-Forwarded-Proto` and
-//!   `-Port` through ([`headers::Forwarded`]).
+//!   client's if valid, else a new UUID-shaped id) set for the dyno; the `Host` is passed on
+//!   (an absolute-form target's authority replaces it). A proxy on loopback (TLS termination in
+//!   front) may pass its own `X-Forwarded-Proto` and `-Port`, `Forwarded`, `X-Forwarded-Host`
+//!   and `X-Real-IP` through ([`headers::Forwarded`], [`headers::is_proxy_claim`]); from anyone
+//!   else the last three are dropped.
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,
@@ -38,7 +41,8 @@
 //! | the client's request body stalled for 55 s ([`IDLE_TIMEOUT`]) | (499, logged only; connection closed) | `H28` Client Connection Idle |
 //! | the dyno's response body stalled for 55 s (the status already went out) | (connection closed) | `H15` Idle connection |
 //! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – |
-//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`) | 400 | – |
+//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`, a malformed chunked body), or with no `Host` (HTTP/1.1) or two | 400 | – |
+//! | a `Transfer-Encoding` other than `chunked` alone (`gzip, chunked` too), as nginx | 501 | – |
 //!
 //! A refused connection is reported as `H10`: a web dyno that does not accept on its port is,
 //! to the user, a crashed app (the supervisor sees the exit a moment later), and `H10` is the
@@ -49,6 +53,7 @@
 pub mod headers;
 mod http1;
 mod in_flight;
+mod limits;
 pub mod log;
 mod pool;
 mod proxy;
@@ -62,10 +67,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use self::limits::{default_max_connections, raise_fd_limit, MAX_PER_IP};
 pub use self::log::RouterError;
 pub use self::table::{normalize_host, AppRoute, AppStatus, Backend, RouteTable};
 
 use self::in_flight::{InFlight, InFlightGuard};
+use self::limits::{Limits, RateLimitedLog};
 use self::log::{LogPath, LogSink, H10, H14};
 use self::pool::Pool;
 use crate::home::Home;
@@ -75,6 +82,11 @@ use crate::logs::LogPolicy;
 /// up on it: Heroku's 55 s rolling window (`H15` for a dyno, `H28` for a client).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
+/// How long a client has to send a complete request head, counted from when the router starts
+/// waiting for it; so it is also how long a kept-alive connection may sit idle between requests,
+/// and a client dribbling a head byte by byte (slowloris) is cut off after it all the same.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a [`Router`] needs besides its routing table.
 #[derive(Clone)]
 pub struct RouterConfig {
@@ -82,9 +94,18 @@ pub struct RouterConfig {
     pub timeout: Duration,
     /// How long a body (either way) may stall before the connection is cut (`H15`/`H28`).
     pub idle_timeout: Duration,
+    /// How long a client may take to send a request head, idle time before it included
+    /// ([`HEAD_TIMEOUT`]); then 408 (or a silent close if it sent nothing).
+    pub head_timeout: Duration,
     /// Where an app's log file is; `None` means the app's lines are not written.
     pub log_path: LogPath,
     pub log_policy: LogPolicy,
+    /// Client connections open at once; `None`: [`default_max_connections`] when the router is
+    /// made (so raise the fd limit first, [`raise_fd_limit`]).
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one address (but `127.0.0.1`/`::1`, a TLS proxy in
+    /// front): [`MAX_PER_IP`].
+    pub max_per_ip: usize,
 }
 
 impl RouterConfig {
@@ -96,7 +117,15 @@ impl RouterConfig {
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))
         });
-        RouterConfig { timeout: Duration::from_secs(30), idle_timeout: IDLE_TIMEOUT, log_path, log_policy }
+        RouterConfig {
+            timeout: Duration::from_secs(30),
+            idle_timeout: IDLE_TIMEOUT,
+            head_timeout: HEAD_TIMEOUT,
+            log_path,
+            log_policy,
+            max_connections: None,
+            max_per_ip: MAX_PER_IP,
+        }
     }
 
     /// The daemon's set-up: [`for_home`](Self::for_home) with `SLIPWAY_ROUTER_TIMEOUT` and the
@@ -115,8 +144,23 @@ impl RouterConfig {
         self
     }
 
+    pub fn head_timeout(mut self, timeout: Duration) -> RouterConfig {
+        self.head_timeout = timeout;
+        self
+    }
+
     pub fn log_policy(mut self, policy: LogPolicy) -> RouterConfig {
         self.log_policy = policy;
+        self
+    }
+
+    pub fn max_connections(mut self, max: usize) -> RouterConfig {
+        self.max_connections = Some(max);
+        self
+    }
+
+    pub fn max_per_ip(mut self, max: usize) -> RouterConfig {
+        self.max_per_ip = max;
         self
     }
 }
@@ -135,7 +179,10 @@ struct Inner {
     pool: Pool,
     timeout: Duration,
     idle_timeout: Duration,
+    head_timeout: Duration,
     sink: LogSink,
+    limits: Arc<Limits>,
+    accept_errors: RateLimitedLog,
 }
 
 /// The table as the request path uses it: host → app, with shared counters.
@@ -178,7 +225,13 @@ impl Router {
                 pool: Pool::default(),
                 timeout: config.timeout,
                 idle_timeout: config.idle_timeout,
+                head_timeout: config.head_timeout,
                 sink: LogSink::start(config.log_path, config.log_policy),
+                limits: Limits::new(
+                    config.max_connections.unwrap_or_else(default_max_connections),
+                    config.max_per_ip,
+                ),
+                accept_errors: RateLimitedLog::default(),
             }),
         }
     }
@@ -240,6 +293,11 @@ impl Router {
         }
     }
 
+    /// Client connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.limits.open()
+    }
+
     /// Requests in flight to the backend on `port` right now.
     pub fn in_flight(&self, port: u16) -> usize {
         let map = self.inner.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -255,14 +313,29 @@ impl Router {
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%err, "router accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and say so at most once per 10 s.
+                        self.inner
+                            .accept_errors
+                            .note(|n| tracing::warn!(%err, errors = n, "router accept failed"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let guard = match self.inner.limits.admit(peer.ip()) {
+                    Ok(guard) => guard,
+                    Err(_) => {
+                        // Over a cap (see `limits`): refused as cheaply as possible.
+                        let _ = stream.try_write(limits::BUSY);
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(proxy::serve_connection(self.inner.clone(), stream, peer, listen_port));
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let _counted = guard;
+                    proxy::serve_connection(inner, stream, peer, listen_port).await;
+                });
             }
         };
         let sweeping = async {

@@ -21,9 +21,6 @@ use super::http1::{self, BodyKind, Chunked, HeadError, RequestHead, ResponseCont
 use super::log::{RequestLine, RouterError, H10, H12, H13, H15, H27, H28};
 use super::{normalize_host, Inner, Selection};
 
-/// How long a client has to send a complete request head, which is also how long a kept-alive
-/// connection may sit idle between requests.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a dyno may take before it counts as refused.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much is read at a time.
@@ -50,8 +47,10 @@ pub(super) async fn serve_connection(
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
     loop {
-        let read =
-            tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut client, &mut buf, peer.ip(), listen_port));
+        let read = tokio::time::timeout(
+            inner.head_timeout,
+            read_request(&mut client, &mut buf, peer.ip(), listen_port),
+        );
         let req = match read.await {
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) | Ok(Err(ReadError::Truncated)) => return,
@@ -65,7 +64,8 @@ pub(super) async fn serve_connection(
                         false,
                         true,
                     );
-                    let _ = client.write_all(&page).await;
+                    // Closed gently, so the client reads the 408 rather than a reset.
+                    return finish(client, &page).await;
                 }
                 return;
             }
@@ -79,6 +79,16 @@ pub(super) async fn serve_connection(
                 );
                 let page = http1::page(431, "Request Header Fields Too Large", &html, "", false, true);
                 return finish(client, &page).await;
+            }
+            Ok(Err(ReadError::Head(HeadError::NotImplemented))) => {
+                tracing::info!(%peer, "router: a transfer coding other than chunked (501)");
+                let html = page_html(
+                    "Not implemented",
+                    "The router accepts no transfer coding but chunked.",
+                    None,
+                    "",
+                );
+                return finish(client, &http1::page(501, "Not Implemented", &html, "", false, true)).await;
             }
             Ok(Err(ReadError::Head(HeadError::Invalid(why)))) => {
                 tracing::info!(%peer, why, "router: bad request (400)");
@@ -197,6 +207,9 @@ enum Attempt {
     /// The client went away (`H27`, also for a broken body) or let its body stall (`H28`)
     /// before a response head.
     ClientGone(RouterError),
+    /// The client's chunked body broke its framing before a response head: the dyno got the
+    /// body's valid part and then a closed connection, the client gets 400.
+    BadBody,
 }
 
 impl Inner {
@@ -292,6 +305,20 @@ impl Inner {
                     tracing::info!(app = %app, %dyno, port, "router: no response within {:?} (H12)", self.timeout);
                     return self.fail(client, &app, line, H12, started, &req, head_request, !body_done).await;
                 }
+                Attempt::BadBody => {
+                    tracing::info!(app = %app, %peer, "router: a chunked request body with broken framing (400)");
+                    line.status = 400;
+                    line.service = started.elapsed();
+                    let html = page_html(
+                        "Bad request",
+                        "The router cannot pass this request on: its chunked body is malformed.",
+                        None,
+                        &line.request_id,
+                    );
+                    let page = http1::page(400, "Bad Request", &html, &line.request_id, head_request, true);
+                    self.sink.send(&app, line);
+                    return answer(client, &page, true).await;
+                }
                 Attempt::ClientGone(error) => {
                     line.error = Some(error);
                     line.status = 499;
@@ -376,7 +403,8 @@ impl Inner {
         let head = {
             let upload = async {
                 let pending = req.upstream.clone();
-                let body = Body { kind: req.body, dechunk: false, idle: self.idle_timeout };
+                // A chunked request body is re-chunked: the dyno never sees the client's framing.
+                let body = Body { kind: req.body, dechunk: false, rechunk: true, idle: self.idle_timeout };
                 relay_body(&mut client_r, buf, &mut dyno_w, pending, body, Some(&progress)).await
             };
             let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx);
@@ -394,6 +422,7 @@ impl Inner {
                             // The dyno stopped reading: its answer may still come.
                             Err(RelayError::Write) => {}
                             Err(RelayError::Idle) => break Err(HeadWait::ClientGone(H28)),
+                            Err(RelayError::Framing) => break Err(HeadWait::BadBody),
                             Err(_) => break Err(HeadWait::ClientGone(H27)),
                         }
                     }
@@ -413,6 +442,7 @@ impl Inner {
             Err(HeadWait::TimedOut) => return Attempt::TimedOut { body_done: body_ok },
             Err(HeadWait::ClientGone(error)) => return Attempt::ClientGone(error),
             Err(HeadWait::Dyno) => return Attempt::NoResponse { body_read },
+            Err(HeadWait::BadBody) => return Attempt::BadBody,
         };
         line.status = head.status;
         dyno_buf.advance(head.len);
@@ -427,7 +457,7 @@ impl Inner {
             return Attempt::Answered(tunnel(client, buf, backend, dyno_buf).await);
         }
 
-        let body = Body { kind: head.body, dechunk: head.dechunk, idle: self.idle_timeout };
+        let body = Body { kind: head.body, dechunk: head.dechunk, rechunk: false, idle: self.idle_timeout };
         let (bytes, relayed) =
             relay_body(&mut dyno_r, dyno_buf, &mut client_w, head.client, body, None).await;
         line.bytes = bytes;
@@ -495,6 +525,8 @@ async fn answer(client: &mut TcpStream, page: &[u8], close: bool) -> Next {
 enum HeadWait {
     TimedOut,
     ClientGone(RouterError),
+    /// The client's chunked body broke RFC 9112 framing.
+    BadBody,
     /// The dyno closed, broke or garbled its side.
     Dyno,
 }
@@ -557,6 +589,9 @@ struct Body {
     kind: BodyKind,
     /// Pass only the chunks' data on (a chunked response to an HTTP/1.0 client).
     dechunk: bool,
+    /// Pass the chunks' data on in chunks of our own (no extensions, no trailers): a request
+    /// body, so a dyno never parses framing a client wrote.
+    rechunk: bool,
     /// Give up when nothing arrives for this long.
     idle: Duration,
 }
@@ -577,7 +612,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Body { kind, dechunk, idle } = body;
+    let Body { kind, dechunk, rechunk, idle } = body;
+    let rechunk = rechunk && kind == BodyKind::Chunked;
+    let dechunk = dechunk || rechunk;
     let mut data = 0u64;
     let mut left = match kind {
         BodyKind::Length(n) => n,
@@ -597,12 +634,23 @@ where
             BodyKind::Chunked => {
                 let fed = chunks.feed(buf, |piece| {
                     data += piece.len() as u64;
+                    if rechunk {
+                        pending.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    }
                     if dechunk {
                         pending.extend_from_slice(piece);
                     }
+                    if rechunk {
+                        pending.extend_from_slice(b"\r\n");
+                    }
                 });
                 match fed {
-                    Ok(n) => (n, chunks.done()),
+                    Ok(n) => {
+                        if rechunk && chunks.done() {
+                            pending.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        (n, chunks.done())
+                    }
                     Err(_) => return (data, Err(RelayError::Framing)),
                 }
             }

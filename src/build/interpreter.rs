@@ -149,7 +149,7 @@ pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
                 "Invalid Python version in runtime.txt.\n\nThe Python version in your runtime.txt \
                  file isn't in the correct format\n(python-3.N or python-3.N.N). runtime.txt is \
                  deprecated: we recommend\nswitching to .python-version instead of fixing it.\n\n\
-                 Delete runtime.txt. {INSTRUCTIONS}"
+                 Delete runtime.txt.\n{INSTRUCTIONS}"
             ))),
         };
     }
@@ -399,7 +399,7 @@ pub fn select(
         output::warn(&format!(
             "Warning: The runtime.txt file is deprecated.\n\nThe runtime.txt file is deprecated \
              since it has been replaced\nby the more widely supported .python-version file:\n\
-             https://devcenter.heroku.com/changelog-items/3141\n\nDelete your runtime.txt file. \
+             https://devcenter.heroku.com/changelog-items/3141\n\nDelete your runtime.txt file.\n\
              {INSTRUCTIONS}"
         ));
     }

@@ -64,7 +64,8 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
 
     let uv = find_on_path("uv");
     let installer = choose_installer(dir, uv.is_some());
-    let mut parts: Vec<Vec<u8>> = vec![installer.name().into(), python.version.clone().into()];
+    let mut parts: Vec<Vec<u8>> =
+        vec![installer.name().into(), python.version.clone().into(), venv::PIP_VERSION.into()];
     for file in DEPENDENCY_FILES {
         parts.push(file.as_bytes().to_vec());
         parts.push(std::fs::read(dir.join(file)).unwrap_or_default());
@@ -128,6 +129,9 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
             .current_dir(dir);
         c
     };
+    output::step(&format!("Installing pip {}", venv::PIP_VERSION));
+    let pinned = format!("pip=={}", venv::PIP_VERSION);
+    run_step("installing pip", pip(&["--upgrade", &pinned]), deadline)?;
     let with = if uv.is_some() { "uv" } else { "pip" };
     match installer {
         Installer::Pip | Installer::Uv => {

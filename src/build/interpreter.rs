@@ -55,8 +55,10 @@ const MISSPELLED: &[&str] = &[
     "python-version.",
     "python-version.txt",
     "python-version",
-    "runtime.text",
 ];
+
+/// Misspellings of `runtime.txt` (not in Heroku's list; refused the same way).
+const MISSPELLED_RUNTIME: &[&str] = &["runtime.text", "runtime.txt.txt", "Runtime.txt", "runtime.txt "];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interpreter {
@@ -152,6 +154,16 @@ pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
                  Delete runtime.txt.\n{INSTRUCTIONS}"
             ))),
         };
+    }
+    for name in MISSPELLED_RUNTIME {
+        if dir.join(name).is_file() {
+            return Err(detect(format!(
+                "Your runtime.txt file is spelled incorrectly.\n\nYour app's runtime.txt file \
+                 currently has the filename:\n'{name}'\n\nHowever, runtime.txt is deprecated: \
+                 rather than renaming it,\ndelete it and put the version in a .python-version \
+                 file.\n{INSTRUCTIONS}"
+            )));
+        }
     }
     for name in MISSPELLED {
         if dir.join(name).is_file() {
@@ -603,7 +615,8 @@ mod tests {
             (&[(".python-version", "3.12\n3.11\n")], "Multiple Python versions found in .python-version"),
             (&[("runtime.txt", "3.12\n")], "Invalid Python version in runtime.txt"),
             (&[("runtime.txt", "python-3.12\npython-3.11\n")], "Invalid Python version in runtime.txt"),
-            (&[("runtime.text", "python-3.12\n")], "'runtime.text'"),
+            (&[("runtime.text", "python-3.12\n")], "runtime.txt file is spelled incorrectly"),
+            (&[("runtime.text", "python-3.12\n"), (".python-version", "3.12\n")], "'runtime.text'"),
             (&[("python-version", "3.12\n")], "spelled incorrectly"),
             (&[(".python_version", "3.12\n"), (".python-version", "3.12\n")], "'.python_version'"),
             (&[("Pipfile.lock", "{not json")], "Can't parse Pipfile.lock"),

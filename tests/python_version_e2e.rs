@@ -71,10 +71,17 @@ fn an_interpreter_under_python_dirs_builds_and_new_venvs_get_the_pinned_pip() {
     let shown = String::from_utf8_lossy(&pip.stdout);
     assert!(shown.starts_with(&format!("pip {PIP_VERSION} ")), "{shown}{}", describe(&pip));
 
-    // Unchanged dependencies: the environment is reused, pip is not installed again.
+    // No version any more: the last build's major version (Heroku's sticky version), so the
+    // dependencies are unchanged, the environment is reused and pip is not installed again.
+    repo.git_ok(&["rm", "-q", ".python-version"]);
     repo.commit_files(&[("app.py", python_app_py("again"))], "v2");
     let (ok, out) = slip.push_local(&repo, "hello");
-    assert!(ok && out.contains("Using cached dependencies") && !out.contains("Installing pip"), "{out}");
+    assert!(ok, "{out}");
+    let sticky = format!(
+        "No Python version was specified. Using the same major version as the last build: Python {minor}."
+    );
+    assert!(out.contains(&sticky) && out.contains("Warning: No Python version was specified."), "{out}");
+    assert!(out.contains("Using cached dependencies") && !out.contains("Installing pip"), "{out}");
 }
 
 #[test]

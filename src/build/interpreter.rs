@@ -85,8 +85,6 @@ pub enum Origin {
     RuntimeTxt,
     PythonVersion,
     PipfileLock,
-    /// No file: the last build's major version.
-    Cached,
 }
 
 impl Origin {
@@ -95,7 +93,6 @@ impl Origin {
             Origin::RuntimeTxt => "runtime.txt",
             Origin::PythonVersion => ".python-version",
             Origin::PipfileLock => "Pipfile.lock",
-            Origin::Cached => "the last build",
         }
     }
 }

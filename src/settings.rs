@@ -46,6 +46,9 @@ pub struct Settings {
     pub domain: String,
     /// The interpreter used for builds (`python`, default `python3` on PATH).
     pub python: String,
+    /// More places to look for build interpreters (`python_dirs`, colon-separated absolute dirs,
+    /// each a prefix with `bin/python3` or a dir of such prefixes; default none).
+    pub python_dirs: Vec<PathBuf>,
     /// App log rotation (`log_max_mb`, 20; `log_files`, 5).
     pub log_policy: LogPolicy,
     /// Where the HTTP router listens (`router_addr`, default 0.0.0.0:8080).
@@ -103,6 +106,7 @@ const SPECS: &[Spec] = &[
     spec("boot_settle", "3", Kind::Number, true),
     spec("auto_rollback", "1", Kind::Flag, true),
     spec("python", "python3", Kind::Text, false),
+    spec("python_dirs", "", Kind::Text, false),
     spec("build_timeout", "900", Kind::Number, false),
     spec("release_timeout", "3600", Kind::Number, false),
     spec("keep_releases", "10", Kind::Number, false),
@@ -377,6 +381,7 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         boot_settle: check(get("boot_settle"), |s| seconds(s).ok_or(SECONDS))?,
         auto_rollback: check(get("auto_rollback"), flag)?,
         python: check(get("python"), |s| Ok(s.to_string()))?,
+        python_dirs: check(get("python_dirs"), parse_dirs)?,
         build_timeout: check(get("build_timeout"), |s| seconds(s).ok_or(SECONDS))?,
         release_timeout: check(get("release_timeout"), |s| seconds(s).ok_or(SECONDS))?,
         keep_releases: check(get("keep_releases"), |s| count(s, 1..=1000).ok_or(IN_RANGE))?,
@@ -400,6 +405,17 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
                 .map_err(|_| "expected a log filter such as info or slipway=debug,info")
         })?,
     })
+}
+
+/// `DIR:DIR…`, each absolute; empty entries ignored.
+fn parse_dirs(s: &str) -> Result<Vec<PathBuf>, &'static str> {
+    let dirs: Vec<PathBuf> =
+        s.split(':').filter(|d| !d.trim().is_empty()).map(|d| PathBuf::from(d.trim())).collect();
+    if dirs.iter().all(|d| d.is_absolute()) {
+        Ok(dirs)
+    } else {
+        Err("expected absolute dirs separated by ':'")
+    }
 }
 
 const SECONDS: &str = "expected a number of seconds";
@@ -691,6 +707,9 @@ mod tests {
             ("build_config = \"0\"", |s| !s.build_config),
             ("log = \"slipway=debug,info\"", |s| s.log == "slipway=debug,info"),
             ("keep_releases = 1 # comment\n\n# more\n", |s| s.keep_releases == 1),
+            ("python_dirs = \"/opt/py:/root/.pyenv/versions:\"", |s| {
+                s.python_dirs == [PathBuf::from("/opt/py"), PathBuf::from("/root/.pyenv/versions")]
+            }),
         ];
         for (text, ok) in cases {
             let loaded = load_with(Some(text), &[]).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -715,6 +734,7 @@ mod tests {
             ("log_max_mb = 0", "/h/slipway.toml: log_max_mb = 0 is not valid: expected megabytes, at least 0.001"),
             ("log_files = 101", "/h/slipway.toml: log_files = 101 is not valid: expected 1 to 100"),
             ("build_config = \"yes\"", "/h/slipway.toml: build_config = \"yes\" is not valid: expected 1 or 0 (true or false)"),
+            ("python_dirs = \"/opt/py:opt\"", "/h/slipway.toml: python_dirs = \"/opt/py:opt\" is not valid: expected absolute dirs separated by ':'"),
             ("domain = \"\"", "/h/slipway.toml: domain = \"\" is not valid: expected a value (remove the line to use the default)"),
             ("ports = [5000, 5999]", "/h/slipway.toml: ports = [5000, 5999] is not valid: expected a number or a string"),
             ("max_slug = 1", "/h/slipway.toml: unknown key \"max_slug\"; did you mean \"max_slug_mb\"?"),

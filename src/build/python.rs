@@ -57,12 +57,15 @@ const DEPENDENCY_FILES: &[&str] =
 /// Builds the venv and returns the dependency-environment key.
 pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<String, BuildError> {
     output::step("Python app detected");
-    let python = interpreter::select(dir, &req.settings.python)?;
+    let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
+    let python = interpreter::select(dir, &req.settings.python, &roots, last.as_deref())?;
     output::step(&format!("Using Python {} ({})", python.version, python.path.display()));
 
     let uv = find_on_path("uv");
     let installer = choose_installer(dir, uv.is_some());
-    let mut parts: Vec<Vec<u8>> = vec![installer.name().into(), python.version.clone().into()];
+    let mut parts: Vec<Vec<u8>> =
+        vec![installer.name().into(), python.version.clone().into(), venv::PIP_VERSION.into()];
     for file in DEPENDENCY_FILES {
         parts.push(file.as_bytes().to_vec());
         parts.push(std::fs::read(dir.join(file)).unwrap_or_default());
@@ -126,6 +129,9 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
             .current_dir(dir);
         c
     };
+    output::step(&format!("Installing pip {}", venv::PIP_VERSION));
+    let pinned = format!("pip=={}", venv::PIP_VERSION);
+    run_step("installing pip", pip(&["--upgrade", &pinned]), deadline)?;
     let with = if uv.is_some() { "uv" } else { "pip" };
     match installer {
         Installer::Pip | Installer::Uv => {

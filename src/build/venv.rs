@@ -8,6 +8,11 @@
 use std::io;
 use std::path::Path;
 
+/// The pip every new virtualenv gets before dependencies are installed: the version Heroku's
+/// Python buildpack pins (its `requirements/pip.txt`). Part of the dependency key, so changing it
+/// rebuilds environments once.
+pub const PIP_VERSION: &str = "26.2.1";
+
 /// Copies the venv `from` (inside release dir `old_root`) to `to` (inside `new_root`).
 pub fn clone(from: &Path, to: &Path, old_root: &Path, new_root: &Path) -> io::Result<usize> {
     let old = old_root.to_string_lossy().to_string();

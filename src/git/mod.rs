@@ -38,23 +38,28 @@ pub fn create_bare(repo: &Path, slipway_binary: &Path) -> Result<(), GitError> {
     install_hook(repo, slipway_binary)
 }
 
-/// Writes `hooks/pre-receive`. The script holds only the binary's path (single-quoted, from
-/// `current_exe`, never user input); the app and home are derived from the repository path by
-/// `slipway hook pre-receive` itself.
+/// The hook every bare repository gets: `hooks/pre-receive` of the slipway checkout.
+pub const PRE_RECEIVE_TEMPLATE: &str = include_str!("../../hooks/pre-receive");
+
+/// Writes `hooks/pre-receive` from [`PRE_RECEIVE_TEMPLATE`]: its one placeholder becomes the
+/// binary's path (single-quoted, from `current_exe`, never user input); the app and home are
+/// derived from the repository path by `slipway hook pre-receive` itself.
 pub fn install_hook(repo: &Path, slipway_binary: &Path) -> Result<(), GitError> {
     let hooks = repo.join("hooks");
     let path = hooks.join("pre-receive");
     let io_err = |source| GitError::Io { path: path.display().to_string(), source };
     std::fs::create_dir_all(&hooks).map_err(io_err)?;
-    let script = format!(
-        "#!/bin/sh\n# Installed by slipway: builds and deploys what is pushed. Do not edit.\nexec {} hook pre-receive\n",
-        single_quote(&slipway_binary.to_string_lossy())
-    );
+    let script = hook_script(slipway_binary);
     let tmp = hooks.join(".pre-receive.tmp");
     std::fs::write(&tmp, script).map_err(io_err)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io_err)?;
     std::fs::rename(&tmp, &path).map_err(io_err)?;
     Ok(())
+}
+
+/// The hook script for `slipway_binary`.
+pub fn hook_script(slipway_binary: &Path) -> String {
+    PRE_RECEIVE_TEMPLATE.replacen("@SLIPWAY@", &single_quote(&slipway_binary.to_string_lossy()), 1)
 }
 
 /// POSIX shell single-quoting: the only quoting with no special characters inside.
@@ -94,11 +99,20 @@ pub fn export_commit(repo: &Path, commit: &str, dest: &Path) -> Result<(), GitEr
 
 #[cfg(test)]
 mod tests {
-    use super::single_quote;
+    use super::{hook_script, single_quote, PRE_RECEIVE_TEMPLATE};
 
     #[test]
     fn quoting() {
         assert_eq!(single_quote("/usr/bin/slipway"), "'/usr/bin/slipway'");
         assert_eq!(single_quote("/a'b"), r"'/a'\''b'");
+    }
+
+    #[test]
+    fn the_hook_is_the_template_with_the_quoted_binary_and_nothing_else() {
+        assert_eq!(PRE_RECEIVE_TEMPLATE.matches("@SLIPWAY@").count(), 1);
+        assert!(PRE_RECEIVE_TEMPLATE.starts_with("#!/bin/sh\n"));
+        let script = hook_script(std::path::Path::new("/opt/it's/slipway"));
+        assert!(script.ends_with("exec '/opt/it'\\''s/slipway' hook pre-receive\n"), "{script}");
+        assert!(!script.contains("@SLIPWAY@"));
     }
 }

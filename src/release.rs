@@ -344,9 +344,13 @@ pub fn finish(
     let (web, url) = if daemon_running {
         let since = crate::timefmt::now();
         let awaited = restart.then(|| awaited_web(store, app, version)).flatten();
+        // A step of its own, as Heroku's `-----> ` lines (on stderr, like all of a push's output).
         let progress = |waited: Duration| {
             let what = awaited.as_deref().unwrap_or("the new dynos");
-            emit(&format!("Waiting for {what} to be ready... ({} s)", waited.as_secs()));
+            crate::build::output::step(&format!(
+                "Waiting for {what} to be ready... ({} s)",
+                waited.as_secs()
+            ));
         };
         match go_live(home, settings, app, version, restart, progress) {
             Ok((web, url)) => (web, Some(url)),

@@ -117,7 +117,7 @@ fn a_slow_boot_shows_progress_on_the_push() {
     let repo = deploy_v1(&slip);
     let (ok, out) = push(&slip, &repo, "web: sh -c 'sleep 6; exec python3 server v2'\n", "v2", &[]);
     assert!(ok, "{out}\n{}", slip.diagnostics());
-    assert!(out.contains("Waiting for web.1 to be ready... (5 s)"), "{out}");
+    assert!(out.contains("-----> Waiting for web.1 to be ready... (5 s)"), "{out}");
     assert!(serves(&slip, "v2"), "{}", slip.diagnostics());
 }
 

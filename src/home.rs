@@ -109,6 +109,10 @@ impl Home {
         for dir in [self.root.clone(), self.repos(), self.run_dir(), self.root.join("logs")] {
             std::fs::create_dir_all(dir)?;
         }
+        // Platform state is the owner's alone, also on homes made before the umask was 077.
+        for (path, mode) in [(self.run_dir(), 0o700), (self.ssh_dir(), 0o700), (self.db(), 0o600)] {
+            restrict(&path, mode)?;
+        }
         Ok(())
     }
 }
@@ -171,6 +175,18 @@ impl Home {
         }
         Ok(())
     }
+}
+
+/// Takes group and other permissions away from `path` (when it exists, is ours and has any):
+/// never follows a symbolic link, never widens anything.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let mine = meta.uid() == nix::unistd::geteuid().as_raw();
+    if meta.file_type().is_symlink() || !mine || meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777 & mode))
 }
 
 fn user_home() -> Option<PathBuf> {

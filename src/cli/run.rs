@@ -129,13 +129,15 @@ pub fn spawn(env: &DynoEnv, name: &str, port: Option<u16>, command: &[String]) -
     let foreground = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(env.vars(name, port)).current_dir(&env.dir);
-    // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, tcsetpgrp, getpid) between
+    // SAFETY: only async-signal-safe calls (setpgid, umask, sigprocmask, tcsetpgrp, getpid) between
     // fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The app's own files get the usual permissions; slipway's are 077 (main.rs).
+            libc::umask(0o022);
             if foreground {
                 with_sigttou_blocked(|| {
                     libc::tcsetpgrp(0, libc::getpid());

@@ -49,7 +49,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
         let log = open_daemon_log(home)?;
         let outcome = daemonize::Daemonize::new()
             .working_directory(home.root())
-            .umask(0o027)
+            .umask(0o077)
             .stdout(log.try_clone()?)
             .stderr(log)
             .execute();

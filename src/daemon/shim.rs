@@ -92,13 +92,15 @@ pub fn run(args: ShimArgs) -> i32 {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (signal) between fork and exec. Ignored signals
+    // SAFETY: only async-signal-safe calls (signal, umask) between fork and exec. Ignored signals
     // survive exec, so the dyno must get the default dispositions back.
     unsafe {
         command.pre_exec(|| {
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
                 let _ = signal(sig, SigHandler::SigDfl);
             }
+            // The app's own files get the usual permissions; slipway's are 077 (main.rs).
+            libc::umask(0o022);
             Ok(())
         });
     }

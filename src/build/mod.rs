@@ -40,6 +40,8 @@ pub enum BuildError {
     Detect(String),
     #[error("{step} failed ({status})")]
     Command { step: String, status: String },
+    #[error("failed to run the {script} script ({status}): we found a '{script}' script in your app source, so ran it to allow for customisation of the build process, but it exited with a non-zero exit status; fix any errors output by your script above, or remove/rename the script to prevent it from being run during the build")]
+    Hook { script: String, status: String },
     #[error("the build ran out of time (SLIPWAY_BUILD_TIMEOUT) and was stopped with all its processes")]
     TimedOut,
     #[error("the build was cancelled: the push was interrupted")]
@@ -77,7 +79,7 @@ pub struct BuildRequest<'a> {
     pub app: &'a AppName,
     pub repo: &'a Path,
     pub commit: &'a str,
-    /// The app's config vars (in the build's environment only with SLIPWAY_BUILD_CONFIG=1).
+    /// The app's config vars (in the build's environment and ENV_DIR unless `build_config = 0`).
     pub config: &'a BTreeMap<String, String>,
     /// The build the app runs now, whose dependency environment may be reused.
     pub previous: Option<&'a Previous>,
@@ -127,7 +129,8 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     git::export_commit(req.repo, req.commit, &dir)?;
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
-    compile_hook(req, &dir, "bin/pre_compile", deadline)?;
+    let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
+    compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline)?;
     let deps_key = match stack {
         Stack::Python => Some(python::build(req, &dir, deadline)?),
         Stack::Generic => {
@@ -135,7 +138,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
             None
         }
     };
-    compile_hook(req, &dir, "bin/post_compile", deadline)?;
+    compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline)?;
 
     output::step("Discovering process types");
     let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
@@ -161,26 +164,90 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack, deps_key })
 }
 
-/// Heroku's `bin/pre_compile` / `bin/post_compile` hooks: app scripts run during the build.
+/// Heroku's `bin/pre_compile` / `bin/post_compile` hooks, run as Heroku runs them: made
+/// executable and started through their shebang (bash when they have none), from the build dir,
+/// with `BUILD_DIR`, `CACHE_DIR` (the app's build cache), `ENV_DIR` (one file per config var)
+/// and the build's environment (the app's config vars unless `build_config = 0`).
 fn compile_hook(
     req: &BuildRequest<'_>,
     dir: &Path,
+    env_dir: &Path,
     script: &str,
     deadline: Instant,
 ) -> Result<(), BuildError> {
-    if !dir.join(script).is_file() {
+    let path = dir.join(script);
+    if !path.is_file() {
         return Ok(());
     }
-    output::step(&format!("Running {script}"));
+    output::step(&format!("Running {script} hook"));
+    let cache = req.home.cache(req.app);
+    std::fs::create_dir_all(cache.join("home")).map_err(io_err(format!("creating {}", cache.display())))?;
     let mut env = build_env(req);
     let venv_bin = dir.join(python::VENV).join("bin");
     if venv_bin.is_dir() {
         let path = format!("{}:{}", venv_bin.display(), env.get("PATH").cloned().unwrap_or_default());
         env.insert("PATH".into(), path);
     }
-    let mut c = Command::new("/bin/sh");
-    c.arg(script).env_clear().envs(env).current_dir(dir);
-    run_step(script, c, deadline)
+    env.insert("BUILD_DIR".into(), dir.display().to_string());
+    env.insert("CACHE_DIR".into(), cache.display().to_string());
+    env.insert("ENV_DIR".into(), env_dir.display().to_string());
+    let mut c = hook_command(&path).map_err(io_err(format!("reading {script}")))?;
+    c.env_clear().envs(env).current_dir(dir);
+    run_step(script, c, deadline).map_err(|e| match e {
+        BuildError::Command { status, .. } => BuildError::Hook { script: script.to_string(), status },
+        other => other,
+    })
+}
+
+/// The command that runs a hook: the script itself when it starts with a shebang (made
+/// executable first, as Heroku does), else `bash SCRIPT`.
+fn hook_command(path: &Path) -> io::Result<Command> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut head = [0u8; 2];
+    let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut head)?;
+    if n == 2 && &head == b"#!" {
+        let mut perms = std::fs::metadata(path)?.permissions();
+        perms.set_mode(perms.mode() | 0o111);
+        std::fs::set_permissions(path, perms)?;
+        Ok(Command::new(path))
+    } else {
+        let mut c = Command::new("bash");
+        c.arg(path);
+        Ok(c)
+    }
+}
+
+/// Heroku's `ENV_DIR`: a private (0700) temp dir holding one file per config var, named after
+/// the var and holding its value (empty when builds do not get config vars). Removed when the
+/// returned guard drops, i.e. when the build ends whichever way.
+fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = std::env::temp_dir().join(format!("slipway-env-{id}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+    let guard = EnvDir(path);
+    if req.settings.build_config {
+        for (key, value) in req.config {
+            if key.is_empty() || key.contains('/') || key == "." || key == ".." {
+                continue;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(guard.0.join(key))?;
+            std::io::Write::write_all(&mut f, value.as_bytes())?;
+        }
+    }
+    Ok(guard)
+}
+
+/// Removes ENV_DIR when the build ends.
+struct EnvDir(PathBuf);
+
+impl Drop for EnvDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `20261124180000123-1a2b3c4-9f0e12ab`: sortable by time, names the commit, and unique across
@@ -247,8 +314,8 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
 }
 
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
-/// into an app's build except what installers need to reach a package index; the app's config
-/// vars only when the operator opted in with SLIPWAY_BUILD_CONFIG=1.
+/// into an app's build except what installers need to reach a package index, plus the app's
+/// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`.
 pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     let mut env = if req.settings.build_config { req.config.clone() } else { BTreeMap::new() };
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());

@@ -1,0 +1,70 @@
+//! Builds behave like Heroku's Python buildpack: `bin/pre_compile` / `bin/post_compile` hooks
+//! run through their shebang (bash without one) with `BUILD_DIR`, `CACHE_DIR`, `ENV_DIR` and the
+//! app's config vars; lock files must match their manifests; unsupported layouts are refused
+//! with Heroku's advice; collectstatic finds a nested `manage.py`.
+
+mod support;
+
+use support::*;
+
+/// A pushed app in a fresh slipway with a running daemon.
+fn slipway() -> Slipway {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    slip
+}
+
+#[test]
+fn hooks_run_with_bash_build_dirs_and_config_vars() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let pre = r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "pre sees GREETING=${GREETING}"
+echo "ENV_DIR has GREETING=$(cat "${ENV_DIR}/GREETING") mode=$(stat -c %a "${ENV_DIR}")"
+mkdir -p "${CACHE_DIR}/from-hook"
+echo cached > "${CACHE_DIR}/from-hook/mark"
+[[ "$(pwd)" == "${BUILD_DIR}" ]] && echo "pre runs in BUILD_DIR"
+echo "${ENV_DIR}" > "${BUILD_DIR}/env_dir_path"
+"#;
+    // No shebang: bash, as on Heroku (`[[` and arrays are bash-only).
+    let post = r#"set -euo pipefail
+words=(post compile ran)
+[[ -x .slipway/venv/bin/python ]] && echo "${words[*]} with the venv, cache $(cat "$CACHE_DIR/from-hook/mark")"
+"#;
+    let mut files = python_app("hooks");
+    files.push(("bin/pre_compile", pre.to_string()));
+    files.push(("bin/post_compile", post.to_string()));
+    repo.commit_files(&files, "app with hooks");
+    slip.cmd_ok(&["apps:create", "hooks"]);
+    slip.cmd_ok(&["config:set", "hooks", "GREETING=hello there", "--no-restart"]);
+    let (ok, out) = slip.push_local(&repo, "hooks");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Running bin/pre_compile hook"), "{out}");
+    assert!(out.contains("pre sees GREETING=hello there"), "{out}");
+    assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");
+    assert!(out.contains("pre runs in BUILD_DIR"), "{out}");
+    assert!(out.contains("post compile ran with the venv, cache cached"), "{out}");
+    assert!(slip.home.join("cache/hooks/from-hook/mark").is_file());
+    // ENV_DIR is gone once the build is over.
+    let release = slip.app_info("hooks");
+    let env_dir = std::fs::read_dir(slip.home.join("releases/hooks"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("env_dir_path"))
+        .find(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_else(|| panic!("no release recorded env_dir_path: {release}"));
+    assert!(!std::path::Path::new(env_dir.trim()).exists(), "{env_dir} left behind");
+
+    // A failing hook fails the build with Heroku's advice.
+    repo.commit_files(
+        &[("bin/post_compile", "#!/bin/bash\nset -euo pipefail\necho $UNSET_VAR\n")],
+        "bad hook",
+    );
+    let (ok, out) = slip.push_local(&repo, "hooks");
+    assert!(!ok, "{out}");
+    assert!(out.contains("unbound variable"), "{out}");
+    assert!(out.contains("failed to run the bin/post_compile script (exit 1)"), "{out}");
+    assert!(out.contains("remove/rename the script"), "{out}");
+}

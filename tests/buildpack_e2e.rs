@@ -68,3 +68,55 @@ words=(post compile ran)
     assert!(out.contains("failed to run the bin/post_compile script (exit 1)"), "{out}");
     assert!(out.contains("remove/rename the script"), "{out}");
 }
+
+/// The test app (`app.py`, `Procfile`) without its `requirements.txt`, plus `files`.
+fn app_with(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = python_app("locks")
+        .into_iter()
+        .filter(|(name, _)| *name != "requirements.txt")
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+    out.extend(files.iter().map(|(n, c)| (n.to_string(), c.to_string())));
+    out
+}
+
+#[test]
+fn a_stale_uv_lock_is_refused_with_uvs_advice() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // uv.lock as `uv lock` wrote it for `dependencies = []`; the pyproject then gained six.
+    let lock = "version = 1\nrevision = 5\nrequires-python = \">=3.8\"\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\n";
+    let pyproject =
+        "[project]\nname = \"app\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"six\"]\n";
+    repo.commit_files(&app_with(&[("uv.lock", lock), ("pyproject.toml", pyproject)]), "stale uv.lock");
+    let (ok, out) = slip.push_local(&repo, "uvapp");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Installing dependencies using 'uv sync --locked --no-default-groups'"), "{out}");
+    assert!(out.contains("needs to be updated, but `--locked` was provided"), "{out}");
+    assert!(out.contains("uv lock"), "{out}");
+    assert!(out.contains("unable to install dependencies using uv"), "{out}");
+}
+
+#[test]
+fn a_stale_pipfile_lock_is_refused_before_installing() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // Locked (pipenv's hash of `requests = "*"` alone), then flask was added to the Pipfile.
+    let lock = r#"{"_meta": {"hash": {"sha256": "70e8bf6bc774f5ca177467cab4e67d4264d0536857993326abc13ff43063bec0"}, "pipfile-spec": 6, "requires": {}, "sources": [{"name": "pypi", "url": "https://pypi.org/simple", "verify_ssl": true}]}, "default": {}, "develop": {}}"#;
+    let pipfile = "[packages]\nrequests = \"*\"\nflask = \"*\"\n";
+    repo.commit_files(&app_with(&[("Pipfile", pipfile), ("Pipfile.lock", lock)]), "stale Pipfile.lock");
+    let (ok, out) = slip.push_local(&repo, "pipenvapp");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Your Pipfile.lock (70e8bf6bc774f5ca177467cab4e67d4264d0536857993326abc13ff43063bec0) is out of date. Expected: ("),
+        "{out}"
+    );
+    assert!(out.contains("run 'pipenv lock' locally and commit Pipfile.lock"), "{out}");
+    assert!(!out.contains("Installing dependencies"), "{out}");
+
+    // The same lock with the Pipfile it was made from builds.
+    repo.commit_files(&[("Pipfile", "[packages]\nrequests = \"*\"\n")], "Pipfile back in sync");
+    let (ok, out) = slip.push_local(&repo, "pipenvapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("Pipfile.lock is up to date with Pipfile"), "{out}");
+}

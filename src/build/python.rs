@@ -69,6 +69,10 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
     }
     let key = venv::key(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
+    if installer == Installer::Pipfile {
+        check_pipfile_lock(dir)?;
+    }
+
     let venv_dir = dir.join(VENV);
     if let Some(previous) = req.previous.filter(|p| p.deps_key.as_deref() == Some(key.as_str())) {
         let old_venv = previous.dir.join(VENV);
@@ -151,25 +155,45 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 Some(uv) => uv,
                 None => ensure_tool(req, &python.path, "uv", deadline)?,
             };
-            output::step("Installing dependencies with uv sync (uv.lock)");
+            // `--locked`: a uv.lock that no longer matches pyproject.toml fails the build (uv
+            // says so and how to fix it) instead of being ignored (`--frozen`) or rewritten.
+            output::step("Installing dependencies using 'uv sync --locked --no-default-groups'");
             let mut sync = Command::new(uv);
-            sync.args(["sync", "--frozen", "--no-dev"])
+            sync.args(["sync", "--locked", "--no-default-groups"])
                 .env_clear()
                 .envs(&env)
                 .env("UV_PROJECT_ENVIRONMENT", &venv_dir)
                 .env("UV_PYTHON", &python.path)
                 .env("UV_CACHE_DIR", cache.join("uv"))
                 .current_dir(dir);
-            run_step("uv sync", sync, deadline)?;
+            run_step("uv sync", sync, deadline).map_err(|e| install_failed(e, "uv"))?;
         }
         Installer::Poetry => {
             let poetry = ensure_tool(req, &python.path, "poetry", deadline)?;
-            output::step("Installing dependencies with poetry (poetry.lock)");
             let path = format!(
                 "{}:{}",
                 venv_dir.join("bin").display(),
                 env.get("PATH").cloned().unwrap_or_default()
             );
+            // A poetry.lock that no longer matches pyproject.toml fails the build, with
+            // poetry's own advice (`Run \`poetry lock\` to fix the lock file.`).
+            output::step("Checking poetry.lock against pyproject.toml ('poetry check --lock')");
+            let mut check = Command::new(&poetry);
+            check
+                .args(["check", "--lock", "--no-interaction", "--no-ansi"])
+                .env_clear()
+                .envs(&env)
+                .env("POETRY_CACHE_DIR", cache.join("poetry"))
+                .current_dir(dir);
+            run_step("poetry check --lock", check, deadline).map_err(|e| match e {
+                BuildError::Command { .. } => BuildError::Detect(
+                    "poetry.lock is out of date with pyproject.toml (see poetry's output above); \
+                     run 'poetry lock' locally and commit poetry.lock"
+                        .into(),
+                ),
+                other => other,
+            })?;
+            output::step("Installing dependencies using 'poetry install --only main'");
             let mut install = Command::new(poetry);
             install
                 .args(["install", "--only", "main", "--no-root", "--no-interaction"])
@@ -180,12 +204,35 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .env("POETRY_VIRTUALENVS_CREATE", "false")
                 .env("POETRY_CACHE_DIR", cache.join("poetry"))
                 .current_dir(dir);
-            run_step("poetry install", install, deadline)?;
+            run_step("poetry install", install, deadline).map_err(|e| install_failed(e, "Poetry"))?;
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
     collectstatic(req, dir, deadline)?;
     Ok(key)
+}
+
+/// Heroku's words when a package manager fails: its own output above says why.
+fn install_failed(e: BuildError, manager: &str) -> BuildError {
+    match e {
+        BuildError::Command { status, .. } => BuildError::Detect(format!(
+            "unable to install dependencies using {manager} ({status}); see the log output above for more information"
+        )),
+        other => other,
+    }
+}
+
+/// `pipenv install --deploy`'s check (what Heroku runs): Pipfile.lock must have been locked
+/// from this Pipfile (see `pipfile`).
+fn check_pipfile_lock(dir: &Path) -> Result<(), BuildError> {
+    let Ok(pipfile) = std::fs::read_to_string(dir.join("Pipfile")) else {
+        return Ok(());
+    };
+    let lock = std::fs::read_to_string(dir.join("Pipfile.lock"))
+        .map_err(|source| BuildError::Io { action: "reading Pipfile.lock".into(), source })?;
+    super::pipfile::check_lock(&pipfile, &lock).map_err(BuildError::Detect)?;
+    output::step("Pipfile.lock is up to date with Pipfile");
+    Ok(())
 }
 
 fn choose_installer(dir: &Path, uv_available: bool) -> Installer {

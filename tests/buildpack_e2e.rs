@@ -120,3 +120,36 @@ fn a_stale_pipfile_lock_is_refused_before_installing() {
     assert!(ok, "{out}");
     assert!(out.contains("Pipfile.lock is up to date with Pipfile"), "{out}");
 }
+
+#[test]
+fn unsupported_layouts_are_refused_naming_the_supported_files() {
+    let slip = slipway();
+    // A pyproject.toml with dependencies, no lock file and no build backend.
+    let repo = GitRepo::init(&slip.root().join("pyproject"));
+    let pyproject = "[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flask\"]\n";
+    repo.commit_files(&app_with(&[("pyproject.toml", pyproject)]), "pyproject only");
+    let (ok, out) = slip.push_local(&repo, "pyproj");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Couldn't find any supported Python package manager files"), "{out}");
+    assert!(out.contains("'requirements.txt', 'Pipfile.lock', 'poetry.lock' or 'uv.lock'"), "{out}");
+    assert!(out.contains("the root contains: Procfile, app.py, pyproject.toml"), "{out}");
+
+    // setup.py alone.
+    let repo = GitRepo::init(&slip.root().join("setuppy"));
+    repo.commit_files(&app_with(&[("setup.py", "from setuptools import setup\nsetup()\n")]), "setup.py");
+    let (ok, out) = slip.push_local(&repo, "setuppy");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Implicit setup.py file support has been sunset"), "{out}");
+    assert!(out.contains("'--editable .'"), "{out}");
+
+    // A committed virtualenv.
+    let repo = GitRepo::init(&slip.root().join("venv"));
+    repo.commit_files(
+        &[python_app("x"), vec![(".venv/pyvenv.cfg", "home = /usr/bin\n".to_string())]].concat(),
+        "venv",
+    );
+    let (ok, out) = slip.push_local(&repo, "venvapp");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Existing '.venv/' directory found"), "{out}");
+    assert!(out.contains("git rm --cached -r .venv/"), "{out}");
+}

@@ -132,6 +132,12 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     let stack = detect(&dir)?;
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
     compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline)?;
+    if stack == Stack::Python {
+        // After the hook, as Heroku: what pre_compile writes counts too.
+        if let Some(why) = existing_environment(&dir).or_else(|| unsupported_package_manager(&dir)) {
+            return Err(BuildError::Detect(why));
+        }
+    }
     let deps_key = match stack {
         Stack::Python => Some(python::build(req, &dir, deadline)?),
         Stack::Generic => {
@@ -314,6 +320,91 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
     Ok(if !present.is_empty() || has_python_files { Stack::Python } else { Stack::Generic })
 }
 
+/// Heroku refuses a committed virtualenv (`.venv/` or `venv/` with a `pyvenv.cfg`) and anything
+/// at the buildpack's own location (`.heroku/python`); slipway's own (`.slipway/venv`) likewise.
+pub fn existing_environment(dir: &Path) -> Option<String> {
+    for name in [".venv", "venv"] {
+        if dir.join(name).join("pyvenv.cfg").is_file() {
+            return Some(format!(
+                "Existing '{name}/' directory found: your app's source code contains a Python virtual \
+                 environment, which isn't supported since its files are specific to one machine; run \
+                 'git rm --cached -r {name}/', add '{name}/' to .gitignore and commit (if a \
+                 'bin/pre_compile' hook created it, make it use a different location)"
+            ));
+        }
+    }
+    for internal in [".heroku/python", python::VENV] {
+        if dir.join(internal).symlink_metadata().is_ok() {
+            return Some(format!(
+                "Existing '{internal}/' directory found: this is where the Python build installs its \
+                 files, and writing to it isn't supported; if you committed it, delete it, otherwise \
+                 check that a 'bin/pre_compile' hook hasn't created it"
+            ));
+        }
+    }
+    None
+}
+
+/// Heroku's package-manager rules that slipway shares: a `setup.py` alone, or a `pyproject.toml`
+/// that declares dependencies without a lock file (and, unlike Heroku, without a build backend
+/// slipway could install the project with), is refused naming the files that are supported.
+pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
+    let has = |f: &str| dir.join(f).is_file();
+    if ["requirements.txt", "Pipfile.lock", "poetry.lock", "uv.lock"].iter().any(|f| has(f)) {
+        return None;
+    }
+    let pyproject = std::fs::read_to_string(dir.join("pyproject.toml")).ok();
+    let doc = pyproject.as_deref().and_then(|t| t.parse::<toml_edit::DocumentMut>().ok());
+    if doc.as_ref().is_some_and(|d| d.get("build-system").is_some()) {
+        return None;
+    }
+    if has("setup.py") {
+        return Some(
+            "Implicit setup.py file support has been sunset: your app only has a setup.py file and no \
+             Python package manager files, so which package manager to use (and whether to install \
+             your project in editable mode) is unknown; add a package manager file such as a \
+             requirements.txt, poetry.lock or uv.lock file (to keep using setup.py with pip in \
+             editable mode, create requirements.txt containing '--editable .')"
+                .into(),
+        );
+    }
+    let declares_dependencies = doc.as_ref().is_some_and(|d| {
+        let project = d.get("project").and_then(|p| p.get("dependencies")).and_then(|v| v.as_array());
+        let poetry = d
+            .get("tool")
+            .and_then(|t| t.get("poetry"))
+            .and_then(|p| p.get("dependencies"))
+            .and_then(|v| v.as_table_like());
+        project.is_some_and(|a| !a.is_empty()) || poetry.is_some_and(|t| t.iter().any(|(k, _)| k != "python"))
+    });
+    if declares_dependencies {
+        let mut entries: Vec<String> = std::fs::read_dir(dir)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if e.path().is_dir() {
+                            format!("{name}/")
+                        } else {
+                            name
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort();
+        return Some(format!(
+            "Couldn't find any supported Python package manager files: pyproject.toml declares \
+             dependencies, but a Python app must have either a 'requirements.txt', 'Pipfile.lock', \
+             'poetry.lock' or 'uv.lock' package manager file in the root directory of its source code \
+             (or a [build-system] in pyproject.toml to install the project); the root contains: {}; \
+             lock the dependencies (e.g. 'uv lock' or 'poetry lock') and commit the lock file",
+            entries.join(", ")
+        ));
+    }
+    None
+}
+
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
 /// into an app's build except what installers need to reach a package index, plus the app's
 /// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`.
@@ -379,6 +470,97 @@ mod tests {
         let ids: std::collections::HashSet<String> = (0..50).map(|_| build_id("6c31943aaaa")).collect();
         assert_eq!(ids.len(), 50, "{ids:?}");
         assert!(ids.iter().all(|id| id.contains("-6c31943-")));
+    }
+
+    /// (what, files and their contents, a phrase the refusal must contain or None).
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
+    fn dir_with_contents(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (f, content) in files {
+            let path = d.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn package_manager_refusals() {
+        let deps = "[project]\nname = 'x'\ndependencies = ['flask']\n";
+        let poetry_deps = "[tool.poetry.dependencies]\npython = '^3.11'\nflask = '*'\n";
+        let cases: &[Case] = &[
+            (
+                "pyproject with dependencies only",
+                &[("pyproject.toml", deps)],
+                Some("'requirements.txt', 'Pipfile.lock', 'poetry.lock' or 'uv.lock'"),
+            ),
+            (
+                "poetry dependencies, no poetry.lock",
+                &[("pyproject.toml", poetry_deps)],
+                Some("Couldn't find any supported"),
+            ),
+            (
+                "poetry with only python",
+                &[("pyproject.toml", "[tool.poetry.dependencies]\npython = '^3.11'\n")],
+                None,
+            ),
+            (
+                "pyproject without dependencies",
+                &[("pyproject.toml", "[project]\nname = 'x'\ndependencies = []\n")],
+                None,
+            ),
+            ("pyproject with a lock", &[("pyproject.toml", deps), ("uv.lock", "")], None),
+            (
+                "pyproject with a build backend",
+                &[("pyproject.toml", &format!("{deps}[build-system]\nrequires = ['hatchling']\n"))],
+                None,
+            ),
+            ("setup.py only", &[("setup.py", "")], Some("Implicit setup.py file support has been sunset")),
+            (
+                "setup.py and a pyproject without backend",
+                &[("setup.py", ""), ("pyproject.toml", deps)],
+                Some("setup.py"),
+            ),
+            ("setup.py with requirements.txt", &[("setup.py", ""), ("requirements.txt", "-e .\n")], None),
+            ("plain app.py", &[("app.py", "")], None),
+        ];
+        for (what, files, want) in cases {
+            let got = unsupported_package_manager(dir_with_contents(files).path());
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.contains(w), "{what}: {g}"),
+                _ => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn committed_environments_are_refused() {
+        let cases: &[Case] = &[
+            (
+                ".venv",
+                &[(".venv/pyvenv.cfg", "home = /usr/bin\n")],
+                Some("Existing '.venv/' directory found"),
+            ),
+            ("venv", &[("venv/pyvenv.cfg", "")], Some("git rm --cached -r venv/")),
+            (".venv without pyvenv.cfg", &[(".venv/notes", "")], None),
+            (
+                ".heroku/python",
+                &[(".heroku/python/bin/python", "")],
+                Some("Existing '.heroku/python/' directory found"),
+            ),
+            (".slipway/venv", &[(".slipway/venv/x", "")], Some("'.slipway/venv/'")),
+            ("nothing", &[("app.py", "")], None),
+        ];
+        for (what, files, want) in cases {
+            let got = existing_environment(dir_with_contents(files).path());
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.contains(w), "{what}: {g}"),
+                _ => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

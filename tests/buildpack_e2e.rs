@@ -153,3 +153,51 @@ fn unsupported_layouts_are_refused_naming_the_supported_files() {
     assert!(out.contains("Existing '.venv/' directory found"), "{out}");
     assert!(out.contains("git rm --cached -r .venv/"), "{out}");
 }
+
+/// `backend/manage.py` (below the root, where Heroku also looks) with settings that need a
+/// config var: Django from PyPI, static files collected; `DISABLE_COLLECTSTATIC=1` skips with
+/// Heroku's message; a failing collectstatic fails the build with the hint.
+#[test]
+fn collectstatic_finds_a_nested_manage_py_and_can_be_disabled() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let manage = "import os, sys\n\nif __name__ == \"__main__\":\n    os.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n    from django.core.management import execute_from_command_line\n    execute_from_command_line(sys.argv)\n";
+    let settings = "import os\nfrom pathlib import Path\n\nBASE_DIR = Path(__file__).resolve().parent.parent\nSECRET_KEY = \"test\"\nINSTALLED_APPS = [\"django.contrib.staticfiles\"]\nSTATIC_URL = \"static/\"\nSTATICFILES_DIRS = [BASE_DIR / \"assets\"]\nSTATIC_ROOT = BASE_DIR / os.environ[\"COLLECT_TO\"]\n";
+    let mut files = python_app("django");
+    files.retain(|(name, _)| *name != "requirements.txt");
+    files.extend([
+        ("requirements.txt", "django>=4.2,<6\n".to_string()),
+        ("backend/manage.py", manage.to_string()),
+        ("backend/mysite/__init__.py", String::new()),
+        ("backend/mysite/settings.py", settings.to_string()),
+        ("backend/assets/site.css", "body { color: teal }\n".to_string()),
+    ]);
+    repo.commit_files(&files, "nested django");
+    slip.cmd_ok(&["apps:create", "dj"]);
+    slip.cmd_ok(&["config:set", "dj", "COLLECT_TO=collected", "--no-restart"]);
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> $ python backend/manage.py collectstatic --noinput"), "{out}");
+    assert!(out.contains("static file copied"), "{out}");
+    let release = std::fs::read_dir(slip.home.join("releases/dj")).unwrap().next().unwrap().unwrap().path();
+    assert!(release.join("backend/collected/site.css").is_file(), "not collected in {}", release.display());
+
+    slip.cmd_ok(&["config:set", "dj", "DISABLE_COLLECTSTATIC=1", "--no-restart"]);
+    repo.commit_files(&[("app.py", python_app_py("django 2"))], "v2");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("-----> Skipping Django collectstatic since the env var DISABLE_COLLECTSTATIC is set."),
+        "{out}"
+    );
+    assert!(!out.contains("collectstatic --noinput"), "{out}");
+
+    // Without the config var its settings need, collectstatic fails, with Heroku's hint.
+    slip.cmd_ok(&["config:unset", "dj", "DISABLE_COLLECTSTATIC", "COLLECT_TO", "--no-restart"]);
+    repo.commit_files(&[("app.py", python_app_py("django 3"))], "v3");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(!ok, "{out}");
+    assert!(out.contains("KeyError: 'COLLECT_TO'"), "{out}");
+    assert!(out.contains("Unable to generate Django static files"), "{out}");
+    assert!(out.contains("slipway config:set dj DISABLE_COLLECTSTATIC=1"), "{out}");
+}

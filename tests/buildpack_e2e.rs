@@ -201,3 +201,24 @@ fn collectstatic_finds_a_nested_manage_py_and_can_be_disabled() {
     assert!(out.contains("Unable to generate Django static files"), "{out}");
     assert!(out.contains("slipway config:set dj DISABLE_COLLECTSTATIC=1"), "{out}");
 }
+
+#[test]
+fn a_stale_poetry_lock_is_refused_by_poetry_check() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // poetry.lock as `poetry lock` (2.5) wrote it before six was added to pyproject.toml.
+    let lock = "package = []\n\n[metadata]\nlock-version = \"2.1\"\npython-versions = \"^3.9\"\ncontent-hash = \"c595a0588c25d58f3e3834ad7169126836d262b925fe6ca9b5d540dcf301d254\"\n";
+    let pyproject = "[tool.poetry]\nname = \"app\"\nversion = \"0.1.0\"\ndescription = \"\"\nauthors = [\"x <x@example.com>\"]\npackage-mode = false\n\n[tool.poetry.dependencies]\npython = \"^3.9\"\nsix = \"1.16.0\"\n";
+    repo.commit_files(
+        &app_with(&[("poetry.lock", lock), ("pyproject.toml", pyproject)]),
+        "stale poetry.lock",
+    );
+    let (ok, out) = slip.push_local(&repo, "poetryapp");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("pyproject.toml changed significantly since poetry.lock was last generated"),
+        "{out}"
+    );
+    assert!(out.contains("'poetry check --lock' failed (exit 1)"), "{out}");
+    assert!(!out.contains("Installing dependencies using"), "{out}");
+}

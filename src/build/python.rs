@@ -186,11 +186,11 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .env("POETRY_CACHE_DIR", cache.join("poetry"))
                 .current_dir(dir);
             run_step("poetry check --lock", check, deadline).map_err(|e| match e {
-                BuildError::Command { .. } => BuildError::Detect(
-                    "poetry.lock is out of date with pyproject.toml (see poetry's output above); \
-                     run 'poetry lock' locally and commit poetry.lock"
-                        .into(),
-                ),
+                BuildError::Command { status, .. } => BuildError::Detect(format!(
+                    "'poetry check --lock' failed ({status}): poetry.lock must match pyproject.toml \
+                     (see poetry's output above); if it is out of date, run 'poetry lock' locally and \
+                     commit poetry.lock"
+                )),
                 other => other,
             })?;
             output::step("Installing dependencies using 'poetry install --only main'");

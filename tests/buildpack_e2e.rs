@@ -38,8 +38,17 @@ words=(post compile ran)
     repo.commit_files(&files, "app with hooks");
     slip.cmd_ok(&["apps:create", "hooks"]);
     slip.cmd_ok(&["config:set", "hooks", "GREETING=hello there", "--no-restart"]);
+    // Left by builds killed outright: this app's is removed by its next build, another app's
+    // is not touched.
+    let stale = slip.home.join("tmp/env-hooks.1-dead-build");
+    let other = slip.home.join("tmp/env-hooks-other.1-running");
+    for dir in [&stale, &other] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("SECRET"), "x").unwrap();
+    }
     let (ok, out) = slip.push_local(&repo, "hooks");
     assert!(ok, "{out}");
+    assert!(!stale.exists() && other.exists(), "stale ENV_DIRs: {stale:?} should be gone, {other:?} kept");
     assert!(out.contains("-----> Running bin/pre_compile hook"), "{out}");
     assert!(out.contains("pre sees GREETING=hello there"), "{out}");
     assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");

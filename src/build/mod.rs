@@ -224,12 +224,23 @@ fn hook_command(path: &Path) -> io::Result<Command> {
     }
 }
 
-/// Heroku's `ENV_DIR`: a private (0700) temp dir holding one file per config var, named after
-/// the var and holding its value (empty when builds do not get config vars). Removed when the
-/// returned guard drops, i.e. when the build ends whichever way.
+/// Heroku's `ENV_DIR`: a private dir holding one file (0600) per config var, named after the
+/// var and holding its value (empty when builds do not get config vars), at
+/// `<home>/tmp/env-<app>.<build id>` (`tmp/` is 0700). Removed when the returned guard drops,
+/// i.e. when the build ends whichever way; one left by a build that was killed outright is
+/// removed by the app's next build (builds of an app run one at a time, under its deploy lock).
 fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = std::env::temp_dir().join(format!("slipway-env-{id}"));
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let tmp = req.home.root().join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+    let prefix = format!("env-{}.", req.app.as_str());
+    for stale in std::fs::read_dir(&tmp)?.filter_map(Result::ok) {
+        if stale.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(stale.path());
+        }
+    }
+    let path = tmp.join(format!("{prefix}{id}"));
     std::fs::DirBuilder::new().mode(0o700).create(&path)?;
     let guard = EnvDir(path);
     if req.settings.build_config {

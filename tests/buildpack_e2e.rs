@@ -26,6 +26,7 @@ mkdir -p "${CACHE_DIR}/from-hook"
 echo cached > "${CACHE_DIR}/from-hook/mark"
 [[ "$(pwd)" == "${BUILD_DIR}" ]] && echo "pre runs in BUILD_DIR"
 echo "${ENV_DIR}" > "${BUILD_DIR}/env_dir_path"
+[[ -z "${LIBRARY_PATH:-}" && -f "${ENV_DIR}/LIBRARY_PATH" ]] && echo "LIBRARY_PATH only in ENV_DIR"
 "#;
     // No shebang: bash, as on Heroku (`[[` and arrays are bash-only).
     let post = r#"set -euo pipefail
@@ -37,7 +38,14 @@ words=(post compile ran)
     files.push(("bin/post_compile", post.to_string()));
     repo.commit_files(&files, "app with hooks");
     slip.cmd_ok(&["apps:create", "hooks"]);
-    slip.cmd_ok(&["config:set", "hooks", "GREETING=hello there", "--no-restart"]);
+    // LIBRARY_PATH (like PATH, PYTHONHOME, ...) is kept out of the build's environment, as on Heroku.
+    slip.cmd_ok(&[
+        "config:set",
+        "hooks",
+        "GREETING=hello there",
+        "LIBRARY_PATH=/nonexistent",
+        "--no-restart",
+    ]);
     // Left by builds killed outright: this app's is removed by its next build, another app's
     // is not touched.
     let stale = slip.home.join("tmp/env-hooks.1-dead-build");
@@ -53,6 +61,7 @@ words=(post compile ran)
     assert!(out.contains("pre sees GREETING=hello there"), "{out}");
     assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");
     assert!(out.contains("pre runs in BUILD_DIR"), "{out}");
+    assert!(out.contains("LIBRARY_PATH only in ENV_DIR"), "{out}");
     assert!(out.contains("post compile ran with the venv, cache cached"), "{out}");
     assert!(slip.home.join("cache/hooks/from-hook/mark").is_file());
     // ENV_DIR is gone once the build is over.

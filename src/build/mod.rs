@@ -416,11 +416,24 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
     None
 }
 
+/// Config vars that never reach a build's environment, as on Heroku (they would break the build's
+/// own toolchain); ENV_DIR still has them.
+const BUILD_ENV_DENYLIST: &[&str] =
+    &["PATH", "CPATH", "CPPATH", "LD_PRELOAD", "LIBRARY_PATH", "LD_LIBRARY_PATH", "PYTHONHOME"];
+
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
 /// into an app's build except what installers need to reach a package index, plus the app's
 /// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`.
 pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
-    let mut env = if req.settings.build_config { req.config.clone() } else { BTreeMap::new() };
+    let mut env: BTreeMap<String, String> = if req.settings.build_config {
+        req.config
+            .iter()
+            .filter(|(k, _)| !BUILD_ENV_DENYLIST.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
     env.insert("HOME".into(), req.home.cache(req.app).join("home").display().to_string());
     env.insert("LANG".into(), "C.UTF-8".into());

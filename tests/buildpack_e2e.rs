@@ -7,9 +7,11 @@ mod support;
 
 use support::*;
 
-/// A pushed app in a fresh slipway with a running daemon.
+/// A fresh slipway with a running daemon; new dynos settle for 0.2 s (not 3), since these tests
+/// are about builds.
 fn slipway() -> Slipway {
     let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_BOOT_SETTLE".into(), "0.2".into()));
     slip.start_daemon();
     slip
 }
@@ -173,8 +175,9 @@ fn unsupported_layouts_are_refused_naming_the_supported_files() {
 }
 
 /// `backend/manage.py` (below the root, where Heroku also looks) with settings that need a
-/// config var: Django from PyPI, static files collected; `DISABLE_COLLECTSTATIC=1` skips with
-/// Heroku's message; a failing collectstatic fails the build with the hint.
+/// config var: Django from PyPI, static files collected; `DISABLE_COLLECTSTATIC=1` and
+/// `.heroku/collectstatic_disabled` skip with Heroku's messages; a failing collectstatic fails
+/// the build with the hint.
 #[test]
 fn collectstatic_finds_a_nested_manage_py_and_can_be_disabled() {
     let slip = slipway();
@@ -210,9 +213,23 @@ fn collectstatic_finds_a_nested_manage_py_and_can_be_disabled() {
     );
     assert!(!out.contains("collectstatic --noinput"), "{out}");
 
+    // The deprecated file works too, with Heroku's warning.
+    slip.cmd_ok(&["config:unset", "dj", "DISABLE_COLLECTSTATIC", "--no-restart"]);
+    repo.commit_files(&[(".heroku/collectstatic_disabled", "")], "v3");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "-----> Skipping Django collectstatic since the file '.heroku/collectstatic_disabled' exists."
+        ),
+        "{out}"
+    );
+    assert!(out.contains("The .heroku/collectstatic_disabled file is deprecated."), "{out}");
+
     // Without the config var its settings need, collectstatic fails, with Heroku's hint.
-    slip.cmd_ok(&["config:unset", "dj", "DISABLE_COLLECTSTATIC", "COLLECT_TO", "--no-restart"]);
-    repo.commit_files(&[("app.py", python_app_py("django 3"))], "v3");
+    slip.cmd_ok(&["config:unset", "dj", "COLLECT_TO", "--no-restart"]);
+    repo.git_ok(&["rm", "-q", ".heroku/collectstatic_disabled"]);
+    repo.commit_files(&[("app.py", python_app_py("django 4"))], "v4");
     let (ok, out) = slip.push_local(&repo, "dj");
     assert!(!ok, "{out}");
     assert!(out.contains("KeyError: 'COLLECT_TO'"), "{out}");

@@ -313,13 +313,20 @@ pub fn detect(dir: &Path) -> Result<Stack, BuildError> {
     let present: Vec<&str> = markers.iter().copied().filter(|m| dir.join(m).is_file()).collect();
     if present.len() > 1 {
         return Err(BuildError::Detect(format!(
-            "found {}: keep exactly one dependency file so the package manager is unambiguous",
+            "Multiple Python package manager files were found ({}): exactly one package manager file \
+             should be present in your app's source code; decide which package manager you want to \
+             use with your app, and then delete the file(s) and any config from the others",
             present.join(" and ")
         )));
     }
     if dir.join("Pipfile").is_file() && !dir.join("Pipfile.lock").is_file() {
         return Err(BuildError::Detect(
-            "found a Pipfile without Pipfile.lock; run 'pipenv lock' and commit the lock file".into(),
+            "No 'Pipfile.lock' found: a 'Pipfile' file was found, however, the associated \
+             'Pipfile.lock' Pipenv lockfile wasn't, so your dependency versions aren't pinned; run \
+             'pipenv lock' locally to generate the lockfile, and make sure that 'Pipfile.lock' isn't \
+             listed in '.gitignore' or '.slugignore' (or, to switch package manager, delete the \
+             Pipfile and add a 'requirements.txt', 'poetry.lock' or 'uv.lock' file)"
+                .into(),
         ));
     }
     let has_python_files =

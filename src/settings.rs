@@ -64,7 +64,7 @@ pub struct Settings {
     pub keep_releases: usize,
     /// Larger slugs are refused (`max_slug_mb`, 500).
     pub max_slug_bytes: u64,
-    /// Builds see the app's config vars only when `build_config = 1` (or `true`).
+    /// Builds see the app's config vars (environment and ENV_DIR) unless `build_config = 0`.
     pub build_config: bool,
     /// The daemon's own log filter (`log`, default `info`), a tracing `EnvFilter` directive.
     pub log: String,
@@ -111,7 +111,7 @@ const SPECS: &[Spec] = &[
     spec("release_timeout", "3600", Kind::Number, false),
     spec("keep_releases", "10", Kind::Number, false),
     spec("max_slug_mb", "500", Kind::Number, false),
-    spec("build_config", "0", Kind::Flag, false),
+    spec("build_config", "1", Kind::Flag, false),
     spec("log_max_mb", "20", Kind::Number, true),
     spec("log_files", "5", Kind::Number, true),
     spec("log", "info", Kind::Text, true),
@@ -681,7 +681,7 @@ mod tests {
         assert_eq!(s.max_slug_bytes, 500 * 1024 * 1024);
         assert_eq!(s.log_policy, LogPolicy::default());
         assert_eq!(s.log, "info");
-        assert!(!s.build_config);
+        assert!(s.build_config);
         assert!(loaded.values.iter().all(|v| v.origin == Origin::Default));
         assert_eq!(loaded.values.len(), SPECS.len());
         // An empty file is the same.

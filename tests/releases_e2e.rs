@@ -322,14 +322,14 @@ fn retention_keeps_the_newest_slugs_and_says_why_an_old_rollback_cannot_happen()
 }
 
 /// Real packages from PyPI (the only test that needs the package index): the same dependency
-/// (`six==1.16.0`) through requirements.txt, Pipfile.lock (hash-checked) and uv.lock (uv is
+/// (`six==1.16.0`) through requirements.txt, Pipfile.lock (package hashes and pipenv's Pipfile hash checked) and uv.lock (uv is
 /// installed for the server on first use). The release phase proves the venv can import it.
 #[test]
 fn dependencies_install_from_pypi_with_pip_pipfile_lock_and_uv_lock() {
     let mut slip = Slipway::new();
     slip.start_daemon();
     let check = "release: python -c 'import six; print(\"six is\", six.__version__)'\n";
-    let pipfile_lock = r#"{"_meta": {"hash": {"sha256": "0"}, "pipfile-spec": 6, "requires": {},
+    let pipfile_lock = r#"{"_meta": {"hash": {"sha256": "f162d2e398108da068327e701ee9472102db75565b86c0415420968db20ef679"}, "pipfile-spec": 6, "requires": {},
         "sources": [{"name": "pypi", "url": "https://pypi.org/simple", "verify_ssl": true}]},
       "default": {"six": {"version": "==1.16.0", "hashes": [
         "sha256:1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926",
@@ -345,7 +345,7 @@ fn dependencies_install_from_pypi_with_pip_pipfile_lock_and_uv_lock() {
             vec![("Pipfile", "[packages]\nsix = \"==1.16.0\"\n"), ("Pipfile.lock", pipfile_lock)],
             "from Pipfile.lock",
         ),
-        ("with-uv", vec![("pyproject.toml", uv_pyproject), ("uv.lock", uv_lock)], "uv sync (uv.lock)"),
+        ("with-uv", vec![("pyproject.toml", uv_pyproject), ("uv.lock", uv_lock)], "uv sync --locked"),
     ];
     for (app, files, installer) in cases {
         let repo = GitRepo::init(&slip.root().join(app));

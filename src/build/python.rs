@@ -72,6 +72,10 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
     }
     let key = venv::key(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
+    if installer == Installer::Pipfile {
+        check_pipfile_lock(dir)?;
+    }
+
     let venv_dir = dir.join(VENV);
     if let Some(previous) = req.previous.filter(|p| p.deps_key.as_deref() == Some(key.as_str())) {
         let old_venv = previous.dir.join(VENV);
@@ -157,25 +161,45 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 Some(uv) => uv,
                 None => ensure_tool(req, &python.path, "uv", deadline)?,
             };
-            output::step("Installing dependencies with uv sync (uv.lock)");
+            // `--locked`: a uv.lock that no longer matches pyproject.toml fails the build (uv
+            // says so and how to fix it) instead of being ignored (`--frozen`) or rewritten.
+            output::step("Installing dependencies using 'uv sync --locked --no-default-groups'");
             let mut sync = Command::new(uv);
-            sync.args(["sync", "--frozen", "--no-dev"])
+            sync.args(["sync", "--locked", "--no-default-groups"])
                 .env_clear()
                 .envs(&env)
                 .env("UV_PROJECT_ENVIRONMENT", &venv_dir)
                 .env("UV_PYTHON", &python.path)
                 .env("UV_CACHE_DIR", cache.join("uv"))
                 .current_dir(dir);
-            run_step("uv sync", sync, deadline)?;
+            run_step("uv sync", sync, deadline).map_err(|e| install_failed(e, "uv"))?;
         }
         Installer::Poetry => {
             let poetry = ensure_tool(req, &python.path, "poetry", deadline)?;
-            output::step("Installing dependencies with poetry (poetry.lock)");
             let path = format!(
                 "{}:{}",
                 venv_dir.join("bin").display(),
                 env.get("PATH").cloned().unwrap_or_default()
             );
+            // A poetry.lock that no longer matches pyproject.toml fails the build, with
+            // poetry's own advice (`Run \`poetry lock\` to fix the lock file.`).
+            output::step("Checking poetry.lock against pyproject.toml ('poetry check --lock')");
+            let mut check = Command::new(&poetry);
+            check
+                .args(["check", "--lock", "--no-interaction", "--no-ansi"])
+                .env_clear()
+                .envs(&env)
+                .env("POETRY_CACHE_DIR", cache.join("poetry"))
+                .current_dir(dir);
+            run_step("poetry check --lock", check, deadline).map_err(|e| match e {
+                BuildError::Command { status, .. } => BuildError::Detect(format!(
+                    "'poetry check --lock' failed ({status}): poetry.lock must match pyproject.toml \
+                     (see poetry's output above); if it is out of date, run 'poetry lock' locally and \
+                     commit poetry.lock"
+                )),
+                other => other,
+            })?;
+            output::step("Installing dependencies using 'poetry install --only main'");
             let mut install = Command::new(poetry);
             install
                 .args(["install", "--only", "main", "--no-root", "--no-interaction"])
@@ -186,12 +210,35 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .env("POETRY_VIRTUALENVS_CREATE", "false")
                 .env("POETRY_CACHE_DIR", cache.join("poetry"))
                 .current_dir(dir);
-            run_step("poetry install", install, deadline)?;
+            run_step("poetry install", install, deadline).map_err(|e| install_failed(e, "Poetry"))?;
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
     collectstatic(req, dir, deadline)?;
     Ok(key)
+}
+
+/// Heroku's words when a package manager fails: its own output above says why.
+fn install_failed(e: BuildError, manager: &str) -> BuildError {
+    match e {
+        BuildError::Command { status, .. } => BuildError::Detect(format!(
+            "unable to install dependencies using {manager} ({status}); see the log output above for more information"
+        )),
+        other => other,
+    }
+}
+
+/// `pipenv install --deploy`'s check (what Heroku runs): Pipfile.lock must have been locked
+/// from this Pipfile (see `pipfile`).
+fn check_pipfile_lock(dir: &Path) -> Result<(), BuildError> {
+    let Ok(pipfile) = std::fs::read_to_string(dir.join("Pipfile")) else {
+        return Ok(());
+    };
+    let lock = std::fs::read_to_string(dir.join("Pipfile.lock"))
+        .map_err(|source| BuildError::Io { action: "reading Pipfile.lock".into(), source })?;
+    super::pipfile::check_lock(&pipfile, &lock).map_err(BuildError::Detect)?;
+    output::step("Pipfile.lock is up to date with Pipfile");
+    Ok(())
 }
 
 fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
@@ -216,25 +263,80 @@ fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
     }
 }
 
-/// Django apps get `manage.py collectstatic --noinput` (Heroku's behaviour) unless the app's
-/// config sets DISABLE_COLLECTSTATIC=1.
+/// Django's `collectstatic`, as Heroku runs it: skipped (saying so) when the app has
+/// `.heroku/collectstatic_disabled` or its config sets `DISABLE_COLLECTSTATIC` (to anything but
+/// `0`), when Django is not installed, or when no `manage.py` is found (see [`find_manage_py`]);
+/// otherwise `python MANAGE collectstatic --noinput --traceback` from the build dir with the
+/// build's environment (the app's config vars unless `build_config = 0`) and `PYTHONPATH=.`.
+/// A failure fails the build with Heroku's hint about `DISABLE_COLLECTSTATIC=1`.
 fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<(), BuildError> {
-    let python = dir.join(VENV).join("bin/python");
-    if !dir.join("manage.py").is_file() || req.config.get("DISABLE_COLLECTSTATIC").is_some_and(|v| v == "1") {
+    if dir.join(".heroku/collectstatic_disabled").is_file() {
+        output::step("Skipping Django collectstatic since the file '.heroku/collectstatic_disabled' exists.");
+        output::warn(
+            "Warning: The .heroku/collectstatic_disabled file is deprecated.\n\n\
+             Please remove the file and set the env var DISABLE_COLLECTSTATIC=1 instead.",
+        );
         return Ok(());
     }
+    if req.config.get("DISABLE_COLLECTSTATIC").is_some_and(|v| !v.is_empty() && v != "0") {
+        output::step("Skipping Django collectstatic since the env var DISABLE_COLLECTSTATIC is set.");
+        return Ok(());
+    }
+    let venv_bin = dir.join(VENV).join("bin");
+    let python = venv_bin.join("python");
     let has_django = Command::new(&python)
-        .args(["-c", "import django"])
+        .args(["-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is None)"])
         .env_clear()
+        .current_dir(dir)
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_django {
         return Ok(());
     }
-    output::step("$ python manage.py collectstatic --noinput");
+    let Some(manage) = find_manage_py(dir) else {
+        output::step("Skipping Django collectstatic since no manage.py file found.");
+        return Ok(());
+    };
+    output::step(&format!("$ python {manage} collectstatic --noinput"));
+    let mut env = build_env(req);
+    let path = format!("{}:{}", venv_bin.display(), env.get("PATH").cloned().unwrap_or_default());
+    env.insert("PATH".into(), path);
+    env.entry("PYTHONPATH".into()).or_insert_with(|| ".".into());
     let mut c = Command::new(&python);
-    c.args(["manage.py", "collectstatic", "--noinput"]).env_clear().envs(build_env(req)).current_dir(dir);
-    run_step("collectstatic", c, deadline)
+    c.arg(&manage).args(["collectstatic", "--noinput", "--traceback"]).env_clear().envs(env).current_dir(dir);
+    run_step("collectstatic", c, deadline).map_err(|e| match e {
+        BuildError::Command { status, .. } => BuildError::Detect(format!(
+            "Unable to generate Django static files: the 'python {manage} collectstatic --noinput' Django \
+             management command to generate static files failed ({status}); see the traceback above for \
+             details. You may need to update application code to resolve this error, or you can disable \
+             collectstatic for this application: slipway config:set {} DISABLE_COLLECTSTATIC=1",
+            req.app.as_str()
+        )),
+        other => other,
+    })
+}
+
+/// Where Heroku looks for `manage.py`: the app's root and up to two directories below it
+/// (`find . -maxdepth 3`), the shallowest first (then by path, so the choice is stable), leaving
+/// out slipway's own `.slipway/`. Returns the path relative to the app.
+pub fn find_manage_py(dir: &Path) -> Option<String> {
+    fn walk(root: &Path, rel: &Path, depth: usize, found: &mut Vec<(usize, String)>) {
+        let Ok(entries) = std::fs::read_dir(root.join(rel)) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let path = rel.join(&name);
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_file() && name == "manage.py" {
+                found.push((depth, path.to_string_lossy().into_owned()));
+            } else if kind.is_dir() && depth < 3 && !(depth == 1 && name == ".slipway") {
+                walk(root, &path, depth + 1, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir, Path::new(""), 1, &mut found);
+    found.sort();
+    found.into_iter().next().map(|(_, p)| p)
 }
 
 /// `uv` / `poetry` for lock files when the server has none on PATH: installed once per server
@@ -334,6 +436,29 @@ mod tests {
         assert!(pipfile_requirements(r#"{"default": {"x": {"git": "https://e/x"}}}"#)
             .unwrap_err()
             .contains("'x'"));
+    }
+
+    #[test]
+    fn manage_py_is_found_where_heroku_looks() {
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            ("at the root", &["manage.py", "backend/manage.py"], Some("manage.py")),
+            ("one level down", &["backend/manage.py"], Some("backend/manage.py")),
+            ("two levels down", &["src/backend/manage.py"], Some("src/backend/manage.py")),
+            ("three levels down is too deep", &["a/b/c/manage.py"], None),
+            ("shallowest wins", &["z/manage.py", "a/b/manage.py"], Some("z/manage.py")),
+            ("same depth: by path", &["web/manage.py", "api/manage.py"], Some("api/manage.py")),
+            ("not in slipway's own dir", &[".slipway/venv/manage.py"], None),
+            ("none", &["app.py"], None),
+        ];
+        for (what, files, want) in cases {
+            let d = tempfile::tempdir().unwrap();
+            for f in *files {
+                let path = d.path().join(f);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, "").unwrap();
+            }
+            assert_eq!(find_manage_py(d.path()).as_deref(), *want, "{what}");
+        }
     }
 
     #[test]

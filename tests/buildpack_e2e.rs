@@ -1,0 +1,259 @@
+//! Builds behave like Heroku's Python buildpack: `bin/pre_compile` / `bin/post_compile` hooks
+//! run through their shebang (bash without one) with `BUILD_DIR`, `CACHE_DIR`, `ENV_DIR` and the
+//! app's config vars; lock files must match their manifests; unsupported layouts are refused
+//! with Heroku's advice; collectstatic finds a nested `manage.py`.
+
+mod support;
+
+use support::*;
+
+/// A fresh slipway with a running daemon; new dynos settle for 0.2 s (not 3), since these tests
+/// are about builds.
+fn slipway() -> Slipway {
+    let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_BOOT_SETTLE".into(), "0.2".into()));
+    slip.start_daemon();
+    slip
+}
+
+#[test]
+fn hooks_run_with_bash_build_dirs_and_config_vars() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let pre = r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "pre sees GREETING=${GREETING}"
+echo "ENV_DIR has GREETING=$(cat "${ENV_DIR}/GREETING") mode=$(stat -c %a "${ENV_DIR}")"
+mkdir -p "${CACHE_DIR}/from-hook"
+echo cached > "${CACHE_DIR}/from-hook/mark"
+[[ "$(pwd)" == "${BUILD_DIR}" ]] && echo "pre runs in BUILD_DIR"
+echo "${ENV_DIR}" > "${BUILD_DIR}/env_dir_path"
+[[ -z "${LIBRARY_PATH:-}" && -f "${ENV_DIR}/LIBRARY_PATH" ]] && echo "LIBRARY_PATH only in ENV_DIR"
+"#;
+    // No shebang: bash, as on Heroku (`[[` and arrays are bash-only).
+    let post = r#"set -euo pipefail
+words=(post compile ran)
+[[ -x .slipway/venv/bin/python ]] && echo "${words[*]} with the venv, cache $(cat "$CACHE_DIR/from-hook/mark")"
+"#;
+    let mut files = python_app("hooks");
+    files.push(("bin/pre_compile", pre.to_string()));
+    files.push(("bin/post_compile", post.to_string()));
+    repo.commit_files(&files, "app with hooks");
+    slip.cmd_ok(&["apps:create", "hooks"]);
+    // LIBRARY_PATH (like PATH, PYTHONHOME, ...) is kept out of the build's environment, as on Heroku.
+    slip.cmd_ok(&[
+        "config:set",
+        "hooks",
+        "GREETING=hello there",
+        "LIBRARY_PATH=/nonexistent",
+        "--no-restart",
+    ]);
+    // Left by builds killed outright: this app's is removed by its next build, another app's
+    // is not touched.
+    let stale = slip.home.join("tmp/env-hooks.1-dead-build");
+    let other = slip.home.join("tmp/env-hooks-other.1-running");
+    for dir in [&stale, &other] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("SECRET"), "x").unwrap();
+    }
+    let (ok, out) = slip.push_local(&repo, "hooks");
+    assert!(ok, "{out}");
+    assert!(!stale.exists() && other.exists(), "stale ENV_DIRs: {stale:?} should be gone, {other:?} kept");
+    assert!(out.contains("-----> Running bin/pre_compile hook"), "{out}");
+    assert!(out.contains("pre sees GREETING=hello there"), "{out}");
+    assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");
+    assert!(out.contains("pre runs in BUILD_DIR"), "{out}");
+    assert!(out.contains("LIBRARY_PATH only in ENV_DIR"), "{out}");
+    assert!(out.contains("post compile ran with the venv, cache cached"), "{out}");
+    assert!(slip.home.join("cache/hooks/from-hook/mark").is_file());
+    // ENV_DIR is gone once the build is over.
+    let release = slip.app_info("hooks");
+    let env_dir = std::fs::read_dir(slip.home.join("releases/hooks"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("env_dir_path"))
+        .find(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap_or_else(|| panic!("no release recorded env_dir_path: {release}"));
+    assert!(!std::path::Path::new(env_dir.trim()).exists(), "{env_dir} left behind");
+
+    // A failing hook fails the build with Heroku's advice.
+    repo.commit_files(
+        &[("bin/post_compile", "#!/bin/bash\nset -euo pipefail\necho $UNSET_VAR\n")],
+        "bad hook",
+    );
+    let (ok, out) = slip.push_local(&repo, "hooks");
+    assert!(!ok, "{out}");
+    assert!(out.contains("unbound variable"), "{out}");
+    assert!(out.contains("failed to run the bin/post_compile script (exit 1)"), "{out}");
+    assert!(out.contains("remove/rename the script"), "{out}");
+}
+
+/// The test app (`app.py`, `Procfile`) without its `requirements.txt`, plus `files`.
+fn app_with(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = python_app("locks")
+        .into_iter()
+        .filter(|(name, _)| *name != "requirements.txt")
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+    out.extend(files.iter().map(|(n, c)| (n.to_string(), c.to_string())));
+    out
+}
+
+#[test]
+fn a_stale_uv_lock_is_refused_with_uvs_advice() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // uv.lock as `uv lock` wrote it for `dependencies = []`; the pyproject then gained six.
+    let lock = "version = 1\nrevision = 5\nrequires-python = \">=3.8\"\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\n";
+    let pyproject =
+        "[project]\nname = \"app\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"six\"]\n";
+    repo.commit_files(&app_with(&[("uv.lock", lock), ("pyproject.toml", pyproject)]), "stale uv.lock");
+    let (ok, out) = slip.push_local(&repo, "uvapp");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Installing dependencies using 'uv sync --locked --no-default-groups'"), "{out}");
+    assert!(out.contains("needs to be updated, but `--locked` was provided"), "{out}");
+    assert!(out.contains("uv lock"), "{out}");
+    assert!(out.contains("unable to install dependencies using uv"), "{out}");
+}
+
+#[test]
+fn a_stale_pipfile_lock_is_refused_before_installing() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // Locked (pipenv's hash of `requests = "*"` alone), then flask was added to the Pipfile.
+    let lock = r#"{"_meta": {"hash": {"sha256": "70e8bf6bc774f5ca177467cab4e67d4264d0536857993326abc13ff43063bec0"}, "pipfile-spec": 6, "requires": {}, "sources": [{"name": "pypi", "url": "https://pypi.org/simple", "verify_ssl": true}]}, "default": {}, "develop": {}}"#;
+    let pipfile = "[packages]\nrequests = \"*\"\nflask = \"*\"\n";
+    repo.commit_files(&app_with(&[("Pipfile", pipfile), ("Pipfile.lock", lock)]), "stale Pipfile.lock");
+    let (ok, out) = slip.push_local(&repo, "pipenvapp");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Your Pipfile.lock (70e8bf6bc774f5ca177467cab4e67d4264d0536857993326abc13ff43063bec0) is out of date. Expected: ("),
+        "{out}"
+    );
+    assert!(out.contains("run 'pipenv lock' locally and commit Pipfile.lock"), "{out}");
+    assert!(!out.contains("Installing dependencies"), "{out}");
+
+    // The same lock with the Pipfile it was made from builds.
+    repo.commit_files(&[("Pipfile", "[packages]\nrequests = \"*\"\n")], "Pipfile back in sync");
+    let (ok, out) = slip.push_local(&repo, "pipenvapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("Pipfile.lock is up to date with Pipfile"), "{out}");
+}
+
+#[test]
+fn unsupported_layouts_are_refused_naming_the_supported_files() {
+    let slip = slipway();
+    // A pyproject.toml with dependencies, no lock file and no build backend.
+    let repo = GitRepo::init(&slip.root().join("pyproject"));
+    let pyproject = "[project]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"flask\"]\n";
+    repo.commit_files(&app_with(&[("pyproject.toml", pyproject)]), "pyproject only");
+    let (ok, out) = slip.push_local(&repo, "pyproj");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Couldn't find any supported Python package manager files"), "{out}");
+    assert!(out.contains("'requirements.txt', 'Pipfile.lock', 'poetry.lock' or 'uv.lock'"), "{out}");
+    assert!(out.contains("the root contains: Procfile, app.py, pyproject.toml"), "{out}");
+
+    // setup.py alone.
+    let repo = GitRepo::init(&slip.root().join("setuppy"));
+    repo.commit_files(&app_with(&[("setup.py", "from setuptools import setup\nsetup()\n")]), "setup.py");
+    let (ok, out) = slip.push_local(&repo, "setuppy");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Implicit setup.py file support has been sunset"), "{out}");
+    assert!(out.contains("'--editable .'"), "{out}");
+
+    // A committed virtualenv.
+    let repo = GitRepo::init(&slip.root().join("venv"));
+    repo.commit_files(
+        &[python_app("x"), vec![(".venv/pyvenv.cfg", "home = /usr/bin\n".to_string())]].concat(),
+        "venv",
+    );
+    let (ok, out) = slip.push_local(&repo, "venvapp");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Existing '.venv/' directory found"), "{out}");
+    assert!(out.contains("git rm --cached -r .venv/"), "{out}");
+}
+
+/// `backend/manage.py` (below the root, where Heroku also looks) with settings that need a
+/// config var: Django from PyPI, static files collected; `DISABLE_COLLECTSTATIC=1` and
+/// `.heroku/collectstatic_disabled` skip with Heroku's messages; a failing collectstatic fails
+/// the build with the hint.
+#[test]
+fn collectstatic_finds_a_nested_manage_py_and_can_be_disabled() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let manage = "import os, sys\n\nif __name__ == \"__main__\":\n    os.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n    from django.core.management import execute_from_command_line\n    execute_from_command_line(sys.argv)\n";
+    let settings = "import os\nfrom pathlib import Path\n\nBASE_DIR = Path(__file__).resolve().parent.parent\nSECRET_KEY = \"test\"\nINSTALLED_APPS = [\"django.contrib.staticfiles\"]\nSTATIC_URL = \"static/\"\nSTATICFILES_DIRS = [BASE_DIR / \"assets\"]\nSTATIC_ROOT = BASE_DIR / os.environ[\"COLLECT_TO\"]\n";
+    let mut files = python_app("django");
+    files.retain(|(name, _)| *name != "requirements.txt");
+    files.extend([
+        ("requirements.txt", "django>=4.2,<6\n".to_string()),
+        ("backend/manage.py", manage.to_string()),
+        ("backend/mysite/__init__.py", String::new()),
+        ("backend/mysite/settings.py", settings.to_string()),
+        ("backend/assets/site.css", "body { color: teal }\n".to_string()),
+    ]);
+    repo.commit_files(&files, "nested django");
+    slip.cmd_ok(&["apps:create", "dj"]);
+    slip.cmd_ok(&["config:set", "dj", "COLLECT_TO=collected", "--no-restart"]);
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> $ python backend/manage.py collectstatic --noinput"), "{out}");
+    assert!(out.contains("static file copied"), "{out}");
+    let release = std::fs::read_dir(slip.home.join("releases/dj")).unwrap().next().unwrap().unwrap().path();
+    assert!(release.join("backend/collected/site.css").is_file(), "not collected in {}", release.display());
+
+    slip.cmd_ok(&["config:set", "dj", "DISABLE_COLLECTSTATIC=1", "--no-restart"]);
+    repo.commit_files(&[("app.py", python_app_py("django 2"))], "v2");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("-----> Skipping Django collectstatic since the env var DISABLE_COLLECTSTATIC is set."),
+        "{out}"
+    );
+    assert!(!out.contains("collectstatic --noinput"), "{out}");
+
+    // The deprecated file works too, with Heroku's warning.
+    slip.cmd_ok(&["config:unset", "dj", "DISABLE_COLLECTSTATIC", "--no-restart"]);
+    repo.commit_files(&[(".heroku/collectstatic_disabled", "")], "v3");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "-----> Skipping Django collectstatic since the file '.heroku/collectstatic_disabled' exists."
+        ),
+        "{out}"
+    );
+    assert!(out.contains("The .heroku/collectstatic_disabled file is deprecated."), "{out}");
+
+    // Without the config var its settings need, collectstatic fails, with Heroku's hint.
+    slip.cmd_ok(&["config:unset", "dj", "COLLECT_TO", "--no-restart"]);
+    repo.git_ok(&["rm", "-q", ".heroku/collectstatic_disabled"]);
+    repo.commit_files(&[("app.py", python_app_py("django 4"))], "v4");
+    let (ok, out) = slip.push_local(&repo, "dj");
+    assert!(!ok, "{out}");
+    assert!(out.contains("KeyError: 'COLLECT_TO'"), "{out}");
+    assert!(out.contains("Unable to generate Django static files"), "{out}");
+    assert!(out.contains("slipway config:set dj DISABLE_COLLECTSTATIC=1"), "{out}");
+}
+
+#[test]
+fn a_stale_poetry_lock_is_refused_by_poetry_check() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    // poetry.lock as `poetry lock` (2.5) wrote it before six was added to pyproject.toml.
+    let lock = "package = []\n\n[metadata]\nlock-version = \"2.1\"\npython-versions = \"^3.9\"\ncontent-hash = \"c595a0588c25d58f3e3834ad7169126836d262b925fe6ca9b5d540dcf301d254\"\n";
+    let pyproject = "[tool.poetry]\nname = \"app\"\nversion = \"0.1.0\"\ndescription = \"\"\nauthors = [\"x <x@example.com>\"]\npackage-mode = false\n\n[tool.poetry.dependencies]\npython = \"^3.9\"\nsix = \"1.16.0\"\n";
+    repo.commit_files(
+        &app_with(&[("poetry.lock", lock), ("pyproject.toml", pyproject)]),
+        "stale poetry.lock",
+    );
+    let (ok, out) = slip.push_local(&repo, "poetryapp");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("pyproject.toml changed significantly since poetry.lock was last generated"),
+        "{out}"
+    );
+    assert!(out.contains("'poetry check --lock' failed (exit 1)"), "{out}");
+    assert!(!out.contains("Installing dependencies using"), "{out}");
+}

@@ -35,7 +35,7 @@ pub enum KeyError {
     BadKey,
     #[error("the key line carries options ('{0}') before the key type; give the bare public key (slipway sets the options itself)")]
     HasOptions(String),
-    #[error("'{0}' is not an app name for --apps")]
+    #[error("--apps: {0}")]
     BadApp(String),
     #[error("the path {0} cannot be written into authorized_keys: use only letters, digits, '/', '.', '_' and '-'")]
     UnsafePath(String),
@@ -142,7 +142,7 @@ pub fn add(
     validate_name(name)?;
     let key = parse_public_key(stdin_text)?;
     for app in &grant.apps {
-        app.parse::<crate::app::AppName>().map_err(|_| KeyError::BadApp(app.clone()))?;
+        app.parse::<crate::app::AppName>().map_err(|e| KeyError::BadApp(e.to_string()))?;
     }
     let fp = fingerprint(&key)?;
     let tx = store.transaction()?;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::home::Home;
+use crate::store::keys::Role;
 use crate::store::{self, Store};
 
 /// Marks lines that slipway owns; everything else in the file is left alone.
@@ -32,6 +33,10 @@ pub enum KeyError {
     BadName(String),
     #[error("expected one OpenSSH public key line (like 'ssh-ed25519 AAAA... you@laptop') on stdin")]
     BadKey,
+    #[error("the key line carries options ('{0}') before the key type; give the bare public key (slipway sets the options itself)")]
+    HasOptions(String),
+    #[error("--apps: {0}")]
+    BadApp(String),
     #[error("the path {0} cannot be written into authorized_keys: use only letters, digits, '/', '.', '_' and '-'")]
     UnsafePath(String),
     #[error(transparent)]
@@ -64,6 +69,12 @@ pub fn parse_public_key(input: &str) -> Result<String, KeyError> {
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return Err(KeyError::BadKey);
     };
+    // `command="..."`, `from=...`, `no-pty` and the like before the type: an authorized_keys
+    // line, not a public key. Refused by name rather than silently stripped.
+    if !KEY_TYPES.contains(&kind) && line.split_whitespace().skip(1).any(|w| KEY_TYPES.contains(&w)) {
+        let options: String = kind.chars().filter(|c| !c.is_control()).take(40).collect();
+        return Err(KeyError::HasOptions(options));
+    }
     let blob_ok = blob.len() >= 16 && blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
     if !KEY_TYPES.contains(&kind) || !blob_ok {
         return Err(KeyError::BadKey);
@@ -110,15 +121,39 @@ fn safe_for_forced_command(path: &Path) -> Result<String, KeyError> {
     }
 }
 
-pub fn add(home: &Home, store: &mut Store, name: &str, stdin_text: &str) -> Result<(), KeyError> {
+/// What `keys:add` was asked for besides the name and the key.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// `None`: the default (admin for the first key, else deploy).
+    pub role: Option<Role>,
+    pub apps: Vec<String>,
+    pub allow_run: bool,
+}
+
+/// Adds the key; returns the role it got. The first key ever added is an admin whatever was
+/// asked, so a fresh install always has a key that can add the others.
+pub fn add(
+    home: &Home,
+    store: &mut Store,
+    name: &str,
+    stdin_text: &str,
+    grant: &Grant,
+) -> Result<Role, KeyError> {
     validate_name(name)?;
     let key = parse_public_key(stdin_text)?;
+    for app in &grant.apps {
+        app.parse::<crate::app::AppName>().map_err(|e| KeyError::BadApp(e.to_string()))?;
+    }
     let fp = fingerprint(&key)?;
     let tx = store.transaction()?;
-    store::keys::insert(&tx, name, &key, &fp)?;
+    let role = if store::keys::count(&tx)? == 0 { Role::Admin } else { grant.role.unwrap_or(Role::Deploy) };
+    let (apps, allow_run): (&[String], bool) =
+        if role == Role::Admin { (&[], false) } else { (&grant.apps, grant.allow_run) };
+    let new = store::keys::NewKey { name, public_key: &key, fingerprint: &fp, role, apps, allow_run };
+    store::keys::insert(&tx, &new)?;
     write_authorized_keys(home, &store::keys::list(&tx)?)?;
     tx.commit().map_err(store::StoreError::from)?;
-    Ok(())
+    Ok(role)
 }
 
 pub fn remove(home: &Home, store: &mut Store, name: &str) -> Result<(), KeyError> {
@@ -193,6 +228,10 @@ mod tests {
         assert!(parse_public_key("").is_err());
         assert!(parse_public_key(&format!("{KEY}\n{KEY}")).is_err());
         assert!(parse_public_key("ssh-ed25519 not*base64*at*all").is_err());
+        let options = parse_public_key(&format!("from=\"10.0.0.1\" {KEY}"));
+        assert!(matches!(options, Err(KeyError::HasOptions(_))), "{options:?}");
+        let options = parse_public_key(&format!("no-pty,restrict {KEY}"));
+        assert!(matches!(options, Err(KeyError::HasOptions(_))), "{options:?}");
         let stripped = parse_public_key(&format!("{KEY} \"quoted\"")).unwrap();
         assert!(!stripped.contains('"'));
     }

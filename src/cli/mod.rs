@@ -211,9 +211,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Authorise an SSH public key (read from stdin) under NAME.
+    /// Authorise an SSH public key (read from stdin) under NAME. The first key is an admin;
+    /// later keys are deploy keys unless `--role admin`.
     #[command(name = "keys:add")]
-    KeysAdd { name: String },
+    KeysAdd {
+        name: String,
+        /// admin: every command on every app; deploy: push to and operate only --apps.
+        #[arg(long, value_parser = ["admin", "deploy"])]
+        role: Option<String>,
+        /// The apps a deploy key may reach, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "APP,APP")]
+        apps: Vec<String>,
+        /// Let a deploy key use `run` on its apps.
+        #[arg(long)]
+        allow_run: bool,
+    },
     /// Remove an SSH key.
     #[command(name = "keys:remove")]
     KeysRemove { name: String },
@@ -366,7 +378,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::DomainsAdd { app, host } => domains::add(home, &app, &host, who),
         Command::DomainsRemove { app, host } => domains::remove(home, &app, &host, who),
         Command::Keys { json } => keys::list(home, json),
-        Command::KeysAdd { name } => keys::add(home, &name),
+        Command::KeysAdd { name, role, apps, allow_run } => {
+            keys::add(home, &name, role.as_deref(), apps, allow_run)
+        }
         Command::KeysRemove { name } => keys::remove(home, &name),
         Command::Settings { json } => settings::show(home, json),
         Command::SettingsSet { pairs } => settings::set(home, &pairs),

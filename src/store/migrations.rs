@@ -98,6 +98,13 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE releases ADD COLUMN failure TEXT;
     "#,
+    // v6: key roles. Keys added before v6 become admins (they could run everything), so no
+    // install loses access; `apps` is a comma-separated list of app names (deploy keys only).
+    r#"
+    ALTER TABLE ssh_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE ssh_keys ADD COLUMN apps TEXT NOT NULL DEFAULT '';
+    ALTER TABLE ssh_keys ADD COLUMN allow_run INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:
@@ -168,6 +175,25 @@ mod tests {
             })
             .unwrap();
         assert_eq!(kind_default, 1);
+    }
+
+    #[test]
+    fn keys_from_before_v6_become_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute(
+            "INSERT INTO ssh_keys (name, public_key, fingerprint, created_at) VALUES ('old', 'k', 'f', 't')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let keys = crate::store::keys::list(&conn).unwrap();
+        assert_eq!(keys[0].role, crate::store::keys::Role::Admin);
+        assert!(keys[0].apps.is_empty() && !keys[0].allow_run);
     }
 
     #[test]

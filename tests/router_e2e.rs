@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,15 +39,7 @@ type Answer = Option<(u16, String)>;
 
 /// One GET through the router with `Host: host`, on a fresh connection.
 fn get(router: &str, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(router).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    router_get(router, host, path)
 }
 
 fn wait_for_body(router: &str, host: &str, body: &str) -> bool {

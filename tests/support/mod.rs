@@ -1022,3 +1022,18 @@ impl PushEnv {
         repo.push(&self.sshd.url(app), &self.ssh)
     }
 }
+
+/// One `GET path` through the router at `router` (`IP:PORT`) with `Host: host`, HTTP/1.1 on a
+/// fresh connection with `Connection: close` and a 10 s read timeout: (status, raw body — still
+/// chunked if the dyno chunked it), or None when anything fails.
+pub fn router_get(router: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(router).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}

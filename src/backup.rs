@@ -68,19 +68,19 @@ pub fn backup(home: &Home, dest: &Path, force: bool) -> anyhow::Result<BackupSum
     let staged_db = dir.join(format!(".{name}.{}.db", std::process::id()));
     let result = write_archive(home, &tmp, &staged_db);
     for suffix in ["", "-journal", "-wal", "-shm"] {
-        let _ = fs::remove_file(format!("{}{suffix}", staged_db.display()));
+        discard(Path::new(&format!("{}{suffix}", staged_db.display())));
     }
     match result {
         Ok(mut summary) => {
             if let Err(e) = fs::rename(&tmp, &dest) {
-                let _ = fs::remove_file(&tmp);
+                discard(&tmp);
                 return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()));
             }
             summary.bytes = fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
             Ok(summary)
         }
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            discard(&tmp);
             Err(e)
         }
     }
@@ -321,10 +321,11 @@ pub fn restore(home: &Home, archive: &Path, force: bool) -> anyhow::Result<Resto
     }
 
     let staging = home.root().join(format!(".restore-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
+    // A staging dir left by a restore that was killed (the pid is ours now, so it is stale).
+    discard(&staging);
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = restore_staged(home, archive, &staging);
-    let _ = fs::remove_dir_all(&staging);
+    discard(&staging);
     result
 }
 
@@ -381,7 +382,9 @@ fn restore_staged(home: &Home, archive: &Path, staging: &Path) -> anyhow::Result
         if let Err(e) = hook {
             summary.problems.push(format!("{app}: {e}"));
         }
-        let _ = fs::create_dir_all(home.app_logs(&app));
+        if let Err(e) = fs::create_dir_all(home.app_logs(&app)) {
+            summary.problems.push(format!("{app}: creating {}: {e}", home.app_logs(&app).display()));
+        }
         let Some(current) = row.current_release else { continue };
         let Some(build) = releases.iter().find(|r| r.version == current).and_then(|r| r.build_id.clone())
         else {
@@ -411,7 +414,7 @@ fn relocate_venv(home: &Home, old_home: &Path, app: &AppName, build: &str) -> io
         return Ok(());
     }
     let staged = new_root.join(".slipway").join("venv.restored");
-    let _ = fs::remove_dir_all(&staged);
+    crate::home::remove_if_present(&staged)?;
     crate::build::venv::clone(&venv, &staged, &old_root, &new_root)?;
     fs::remove_dir_all(&venv)?;
     fs::rename(&staged, &venv)
@@ -481,8 +484,17 @@ fn unpack_checked(archive: &Path, staging: &Path) -> anyhow::Result<Option<Manif
         }
     }
     let manifest = fs::read(staging.join(MANIFEST)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let _ = fs::remove_file(staging.join(MANIFEST));
+    let path = staging.join(MANIFEST);
+    crate::home::remove_if_present(&path).with_context(|| format!("removing {}", path.display()))?;
     Ok(manifest)
+}
+
+/// Removes a temporary file or dir of ours that is no longer needed; a failure leaves litter,
+/// not a wrong result, so it is reported and the command goes on.
+fn discard(path: &Path) {
+    if let Err(e) = crate::home::remove_if_present(path) {
+        eprintln!("warning: could not remove {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,20 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777 & mode))
 }
 
+/// Removes a file, or a directory with everything in it; one that is not there is not an error.
+/// A symbolic link is removed itself, never followed.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 fn user_home() -> Option<PathBuf> {
     nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()

@@ -124,12 +124,7 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
 }
 
 fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(anyhow::Error::new(e).context(format!("removing {}", path.display())))
-        }
-        _ => Ok(()),
-    }
+    crate::home::remove_if_present(path).with_context(|| format!("removing {}", path.display()))
 }
 
 /// `slipway daemon --stop`: SIGTERM to the daemon, then wait until it is gone. Dynos stay up.

@@ -167,14 +167,12 @@ pub fn run(args: ShimArgs) -> i32 {
     let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     if let Some(path) = &args.announce {
         // Gone with the dyno; a daemon that restarts now treats the row as an exit.
-        if let Err(err) = std::fs::remove_file(path) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                let _ = log.event(
-                    Source::Slipway,
-                    &args.dyno,
-                    &format!("Could not remove {}: {err}", path.display()),
-                );
-            }
+        if let Err(err) = crate::home::remove_if_present(path) {
+            let _ = log.event(
+                Source::Slipway,
+                &args.dyno,
+                &format!("Could not remove {}: {err}", path.display()),
+            );
         }
     }
     0

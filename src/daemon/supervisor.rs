@@ -692,10 +692,8 @@ pub fn parse_announcement(text: &str) -> Option<ProcessIds> {
 
 fn remove_announcement(home: &Home, id: DynoId) {
     let path = home.dyno_announcement(id);
-    if let Err(err) = std::fs::remove_file(&path) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(%err, path = %path.display(), "removing a shim announcement");
-        }
+    if let Err(err) = crate::home::remove_if_present(&path) {
+        tracing::warn!(%err, path = %path.display(), "removing a shim announcement");
     }
 }
 

@@ -716,37 +716,15 @@ impl World {
         };
         let used: BTreeSet<i64> = self.app_dynos(app).filter(|d| one_off(d)).map(|d| d.num).collect();
         let num = (1..).find(|n| !used.contains(n)).unwrap_or(1);
-        let Some(port) = self.allocate_port(cx.probe) else {
-            let range = self.limits.ports.clone();
-            cx.reply(
-                reply,
-                Response::Error { message: format!("no free port left in the dyno port range ({range:?})") },
-            );
-            return;
+        let port = match self.new_port(cx.probe) {
+            Ok(port) => port,
+            Err(message) => {
+                cx.reply(reply, Response::Error { message });
+                return;
+            }
         };
-        let id = self.next_id;
-        self.next_id += 1;
-        let row = DynoRow {
-            id,
-            app: app.to_string(),
-            process_type: ONE_OFF_TYPE.to_string(),
-            num,
-            release,
-            command,
-            state: DynoState::Starting,
-            port: Some(port),
-            pid: None,
-            pid_start: None,
-            shim_pid: None,
-            shim_start: None,
-            restarts: 0,
-            stopped: false,
-            started_at: None,
-            updated_at: timefmt::stamp(cx.now),
-        };
-        let name = row.name();
-        self.dynos.insert(id, row.clone());
-        cx.persist(Write::Dyno(row));
+        let id = self.record_dyno(cx, app, ONE_OFF_TYPE, num, release, &command, Some(port));
+        let name = self.dynos[&id].name();
         cx.schedule(RUN_ATTACH_WITHIN, Input::RunAttachDue { dyno: id });
         cx.reply(reply, Response::OneOff { dyno: id, name, port });
     }
@@ -947,8 +925,17 @@ impl World {
         None
     }
 
-    /// Records a new dyno (persisted before anything runs) and spawns it.
-    fn create_dyno(
+    /// A port for a new dyno, or the sentence saying there is none left.
+    fn new_port(&mut self, probe: &dyn Probe) -> Result<u16, String> {
+        let range = self.limits.ports.clone();
+        self.allocate_port(probe)
+            .ok_or_else(|| format!("no free port left in the dyno port range ({range:?})"))
+    }
+
+    /// Records a new dyno, `starting` with no process yet, in the model and (first of all its
+    /// effects) in SQLite; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn record_dyno(
         &mut self,
         cx: &mut Cx<'_>,
         app: &AppName,
@@ -956,16 +943,8 @@ impl World {
         num: i64,
         release: i64,
         command: &str,
-    ) -> Result<DynoId, String> {
-        let port = if process_type == "web" {
-            let range = self.limits.ports.clone();
-            Some(
-                self.allocate_port(cx.probe)
-                    .ok_or_else(|| format!("no free port left in the dyno port range ({range:?})"))?,
-            )
-        } else {
-            None
-        };
+        port: Option<u16>,
+    ) -> DynoId {
         let id = self.next_id;
         self.next_id += 1;
         let row = DynoRow {
@@ -988,6 +967,21 @@ impl World {
         };
         self.dynos.insert(id, row.clone());
         cx.persist(Write::Dyno(row));
+        id
+    }
+
+    /// Records a new dyno (persisted before anything runs) and spawns it.
+    fn create_dyno(
+        &mut self,
+        cx: &mut Cx<'_>,
+        app: &AppName,
+        process_type: &str,
+        num: i64,
+        release: i64,
+        command: &str,
+    ) -> Result<DynoId, String> {
+        let port = if process_type == "web" { Some(self.new_port(cx.probe)?) } else { None };
+        let id = self.record_dyno(cx, app, process_type, num, release, command, port);
         cx.log(app, &format!("{process_type}.{num}"), format!("Starting process with command `{command}`"));
         cx.out.push(Effect::Spawn { dyno: id });
         Ok(id)

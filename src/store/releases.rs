@@ -129,20 +129,20 @@ pub fn queued(conn: &Connection) -> Result<Vec<(AppName, i64)>> {
 /// `version` is live: it and the releases queued before it (their config is part of it)
 /// succeeded.
 pub fn set_live(conn: &Connection, app: &AppName, version: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE releases SET status = 'succeeded'
-         WHERE app = ?1 AND (version = ?2 OR (status = 'queued' AND version < ?2))",
-        params![app.as_str(), version],
-    )?;
-    Ok(())
+    settle_queued(conn, app, version, "succeeded")
 }
 
 /// `version` failed, and with it the releases queued before it.
 pub fn set_failed(conn: &Connection, app: &AppName, version: i64) -> Result<()> {
+    settle_queued(conn, app, version, "failed")
+}
+
+/// Gives `version` and every release still queued before it the final `status`.
+fn settle_queued(conn: &Connection, app: &AppName, version: i64, status: &str) -> Result<()> {
     conn.execute(
-        "UPDATE releases SET status = 'failed'
+        "UPDATE releases SET status = ?3
          WHERE app = ?1 AND (version = ?2 OR (status = 'queued' AND version < ?2))",
-        params![app.as_str(), version],
+        params![app.as_str(), version, status],
     )?;
     Ok(())
 }

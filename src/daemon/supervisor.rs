@@ -369,7 +369,8 @@ impl Supervisor {
                 None
             }
             Effect::Log { app, dyno, message } => {
-                logs::append_event(&self.home.app_log(&app), Source::Slipway, &dyno, &message);
+                let policy = self.settings.log_policy;
+                logs::append_event_with(&self.home.app_log(&app), policy, Source::Slipway, &dyno, &message);
                 None
             }
         }

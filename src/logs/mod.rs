@@ -345,8 +345,13 @@ static PENDING: Mutex<Vec<(PathBuf, String, Dropped)>> = Mutex::new(Vec::new());
 /// (deploys, state changes); hot paths keep a [`LogWriter`]. Never fails: an event that cannot
 /// be written is dropped, counted, and reported in the file once it can be written again.
 pub fn append_event(path: &Path, source: Source, dyno: &str, message: &str) {
+    append_event_with(path, LogPolicy::for_app_log(path), source, dyno, message);
+}
+
+/// [`append_event`] for a caller that knows the home's rotation policy already (the daemon,
+/// which read its settings at start): no settings file is read per event.
+pub fn append_event_with(path: &Path, policy: LogPolicy, source: Source, dyno: &str, message: &str) {
     let mut pending = PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let policy = LogPolicy::for_app_log(path);
     let mut writer = LogWriter::deferred(path, policy).named(dyno);
     let earlier = pending.iter().position(|(p, d, _)| p == path && d == dyno);
     if let Some(i) = earlier {

@@ -120,6 +120,32 @@ fn over_ssh_app_flag_aliases_and_full_usage_errors() {
     assert!(ok(&["destroy", "hello", "--confirm", "hello"]).contains("Destroyed hello"));
 }
 
+/// Starts `run hello sh -c 'SCRIPT'` over SSH without a tty, `PIDFILE` in SCRIPT standing for a
+/// file under the test's dir the script writes its pid to; returns the ssh client and, once the
+/// one-off has written it, that pid.
+fn one_off_over_ssh(env: &PushEnv, pid_file: &str, script: &str) -> (std::process::Child, u32) {
+    let pid_file = env.slip.root().join(pid_file);
+    let script = format!("'{}'", script.replace("PIDFILE", &pid_file.to_string_lossy()));
+    let client = env
+        .sshd
+        .ssh_base(&env.key.path, &["run", "hello", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssh");
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            pid.is_some()
+        }),
+        "the one-off never started:\n{}",
+        env.sshd.log()
+    );
+    (client, pid.expect("checked above"))
+}
+
 #[test]
 fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_away() {
     let env = PushEnv::start(|_| {});
@@ -144,26 +170,7 @@ fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_a
     assert_eq!(stdout(&out), "-x");
 
     // A one-off over SSH without a tty: the client goes away, the process goes too.
-    let pid_file = slip.root().join("one-off.pid");
-    let script = format!("'echo $$ > {}; exec sleep 1000'", pid_file.display());
-    let mut client = env
-        .sshd
-        .ssh_base(&env.key.path, &["run", "hello", "sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ssh");
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-            pid.is_some()
-        }),
-        "the one-off never started:\n{}",
-        env.sshd.log()
-    );
-    let pid = pid.unwrap();
+    let (mut client, pid) = one_off_over_ssh(&env, "one-off.pid", "echo $$ > PIDFILE; exec sleep 1000");
     assert!(process_alive(pid));
     client.kill().expect("kill the ssh client");
     let _ = client.wait();
@@ -179,24 +186,12 @@ fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_a
     );
 
     // One that ignores SIGTERM is killed, with its whole group, after the stop grace period.
-    // (The file, not settings:set: that waits for the home's lock, which the daemon holds.)
-    std::fs::write(slip.home.join("slipway.toml"), "stop_timeout = 2\n").unwrap();
-    let pid_file = slip.root().join("stubborn.pid");
-    let script = format!("'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.2; done'", pid_file.display());
-    let mut client = env
-        .sshd
-        .ssh_base(&env.key.path, &["run", "hello", "sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ssh");
-    let mut pid = None;
-    assert!(wait_until(Duration::from_secs(30), || {
-        pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        pid.is_some()
-    }));
-    let pid = pid.unwrap();
+    slip.cmd_ok(&["settings:set", "stop_timeout=2"]);
+    let (mut client, pid) = one_off_over_ssh(
+        &env,
+        "stubborn.pid",
+        "trap \"\" TERM; echo $$ > PIDFILE; while :; do sleep 0.2; done",
+    );
     client.kill().expect("kill the ssh client");
     let _ = client.wait();
     assert!(

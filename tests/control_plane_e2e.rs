@@ -14,22 +14,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-/// Answers every GET with `<argv[1]> MSG=<$MSG>`.
-const SERVER: &str = r#"import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-BODY = ("%s MSG=%s" % (sys.argv[1], os.environ.get("MSG", ""))).encode()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
 /// Holds an exclusive (write) lock on the SQLite file argv[1] for argv[2] seconds.
 const LOCK_DB: &str = r#"import sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
@@ -45,7 +29,10 @@ fn get(router: &str, host: &str) -> Option<(u16, String)> {
 }
 
 fn commit(repo: &GitRepo, procfile: &str, code: &str, extra: &[(&str, &str)]) {
-    let mut files = vec![("Procfile", procfile.to_string()), ("server", SERVER.to_string())];
+    let mut files = vec![
+        ("Procfile", procfile.to_string()),
+        ("server", stdlib_server(r#""%s MSG=%s" % (sys.argv[1], os.environ.get("MSG", ""))"#)),
+    ];
     files.extend(extra.iter().map(|(p, c)| (*p, c.to_string())));
     repo.commit_files(&files, code);
 }

@@ -10,22 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-/// A stdlib web server (a generic build) answering every GET with its argument and $GREETING.
-const SERVER: &str = r#"import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-BODY = (sys.argv[1] + " " + os.environ.get("GREETING", "-")).encode()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
 /// One GET through the router with `Host: host`.
 fn get(router: &str, host: &str) -> Option<(u16, String)> {
     router_get(router, host, "/")
@@ -107,7 +91,13 @@ fn backup_of_a_running_app_restores_onto_a_fresh_home() {
     let mut old = Slipway::new();
     old.start_daemon();
     let repo = GitRepo::init(&old.root().join("work"));
-    repo.commit_files(&[("Procfile", "web: python3 server v1\n"), ("server", SERVER)], "v1");
+    repo.commit_files(
+        &[
+            ("Procfile", "web: python3 server v1\n"),
+            ("server", stdlib_server(r#"sys.argv[1] + " " + os.environ.get("GREETING", "-")"#).as_str()),
+        ],
+        "v1",
+    );
     let (ok, out) = old.push_local(&repo, "hello");
     assert!(ok, "deploy failed:\n{out}\n{}", old.diagnostics());
     old.cmd_ok(&["config:set", "hello", "GREETING=hi there"]);

@@ -9,26 +9,12 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// A stdlib web server (no `.py` file: a generic build) answering every GET with its argument.
-const SERVER: &str = r#"import os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-BODY = sys.argv[1].encode()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = 65536  # one write per response: no Nagle stall between headers and body
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
 fn deploy(slip: &Slipway, repo: &GitRepo, app: &str, body: &str) -> String {
     let procfile = format!("web: python3 server {body}\n");
-    repo.commit_files(&[("Procfile", procfile.as_str()), ("server", SERVER)], body);
+    repo.commit_files(
+        &[("Procfile", procfile.as_str()), ("server", stdlib_server("sys.argv[1]").as_str())],
+        body,
+    );
     let (ok, out) = slip.push_local(repo, app);
     assert!(ok, "deploy of {app} failed:\n{out}\n{}", slip.diagnostics());
     out

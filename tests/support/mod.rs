@@ -1037,3 +1037,26 @@ pub fn router_get(router: &str, host: &str, path: &str) -> Option<(u16, String)>
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+
+/// A stdlib HTTP server script (save it as `server`, run `python3 server ARG`: a generic build,
+/// no `.py` file) answering every GET with 200 and the Python expression `body` (a `str`; it
+/// may use `sys.argv` and `os.environ`), on `$PORT`, one write per response.
+pub fn stdlib_server(body: &str) -> String {
+    format!(
+        r#"import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+BODY = ({body}).encode()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # one write per response: no Nagle stall between headers and body
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"#
+    )
+}

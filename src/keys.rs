@@ -174,7 +174,10 @@ pub fn regenerate(home: &Home, store: &mut Store) -> Result<usize, KeyError> {
     Ok(keys.len())
 }
 
-/// Rewrites the file atomically (temp file + rename): sshd never sees a half-written file.
+/// Rewrites the file atomically (temp file + rename, [`crate::fsutil::write_atomic_in`]): sshd
+/// never sees a half-written file, and a symlink planted at `.ssh`, the file or the temp name
+/// makes it fail instead of writing through it. Lines slipway did not write are kept (see
+/// [`foreign_lines`]).
 fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<(), KeyError> {
     let path = home.authorized_keys();
     let io_err = |source| KeyError::Io { path: path.display().to_string(), source };
@@ -193,11 +196,7 @@ fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<()
     let dir = home.ssh_dir();
     std::fs::create_dir_all(&dir).map_err(io_err)?;
     set_mode(&dir, 0o700).map_err(io_err)?;
-    let tmp = dir.join(".authorized_keys.tmp");
-    std::fs::write(&tmp, out).map_err(io_err)?;
-    set_mode(&tmp, 0o600).map_err(io_err)?;
-    std::fs::rename(&tmp, &path).map_err(io_err)?;
-    Ok(())
+    crate::fsutil::write_atomic_in(home.root(), &path, out.as_bytes(), 0o600).map_err(io_err)
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {

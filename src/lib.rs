@@ -10,6 +10,7 @@ pub mod cli;
 pub mod daemon;
 pub mod deploy;
 pub mod dyno;
+pub mod fsutil;
 pub mod git;
 pub mod healthcheck;
 pub mod home;

@@ -61,10 +61,12 @@ pub fn lock(home: &Home, app: &AppName, on_wait: impl FnOnce()) -> Result<Flock<
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let open = || {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| format!("opening {}: {e}", path.display()))
     };

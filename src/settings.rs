@@ -11,8 +11,7 @@
 //! comments, order and other keys, validate the result, and replace the file atomically (a
 //! temporary file renamed over it, never writing through a symbolic link).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -64,6 +63,9 @@ pub struct Settings {
     pub keep_releases: usize,
     /// Larger slugs are refused (`max_slug_mb`, 500).
     pub max_slug_bytes: u64,
+    /// A pushed tree larger than this unpacked is refused while it is exported (`max_build_mb`,
+    /// 2048): a git bomb fails fast.
+    pub max_build_bytes: u64,
     /// Builds see the app's config vars (environment and ENV_DIR) unless `build_config = 0`.
     pub build_config: bool,
     /// The daemon's own log filter (`log`, default `info`), a tracing `EnvFilter` directive.
@@ -111,6 +113,7 @@ const SPECS: &[Spec] = &[
     spec("release_timeout", "3600", Kind::Number, false),
     spec("keep_releases", "10", Kind::Number, false),
     spec("max_slug_mb", "500", Kind::Number, false),
+    spec("max_build_mb", "2048", Kind::Number, false),
     spec("build_config", "1", Kind::Flag, false),
     spec("log_max_mb", "20", Kind::Number, true),
     spec("log_files", "5", Kind::Number, true),
@@ -388,6 +391,9 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         max_slug_bytes: check(get("max_slug_mb"), |s| count(s, 1..=100_000).ok_or(IN_RANGE))? as u64
             * 1024
             * 1024,
+        max_build_bytes: check(get("max_build_mb"), |s| count(s, 1..=1_000_000).ok_or(IN_RANGE))? as u64
+            * 1024
+            * 1024,
         build_config: check(get("build_config"), flag)?,
         log_policy: LogPolicy {
             // May be fractional (0.5); at least 0.001 MB.
@@ -606,41 +612,17 @@ fn write_atomically(home: &Home, file: &Path, text: &str) -> Result<(), Settings
         Ok(meta) => Some(meta),
         Err(_) => None,
     };
-    let dir = file.parent().unwrap_or(home.root());
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let fail = |e: std::io::Error| {
-        let _ = std::fs::remove_file(&tmp);
-        SettingsError(format!("writing {}: {e}", file.display()))
-    };
-    let _ = std::fs::remove_file(&tmp);
     let mode = old.as_ref().map_or(0o640, |m| m.mode() & 0o7777);
-    // create_new (O_EXCL) and O_NOFOLLOW: never opens an existing file or a link.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(fail)?;
     // As root (install.sh, `sudo slipway settings:set`), keep the file the slipway user's.
-    if nix::unistd::geteuid().is_root() {
-        let owner = old
-            .as_ref()
+    let owner = if nix::unistd::geteuid().is_root() {
+        old.as_ref()
             .map(|m| (m.uid(), m.gid()))
-            .or_else(|| std::fs::metadata(home.root()).ok().map(|m| (m.uid(), m.gid())));
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(fail)?;
-        }
-    }
-    use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(fail)?;
-    drop(f);
-    std::fs::rename(&tmp, file).map_err(fail)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+            .or_else(|| std::fs::metadata(home.root()).ok().map(|m| (m.uid(), m.gid())))
+    } else {
+        None
+    };
+    crate::fsutil::write_atomic_owned(file, text.as_bytes(), mode, owner)
+        .map_err(|e| SettingsError(format!("writing {}: {e}", file.display())))
 }
 
 #[cfg(test)]
@@ -679,6 +661,7 @@ mod tests {
         assert_eq!(s.domain, "localhost");
         assert_eq!(s.boot_timeout, Duration::from_secs(60));
         assert_eq!(s.max_slug_bytes, 500 * 1024 * 1024);
+        assert_eq!(s.max_build_bytes, 2048 * 1024 * 1024);
         assert_eq!(s.log_policy, LogPolicy::default());
         assert_eq!(s.log, "info");
         assert!(s.build_config);

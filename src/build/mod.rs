@@ -127,7 +127,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     let mut cleanup = Cleanup { paths: vec![dir.clone(), slug_path.clone()], keep: false };
     std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
-    git::export_commit(req.repo, req.commit, &dir)?;
+    git::export_commit(req.repo, req.commit, &dir, git::ExportLimits::new(req.settings.max_build_bytes))?;
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
@@ -230,7 +230,7 @@ fn hook_command(path: &Path) -> io::Result<Command> {
 /// i.e. when the build ends whichever way; one left by a build that was killed outright is
 /// removed by the app's next build (builds of an app run one at a time, under its deploy lock).
 fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let tmp = req.home.root().join("tmp");
     std::fs::create_dir_all(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
@@ -248,12 +248,7 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
             if key.is_empty() || key.contains('/') || key == "." || key == ".." {
                 continue;
             }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(guard.0.join(key))?;
-            std::io::Write::write_all(&mut f, value.as_bytes())?;
+            crate::fsutil::write_atomic(&guard.0.join(key), value.as_bytes(), 0o600)?;
         }
     }
     Ok(guard)

@@ -221,7 +221,15 @@ fn lock_exclusive(mut file: File) -> Result<Flock<File>, (File, Errno)> {
 }
 
 fn open_pid_file(home: &Home) -> std::io::Result<File> {
-    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(home.pid_file())
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a link planted at run/slipway.pid is refused, never written through.
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(home.pid_file())
 }
 
 /// Writes this process's pid into the locked pid file, and checks every second that
@@ -313,10 +321,12 @@ fn lock_holder(file: &File) -> Option<i32> {
 }
 
 fn open_daemon_log(home: &Home) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = home.daemon_log();
     OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))
 }

@@ -221,9 +221,7 @@ fn wait_for_group(pgid: i32, deadline: Instant) {
 fn announce(path: &std::path::Path, pid: i32, start: u64) -> std::io::Result<()> {
     let me = std::process::id() as i32;
     let my_start = process::start_time(me).unwrap_or(0);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{me} {my_start} {pid} {start}\n"))?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, format!("{me} {my_start} {pid} {start}\n").as_bytes(), 0o600)
 }
 
 /// Prints `PID START` for the daemon, then points stdout at /dev/null so the shim never writes

@@ -32,14 +32,19 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 
 /// [`write_atomic`], the new file owned by `owner` (uid, gid) when given (as root, to keep a
 /// file its user's).
-pub fn write_atomic_owned(path: &Path, contents: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display()))
+    })?;
     refuse_symlink(path)?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
@@ -150,7 +155,8 @@ fn classify(e: io::Error, shown: String) -> BeneathError {
 }
 
 fn openat2_beneath(dir: &File, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
-    let c = CString::new(rel.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let c = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: open_how is plain data; all-zero is its documented "no options" value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
@@ -180,9 +186,15 @@ fn walk_nofollow(dir: &File, rel: &Path, flags: i32) -> Result<OwnedFd, BeneathE
     let mut current: Option<OwnedFd> = None;
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
-        let name = CString::new(part.as_os_str().as_bytes())
-            .map_err(|e| BeneathError::Io { path: shown.clone(), source: io::Error::new(io::ErrorKind::InvalidInput, e) })?;
-        let f = if last { flags | libc::O_NOFOLLOW } else { libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC };
+        let name = CString::new(part.as_os_str().as_bytes()).map_err(|e| BeneathError::Io {
+            path: shown.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        let f = if last {
+            flags | libc::O_NOFOLLOW
+        } else {
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        };
         let at = current.as_ref().map_or(dir.as_raw_fd(), |fd| fd.as_raw_fd());
         // SAFETY: valid dirfd and NUL-terminated name.
         let fd = unsafe { libc::openat(at, name.as_ptr(), f) };
@@ -205,7 +217,8 @@ pub fn read_beneath(root: &Path, rel: impl AsRef<Path>) -> Result<String, Beneat
     let rel = rel.as_ref();
     let mut file = open_beneath(root, rel)?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|source| BeneathError::Io { path: rel.display().to_string(), source })?;
+    file.read_to_end(&mut bytes)
+        .map_err(|source| BeneathError::Io { path: rel.display().to_string(), source })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -329,7 +342,11 @@ mod tests {
                 (Ok(text), Ok(s)) => assert_eq!(s, text, "{name}"),
                 (Err("escapes"), Err(BeneathError::Escapes(n))) => {
                     assert_eq!(n, name);
-                    assert!(got.as_ref().unwrap_err().to_string().contains("link out of the build directory"));
+                    assert!(got
+                        .as_ref()
+                        .unwrap_err()
+                        .to_string()
+                        .contains("link out of the build directory"));
                 }
                 (Err("missing"), Err(e)) if e.is_missing() => {}
                 _ => panic!("{name}: want {want:?}, got {got:?}"),

@@ -133,6 +133,7 @@ pub fn release_phase(
         return Ok(false);
     };
     let env = DynoEnv::for_release(home, conn, app, version).map_err(|e| e.to_string())?;
+    crate::build::inputs::check_command(&env.dir, &command).map_err(|e| format!("release phase: {e}"))?;
     let log_path = home.app_log(app);
     let mut log = LogWriter::open(&log_path).map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let _ = log.event(Source::Slipway, "release.1", &format!("Starting process with command `{command}`"));

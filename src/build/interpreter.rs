@@ -129,15 +129,7 @@ in the root directory of your app, e.g. a file that contains exactly:
 /// What the app asks for (`runtime.txt`, `.python-version`, `Pipfile.lock`), validated but not
 /// yet checked against supported versions.
 pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
-    let read = |name: &str| -> Result<Option<String>, BuildError> {
-        let path = dir.join(name);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        std::fs::read(&path)
-            .map(|b| Some(String::from_utf8_lossy(&b).into_owned()))
-            .map_err(|source| BuildError::Io { action: format!("reading {name}"), source })
-    };
+    let read = |name: &str| -> Result<Option<String>, BuildError> { super::inputs::read_opt(dir, name) };
     if let Some(text) = read("runtime.txt")? {
         let lines = version_lines(&text);
         return match lines.as_slice() {

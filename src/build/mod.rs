@@ -7,6 +7,7 @@
 //! and its release in one transaction once this returned successfully.
 
 pub mod framework;
+pub mod inputs;
 pub mod interpreter;
 pub mod output;
 pub mod pipfile;
@@ -51,6 +52,9 @@ pub enum BuildError {
     SlugTooLarge { size: String, limit: String },
     #[error("{action}: {source}")]
     Io { action: String, source: io::Error },
+    /// A build input that leads out of the build dir (see `inputs`).
+    #[error("{0}")]
+    Input(String),
 }
 
 fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
@@ -128,10 +132,12 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
     git::export_commit(req.repo, req.commit, &dir, git::ExportLimits::new(req.settings.max_build_bytes))?;
+    inputs::check(&dir)?;
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
     compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline)?;
+    inputs::check(&dir)?; // again: the hook may have written links
     if stack == Stack::Python {
         // After the hook, as Heroku: what pre_compile writes counts too.
         if let Some(why) = existing_environment(&dir).or_else(|| unsupported_package_manager(&dir)) {
@@ -146,6 +152,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
         }
     };
     compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline)?;
+    inputs::check_commands(&dir, &procfile).map_err(BuildError::Input)?;
 
     output::step("Discovering process types");
     let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
@@ -154,7 +161,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
         None => output::detail(&format!("Procfile declares types -> {}", types.join(", "))),
     }
 
-    if let Ok(text) = std::fs::read_to_string(dir.join(".slugignore")) {
+    if let Some(text) = inputs::read_opt(&dir, ".slugignore")? {
         let removed =
             slugignore::apply(&dir, &slugignore::parse(&text)).map_err(io_err("applying .slugignore"))?;
         output::step(&format!("Removed {removed} path(s) listed in .slugignore"));
@@ -182,10 +189,10 @@ fn compile_hook(
     script: &str,
     deadline: Instant,
 ) -> Result<(), BuildError> {
-    let path = dir.join(script);
-    if !path.is_file() {
+    if !inputs::is_file(dir, script) {
         return Ok(());
     }
+    let path = crate::fsutil::path_beneath(dir, script).map_err(|e| BuildError::Input(e.to_string()))?;
     output::step(&format!("Running {script} hook"));
     let cache = req.home.cache(req.app);
     std::fs::create_dir_all(cache.join("home")).map_err(io_err(format!("creating {}", cache.display())))?;
@@ -281,9 +288,9 @@ fn build_id(commit: &str) -> String {
 /// The app's process types: its Procfile, else the web command of its framework
 /// ([`framework::detect`]), announced in the build output. [`Procfile::source`] says which.
 fn process_types(dir: &Path) -> Result<Procfile, BuildError> {
-    match std::fs::read_to_string(dir.join("Procfile")) {
-        Ok(text) => Ok(Procfile { source: Some("Procfile".into()), ..Procfile::parse(&text)? }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match framework::detect(&framework::Dir(dir)) {
+    match inputs::read_opt(dir, "Procfile")? {
+        Some(text) => Ok(Procfile { source: Some("Procfile".into()), ..Procfile::parse(&text)? }),
+        None => match framework::detect(&framework::Dir(dir)) {
             framework::Detection::Web(found) => {
                 let name = found.framework.name();
                 output::step(&format!("No Procfile; detected {name}: web: {}", found.command));
@@ -298,7 +305,6 @@ fn process_types(dir: &Path) -> Result<Procfile, BuildError> {
             framework::Detection::Unusable(why) => Err(BuildError::Undetectable(why)),
             framework::Detection::Nothing => Err(BuildError::NoProcfile),
         },
-        Err(e) => Err(io_err("reading the Procfile")(e)),
     }
 }
 
@@ -366,7 +372,7 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
     if ["requirements.txt", "Pipfile.lock", "poetry.lock", "uv.lock"].iter().any(|f| has(f)) {
         return None;
     }
-    let pyproject = std::fs::read_to_string(dir.join("pyproject.toml")).ok();
+    let pyproject = inputs::read_opt(dir, "pyproject.toml").ok().flatten();
     let doc = pyproject.as_deref().and_then(|t| t.parse::<toml_edit::DocumentMut>().ok());
     if doc.as_ref().is_some_and(|d| d.get("build-system").is_some()) {
         return None;

@@ -68,7 +68,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
         vec![installer.name().into(), python.version.clone().into(), venv::PIP_VERSION.into()];
     for file in DEPENDENCY_FILES {
         parts.push(file.as_bytes().to_vec());
-        parts.push(std::fs::read(dir.join(file)).unwrap_or_default());
+        parts.push(super::inputs::read_opt(dir, file)?.unwrap_or_default().into_bytes());
     }
     let key = venv::key(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
@@ -144,8 +144,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
         }
         Installer::Pipfile => {
             output::step(&format!("Installing dependencies from Pipfile.lock with {with}"));
-            let lock = std::fs::read_to_string(dir.join("Pipfile.lock"))
-                .map_err(|source| BuildError::Io { action: "reading Pipfile.lock".into(), source })?;
+            let lock = super::inputs::read(dir, "Pipfile.lock")?;
             let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
             let path = cache.join("Pipfile.lock.requirements.txt");
             std::fs::write(&path, requirements)
@@ -231,11 +230,10 @@ fn install_failed(e: BuildError, manager: &str) -> BuildError {
 /// `pipenv install --deploy`'s check (what Heroku runs): Pipfile.lock must have been locked
 /// from this Pipfile (see `pipfile`).
 fn check_pipfile_lock(dir: &Path) -> Result<(), BuildError> {
-    let Ok(pipfile) = std::fs::read_to_string(dir.join("Pipfile")) else {
+    let Some(pipfile) = super::inputs::read_opt(dir, "Pipfile")? else {
         return Ok(());
     };
-    let lock = std::fs::read_to_string(dir.join("Pipfile.lock"))
-        .map_err(|source| BuildError::Io { action: "reading Pipfile.lock".into(), source })?;
+    let lock = super::inputs::read(dir, "Pipfile.lock")?;
     super::pipfile::check_lock(&pipfile, &lock).map_err(BuildError::Detect)?;
     output::step("Pipfile.lock is up to date with Pipfile");
     Ok(())
@@ -255,7 +253,10 @@ fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
         Installer::Poetry
     } else if has("Pipfile.lock") {
         Installer::Pipfile
-    } else if std::fs::read_to_string(dir.join("pyproject.toml")).is_ok_and(|t| t.contains("[build-system]"))
+    } else if super::inputs::read_opt(dir, "pyproject.toml")
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.contains("[build-system]"))
     {
         Installer::Project
     } else {

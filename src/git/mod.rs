@@ -192,7 +192,8 @@ mod tests {
     fn entries_are_admitted_within_the_caps() {
         let limits = ExportLimits { max_bytes: 100, max_entries: 3 };
         let t = |bytes, entries| Totals { bytes, entries };
-        let cases: &[(&[u8], u64, Totals, Result<Totals, Refusal>)] = &[
+        type Case<'a> = (&'a [u8], u64, Totals, Result<Totals, Refusal>);
+        let cases: &[Case] = &[
             (b"app.py", 10, t(0, 0), Ok(t(10, 1))),
             (b"dir/", 0, t(10, 1), Ok(t(10, 2))),
             (b"big", 90, t(10, 1), Ok(t(100, 2))),
@@ -228,7 +229,8 @@ mod tests {
         add("big", &vec![0u8; 4096]);
         let bytes = builder.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
-        let err = unpack_checked(&bytes[..], dest.path(), ExportLimits { max_bytes: 1000, max_entries: 10 }).unwrap_err();
+        let err = unpack_checked(&bytes[..], dest.path(), ExportLimits { max_bytes: 1000, max_entries: 10 })
+            .unwrap_err();
         assert!(matches!(err, GitError::Refused(Refusal::TooLarge(1000))), "{err}");
         assert!(!dest.path().join("big").exists());
         let dest = tempfile::tempdir().unwrap();

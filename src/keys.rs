@@ -199,6 +199,82 @@ fn write_authorized_keys(home: &Home, keys: &[store::keys::KeyRow]) -> Result<()
     crate::fsutil::write_atomic_in(home.root(), &path, out.as_bytes(), 0o600).map_err(io_err)
 }
 
+/// A line of `.ssh/authorized_keys` that slipway did not write: sshd lets its key in without
+/// slipway's forced command, so it bypasses roles entirely.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Foreign {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// `ssh-ed25519 AAAAC3Nz…0ab comment`, or the start of the line when it names no key.
+    pub summary: String,
+}
+
+impl Foreign {
+    /// The warning `slipway keys` and `keys:add` print on stderr.
+    pub fn warning(&self) -> String {
+        format!(
+            "warning: .ssh/authorized_keys line {} was not written by slipway ({}): it bypasses slipway's roles",
+            self.line, self.summary
+        )
+    }
+}
+
+/// Whether `line` is exactly what slipway writes for one of `keys`: its forced command ends in
+/// `ssh-serve --key NAME` and the key after the options is NAME's key in the database. A line
+/// carrying the marker with any other key (a forged line) is foreign.
+fn written_by_slipway(line: &str, keys: &[store::keys::KeyRow]) -> bool {
+    let Some(rest) = line.strip_prefix("command=\"") else { return false };
+    let Some((command, key)) = rest.split_once("\",restrict,pty ") else { return false };
+    let Some((_, name)) = command.rsplit_once(MARKER) else { return false };
+    !command.contains('"') && keys.iter().any(|k| k.name == name && k.public_key == key)
+}
+
+/// The lines of `text` (an authorized_keys file) that slipway did not write; blank lines and
+/// comments are not keys and are left out.
+pub fn foreign_lines(text: &str, keys: &[store::keys::KeyRow]) -> Vec<Foreign> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .filter(|(_, l)| !written_by_slipway(l, keys))
+        .map(|(i, l)| Foreign { line: i + 1, summary: summarize(l) })
+        .collect()
+}
+
+/// `type AAAAC3NzaC1l…last3 comment` for a key line (options left out), else its first 40
+/// characters; control characters dropped.
+fn summarize(line: &str) -> String {
+    let clean: String = line.chars().filter(|c| !c.is_control()).collect();
+    let words: Vec<&str> = clean.split_whitespace().collect();
+    let Some(at) = words.iter().position(|w| KEY_TYPES.contains(w)) else {
+        let head: String = clean.chars().take(40).collect();
+        return if clean.chars().count() > 40 { format!("{head}…") } else { head };
+    };
+    let blob = words.get(at + 1).copied().unwrap_or("");
+    let short = if blob.chars().count() > 16 {
+        let tail: String = blob.chars().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("{}…{tail}", blob.chars().take(12).collect::<String>())
+    } else {
+        blob.to_string()
+    };
+    let mut out = format!("{} {short}", words[at]);
+    let comment = words[(at + 2).min(words.len())..].join(" ");
+    if !comment.is_empty() {
+        out.push(' ');
+        out.push_str(&comment.chars().take(60).collect::<String>());
+    }
+    out
+}
+
+/// The foreign lines of the home's `.ssh/authorized_keys` (none when it does not exist).
+pub fn foreign(home: &Home, keys: &[store::keys::KeyRow]) -> Result<Vec<Foreign>, KeyError> {
+    let path = home.authorized_keys();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(foreign_lines(&text, keys)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -241,6 +317,41 @@ mod tests {
         assert!(line.starts_with(
             "command=\"/usr/local/bin/slipway --home /var/lib/slipway ssh-serve --key alice\",restrict,pty ssh-ed25519 "
         ));
+    }
+
+    fn row(name: &str, key: &str) -> store::keys::KeyRow {
+        store::keys::KeyRow {
+            name: name.into(),
+            public_key: key.into(),
+            fingerprint: String::new(),
+            created_at: String::new(),
+            role: Role::Admin,
+            apps: vec![],
+            allow_run: false,
+        }
+    }
+
+    #[test]
+    fn foreign_lines_are_those_slipway_did_not_write() {
+        const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0therKeyXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXzz9 mallory@box";
+        let keys = [row("alice", KEY)];
+        let ours = authorized_line("/usr/bin/slipway", "/h", "alice", KEY);
+        let forged = authorized_line("/usr/bin/slipway", "/h", "alice", OTHER);
+        let text = format!(
+            "{ours}\n\n# a comment\n{OTHER}\n{forged}\nno-pty,from=\"10.0.0.1\" {OTHER}\ngarbage line that is long enough to be cut somewhere\n"
+        );
+        let found = foreign_lines(&text, &keys);
+        let lines: Vec<usize> = found.iter().map(|f| f.line).collect();
+        assert_eq!(lines, [4, 5, 6, 7]);
+        assert_eq!(found[0].summary, "ssh-ed25519 AAAAC3NzaC1l…zz9 mallory@box");
+        assert_eq!(found[1].summary, found[0].summary, "a forged slipway line names its key");
+        assert_eq!(found[3].summary, "garbage line that is long enough to be c…");
+        assert_eq!(
+            found[0].warning(),
+            "warning: .ssh/authorized_keys line 4 was not written by slipway (ssh-ed25519 AAAAC3NzaC1l…zz9 mallory@box): it bypasses slipway's roles"
+        );
+        assert!(foreign_lines(&format!("{ours}\n"), &keys).is_empty());
+        assert_eq!(foreign_lines(&format!("{ours}\n"), &[]).len(), 1, "a key no longer in the database");
     }
 
     #[test]

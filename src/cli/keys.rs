@@ -10,6 +10,10 @@ use crate::store::keys::{KeyRow, Role};
 pub fn list(home: &Home, json: bool) -> anyhow::Result<i32> {
     let store = open_store(home)?;
     let keys = store::keys::list(store.conn())?;
+    // Warnings go to stderr in both modes (stdout stays the table or the JSON array).
+    for foreign in crate::keys::foreign(home, &keys)? {
+        eprintln!("{}", foreign.warning());
+    }
     if json {
         return print_json(&keys);
     }
@@ -85,12 +89,23 @@ pub fn add(
             if allow_run { ", and use run on them" } else { " (not run; --allow-run grants it)" }
         )),
     }
+    warn_foreign(home, &store)?;
     Ok(0)
+}
+
+/// keys:add and keys:remove keep lines slipway did not write, and say so.
+fn warn_foreign(home: &Home, store: &crate::store::Store) -> anyhow::Result<()> {
+    let keys = store::keys::list(store.conn())?;
+    for foreign in crate::keys::foreign(home, &keys)? {
+        eprintln!("{} (kept; remove the line if it is not yours)", foreign.warning());
+    }
+    Ok(())
 }
 
 pub fn remove(home: &Home, name: &str) -> anyhow::Result<i32> {
     let mut store = open_store(home)?;
     crate::keys::remove(home, &mut store, name)?;
     out(&format!("Removed key {name}"));
+    warn_foreign(home, &store)?;
     Ok(0)
 }

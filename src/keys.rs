@@ -333,7 +333,8 @@ mod tests {
 
     #[test]
     fn foreign_lines_are_those_slipway_did_not_write() {
-        const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0therKeyXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXzz9 mallory@box";
+        const OTHER: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0therKeyXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXzz9 mallory@box";
         let keys = [row("alice", KEY)];
         let ours = authorized_line("/usr/bin/slipway", "/h", "alice", KEY);
         let forged = authorized_line("/usr/bin/slipway", "/h", "alice", OTHER);

@@ -110,3 +110,77 @@ fn keys_add_refuses_known_keys_and_option_lines() {
     let text = std::fs::read_to_string(slip.authorized_keys()).unwrap();
     assert!(!text.contains("/bin/sh") && !text.contains("10.0.0.1"), "{text}");
 }
+
+/// A line slipway did not write (an unrestricted key appended by hand or by an app) is reported
+/// as foreign by `keys` (table and --json alike, on stderr), and kept, with the warning, by
+/// keys:add.
+#[test]
+fn foreign_authorized_keys_lines_are_reported() {
+    let slip = Slipway::new();
+    let alice = slip.client_key("alice");
+    slip.add_key("alice", &alice);
+    let intruder = slip.client_key("intruder");
+    let mut text = std::fs::read_to_string(slip.authorized_keys()).unwrap();
+    text.push_str(&format!("{}\n", intruder.public));
+    std::fs::write(slip.authorized_keys(), &text).unwrap();
+    let blob = intruder.public.split_whitespace().nth(1).unwrap();
+    let expected_start = format!(
+        "warning: .ssh/authorized_keys line 2 was not written by slipway (ssh-ed25519 {}…",
+        &blob[..12]
+    );
+
+    for args in [&["keys"][..], &["keys", "--json"][..]] {
+        let out = slip.cmd(args);
+        assert!(out.status.success(), "{}", describe(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with(&expected_start) && err.trim_end().ends_with("it bypasses slipway's roles"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(slip.json(&["keys", "--json"]).as_array().map(Vec::len), Some(1), "stdout stays the keys");
+
+    // Rewritten, the file keeps foreign lines first, then slipway's own.
+    let bob = slip.client_key("bob");
+    let out = slip.cmd_stdin(&["keys:add", "bob", "--apps", "alpha"], &bob.public);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("line 1 was not written by slipway") && stderr(&out).contains("kept"),
+        "{}",
+        describe(&out)
+    );
+    let after = std::fs::read_to_string(slip.authorized_keys()).unwrap();
+    assert!(after.contains(&intruder.public), "the foreign line is kept: {after}");
+}
+
+/// A symlink planted at `.ssh/authorized_keys` or at `.ssh` itself (towards a root-only file,
+/// here a stand-in) makes keys:add fail with one line; the link's target is never written.
+#[test]
+fn keys_add_never_writes_through_a_planted_link() {
+    let slip = Slipway::new();
+    let alice = slip.client_key("alice");
+    let victim = slip.root().join("shadow");
+    std::fs::write(&victim, "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::create_dir_all(slip.home.join(".ssh")).unwrap();
+    std::os::unix::fs::symlink(&victim, slip.authorized_keys()).unwrap();
+
+    let out = slip.cmd_stdin(&["keys:add", "alice"], &alice.public);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:*:19000:0:99999:7:::\n");
+    assert_eq!(slip.json(&["keys", "--json"]).as_array().map(Vec::len), Some(0), "nothing recorded");
+
+    // The same with the whole .ssh dir a link.
+    std::fs::remove_file(slip.authorized_keys()).unwrap();
+    std::fs::remove_dir(slip.home.join(".ssh")).unwrap();
+    let elsewhere = slip.root().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, slip.home.join(".ssh")).unwrap();
+    let out = slip.cmd_stdin(&["keys:add", "alice"], &alice.public);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", describe(&out));
+    assert!(!elsewhere.join("authorized_keys").exists());
+}

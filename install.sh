@@ -560,6 +560,133 @@ EOF
 }
 
 # ---------------------------------------------------------------------------
+# Firewall: dyno ports are for the router only
+# ---------------------------------------------------------------------------
+# Dynos listen on every address at a port of the `ports` setting; only the router (on
+# this machine) should reach them. One rule drops TCP to that range unless it arrives
+# on the loopback interface: an nft table `inet slipway` when nft is installed, else a
+# chain SLIPWAY-DYNOS jumped to from INPUT (iptables, and ip6tables when present).
+# Rules are not saved across reboots by this script: running it again re-adds them.
+readonly FW_NFT_TABLE="inet slipway"
+readonly FW_CHAIN=SLIPWAY-DYNOS
+
+# firewall_tool: nft when installed, else iptables, else nothing.
+firewall_tool() {
+    if command -v nft >/dev/null 2>&1; then
+        echo nft
+    elif command -v iptables >/dev/null 2>&1; then
+        echo iptables
+    fi
+}
+
+# port_range RANGE: "FROM TO" for a `ports` value like 5000-5999; fails otherwise.
+port_range() {
+    [[ $1 =~ ^([0-9]{1,5})-([0-9]{1,5})$ ]] || return 1
+    local from=$((10#${BASH_REMATCH[1]})) to=$((10#${BASH_REMATCH[2]}))
+    [ "$from" -ge 1 ] && [ "$to" -le 65535 ] && [ "$from" -le "$to" ] || return 1
+    echo "$from $to"
+}
+
+# firewall_nft_ruleset FROM TO: the table loaded with `nft -f -`.
+firewall_nft_ruleset() {
+    cat <<EOF
+table $FW_NFT_TABLE {
+    chain dyno_ports {
+        type filter hook input priority -10; policy accept;
+        iifname != "lo" tcp dport $1-$2 drop
+    }
+}
+EOF
+}
+
+# firewall_iptables_rule FROM TO: the rule of chain SLIPWAY-DYNOS (digits and fixed
+# words only, so it is safe to split into arguments).
+firewall_iptables_rule() {
+    echo "! -i lo -p tcp --dport $1:$2 -j DROP"
+}
+
+# dyno_ports: "FROM TO" of the daemon's `ports` setting (its default when unset).
+dyno_ports() {
+    local range
+    range=$(as_slipway settings | awk '$1 == "ports" { print $2 }')
+    port_range "${range:-5000-5999}" ||
+        die "the ports setting ($range) is not FROM-TO; fix it with 'slipway settings:set ports=5000-5999'."
+}
+
+# setup_firewall [TOOL]: add the rule (TOOL defaults to firewall_tool's answer). With
+# DRY_RUN=1 it only prints what it would load.
+setup_firewall() {
+    local tool=${1-$(firewall_tool)} from to ipt ports
+    ports=$(dyno_ports) || exit 1
+    read -r from to <<<"$ports"
+    case $tool in
+        nft)
+            if [ "$DRY_RUN" = 1 ]; then
+                say "Would load (nft -f -), after deleting the table $FW_NFT_TABLE if it exists:"
+                firewall_nft_ruleset "$from" "$to"
+                return 0
+            fi
+            nft delete table $FW_NFT_TABLE >/dev/null 2>&1 || true
+            firewall_nft_ruleset "$from" "$to" | nft -f - ||
+                die "could not load the firewall rule for the dyno ports (the reason is above)."
+            ;;
+        iptables)
+            for ipt in iptables ip6tables; do
+                if [ "$DRY_RUN" = 1 ]; then
+                    say "Would run: $ipt -N $FW_CHAIN; $ipt -A $FW_CHAIN $(firewall_iptables_rule "$from" "$to"); $ipt -I INPUT -j $FW_CHAIN"
+                    continue
+                fi
+                command -v "$ipt" >/dev/null 2>&1 || continue
+                "$ipt" -N "$FW_CHAIN" 2>/dev/null || "$ipt" -F "$FW_CHAIN" ||
+                    die "could not create the $ipt chain $FW_CHAIN (the reason is above)."
+                # shellcheck disable=SC2046 # digits and fixed words only
+                "$ipt" -A "$FW_CHAIN" $(firewall_iptables_rule "$from" "$to") ||
+                    die "could not add the $ipt rule for the dyno ports (the reason is above)."
+                "$ipt" -C INPUT -j "$FW_CHAIN" 2>/dev/null || "$ipt" -I INPUT -j "$FW_CHAIN" ||
+                    die "could not add $FW_CHAIN to the $ipt INPUT chain (the reason is above)."
+            done
+            [ "$DRY_RUN" = 1 ] && return 0
+            ;;
+        *)
+            warn "neither nft nor iptables is installed: the dyno ports $from-$to stay reachable from other machines; block them in your firewall (only the router, on this machine, needs them)."
+            return 0
+            ;;
+    esac
+    say "Firewall: TCP to the dyno ports $from-$to is dropped unless it comes over loopback ($tool; run install.sh again after changing the ports setting, and after a reboot unless you save the rules)"
+}
+
+# remove_firewall [TOOL]: undo setup_firewall (TOOL defaults to firewall_tool's answer).
+remove_firewall() {
+    local tool=${1-$(firewall_tool)} ipt
+    case $tool in
+        nft)
+            if [ "$DRY_RUN" = 1 ] || nft list table $FW_NFT_TABLE >/dev/null 2>&1; then
+                would "remove the firewall rule for the dyno ports (nft delete table $FW_NFT_TABLE)" || {
+                    nft delete table $FW_NFT_TABLE &&
+                        say "Removed the firewall rule for the dyno ports (nft table $FW_NFT_TABLE)"
+                }
+            fi
+            ;;
+        iptables)
+            would "remove the firewall rule for the dyno ports (iptables and ip6tables: -D INPUT -j $FW_CHAIN, -F $FW_CHAIN, -X $FW_CHAIN)" || {
+                for ipt in iptables ip6tables; do
+                    command -v "$ipt" >/dev/null 2>&1 || continue
+                    "$ipt" -L "$FW_CHAIN" -n >/dev/null 2>&1 || continue
+                    while "$ipt" -D INPUT -j "$FW_CHAIN" 2>/dev/null; do :; done
+                    "$ipt" -F "$FW_CHAIN" && "$ipt" -X "$FW_CHAIN" &&
+                        say "Removed the firewall rule for the dyno ports ($ipt chain $FW_CHAIN)"
+                done
+            }
+            ;;
+        *)
+            if [ "$DRY_RUN" = 1 ]; then
+                say "Firewall rule for the dyno ports: no nft or iptables here, nothing to remove"
+            fi
+            ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------
 # Uninstall
 # ---------------------------------------------------------------------------
 # uninstall_files: the files install.sh creates outside the home, one "PATH<TAB>what"
@@ -673,6 +800,7 @@ uninstall() {
             say "$path ($what): not there"
         fi
     done < <(uninstall_files)
+    remove_firewall
     if [ "$reload" = 1 ] && have_systemd; then
         systemctl daemon-reload
         systemctl reset-failed slipway >/dev/null 2>&1 || true
@@ -741,6 +869,7 @@ main() {
     build_and_install_binary
     setup_user
     configure_settings
+    setup_firewall
     setup_sshd
     if have_systemd; then start_daemon_systemd; else start_daemon_plain; fi
     next_steps

@@ -131,3 +131,52 @@ fn upgrades_report_the_version_change() {
     assert_eq!(function(&format!("binary_version {built}")), env!("CARGO_PKG_VERSION"));
     assert_eq!(function("binary_version /nonexistent/slipway"), "");
 }
+
+/// The firewall rule that keeps the dyno ports (the `ports` setting) for the router: printed,
+/// not loaded (DRY_RUN=1, `as_slipway` replaced by a stub that prints the settings).
+#[test]
+fn the_firewall_rule_drops_outside_traffic_to_the_dyno_ports() {
+    let stub = "DRY_RUN=1; as_slipway() { echo 'ports 6000-6099 slipway.toml'; }";
+    let nft = function(&format!("{stub}; setup_firewall nft"));
+    assert!(nft.contains("table inet slipway {"), "{nft}");
+    assert!(nft.contains("type filter hook input priority -10; policy accept;"), "{nft}");
+    assert!(nft.contains("iifname != \"lo\" tcp dport 6000-6099 drop"), "{nft}");
+    let ipt = function(&format!("{stub}; setup_firewall iptables"));
+    for tool in ["iptables", "ip6tables"] {
+        assert!(
+            ipt.contains(&format!("{tool} -A SLIPWAY-DYNOS ! -i lo -p tcp --dport 6000:6099 -j DROP")),
+            "{ipt}"
+        );
+        assert!(ipt.contains(&format!("{tool} -I INPUT -j SLIPWAY-DYNOS")), "{ipt}");
+    }
+    // The default range when the setting is not set.
+    let default = function("DRY_RUN=1; as_slipway() { :; }; setup_firewall nft");
+    assert!(default.contains("tcp dport 5000-5999 drop"), "{default}");
+
+    // --uninstall removes it.
+    let removal = function("DRY_RUN=1; remove_firewall nft");
+    assert_eq!(
+        removal,
+        "-----> Would remove the firewall rule for the dyno ports (nft delete table inet slipway)"
+    );
+    let removal = function("DRY_RUN=1; remove_firewall iptables");
+    assert!(
+        removal.contains("-D INPUT -j SLIPWAY-DYNOS") && removal.contains("-X SLIPWAY-DYNOS"),
+        "{removal}"
+    );
+
+    assert_eq!(function("port_range 5000-5999"), "5000 5999");
+    for bad in ["0-10", "10-5", "5000-70000", "5000", "1-2;reboot", "a-b"] {
+        assert_eq!(function(&format!("port_range '{bad}' || echo refused")), "refused", "{bad}");
+    }
+}
+
+#[test]
+fn the_uninstall_dry_run_mentions_the_firewall_rule() {
+    let home = fake_home();
+    let home_str = home.path().to_str().expect("utf-8 path");
+    let out = bash(&["--uninstall", "--dry-run", "--home", home_str, "--user", NO_USER]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "dry run failed: {stderr}\n{stdout}");
+    assert!(stdout.to_lowercase().contains("firewall rule for the dyno ports"), "{stdout}");
+}

@@ -52,13 +52,7 @@ pub fn write_atomic_owned(
         std::process::id(),
         TMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true) // O_CREAT|O_EXCL: never an existing file, never through a link
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| with_path(e, &tmp))?;
+    let mut file = create_new(&tmp, mode)?;
     let written = (|| {
         // The mode given to open() is masked by the umask; set it exactly.
         use std::os::unix::fs::PermissionsExt;
@@ -93,6 +87,19 @@ pub fn write_atomic_in(root: &Path, path: &Path, contents: &[u8], mode: u32) -> 
         }
     }
     write_atomic(path, contents, mode)
+}
+
+/// Creates `path` for writing with `O_CREAT|O_EXCL|O_NOFOLLOW` and `mode`: never an existing
+/// file, never through a link. For files too large to hold in memory (slugs), written under a
+/// fresh temp name and renamed by the caller.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| with_path(e, path))
 }
 
 fn refuse_symlink(path: &Path) -> io::Result<()> {

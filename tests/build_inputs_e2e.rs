@@ -13,8 +13,8 @@ use support::*;
 /// Commits a symlink `link -> target` (plus `files`) in `repo`.
 fn commit_with_link(repo: &GitRepo, files: &[(&str, &str)], link: &str, target: &str, message: &str) {
     let at = repo.dir.join(link);
-    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(target, &at).unwrap();
+    std::fs::create_dir_all(at.parent().expect("a parent")).expect("create the link's dir");
+    std::os::unix::fs::symlink(target, &at).expect("create the link");
     repo.commit_files(files, message);
 }
 

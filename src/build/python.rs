@@ -147,7 +147,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
             let lock = super::inputs::read(dir, "Pipfile.lock")?;
             let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
             let path = cache.join("Pipfile.lock.requirements.txt");
-            std::fs::write(&path, requirements)
+            crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
             run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline)?;
         }

@@ -16,7 +16,7 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
     }
     let tmp = slug.with_extension("tmp");
     let result = (|| {
-        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let file = BufWriter::with_capacity(1 << 20, crate::fsutil::create_new(&tmp, 0o600)?);
         // Level 1: slugs are written once per deploy and the push waits on it; the size gain
         // of higher levels is small for virtualenvs full of already-compressed wheels data.
         let encoder = GzEncoder::new(file, Compression::fast());

@@ -215,17 +215,21 @@ fn walk_nofollow(dir: &File, rel: &Path, flags: i32) -> Result<OwnedFd, BeneathE
 }
 
 /// Opens build input `rel` under `root` for reading (see the module docs).
+/// `O_NONBLOCK`: a FIFO planted under an input's name never blocks the open.
 pub fn open_beneath(root: &Path, rel: impl AsRef<Path>) -> Result<File, BeneathError> {
-    open_beneath_flags(root, rel.as_ref(), 0)
+    open_beneath_flags(root, rel.as_ref(), libc::O_NONBLOCK)
 }
 
-/// Reads build input `rel` under `root` as UTF-8 text (lossy), at most `limit` bytes.
+/// Reads build input `rel` under `root` (a regular file) as UTF-8 text (lossy).
 pub fn read_beneath(root: &Path, rel: impl AsRef<Path>) -> Result<String, BeneathError> {
     let rel = rel.as_ref();
+    let io_err = |source| BeneathError::Io { path: rel.display().to_string(), source };
     let mut file = open_beneath(root, rel)?;
+    if !file.metadata().map_err(io_err)?.is_file() {
+        return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|source| BeneathError::Io { path: rel.display().to_string(), source })?;
+    file.read_to_end(&mut bytes).map_err(io_err)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -360,6 +364,10 @@ mod tests {
             }
         }
         assert_eq!(read_beneath_opt(r, "nope").unwrap(), None);
+        nix::unistd::mkfifo(&r.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = read_beneath(r, "fifo").unwrap_err().to_string();
+        assert_eq!(err, "reading fifo: not a regular file", "a FIFO neither blocks nor is read");
+        assert!(read_beneath(r, "reqs").is_err(), "a directory is not a file");
         assert!(check_beneath(r, "out-abs").is_err());
         assert!(check_beneath(r, "Procfile").is_ok());
     }

@@ -181,6 +181,9 @@ pub fn unpack_checked(reader: impl io::Read, dest: &Path, limits: ExportLimits) 
     for mut dir in directories {
         dir.unpack_in(dest).map_err(GitError::Unpack)?;
     }
+    // Read what follows the end-of-archive blocks (git pads the archive to 10 KiB records):
+    // closing the pipe before git wrote it would kill git with SIGPIPE.
+    io::copy(&mut archive.into_inner().take(1 << 20), &mut io::sink()).map_err(GitError::Unpack)?;
     Ok(totals)
 }
 
@@ -234,7 +237,12 @@ mod tests {
         assert!(matches!(err, GitError::Refused(Refusal::TooLarge(1000))), "{err}");
         assert!(!dest.path().join("big").exists());
         let dest = tempfile::tempdir().unwrap();
-        let totals = unpack_checked(&bytes[..], dest.path(), ExportLimits::new(1 << 20)).unwrap();
+        // Padded as git pads its archives: everything is read, so git never meets a closed pipe.
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 10240, 0);
+        let mut reader = std::io::Cursor::new(&padded[..]);
+        let totals = unpack_checked(&mut reader, dest.path(), ExportLimits::new(1 << 20)).unwrap();
+        assert_eq!(reader.position() as usize, padded.len());
         assert_eq!(totals, Totals { bytes: 4101, entries: 2 });
         assert_eq!(std::fs::read(dest.path().join("small")).unwrap(), b"hello");
     }

@@ -130,3 +130,32 @@ fn a_git_bomb_is_refused_while_exporting() {
     eprintln!("git bomb refused in {:?} ({})", started.elapsed(), packed.replace('\n', " "));
     assert_refused(&slip, "bomb", pushed, "the pushed tree unpacks to more than 50 MB (max_build_mb)");
 }
+
+/// The release phase's script (and any process type's) must not lead out of the tree either:
+/// the build refuses it before a release exists.
+#[test]
+fn a_release_script_linking_out_is_refused() {
+    let slip = env();
+    let mark = slip.root().join("ran");
+    let script = slip.root().join("outside-release");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", mark.display())).expect("write the script");
+    let repo = GitRepo::init(&slip.root().join("work"));
+    commit_with_link(
+        &repo,
+        &[
+            ("Procfile", "release: bin/migrate --now\nweb: python3 -m http.server $PORT\n"),
+            ("index.html", "hi"),
+        ],
+        "bin/migrate",
+        &script.to_string_lossy(),
+        "release out",
+    );
+    let pushed = slip.push_local(&repo, "evil");
+    assert_refused(
+        &slip,
+        "evil",
+        pushed,
+        "Procfile process type 'release': bin/migrate is a link out of the build directory",
+    );
+    assert!(!Path::new(&mark).exists(), "the release script ran");
+}

@@ -313,6 +313,14 @@ pub enum Command {
         /// Seconds between SIGTERM and SIGKILL (the daemon's stop_timeout).
         #[arg(long)]
         stop_timeout: Option<f64>,
+        /// The dyno's cgroup, relative to the cgroup roots (with --memory and --max-pids).
+        #[arg(long, requires_all = ["memory", "max_pids"])]
+        cgroup: Option<PathBuf>,
+        /// The dyno's memory quota in bytes (R14 above it, R15 at twice it).
+        #[arg(long)]
+        memory: Option<u64>,
+        #[arg(long)]
+        max_pids: Option<u32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -391,7 +399,19 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {
+        Command::DynoShim {
+            log,
+            log_max_bytes,
+            log_files,
+            dyno,
+            dir,
+            announce,
+            stop_timeout,
+            cgroup,
+            memory,
+            max_pids,
+            command,
+        } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
             // than this binary does not pass it; its dynos must still start).
             let recorded = crate::logs::LogPolicy::for_app_log(&log);
@@ -409,6 +429,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 stop_timeout: stop_timeout
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .map(std::time::Duration::from_secs_f64),
+                limits: cgroup.zip(memory.zip(max_pids)).map(|(rel, (memory, max_pids))| {
+                    (rel, crate::cgroup::Limits { memory, max_pids })
+                }),
             }))
         }
     }

@@ -341,15 +341,21 @@ pub fn limit_writes(v2: bool, limits: Limits) -> Vec<(&'static str, &'static str
 // Effects: detection, creating, joining, reading, removing
 // ---------------------------------------------------------------------------------------------
 
+/// The layout of this machine's cgroups (whether or not this process may write them): enough
+/// to read a dyno's memory.
+pub fn find_layout() -> Result<Layout, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
+    let mounts = parse_mountinfo(&mountinfo);
+    let controllers = mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
+    choose_layout(&mounts, controllers.as_deref())
+}
+
 /// Whether this process can put dynos into cgroups, and why not.
 pub fn detect() -> Result<Layout, String> {
     if std::env::var("SLIPWAY_CGROUPS").is_ok_and(|v| v == "0") {
         return Err("turned off by SLIPWAY_CGROUPS=0".into());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
-    let mounts = parse_mountinfo(&mountinfo);
-    let controllers = mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
-    let layout = choose_layout(&mounts, controllers.as_deref())?;
+    let layout = find_layout()?;
     let probe = match &layout {
         Layout::V2 { root } => root.clone(),
         Layout::V1 { memory, .. } => memory.clone(),

@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(required = true, value_name = "TYPE=N")]
         changes: Vec<String>,
     },
+    /// Show or set the memory quota per process type: `ps:resize APP web=512M worker=1G`.
+    #[command(name = "ps:resize", visible_alias = "resize")]
+    PsResize {
+        app: String,
+        /// TYPE=SIZE pairs (512M, 1G; 16M to 1024G); none: show the quotas.
+        #[arg(value_name = "TYPE=SIZE")]
+        changes: Vec<String>,
+    },
     /// Restart an app's dynos (all, one type, or one dyno); web dynos without downtime.
     #[command(name = "ps:restart", visible_alias = "restart")]
     PsRestart {
@@ -371,6 +379,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Open { app } => apps::open(home, &app),
         Command::Ps { app, json } => ps::list(home, &app, json),
         Command::PsScale { app, changes } => ps::scale(home, &app, &changes, who),
+        Command::PsResize { app, changes } => ps::resize(home, &app, &changes, who),
         Command::PsRestart { app, target } => ps::restart(home, &app, target),
         Command::PsStop { app, target, all: _ } => ps::stop(home, app.as_deref(), target),
         Command::Run { app, command } => run::run(home, &app, &command, who),

@@ -99,11 +99,9 @@ pub fn choose_layout(mounts: &Mounts, v2_controllers: Option<&str>) -> Result<La
         }
     }
     match (mounts.v1.get("memory"), mounts.v1.get("pids")) {
-        (Some(memory), Some(pids)) => Ok(Layout::V1 {
-            memory: memory.clone(),
-            pids: pids.clone(),
-            cpu: mounts.v1.get("cpu").cloned(),
-        }),
+        (Some(memory), Some(pids)) => {
+            Ok(Layout::V1 { memory: memory.clone(), pids: pids.clone(), cpu: mounts.v1.get("cpu").cloned() })
+        }
         _ if mounts.v2.is_some() => Err("the cgroup v2 root offers no memory and pids controllers".into()),
         _ => Err("no cgroup with the memory and pids controllers is mounted".into()),
     }
@@ -215,6 +213,9 @@ pub struct MemorySample {
     pub oom_kills: Option<u64>,
     /// v1 `memory.failcnt`: times the limit was hit (the fallback without `oom_kills`).
     pub failcnt: u64,
+    /// The most the cgroup was ever charged (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`;
+    /// 0 when the kernel does not say): what an R15 reports, read after the kill.
+    pub peak: u64,
 }
 
 impl MemorySample {
@@ -228,6 +229,7 @@ impl MemorySample {
             inactive_file: inactive.unwrap_or(0),
             oom_kills: keyed(events, "oom_kill"),
             failcnt: failcnt.and_then(|f| f.trim().parse().ok()).unwrap_or(0),
+            peak: 0,
         })
     }
 
@@ -243,10 +245,14 @@ impl MemorySample {
 pub enum Verdict {
     Fine,
     /// Above the quota: log `Error R14 (Memory quota exceeded)` (the dyno keeps running).
-    R14 { used: u64 },
+    R14 {
+        used: u64,
+    },
     /// The kernel OOM-killed in the dyno (at twice the quota): log `Error R15 (Memory quota
     /// vastly exceeded)` and kill the dyno.
-    R15 { used: u64 },
+    R15 {
+        used: u64,
+    },
 }
 
 /// How often R14 is logged while a dyno stays above its quota (Heroku: about every 20 s).
@@ -288,7 +294,7 @@ impl MemoryWatch {
         };
         if oom {
             self.r15 = true;
-            return Verdict::R15 { used: used.max(sample.usage) };
+            return Verdict::R15 { used: used.max(sample.peak) };
         }
         if used > self.quota {
             if self.last_r14.is_none_or(|t| now.duration_since(t) >= R14_EVERY) {
@@ -346,7 +352,8 @@ pub fn limit_writes(v2: bool, limits: Limits) -> Vec<(&'static str, &'static str
 pub fn find_layout() -> Result<Layout, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
     let mounts = parse_mountinfo(&mountinfo);
-    let controllers = mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
+    let controllers =
+        mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
     choose_layout(&mounts, controllers.as_deref())
 }
 
@@ -420,7 +427,8 @@ impl Cgroup {
             if !required && !path.exists() {
                 continue;
             }
-            std::fs::write(&path, &value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            std::fs::write(&path, &value)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -450,18 +458,27 @@ impl Cgroup {
     pub fn memory(&self) -> Option<MemorySample> {
         let dir = self.dir_for("memory")?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        if self.v2 {
-            MemorySample::parse(true, &read("memory.current"), &read("memory.stat"), &read("memory.events"), None)
+        let (sample, peak) = if self.v2 {
+            let sample = MemorySample::parse(
+                true,
+                &read("memory.current"),
+                &read("memory.stat"),
+                &read("memory.events"),
+                None,
+            );
+            (sample, read("memory.peak"))
         } else {
             let failcnt = read("memory.failcnt");
-            MemorySample::parse(
+            let sample = MemorySample::parse(
                 false,
                 &read("memory.usage_in_bytes"),
                 &read("memory.stat"),
                 &read("memory.oom_control"),
                 Some(&failcnt),
-            )
-        }
+            );
+            (sample, read("memory.max_usage_in_bytes"))
+        };
+        sample.map(|s| MemorySample { peak: peak.trim().parse().unwrap_or(0), ..s })
     }
 
     pub fn exists(&self) -> bool {
@@ -476,7 +493,10 @@ impl Cgroup {
         loop {
             for pid in self.procs() {
                 // The cgroup holds only this dyno's processes.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             reap();
             let mut busy = None;
@@ -484,7 +504,9 @@ impl Cgroup {
                 match std::fs::remove_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => busy = Some(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display()))),
+                    Err(e) => {
+                        busy = Some(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())))
+                    }
                 }
             }
             match busy {
@@ -623,11 +645,21 @@ mod tests {
                     cpu: Some("/sys/fs/cgroup/cpu".into()),
                 }),
             ),
-            (&parse_mountinfo(V2_MOUNTINFO), Some("cpuset cpu io memory hugetlb pids rdma misc"), Ok(Layout::V2 {
-                root: "/sys/fs/cgroup".into(),
-            })),
-            (&parse_mountinfo(V2_MOUNTINFO), Some("cpu io"), Err("the cgroup v2 root offers no memory and pids controllers")),
-            (&parse_mountinfo(COMBINED_V1), None, Err("no cgroup with the memory and pids controllers is mounted")),
+            (
+                &parse_mountinfo(V2_MOUNTINFO),
+                Some("cpuset cpu io memory hugetlb pids rdma misc"),
+                Ok(Layout::V2 { root: "/sys/fs/cgroup".into() }),
+            ),
+            (
+                &parse_mountinfo(V2_MOUNTINFO),
+                Some("cpu io"),
+                Err("the cgroup v2 root offers no memory and pids controllers"),
+            ),
+            (
+                &parse_mountinfo(COMBINED_V1),
+                None,
+                Err("no cgroup with the memory and pids controllers is mounted"),
+            ),
             (&Mounts::default(), None, Err("no cgroup with the memory and pids controllers is mounted")),
         ];
         for (mounts, controllers, want) in cases {
@@ -660,7 +692,9 @@ mod tests {
         ] {
             assert_eq!(parse_size(text).ok(), want, "{text}");
         }
-        for (bytes, want) in [(512 << 20, "512M"), (1 << 30, "1G"), (3 << 29, "1.5G"), (64 << 20, "64M"), (2560 << 20, "2.5G")] {
+        for (bytes, want) in
+            [(512 << 20, "512M"), (1 << 30, "1G"), (3 << 29, "1.5G"), (64 << 20, "64M"), (2560 << 20, "2.5G")]
+        {
             assert_eq!(format_size(bytes), want);
             assert_eq!(parse_size(want).unwrap(), bytes);
         }
@@ -676,7 +710,16 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(v2, MemorySample { usage: 104_857_600, inactive_file: 4_857_600, oom_kills: Some(1), failcnt: 0 });
+        assert_eq!(
+            v2,
+            MemorySample {
+                usage: 104_857_600,
+                inactive_file: 4_857_600,
+                oom_kills: Some(1),
+                failcnt: 0,
+                peak: 0
+            }
+        );
         assert_eq!(v2.working_set(), 100_000_000);
         let v1 = MemorySample::parse(
             false,
@@ -686,9 +729,13 @@ mod tests {
             Some("7\n"),
         )
         .unwrap();
-        assert_eq!(v1, MemorySample { usage: 2000, inactive_file: 500, oom_kills: Some(3), failcnt: 7 });
+        assert_eq!(
+            v1,
+            MemorySample { usage: 2000, inactive_file: 500, oom_kills: Some(3), failcnt: 7, peak: 0 }
+        );
         // An old v1 kernel: no oom_kill line.
-        let old = MemorySample::parse(false, "10", "", "oom_kill_disable 0\nunder_oom 0\n", Some("0")).unwrap();
+        let old =
+            MemorySample::parse(false, "10", "", "oom_kill_disable 0\nunder_oom 0\n", Some("0")).unwrap();
         assert_eq!(old.oom_kills, None);
         assert!(MemorySample::parse(true, "", "", "", None).is_none());
         assert_eq!(keyed("oom 1\noom_kill 2\n", "oom"), Some(1));
@@ -699,7 +746,13 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mb = |n: u64| n << 20;
-        let sample = |used: u64, oom: u64| MemorySample { usage: used, inactive_file: 0, oom_kills: Some(oom), failcnt: 0 };
+        let sample = |used: u64, oom: u64| MemorySample {
+            usage: used,
+            inactive_file: 0,
+            oom_kills: Some(oom),
+            failcnt: 0,
+            peak: 0,
+        };
         let mut w = MemoryWatch::new(mb(64));
         w.baseline(&sample(0, 2)); // earlier kills in a reused cgroup are not this dyno's
         let steps: &[(u64, u64, u64, Verdict)] = &[
@@ -719,11 +772,17 @@ mod tests {
         }
         // No oom_kill counter: a SIGKILLed main process after the limit was hit is R15.
         let mut old = MemoryWatch::new(mb(64));
-        let s = |failcnt| MemorySample { usage: mb(100), inactive_file: 0, oom_kills: None, failcnt };
+        let s =
+            |failcnt| MemorySample { usage: mb(100), inactive_file: 0, oom_kills: None, failcnt, peak: 0 };
         old.baseline(&s(0));
         assert_eq!(old.step(&s(5), t0, false), Verdict::R14 { used: mb(100) });
         assert_eq!(old.step(&s(0), at(30), true), Verdict::R14 { used: mb(100) });
         assert_eq!(old.step(&s(9), at(31), true), Verdict::R15 { used: mb(100) });
+        // Read after the kill, the cgroup is empty: R15 reports the peak.
+        let mut after = MemoryWatch::new(mb(64));
+        let dead =
+            MemorySample { usage: mb(1), inactive_file: 0, oom_kills: Some(1), failcnt: 0, peak: mb(128) };
+        assert_eq!(after.step(&dead, t0, true), Verdict::R15 { used: mb(128) });
     }
 
     #[test]
@@ -743,7 +802,10 @@ mod tests {
         let a = home_dir_name(Path::new("/var/lib/slipway"));
         assert_eq!(a.len(), "slipway-".len() + 16);
         assert_ne!(a, home_dir_name(Path::new("/tmp/other")));
-        assert_eq!(dyno_rel(Path::new("/h"), "hello", 7), Path::new(&home_dir_name(Path::new("/h"))).join("hello/7"));
+        assert_eq!(
+            dyno_rel(Path::new("/h"), "hello", 7),
+            Path::new(&home_dir_name(Path::new("/h"))).join("hello/7")
+        );
         let layout = Layout::V1 { memory: "/m".into(), pids: "/p".into(), cpu: None };
         let g = layout.group(Path::new("x/app/7"));
         assert_eq!(g.dirs(), [PathBuf::from("/m/x/app/7"), PathBuf::from("/p/x/app/7")]);

@@ -260,7 +260,9 @@ fn gather(home: &Home) -> StatusReport {
         cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         cgroups: match crate::cgroup::detect() {
             Ok(layout) => format!("{}: dyno memory, process and CPU limits", layout.describe()),
-            Err(why) => format!("unavailable ({why}): dynos and builds run without memory and process limits"),
+            Err(why) => {
+                format!("unavailable ({why}): dynos and builds run without memory and process limits")
+            }
         },
     };
 

@@ -438,9 +438,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 stop_timeout: stop_timeout
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .map(std::time::Duration::from_secs_f64),
-                limits: cgroup.zip(memory.zip(max_pids)).map(|(rel, (memory, max_pids))| {
-                    (rel, crate::cgroup::Limits { memory, max_pids })
-                }),
+                limits: cgroup
+                    .zip(memory.zip(max_pids))
+                    .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
             }))
         }
     }

@@ -235,7 +235,10 @@ pub fn resize(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> 
         types.sort();
         types.dedup();
         if types.is_empty() {
-            out(&format!("{name} has no process types yet; every dyno gets dyno_memory ({})", crate::cgroup::format_size(settings.dyno_memory)));
+            out(&format!(
+                "{name} has no process types yet; every dyno gets dyno_memory ({})",
+                crate::cgroup::format_size(settings.dyno_memory)
+            ));
             return Ok(0);
         }
         let rows: Vec<Vec<String>> = types
@@ -245,7 +248,12 @@ pub fn resize(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> 
                     Some(b) => (*b, "ps:resize"),
                     None => (settings.dyno_memory, "dyno_memory"),
                 };
-                vec![t.clone(), crate::cgroup::format_size(size), crate::cgroup::format_size(size * 2), from.into()]
+                vec![
+                    t.clone(),
+                    crate::cgroup::format_size(size),
+                    crate::cgroup::format_size(size * 2),
+                    from.into(),
+                ]
             })
             .collect();
         print_table(&["TYPE", "MEMORY", "KILLED AT", "FROM"], &rows);

@@ -251,9 +251,11 @@ fn contain(
 /// Kills what is left in the dyno's cgroup and removes it (and its app's dir when empty),
 /// reaping the orphans the shim adopted meanwhile.
 fn remove_cgroup(cgroup: &crate::cgroup::Cgroup, log: &mut LogWriter, dyno: &str) {
-    let reap = || while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
+    let reap = || {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
         }
     };
     if let Err(err) = cgroup.remove(Instant::now() + Duration::from_secs(5), reap) {

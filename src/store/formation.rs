@@ -40,7 +40,8 @@ pub fn set(conn: &Connection, app: &AppName, process_type: &str, quantity: u32) 
 
 /// Memory quotas set with `ps:resize`, by process type (types left at the default are absent).
 pub fn memory(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, u64>> {
-    let mut stmt = conn.prepare("SELECT type, memory FROM formation WHERE app = ?1 AND memory IS NOT NULL")?;
+    let mut stmt =
+        conn.prepare("SELECT type, memory FROM formation WHERE app = ?1 AND memory IS NOT NULL")?;
     let rows = stmt.query_map([app.as_str()], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -182,11 +182,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn format_size(bytes: u64) -> String {
     const G: u64 = 1 << 30;
     const M: u64 = 1 << 20;
-    if bytes >= G && bytes % G == 0 {
+    if bytes >= G && bytes.is_multiple_of(G) {
         format!("{}G", bytes / G)
-    } else if bytes >= G && (bytes * 10) % G == 0 {
+    } else if bytes >= G && (bytes * 10).is_multiple_of(G) {
         format!("{:.1}G", bytes as f64 / G as f64)
-    } else if bytes % M == 0 {
+    } else if bytes.is_multiple_of(M) {
         format!("{}M", bytes / M)
     } else {
         format!("{:.1}M", bytes as f64 / M as f64)

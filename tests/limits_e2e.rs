@@ -13,7 +13,8 @@ use support::{describe, wait_until, GitRepo, Slipway, REQUIREMENTS};
 
 /// Grows to 96 MB (above a 64M quota, below the 128M hard limit), holds there long enough
 /// for the shim's watcher to see it, then goes for 400 MB.
-const HOG: &str = r#"import time
+const HOG: &str = r#"import os, time
+print("hog: DYNO_RAM=%s WEB_CONCURRENCY=%s" % (os.environ["DYNO_RAM"], os.environ["WEB_CONCURRENCY"]), flush=True)
 chunks = []
 while len(chunks) < 96:
     chunks.append(b"x" * (1 << 20))
@@ -154,6 +155,7 @@ fn a_dyno_over_its_quota_gets_r14_then_r15_and_is_restarted() {
     let r15 = log.find("Error R15").unwrap_or(0);
     assert!(r14 < r15, "R14 comes before R15:\n{log}");
     assert!(log.contains("Process running mem="), "{log}");
+    assert!(log.contains("hog: DYNO_RAM=64 WEB_CONCURRENCY=1"), "the dyno is told its size:\n{log}");
     for line in log.lines().filter(|l| l.contains("hog.1")) {
         eprintln!("{line}");
     }
@@ -191,6 +193,19 @@ fn a_fork_loop_stops_at_dyno_max_pids_and_its_cgroup_goes_with_it() {
     slip.cmd_ok(&["ps:stop", "forky"]);
     assert_eq!(count_group(pgid), 0, "processes of the fork loop survived ps:stop");
     assert_eq!(app_cgroups(&roots, "forky"), Vec::<PathBuf>::new(), "cgroups left after ps:stop");
+
+    // What a shim killed with SIGKILL, or a build killed the same way, leaves behind is removed
+    // when the daemon starts.
+    slip.stop_daemon();
+    let leftovers: Vec<PathBuf> =
+        roots.iter().flat_map(|r| [r.join("forky/999999"), r.join("forky/build-999999999")]).collect();
+    for dir in &leftovers {
+        std::fs::create_dir_all(dir).expect("create a leftover cgroup");
+    }
+    slip.start_daemon();
+    let gone = wait_until(Duration::from_secs(20), || leftovers.iter().all(|d| !d.exists()));
+    assert!(gone, "leftover cgroups survived the daemon's start: {:?}", app_cgroups(&roots, "forky"));
+    assert_eq!(app_cgroups(&roots, "forky"), Vec::<PathBuf>::new());
 }
 
 /// Live processes in process group `pgid`.

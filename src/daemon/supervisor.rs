@@ -461,6 +461,8 @@ impl Supervisor {
             Ok(env) => env,
             Err(err) => return Some(Input::SpawnFailed { dyno: id, message: err.to_string() }),
         };
+        let quota = self.quota(&app, &dyno.process_type);
+        let env = env.with_ram_mb(quota >> 20);
         let vars = env.vars(&name, dyno.port);
         let announce = self.home.dyno_announcement(id);
         if let Some(dir) = announce.parent() {
@@ -486,7 +488,7 @@ impl Supervisor {
             .arg(&announce)
             .arg("--stop-timeout")
             .arg(self.settings.stop_timeout.as_secs_f64().to_string())
-            .args(self.limit_args(&app, &dyno.process_type, id))
+            .args(self.limit_args(&app, quota, id))
             .arg("--")
             .arg(&dyno.command)
             .env_clear()
@@ -514,17 +516,21 @@ impl Supervisor {
         })
     }
 
-    /// The shim's `--cgroup`, `--memory` and `--max-pids` for a dyno of `app`'s
-    /// `process_type`, when cgroups are usable: the type's `ps:resize` quota, else `dyno_memory`.
-    fn limit_args(&self, app: &AppName, process_type: &str, id: DynoId) -> Vec<String> {
-        let Ok(_) = &self.cgroups else { return Vec::new() };
-        let quota = match store::formation::memory(self.store.conn(), app) {
+    /// The memory quota of `app`'s `process_type`: its `ps:resize` size, else `dyno_memory`.
+    fn quota(&self, app: &AppName, process_type: &str) -> u64 {
+        match store::formation::memory(self.store.conn(), app) {
             Ok(quotas) => quotas.get(process_type).copied().unwrap_or(self.settings.dyno_memory),
             Err(err) => {
                 tracing::warn!(%err, %app, "reading the memory quotas; using dyno_memory");
                 self.settings.dyno_memory
             }
-        };
+        }
+    }
+
+    /// The shim's `--cgroup`, `--memory` and `--max-pids` for a dyno with this quota, when
+    /// cgroups are usable.
+    fn limit_args(&self, app: &AppName, quota: u64, id: DynoId) -> Vec<String> {
+        let Ok(_) = &self.cgroups else { return Vec::new() };
         let rel = crate::cgroup::dyno_rel(self.home.root(), app.as_str(), id);
         vec![
             "--cgroup".into(),

@@ -41,6 +41,14 @@ while True:
     n += 1
 "#;
 
+/// A build hook that shows the build's cgroup and, on v1, its memory limit.
+const POST_COMPILE: &str = r#"#!/bin/sh
+grep -E ':memory:|^0::' /proc/self/cgroup | sed 's/^/build cgroup: /'
+path=$(grep ':memory:' /proc/self/cgroup | cut -d: -f3)
+[ -n "$path" ] && echo "build memory limit: $(cat /sys/fs/cgroup/memory$path/memory.limit_in_bytes)"
+exit 0
+"#;
+
 /// Where this home's cgroups would be, per hierarchy, or None (with the reason printed) when
 /// this machine cannot run the test.
 fn cgroup_roots(home: &Path) -> Option<Vec<PathBuf>> {
@@ -62,7 +70,7 @@ fn app_cgroups(roots: &[PathBuf], app: &str) -> Vec<PathBuf> {
     roots.iter().map(|r| r.join(app)).filter(|d| d.exists()).collect()
 }
 
-fn push_app(slip: &Slipway, app: &str, procfile: &str, files: &[(&str, &str)]) {
+fn push_app(slip: &Slipway, app: &str, procfile: &str, files: &[(&str, &str)]) -> String {
     let repo = GitRepo::init(&slip.root().join(format!("{app}-src")));
     let mut all: Vec<(&str, String)> = vec![
         ("app.py", support::python_app_py("limits")),
@@ -73,6 +81,7 @@ fn push_app(slip: &Slipway, app: &str, procfile: &str, files: &[(&str, &str)]) {
     repo.commit_files(&all, "limits");
     let (ok, output) = slip.push_local(&repo, app);
     assert!(ok, "push failed:\n{output}\n{}", slip.diagnostics());
+    output
 }
 
 fn dyno<'a>(dynos: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
@@ -176,8 +185,22 @@ fn a_fork_loop_stops_at_dyno_max_pids_and_its_cgroup_goes_with_it() {
     let mut slip = Slipway::new();
     let Some(roots) = cgroup_roots(&slip.home) else { return };
     slip.env.push(("SLIPWAY_DYNO_MAX_PIDS".into(), "48".into()));
+    slip.env.push(("SLIPWAY_BUILD_MEMORY".into(), "300M".into()));
     slip.start_daemon();
-    push_app(&slip, "forky", "web: python app.py\nforker: python forker.py\n", &[("forker.py", FORKER)]);
+    let files = [("forker.py", FORKER), ("bin/post_compile", POST_COMPILE)];
+    let pushed = push_app(&slip, "forky", "web: python app.py\nforker: python forker.py\n", &files);
+    // The build ran in a cgroup of its own, with build_memory's hard limit, gone afterwards.
+    let build_cgroup = format!("/{}/forky/build-", slipway::cgroup::home_dir_name(&slip.home));
+    assert!(pushed.contains(&build_cgroup), "the build ran outside its cgroup:\n{pushed}");
+    if pushed.contains(":memory:") {
+        assert!(pushed.contains(&format!("build memory limit: {}", 600u64 << 20)), "{pushed}");
+    }
+    let builds: Vec<PathBuf> = app_cgroups(&roots, "forky")
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("build-")))
+        .collect();
+    assert_eq!(builds, Vec::<PathBuf>::new(), "build cgroups left after the push");
     slip.cmd_ok(&["ps:scale", "forky", "forker=1"]);
 
     let capped =

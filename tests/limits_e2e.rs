@@ -213,6 +213,16 @@ fn a_fork_loop_stops_at_dyno_max_pids_and_its_cgroup_goes_with_it() {
     assert!((2..=48).contains(&in_group), "{in_group} processes in forker.1's group");
     assert!(forker["memory_kib"].as_u64().is_some(), "{forker}");
 
+    // A one-off dyno gets a cgroup of its own too, gone when it ends.
+    let one_off = slip.cmd_ok(&["run", "forky", "--", "cat", "/proc/self/cgroup"]);
+    let base = format!("/{}/forky/", slipway::cgroup::home_dir_name(&slip.home));
+    let line =
+        one_off.lines().find(|l| (l.contains(&base) && l.contains(":pids:")) || l.starts_with("0::/slipway"));
+    let rel = line.and_then(|l| l.split_once(&base)).map(|(_, id)| id.trim().to_string());
+    let rel = rel.unwrap_or_else(|| panic!("the one-off ran outside its cgroup:\n{one_off}"));
+    assert!(rel.parse::<i64>().is_ok(), "{one_off}");
+    assert!(roots.iter().all(|r| !r.join("forky").join(&rel).exists()), "the one-off's cgroup stays");
+
     slip.cmd_ok(&["ps:stop", "forky"]);
     assert_eq!(count_group(pgid), 0, "processes of the fork loop survived ps:stop");
     assert_eq!(app_cgroups(&roots, "forky"), Vec::<PathBuf>::new(), "cgroups left after ps:stop");

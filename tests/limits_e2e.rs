@@ -214,7 +214,10 @@ fn a_fork_loop_stops_at_dyno_max_pids_and_its_cgroup_goes_with_it() {
     assert!(forker["memory_kib"].as_u64().is_some(), "{forker}");
 
     // A one-off dyno gets a cgroup of its own too, gone when it ends.
-    let one_off = slip.cmd_ok(&["run", "forky", "--", "cat", "/proc/self/cgroup"]);
+    slip.cmd_ok(&["ps:resize", "forky", "run=100M"]);
+    let one_off =
+        slip.cmd_ok(&["run", "forky", "--", "sh", "-c", "cat /proc/self/cgroup; echo DYNO_RAM=$DYNO_RAM"]);
+    assert!(one_off.contains("DYNO_RAM=100"), "{one_off}");
     let base = format!("/{}/forky/", slipway::cgroup::home_dir_name(&slip.home));
     let line =
         one_off.lines().find(|l| (l.contains(&base) && l.contains(":pids:")) || l.starts_with("0::/slipway"));

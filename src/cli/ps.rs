@@ -259,8 +259,9 @@ pub fn resize(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> 
         print_table(&["TYPE", "MEMORY", "KILLED AT", "FROM"], &rows);
         return Ok(0);
     }
+    // `run` sizes one-off dynos (as Heroku's `run --size`), whatever the Procfile declares.
     let known: Vec<String> = store::formation::get(store.conn(), &name)?.into_keys().collect();
-    if let Some(unknown) = wanted.keys().find(|t| !known.contains(t)) {
+    if let Some(unknown) = wanted.keys().find(|t| !known.contains(t) && t.as_str() != "run") {
         if known.is_empty() {
             bail!("{name} has no process type '{unknown}'; push it first");
         }

@@ -132,10 +132,12 @@ impl Layout {
     }
 }
 
-/// `slipway-<16 hex digits>`: one top-level cgroup per home (FNV-1a of its path).
+/// `slipway-<16 hex digits>`: one top-level cgroup per home (FNV-1a of its canonical path, so
+/// the daemon, the hook and the CLI agree however each was given the home).
 pub fn home_dir_name(home: &Path) -> String {
+    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in home.as_os_str().as_encoded_bytes() {
+    for byte in canonical.as_os_str().as_encoded_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }

@@ -259,3 +259,29 @@ fn count_group(pgid: i32) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn without_cgroups_dynos_run_unlimited_ps_counts_the_tree_and_status_says_why() {
+    let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_CGROUPS".into(), "0".into()));
+    slip.start_daemon();
+    // A web dyno whose shell stays (the app is not the list's last command), so the app is a
+    // child of the main process.
+    push_app(&slip, "plain", "web: python app.py; echo exited\n", &[]);
+    let status = slip.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("Cgroups:  unavailable (turned off by SLIPWAY_CGROUPS=0)")),
+        "{text}"
+    );
+    let dynos = slip.ps_json("plain");
+    let web = dyno(&dynos, "web.1").expect("web.1");
+    assert_eq!(web["quota_bytes"], 512u64 << 20, "{web}");
+    let tree = web["memory_kib"].as_u64().expect("tree memory");
+    let main = web["rss_kib"].as_u64().expect("main process memory");
+    assert!(tree > main, "the tree's memory ({tree} KiB) counts the app under the shell ({main} KiB)");
+    if let Ok(layout) = slipway::cgroup::find_layout() {
+        let mine = layout.group(Path::new(&slipway::cgroup::home_dir_name(&slip.home)));
+        assert!(!mine.exists(), "a cgroup was made with cgroups turned off");
+    }
+}

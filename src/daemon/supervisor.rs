@@ -121,7 +121,14 @@ impl Supervisor {
             retry_delay: Duration::from_millis(100),
             shim_binary: current_binary(),
             router,
-            cgroups: crate::cgroup::detect(),
+            cgroups: {
+                let cgroups = crate::cgroup::detect();
+                match &cgroups {
+                    Ok(layout) => tracing::info!(layout = %layout.describe(), "dynos get cgroups"),
+                    Err(why) => tracing::info!(%why, "cgroups unavailable: dynos run without limits"),
+                }
+                cgroups
+            },
         }
     }
 
@@ -530,7 +537,9 @@ impl Supervisor {
     /// The shim's `--cgroup`, `--memory` and `--max-pids` for a dyno with this quota, when
     /// cgroups are usable.
     fn limit_args(&self, app: &AppName, quota: u64, id: DynoId) -> Vec<String> {
-        let Ok(_) = &self.cgroups else { return Vec::new() };
+        if self.cgroups.is_err() {
+            return Vec::new();
+        }
         let rel = crate::cgroup::dyno_rel(self.home.root(), app.as_str(), id);
         vec![
             "--cgroup".into(),

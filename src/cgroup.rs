@@ -483,6 +483,16 @@ impl Cgroup {
         sample.map(|s| MemorySample { peak: peak.trim().parse().unwrap_or(0), ..s })
     }
 
+    /// SIGKILLs every process in the cgroup (all of them its dyno's or build's, including those
+    /// that left the process group).
+    pub fn kill_all(&self) {
+        for pid in self.procs() {
+            // Gone already (ESRCH) is what we want.
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     pub fn exists(&self) -> bool {
         self.dirs().iter().any(|d| d.is_dir())
     }
@@ -493,13 +503,7 @@ impl Cgroup {
     /// are empty now.
     pub fn remove(&self, deadline: Instant, mut reap: impl FnMut()) -> io::Result<()> {
         loop {
-            for pid in self.procs() {
-                // The cgroup holds only this dyno's processes.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            self.kill_all();
             reap();
             let mut busy = None;
             for dir in self.dirs() {

@@ -193,6 +193,10 @@ pub fn run(args: ShimArgs) -> i32 {
         // One last look: an OOM kill of the main process is this dyno's R15.
         watcher.finish(matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _))));
     }
+    if let Some(cgroup) = &cgroup {
+        // Processes that left the group (setsid) are still in the cgroup; they may hold the pipes.
+        cgroup.kill_all();
+    }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for r in readers {

@@ -295,9 +295,19 @@ fn without_cgroups_dynos_run_unlimited_ps_counts_the_tree_and_status_says_why() 
     let dynos = slip.ps_json("plain");
     let web = dyno(&dynos, "web.1").expect("web.1");
     assert_eq!(web["quota_bytes"], 512u64 << 20, "{web}");
+    let main_pid = web["pid"].clone();
     let tree = web["memory_kib"].as_u64().expect("tree memory");
     let main = web["rss_kib"].as_u64().expect("main process memory");
     assert!(tree > main, "the tree's memory ({tree} KiB) counts the app under the shell ({main} KiB)");
+    // Resizing a running type restarts its dynos, which then run with the new quota.
+    let resized = slip.cmd_ok(&["ps:resize", "plain", "web=256M"]);
+    assert!(resized.contains("Restarted web of plain"), "{resized}");
+    let dynos = slip.ps_json("plain");
+    // The replaced web.1 may still be draining beside the new one.
+    let web = dynos.iter().find(|d| d["name"] == "web.1" && d["state"] == "up").expect("an up web.1");
+    assert_eq!(web["quota_bytes"], 256u64 << 20, "{web}");
+    assert_ne!(web["pid"], main_pid, "web.1 was not restarted: {dynos:?}\n{}", log_of(&slip, "plain"));
+
     if let Ok(layout) = slipway::cgroup::find_layout() {
         let mine = layout.group(Path::new(&slipway::cgroup::home_dir_name(&slip.home)));
         assert!(!mine.exists(), "a cgroup was made with cgroups turned off");

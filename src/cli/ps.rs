@@ -285,7 +285,9 @@ pub fn resize(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> 
     let wait = settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60);
     let running = store::dynos::for_app(store.conn(), &name)?;
     for process_type in wanted.keys() {
-        if !running.iter().any(|d| &d.process_type == process_type) {
+        // Stopped dynos stay stopped (a restart would start them); one-offs are never restarted.
+        let up = |d: &store::dynos::DynoRow| d.state != store::dynos::DynoState::Down;
+        if process_type == "run" || !running.iter().any(|d| &d.process_type == process_type && up(d)) {
             continue;
         }
         let request = Request::Restart { app: name.to_string(), target: Some(process_type.clone()) };

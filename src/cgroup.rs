@@ -10,7 +10,8 @@
 //!
 //! Limits (Heroku's model): the hard memory limit is twice the quota (v1
 //! `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` where swap is accounted; v2
-//! `memory.max` and `memory.swap.max = 0`), so the kernel OOM-kills there (R15); the quota itself
+//! `memory.max`, `memory.swap.max = 0` and `memory.oom.group = 1`), so the kernel OOM-kills
+//! there (R15); the quota itself
 //! is only watched (R14, see [`MemoryWatch`]): `memory.high` would throttle, which is not
 //! Heroku's R14. `pids.max` caps the processes, and the CPU weight is the default for every
 //! dyno (`cpu.shares` 1024 / `cpu.weight` 100), so dynos share the CPU equally.
@@ -332,6 +333,8 @@ pub fn limit_writes(v2: bool, limits: Limits) -> Vec<(&'static str, &'static str
         vec![
             ("memory", "memory.max", hard, true),
             ("memory", "memory.swap.max", "0".into(), false),
+            // An OOM kills the whole dyno at once (Heroku's R15 stops the dyno).
+            ("memory", "memory.oom.group", "1".into(), false),
             ("pids", "pids.max", limits.max_pids.to_string(), true),
             ("cpu", "cpu.weight", "100".into(), false),
         ]
@@ -541,20 +544,33 @@ fn mkdir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Enables memory, pids and cpu (those offered) for the children of v2 cgroup `dir`.
+/// The `cgroup.subtree_control` writes that give the children of a v2 cgroup memory, pids and
+/// (if offered) cpu: `(controller, required)` for each one offered and not yet enabled.
+pub fn controllers_to_enable(offered: &str, enabled: &str) -> Vec<(&'static str, bool)> {
+    [("memory", true), ("pids", true), ("cpu", false)]
+        .into_iter()
+        .filter(|(c, _)| offered.split_whitespace().any(|o| o == *c))
+        .filter(|(c, _)| !enabled.split_whitespace().any(|o| o == *c))
+        .collect()
+}
+
+/// Enables memory, pids and cpu for the children of v2 cgroup `dir`. cpu is best effort (the
+/// kernel refuses it while real-time threads run in a child); the CPU weight is then left out.
 fn enable_controllers(dir: &Path) -> io::Result<()> {
     let offered = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
     let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
-    let wanted: Vec<String> = ["memory", "pids", "cpu"]
-        .iter()
-        .filter(|c| offered.split_whitespace().any(|o| o == **c))
-        .filter(|c| !enabled.split_whitespace().any(|o| o == **c))
-        .map(|c| format!("+{c}"))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
+    for (controller, required) in controllers_to_enable(&offered, &enabled) {
+        match std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+            Err(e) if required => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("enabling {controller} in {}: {e}", dir.display()),
+                ))
+            }
+            _ => {}
+        }
     }
-    std::fs::write(dir.join("cgroup.subtree_control"), wanted.join(" "))
+    Ok(())
 }
 
 /// Moves the calling process into the cgroups whose `cgroup.procs` are open as `fds`. Only
@@ -792,6 +808,15 @@ mod tests {
     }
 
     #[test]
+    fn controllers_enabled_down_the_v2_path() {
+        let all = "cpuset cpu io memory hugetlb pids rdma misc";
+        assert_eq!(controllers_to_enable(all, ""), [("memory", true), ("pids", true), ("cpu", false)]);
+        assert_eq!(controllers_to_enable(all, "cpu memory pids"), []);
+        assert_eq!(controllers_to_enable("memory pids", "memory"), [("pids", true)]);
+        assert_eq!(controllers_to_enable("io", ""), []);
+    }
+
+    #[test]
     fn limits_to_write() {
         let l = Limits { memory: 64 << 20, max_pids: 32 };
         let v1: Vec<(&str, String)> = limit_writes(false, l).into_iter().map(|(_, f, v, _)| (f, v)).collect();
@@ -799,7 +824,7 @@ mod tests {
         assert_eq!(v1[1].0, "memory.memsw.limit_in_bytes");
         assert_eq!(v1[2], ("pids.max", "32".into()));
         let v2: Vec<&str> = limit_writes(true, l).into_iter().map(|(_, f, _, _)| f).collect();
-        assert_eq!(v2, ["memory.max", "memory.swap.max", "pids.max", "cpu.weight"]);
+        assert_eq!(v2, ["memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "cpu.weight"]);
         assert!(!v2.contains(&"memory.high"));
     }
 

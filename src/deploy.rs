@@ -106,6 +106,8 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     let _lock = release::lock(&ctx.home, &ctx.app, || {
         output::step(&format!("Waiting for another deploy of {} to finish...", ctx.app))
     })?;
+    // The build's commands and the release phase run in a cgroup of their own (when possible).
+    let _limits = job::contain(&ctx.home, &ctx.app, &settings, output::detail);
     let mut store = Store::open(&ctx.home.db()).map_err(|e| e.to_string())?;
     ensure_branch_unmoved(ctx, &store, update)?;
     remove_abandoned_builds(&ctx.home, &store, &ctx.app);

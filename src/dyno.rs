@@ -25,8 +25,9 @@ pub enum DynoEnvError {
     MissingDir(String),
 }
 
-/// The memory a dyno is sized for, in MB. Dynos have no memory limit of their own yet; this is
-/// Heroku's standard dyno (512 MB), which `DYNO_RAM` and `WEB_CONCURRENCY` are derived from.
+/// The memory a dyno is sized for, in MB, unless told otherwise ([`DynoEnv::with_ram_mb`]: the
+/// daemon's dynos get their process type's quota): Heroku's standard dyno (512 MB), which
+/// `DYNO_RAM` and `WEB_CONCURRENCY` are derived from.
 pub const DYNO_RAM_MB: u64 = 512;
 
 /// The router's address as the dyno sees it (it connects to dynos over loopback): gunicorn and
@@ -42,6 +43,7 @@ pub fn web_concurrency(ram_mb: u64) -> u64 {
 pub struct DynoEnv {
     pub dir: PathBuf,
     config: BTreeMap<String, String>,
+    ram_mb: u64,
 }
 
 impl DynoEnv {
@@ -57,7 +59,13 @@ impl DynoEnv {
         if !dir.is_dir() {
             return Err(DynoEnvError::MissingDir(dir.display().to_string()));
         }
-        Ok(DynoEnv { dir, config: release_row.config })
+        Ok(DynoEnv { dir, config: release_row.config, ram_mb: DYNO_RAM_MB })
+    }
+
+    /// Sizes `DYNO_RAM` and `WEB_CONCURRENCY` for a dyno with this memory quota.
+    pub fn with_ram_mb(mut self, ram_mb: u64) -> Self {
+        self.ram_mb = ram_mb;
+        self
     }
 
     /// The complete environment of dyno `name` (`web.1`, `run.4711`).
@@ -65,8 +73,8 @@ impl DynoEnv {
         let mut env = self.config.clone();
         // Hints an app may tune: a config var of the same name wins, as on Heroku.
         for (key, value) in [
-            ("DYNO_RAM", DYNO_RAM_MB.to_string()),
-            ("WEB_CONCURRENCY", web_concurrency(DYNO_RAM_MB).to_string()),
+            ("DYNO_RAM", self.ram_mb.to_string()),
+            ("WEB_CONCURRENCY", web_concurrency(self.ram_mb).to_string()),
             ("FORWARDED_ALLOW_IPS", ROUTER_PEER.to_string()),
         ] {
             env.entry(key.into()).or_insert(value);
@@ -96,7 +104,7 @@ mod tests {
 
     fn env(config: &[(&str, &str)]) -> DynoEnv {
         let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        DynoEnv { dir: PathBuf::from("/nonexistent/release"), config }
+        DynoEnv { dir: PathBuf::from("/nonexistent/release"), config, ram_mb: DYNO_RAM_MB }
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! person waiting for it goes away (Ctrl-C on `git push` closes the pipe we write to; SIGINT,
 //! SIGTERM and SIGHUP land here too). Whatever ends it — exit, timeout or cancellation — the
 //! whole process group is killed afterwards, so no background grandchild outlives its job.
+//!
+//! Limits: while a [`Contained`] guard lives (the build of a push and its release phase, see
+//! [`contain`]), every job starts inside that build's cgroup (`build_memory`, killed at twice
+//! it; `dyno_max_pids` processes), joined between fork and exec.
 
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
@@ -16,6 +20,60 @@ use nix::sys::signal::{killpg, SigHandler, Signal};
 use nix::unistd::Pid;
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// The `cgroup.procs` fds of the current build's cgroup (see [`contain`]).
+static CONTAINER: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// A build's cgroup; jobs started while it lives run in it. Dropping it kills what is left
+/// in the cgroup and removes it.
+pub struct Contained {
+    cgroup: crate::cgroup::Cgroup,
+    _procs: Vec<std::fs::File>,
+}
+
+/// Puts every later job of this process into a new build cgroup of `app`
+/// (`slipway-<home>/<app>/build-<pid>`) with the `build_memory` and `dyno_max_pids` limits.
+/// None, and jobs run without limits, when cgroups are unavailable (not root…) or the cgroup
+/// could not be made (reported through `warn`).
+pub fn contain(
+    home: &crate::home::Home,
+    app: &crate::app::AppName,
+    settings: &crate::settings::Settings,
+    warn: impl Fn(&str),
+) -> Option<Contained> {
+    let layout = crate::cgroup::detect().ok()?;
+    let cgroup = layout.group(&crate::cgroup::build_rel(home.root(), app.as_str(), std::process::id()));
+    let limits = crate::cgroup::Limits { memory: settings.build_memory, max_pids: settings.dyno_max_pids };
+    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+        Ok(procs) => {
+            if let Ok(mut fds) = CONTAINER.lock() {
+                *fds = crate::cgroup::raw_fds(&procs);
+            }
+            Some(Contained { cgroup, _procs: procs })
+        }
+        Err(err) => {
+            warn(&format!("building without memory and process limits: creating the cgroup: {err}"));
+            if let Err(e) = cgroup.remove(Instant::now(), || {}) {
+                warn(&e.to_string());
+            }
+            None
+        }
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        if let Ok(mut fds) = CONTAINER.lock() {
+            fds.clear();
+        }
+        if let Err(err) = self.cgroup.remove(Instant::now() + Duration::from_secs(5), || {}) {
+            use std::io::Write;
+            if writeln!(io::stderr(), "warning: the build's cgroup stays: {err}").is_err() {
+                tracing::warn!(%err, "removing the build's cgroup");
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -81,6 +139,13 @@ pub fn run(
     let (reader, writer) = io::pipe().map_err(JobError::Spawn)?;
     let writer2 = writer.try_clone().map_err(JobError::Spawn)?;
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
+    let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
+    if !join.is_empty() {
+        // SAFETY: join_raw only calls write(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || crate::cgroup::join_raw(&join));
+        }
+    }
     let mut child = command.spawn().map_err(JobError::Spawn)?;
     drop(command); // holds the write ends; the reader sees EOF only once they are closed
     let group = Pid::from_raw(child.id() as i32);

@@ -70,6 +70,13 @@ pub struct Settings {
     pub build_config: bool,
     /// The daemon's own log filter (`log`, default `info`), a tracing `EnvFilter` directive.
     pub log: String,
+    /// Memory quota of a dyno whose process type was not resized (`dyno_memory`, 512M): above
+    /// it R14, at twice it R15 (where cgroups are available).
+    pub dyno_memory: u64,
+    /// Most processes (and threads) in one dyno (`dyno_max_pids`, 256).
+    pub dyno_max_pids: u32,
+    /// Memory quota of a build and its release phase (`build_memory`, 2G; killed at twice it).
+    pub build_memory: u64,
 }
 
 /// One sentence naming the file or variable and the key; printed as is.
@@ -118,6 +125,9 @@ const SPECS: &[Spec] = &[
     spec("log_max_mb", "20", Kind::Number, true),
     spec("log_files", "5", Kind::Number, true),
     spec("log", "info", Kind::Text, true),
+    spec("dyno_memory", "512M", Kind::Text, true),
+    spec("dyno_max_pids", "256", Kind::Number, true),
+    spec("build_memory", "2G", Kind::Text, false),
 ];
 
 fn index_of(key: &str) -> Option<usize> {
@@ -410,6 +420,9 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
                 .map(|_| s.to_string())
                 .map_err(|_| "expected a log filter such as info or slipway=debug,info")
         })?,
+        dyno_memory: check(get("dyno_memory"), memory_size)?,
+        dyno_max_pids: check(get("dyno_max_pids"), |s| count(s, 8..=1_000_000).ok_or(IN_RANGE))? as u32,
+        build_memory: check(get("build_memory"), memory_size)?,
     })
 }
 
@@ -422,6 +435,11 @@ fn parse_dirs(s: &str) -> Result<Vec<PathBuf>, &'static str> {
     } else {
         Err("expected absolute dirs separated by ':'")
     }
+}
+
+/// A memory size: `512M`, `1G`, or a number of megabytes (16M to 1024G).
+fn memory_size(s: &str) -> Result<u64, &'static str> {
+    crate::cgroup::parse_size(s).map_err(|_| "expected a memory size from 16M to 1024G, such as 512M or 1G")
 }
 
 const SECONDS: &str = "expected a number of seconds";

@@ -149,7 +149,7 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         repo: home.repo(&name).display().to_string(),
         web_url: web_url(home, name.as_str())?,
         formation: store::formation::get(store.conn(), &name)?,
-        dynos: super::ps::views(&store, &name)?,
+        dynos: super::ps::views(home, &store, &name)?,
     };
     if json {
         return print_json(&info);

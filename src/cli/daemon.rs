@@ -84,6 +84,7 @@ pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
         yes_no(report.kernel.landlock),
         yes_no(report.kernel.cgroup_v2)
     ));
+    out(&format!("Cgroups:  {}", report.kernel.cgroups));
     out(&format!("Mode:     {}", report.mode.description));
     if report.problems.is_empty() {
         out("Problems: none");
@@ -152,6 +153,8 @@ struct DiskUsage {
 struct KernelStatus {
     landlock: bool,
     cgroup_v2: bool,
+    /// Where dynos and builds get their memory and process limits, or `unavailable (why)`.
+    cgroups: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +258,12 @@ fn gather(home: &Home) -> StatusReport {
         landlock: std::fs::read_to_string("/sys/kernel/security/lsm")
             .is_ok_and(|lsm| lsm.trim().split(',').any(|m| m == "landlock")),
         cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        cgroups: match crate::cgroup::detect() {
+            Ok(layout) => format!("{}: dyno memory, process and CPU limits", layout.describe()),
+            Err(why) => {
+                format!("unavailable ({why}): dynos and builds run without memory and process limits")
+            }
+        },
     };
 
     // Dynos run as the daemon's user: the running daemon's, else whoever runs this (the home's

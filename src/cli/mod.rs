@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(required = true, value_name = "TYPE=N")]
         changes: Vec<String>,
     },
+    /// Show or set the memory quota per process type: `ps:resize APP web=512M worker=1G`.
+    #[command(name = "ps:resize", visible_alias = "resize")]
+    PsResize {
+        app: String,
+        /// TYPE=SIZE pairs (512M, 1G; 16M to 1024G); none: show the quotas.
+        #[arg(value_name = "TYPE=SIZE")]
+        changes: Vec<String>,
+    },
     /// Restart an app's dynos (all, one type, or one dyno); web dynos without downtime.
     #[command(name = "ps:restart", visible_alias = "restart")]
     PsRestart {
@@ -313,6 +321,14 @@ pub enum Command {
         /// Seconds between SIGTERM and SIGKILL (the daemon's stop_timeout).
         #[arg(long)]
         stop_timeout: Option<f64>,
+        /// The dyno's cgroup, relative to the cgroup roots (with --memory and --max-pids).
+        #[arg(long, requires_all = ["memory", "max_pids"])]
+        cgroup: Option<PathBuf>,
+        /// The dyno's memory quota in bytes (R14 above it, R15 at twice it).
+        #[arg(long)]
+        memory: Option<u64>,
+        #[arg(long)]
+        max_pids: Option<u32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -363,6 +379,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Open { app } => apps::open(home, &app),
         Command::Ps { app, json } => ps::list(home, &app, json),
         Command::PsScale { app, changes } => ps::scale(home, &app, &changes, who),
+        Command::PsResize { app, changes } => ps::resize(home, &app, &changes, who),
         Command::PsRestart { app, target } => ps::restart(home, &app, target),
         Command::PsStop { app, target, all: _ } => ps::stop(home, app.as_deref(), target),
         Command::Run { app, command } => run::run(home, &app, &command, who),
@@ -391,7 +408,19 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
-        Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {
+        Command::DynoShim {
+            log,
+            log_max_bytes,
+            log_files,
+            dyno,
+            dir,
+            announce,
+            stop_timeout,
+            cgroup,
+            memory,
+            max_pids,
+            command,
+        } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
             // than this binary does not pass it; its dynos must still start).
             let recorded = crate::logs::LogPolicy::for_app_log(&log);
@@ -409,6 +438,9 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 stop_timeout: stop_timeout
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .map(std::time::Duration::from_secs_f64),
+                limits: cgroup
+                    .zip(memory.zip(max_pids))
+                    .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
             }))
         }
     }

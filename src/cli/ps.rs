@@ -1,4 +1,5 @@
-//! `ps`: the app's dynos as recorded in SQLite, with live facts (uptime, RSS) from /proc.
+//! `ps`: the app's dynos as recorded in SQLite, with live facts (uptime, memory) from /proc and
+//! the dynos' cgroups; `ps:scale`, `ps:resize`, `ps:restart`, `ps:stop`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,16 +28,36 @@ pub struct DynoView {
     pub restarts: i64,
     pub started_at: Option<String>,
     pub uptime_seconds: Option<i64>,
+    /// Resident memory of the main process alone.
     pub rss_kib: Option<u64>,
+    /// Memory of the dyno's whole process tree: its cgroup's (without page cache it can drop)
+    /// where it has one, else the RSS summed over its process group.
+    pub memory_kib: Option<u64>,
+    /// The memory quota of its process type (`ps:resize`, else `dyno_memory`), in bytes.
+    pub quota_bytes: u64,
 }
 
-pub fn views(store: &Store, app: &AppName) -> anyhow::Result<Vec<DynoView>> {
+pub fn views(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<Vec<DynoView>> {
     let now = time::OffsetDateTime::now_utc();
+    let settings = crate::settings::Settings::load(home)?;
+    let quotas = store::formation::memory(store.conn(), app)?;
+    let layout = crate::cgroup::find_layout().ok();
     Ok(store::dynos::for_app(store.conn(), app)?
         .into_iter()
         .map(|d| {
             let alive = matches!((d.pid, d.pid_start), (Some(p), Some(s)) if process::is_same_process(p, s));
+            let cgroup_memory = layout
+                .as_ref()
+                .map(|l| l.group(&crate::cgroup::dyno_rel(home.root(), app.as_str(), d.id)))
+                .and_then(|g| g.memory())
+                .map(|m| m.working_set() / 1024);
+            let memory_kib = match alive {
+                false => None,
+                true => cgroup_memory.or_else(|| d.pid.and_then(process::group_rss_kib)),
+            };
             DynoView {
+                memory_kib,
+                quota_bytes: quotas.get(&d.process_type).copied().unwrap_or(settings.dyno_memory),
                 name: d.name(),
                 process_type: d.process_type.clone(),
                 command: d.command.clone(),
@@ -62,7 +83,7 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     let name = app_name(app)?;
     let store = open_store(home)?;
     store::apps::require(store.conn(), &name)?;
-    let dynos = views(&store, &name)?;
+    let dynos = views(home, &store, &name)?;
     if json {
         return print_json(&dynos);
     }
@@ -85,7 +106,11 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
                 d.release.clone(),
                 d.restarts.to_string(),
                 opt(d.uptime_seconds.map(human_duration)),
-                opt(d.rss_kib.map(|k| format!("{:.1}MB", k as f64 / 1024.0))),
+                format!(
+                    "{}/{}",
+                    opt(d.memory_kib.map(|k| format!("{:.1}M", k as f64 / 1024.0))),
+                    crate::cgroup::format_size(d.quota_bytes)
+                ),
                 d.command.clone(),
             ]
         })
@@ -180,6 +205,104 @@ pub fn scale(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> a
     Ok(0)
 }
 
+/// Parses `web=512M worker=1G` into a map of quotas in bytes; each type named once.
+pub fn parse_resize(changes: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for change in changes {
+        let Some((name, size)) = change.split_once('=') else {
+            bail!("'{change}' is not TYPE=SIZE (for example web=512M or worker=1G)");
+        };
+        let bytes = crate::cgroup::parse_size(size).map_err(|why| anyhow::anyhow!("{why}"))?;
+        if out.insert(name.to_string(), bytes).is_some() {
+            bail!("process type '{name}' is given twice");
+        }
+    }
+    Ok(out)
+}
+
+/// `ps:resize APP [TYPE=SIZE…]`: shows, or sets, the memory quota of each process type. The
+/// dynos of a resized type are restarted (as on Heroku) so their cgroups get the new limit.
+pub fn resize(home: &Home, app: &str, changes: &[String], who: Option<&str>) -> anyhow::Result<i32> {
+    let name = app_name(app)?;
+    let wanted = parse_resize(changes)?;
+    let settings = crate::settings::Settings::load(home)?;
+    let mut store = open_store(home)?;
+    store::apps::require(store.conn(), &name)?;
+    if wanted.is_empty() {
+        let quotas = store::formation::memory(store.conn(), &name)?;
+        let mut types: Vec<String> = store::formation::get(store.conn(), &name)?.into_keys().collect();
+        types.extend(quotas.keys().cloned());
+        types.sort();
+        types.dedup();
+        if types.is_empty() {
+            out(&format!(
+                "{name} has no process types yet; every dyno gets dyno_memory ({})",
+                crate::cgroup::format_size(settings.dyno_memory)
+            ));
+            return Ok(0);
+        }
+        let rows: Vec<Vec<String>> = types
+            .iter()
+            .map(|t| {
+                let (size, from) = match quotas.get(t) {
+                    Some(b) => (*b, "ps:resize"),
+                    None => (settings.dyno_memory, "dyno_memory"),
+                };
+                vec![
+                    t.clone(),
+                    crate::cgroup::format_size(size),
+                    crate::cgroup::format_size(size * 2),
+                    from.into(),
+                ]
+            })
+            .collect();
+        print_table(&["TYPE", "MEMORY", "KILLED AT", "FROM"], &rows);
+        return Ok(0);
+    }
+    // `run` sizes one-off dynos (as Heroku's `run --size`), whatever the Procfile declares.
+    let known: Vec<String> = store::formation::get(store.conn(), &name)?.into_keys().collect();
+    if let Some(unknown) = wanted.keys().find(|t| !known.contains(t) && t.as_str() != "run") {
+        if known.is_empty() {
+            bail!("{name} has no process type '{unknown}'; push it first");
+        }
+        bail!("{name} has no process type '{unknown}'; its formation has: {}", known.join(", "));
+    }
+    let tx = store.transaction()?;
+    for (process_type, bytes) in &wanted {
+        store::formation::set_memory(&tx, &name, process_type, *bytes)?;
+    }
+    tx.commit()?;
+    let summary: Vec<String> =
+        wanted.iter().map(|(t, b)| format!("{t}={}", crate::cgroup::format_size(*b))).collect();
+    crate::logs::append_event(
+        &home.app_log(&name),
+        crate::logs::Source::Slipway,
+        "api",
+        &format!("Resized to {} by {}", summary.join(" "), super::actor(who)),
+    );
+    out(&format!("Resized {name} to {}", summary.join(" ")));
+    // Running dynos of those types get the new limits by a restart (web without downtime).
+    let wait = settings.boot_timeout + settings.stop_timeout + Duration::from_secs(60);
+    let running = store::dynos::for_app(store.conn(), &name)?;
+    for process_type in wanted.keys() {
+        // Stopped dynos stay stopped (a restart would start them); one-offs are never restarted.
+        let up = |d: &store::dynos::DynoRow| d.state != store::dynos::DynoState::Down;
+        if process_type == "run" || !running.iter().any(|d| &d.process_type == process_type && up(d)) {
+            continue;
+        }
+        let request = Request::Restart { app: name.to_string(), target: Some(process_type.clone()) };
+        match client::call(home, &request, wait) {
+            Ok(_) => out(&format!("Restarted {process_type} of {name} with the new size")),
+            Err(ClientError::NotRunning(start)) => {
+                eprintln!("warning: the slipway daemon is not running; the new size applies when it starts ({start})");
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(0)
+}
+
 pub fn restart(home: &Home, app: &str, target: Option<String>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
     let settings = crate::settings::Settings::load(home)?;
@@ -211,7 +334,7 @@ pub fn stop(home: &Home, app: Option<&str>, target: Option<String>) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::parse_scale;
+    use super::{parse_resize, parse_scale};
 
     fn v(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
@@ -224,6 +347,21 @@ mod tests {
         assert_eq!(m["worker"], 0);
         for bad in [&["web"][..], &["web=101"], &["web=-1"], &["web=x"], &["web=1", "web=2"]] {
             assert!(parse_scale(&v(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn resize_arguments() {
+        let m = parse_resize(&v(&["web=512M", "worker=1G"])).unwrap();
+        assert_eq!(m["web"], 512 << 20);
+        assert_eq!(m["worker"], 1 << 30);
+        for (bad, why) in [
+            (&["web"][..], "'web' is not TYPE=SIZE (for example web=512M or worker=1G)"),
+            (&["web=8M"], "'8M' is out of range: a memory size must be from 16M to 1024G"),
+            (&["web=lots"], "'lots' is not a memory size such as 512M or 1G"),
+            (&["web=1G", "web=2G"], "process type 'web' is given twice"),
+        ] {
+            assert_eq!(parse_resize(&v(bad)).unwrap_err().to_string(), why, "{bad:?}");
         }
     }
 }

@@ -29,13 +29,16 @@ use crate::store;
 
 pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> anyhow::Result<i32> {
     let name = app_name(app)?;
-    let grace = crate::settings::Settings::load(home)?.stop_timeout;
+    let settings = crate::settings::Settings::load(home)?;
+    let grace = settings.stop_timeout;
     let store = open_store(home)?;
     let row = store::apps::require(store.conn(), &name)?;
     let Some(release) = row.current_release else {
         bail!("{name} has no release yet; push it before running commands");
     };
-    let env = DynoEnv::for_release(home, store.conn(), &name, release)?;
+    let quota =
+        store::formation::memory(store.conn(), &name)?.get("run").copied().unwrap_or(settings.dyno_memory);
+    let env = DynoEnv::for_release(home, store.conn(), &name, release)?.with_ram_mb(quota >> 20);
     drop(store);
     // With a daemon, the one-off is a dyno it knows (`ps` lists it, `ps:stop` stops it) and gets
     // a PORT; without one it runs all the same, unlisted.
@@ -52,7 +55,15 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
         &dyno,
         &format!("Starting process with command `{}`{by}", command.join(" ")),
     );
-    let one_off = spawn(&env, &dyno, port, command)?;
+    // A one-off the daemon knows gets a cgroup like any dyno (hard limits only: memory at twice
+    // the quota, dyno_max_pids), removed when it ends.
+    let limits = crate::cgroup::Limits { memory: quota, max_pids: settings.dyno_max_pids };
+    let cgroup = recorded.as_ref().and_then(|(id, _, _)| contain(home, &name, *id, limits, &log, &dyno));
+    let join = cgroup.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
+    let spawned = spawn(&env, &dyno, port, command, join);
+    let cgroup = cgroup.map(|(cgroup, _files)| cgroup);
+    let _remove = cgroup.map(|cgroup| RemoveOnDrop { cgroup, log: log.clone(), dyno: dyno.clone() });
+    let one_off = spawned?;
     if let Some((id, _, _)) = recorded {
         if let Err(e) = attach(home, id, one_off.pid()) {
             // Never leave a process the daemon does not know it runs.
@@ -68,6 +79,56 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     }
     logs::append_event(&log, Source::Slipway, &dyno, &format!("Process exited with status {}", ended.code));
     Ok(ended.code)
+}
+
+/// Creates one-off dyno `id`'s cgroup and opens its `cgroup.procs` for the command to join;
+/// None (logged) when cgroups are unavailable or it cannot be made.
+fn contain(
+    home: &Home,
+    app: &crate::app::AppName,
+    id: i64,
+    limits: crate::cgroup::Limits,
+    log: &std::path::Path,
+    dyno: &str,
+) -> Option<(crate::cgroup::Cgroup, Vec<std::fs::File>)> {
+    let layout = crate::cgroup::detect().ok()?;
+    let cgroup = layout.group(&crate::cgroup::dyno_rel(home.root(), app.as_str(), id));
+    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+        Ok(files) => Some((cgroup, files)),
+        Err(err) => {
+            logs::append_event(
+                log,
+                Source::Slipway,
+                dyno,
+                &format!("Running without memory and process limits: {err}"),
+            );
+            if let Err(e) = cgroup.remove(std::time::Instant::now(), || {}) {
+                logs::append_event(log, Source::Slipway, dyno, &format!("Could not remove the cgroup: {e}"));
+            }
+            None
+        }
+    }
+}
+
+/// Kills what is left in a one-off's cgroup and removes it, however `run` ends.
+struct RemoveOnDrop {
+    cgroup: crate::cgroup::Cgroup,
+    log: std::path::PathBuf,
+    dyno: String,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        if let Err(err) = self.cgroup.remove(deadline, || {}) {
+            logs::append_event(
+                &self.log,
+                Source::Slipway,
+                &self.dyno,
+                &format!("Could not remove the cgroup: {err}"),
+            );
+        }
+    }
 }
 
 /// Asks the daemon for a one-off dyno: its id, name (`run.N`) and port. None without a daemon.
@@ -121,18 +182,26 @@ pub struct Ended {
 }
 
 /// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
-/// group when stdin is our controlling terminal).
-pub fn spawn(env: &DynoEnv, name: &str, port: Option<u16>, command: &[String]) -> anyhow::Result<OneOff> {
+/// group when stdin is our controlling terminal), in the cgroups whose `cgroup.procs` are open
+/// as `join` (none: no cgroup).
+pub fn spawn(
+    env: &DynoEnv,
+    name: &str,
+    port: Option<u16>,
+    command: &[String],
+    join: Vec<std::os::fd::RawFd>,
+) -> anyhow::Result<OneOff> {
     use std::os::unix::process::CommandExt;
     let (program, args) = command.split_first().context("no command given")?;
     // SAFETY: plain queries on descriptor 0.
     let foreground = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(env.vars(name, port)).current_dir(&env.dir);
-    // SAFETY: only async-signal-safe calls (setpgid, umask, sigprocmask, tcsetpgrp, getpid) between
-    // fork and exec.
+    // SAFETY: only async-signal-safe calls (write, setpgid, umask, sigprocmask, tcsetpgrp,
+    // getpid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            crate::cgroup::join_raw(&join)?;
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

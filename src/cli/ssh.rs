@@ -161,6 +161,7 @@ fn app_of(command: &Command) -> Option<&str> {
         | Command::AppsInfo { app, .. }
         | Command::Ps { app, .. }
         | Command::PsScale { app, .. }
+        | Command::PsResize { app, .. }
         | Command::PsRestart { app, .. }
         | Command::Run { app, .. }
         | Command::Logs { app, .. }
@@ -214,6 +215,7 @@ pub fn allowed(key: &KeyRow, command: &Command) -> Result<(), String> {
         | Command::AppsInfo { .. }
         | Command::Ps { .. }
         | Command::PsScale { .. }
+        | Command::PsResize { .. }
         | Command::PsRestart { .. }
         | Command::PsStop { .. }
         | Command::Run { .. }
@@ -301,6 +303,8 @@ mod tests {
             ("config:set a K=V", true),
             ("config:unset a K", true),
             ("ps:scale a web=2", true),
+            ("ps:resize a web=1G", true),
+            ("ps:resize other web=1G", false),
             ("ps:restart a", true),
             ("ps:stop a web", true),
             ("rollback a", true),

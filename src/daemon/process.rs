@@ -43,6 +43,28 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The process group of a process, from the text of its `/proc/PID/stat` (field 5).
+pub fn pgrp_of(stat: &str) -> Option<i32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Resident memory of every process in process group `pgid`, in KiB: a dyno's whole tree
+/// (workers included) when it has no cgroup to ask. None if no process of it was readable.
+pub fn group_rss_kib(pgid: i32) -> Option<u64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        if pgrp_of(&stat) == Some(pgid) {
+            if let Some(kib) = rss_kib(pid) {
+                total = Some(total.unwrap_or(0) + kib);
+            }
+        }
+    }
+    total
+}
+
 /// Reaps `pid` if it is our child; a no-op (ECHILD) for adopted processes, whose parent is init.
 pub fn reap(pid: i32) {
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
@@ -94,6 +116,17 @@ mod tests {
         assert!(!is_same_process(me, start + 1));
         assert!(start_time(i32::MAX).is_none());
         assert!(rss_kib(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn process_groups_from_stat_lines() {
+        assert_eq!(pgrp_of("123 (python3) S 1 120 120 0 -1 4194560"), Some(120));
+        assert_eq!(pgrp_of("7 (a) b (c) R 1 7 7 0"), Some(7));
+        assert_eq!(pgrp_of("garbage"), None);
+        let me = std::process::id() as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let pgid = pgrp_of(&stat).unwrap();
+        assert!(group_rss_kib(pgid).unwrap() >= rss_kib(me).unwrap());
     }
 
     #[tokio::test]

@@ -26,6 +26,17 @@
 //! Then the shim writes `Process exited with status N` (the main process's status) and exits;
 //! the daemon notices through a pidfd.
 //!
+//! Limits: given `--cgroup`, the shim creates the dyno's cgroup with its limits (memory hard
+//! limit at twice `--memory`, `--max-pids`, the default CPU weight; see [`crate::cgroup`])
+//! before the dyno starts, and the dyno joins it between fork and exec (a `write` of "0" to
+//! `cgroup.procs` opened beforehand), so not one of its processes runs outside. A watcher
+//! thread reads the cgroup's memory twice a second: above the quota it logs `Error R14 (Memory
+//! quota exceeded)` (at most every 20 s while over); when the kernel OOM-killed in the cgroup
+//! (at twice the quota) it logs `Error R15 (Memory quota vastly exceeded)` and kills the dyno,
+//! which the daemon then restarts like any crash. When the dyno is over, whatever is left in
+//! the cgroup is killed and the cgroup removed before the shim exits. A cgroup that cannot be
+//! created is logged and the dyno runs without limits.
+//!
 //! Inside the shim, one reader thread per pipe drains the dyno's output and queues formatted
 //! batches for one writer thread, which owns the log. The readers never wait for the disk: a
 //! full disk makes the writer drop and count lines (reported in the log once writing works
@@ -63,6 +74,9 @@ pub struct ShimArgs {
     /// The daemon's stop grace period (`--stop-timeout`); without it (an older daemon), the
     /// home's settings say.
     pub stop_timeout: Option<Duration>,
+    /// The dyno's cgroup (relative to the cgroup roots) and its limits, when the daemon found
+    /// cgroups usable.
+    pub limits: Option<(PathBuf, crate::cgroup::Limits)>,
 }
 
 /// Runs the shim; returns the exit code for the shim process itself.
@@ -85,6 +99,18 @@ pub fn run(args: ShimArgs) -> i32 {
     unsafe {
         let _ = libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
+    let contained = args.limits.as_ref().and_then(|(rel, limits)| match contain(rel, *limits) {
+        Ok(c) => Some(c),
+        Err(err) => {
+            let _ = log.event(
+                Source::Slipway,
+                &args.dyno,
+                &format!("Running without memory and process limits: {err}"),
+            );
+            None
+        }
+    });
+    let join_fds = contained.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
     let mut command = crate::procfile::shell_command(&args.command);
     command
         .current_dir(&args.dir)
@@ -92,10 +118,12 @@ pub fn run(args: ShimArgs) -> i32 {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (signal, umask) between fork and exec. Ignored signals
-    // survive exec, so the dyno must get the default dispositions back.
+    // SAFETY: only async-signal-safe calls (write, signal, umask) between fork and exec. Ignored
+    // signals survive exec, so the dyno must get the default dispositions back.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            // Into the dyno's cgroup before anything of the app runs.
+            crate::cgroup::join_raw(&join_fds)?;
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
                 let _ = signal(sig, SigHandler::SigDfl);
             }
@@ -104,10 +132,19 @@ pub fn run(args: ShimArgs) -> i32 {
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    drop(command);
+    let cgroup = contained.map(|(cgroup, files)| {
+        drop(files);
+        cgroup
+    });
+    let mut child = match spawned {
         Ok(c) => c,
         Err(err) => {
             let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
+            if let Some(cgroup) = &cgroup {
+                remove_cgroup(cgroup, &mut log, &args.dyno);
+            }
             return 1;
         }
     };
@@ -135,6 +172,13 @@ pub fn run(args: ShimArgs) -> i32 {
         readers.push(spawn_reader(err, queue.clone(), args.dyno.clone()));
     }
 
+    let watcher = match (&cgroup, &args.limits) {
+        (Some(cgroup), Some((_, limits))) => {
+            Some(MemoryWatcher::start(cgroup.clone(), limits.memory, pid, queue.clone(), args.dyno.clone()))
+        }
+        _ => None,
+    };
+
     let status = wait_for_main(pid);
     let stopping = matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGTERM | Signal::SIGINT, _)));
     if stopping {
@@ -145,6 +189,14 @@ pub fn run(args: ShimArgs) -> i32 {
     // Anything the main process left behind in its group goes (at once after a crash, after the
     // grace period after a stop), which also closes the pipes the readers are draining.
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if let Some(watcher) = watcher {
+        // One last look: an OOM kill of the main process is this dyno's R15.
+        watcher.finish(matches!(status, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _))));
+    }
+    if let Some(cgroup) = &cgroup {
+        // Processes that left the group (setsid) are still in the cgroup; they may hold the pipes.
+        cgroup.kill_all();
+    }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for r in readers {
@@ -164,6 +216,9 @@ pub fn run(args: ShimArgs) -> i32 {
         _ => -1,
     };
     let mut log = log.unwrap_or_else(|| LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno));
+    if let Some(cgroup) = &cgroup {
+        remove_cgroup(cgroup, &mut log, &args.dyno);
+    }
     let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     if let Some(path) = &args.announce {
         // Gone with the dyno; a daemon that restarts now treats the row as an exit.
@@ -176,6 +231,133 @@ pub fn run(args: ShimArgs) -> i32 {
         }
     }
     0
+}
+
+/// Creates the dyno's cgroup with its limits and opens its `cgroup.procs` files for the
+/// dyno to join in `pre_exec`. A cgroup half made is removed again.
+fn contain(
+    rel: &std::path::Path,
+    limits: crate::cgroup::Limits,
+) -> Result<(crate::cgroup::Cgroup, Vec<std::fs::File>), String> {
+    let layout = crate::cgroup::detect()?;
+    let cgroup = layout.group(rel);
+    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+        Ok(files) => Ok((cgroup, files)),
+        Err(err) => {
+            if let Err(e) = cgroup.remove(Instant::now(), || {}) {
+                diagnose(&format!("slipway dyno-shim: {e}"));
+            }
+            Err(format!("creating the cgroup: {err}"))
+        }
+    }
+}
+
+/// Kills what is left in the dyno's cgroup and removes it (and its app's dir when empty),
+/// reaping the orphans the shim adopted meanwhile.
+fn remove_cgroup(cgroup: &crate::cgroup::Cgroup, log: &mut LogWriter, dyno: &str) {
+    let reap = || {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    };
+    if let Err(err) = cgroup.remove(Instant::now() + Duration::from_secs(5), reap) {
+        let _ = log.event(Source::Slipway, dyno, &format!("Could not remove the dyno's cgroup: {err}"));
+    }
+}
+
+/// How often the memory watcher reads the cgroup.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The thread that turns the cgroup's memory readings into R14 and R15 (see the module doc).
+struct MemoryWatcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    state: Arc<std::sync::Mutex<crate::cgroup::MemoryWatch>>,
+    cgroup: crate::cgroup::Cgroup,
+    queue: Queue,
+    dyno: String,
+    pid: i32,
+}
+
+impl MemoryWatcher {
+    fn start(cgroup: crate::cgroup::Cgroup, quota: u64, pid: i32, queue: Queue, dyno: String) -> Self {
+        let mut watch = crate::cgroup::MemoryWatch::new(quota);
+        if let Some(sample) = cgroup.memory() {
+            watch.baseline(&sample);
+        }
+        let state = Arc::new(std::sync::Mutex::new(watch));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (stop, state, cgroup, queue, dyno) =
+                (stop.clone(), state.clone(), cgroup.clone(), queue.clone(), dyno.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    check_memory(&cgroup, &state, false, pid, &queue, &dyno);
+                    std::thread::park_timeout(WATCH_EVERY);
+                }
+            })
+        };
+        MemoryWatcher { stop, thread, state, cgroup, queue, dyno, pid }
+    }
+
+    /// Stops the thread and reads the cgroup once more (`main_killed`: the main process died of
+    /// SIGKILL, which on kernels without an OOM kill counter is how an OOM kill shows).
+    fn finish(self, main_killed: bool) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.thread().unpark();
+        let _ = self.thread.join();
+        check_memory(&self.cgroup, &self.state, main_killed, self.pid, &self.queue, &self.dyno);
+    }
+}
+
+/// One reading: logs R14 or R15 as [`crate::cgroup::MemoryWatch`] decides; R15 kills the dyno.
+fn check_memory(
+    cgroup: &crate::cgroup::Cgroup,
+    state: &std::sync::Mutex<crate::cgroup::MemoryWatch>,
+    main_killed: bool,
+    pid: i32,
+    queue: &Queue,
+    dyno: &str,
+) {
+    use crate::cgroup::Verdict;
+    let Some(sample) = cgroup.memory() else { return };
+    let Ok(mut watch) = state.lock() else { return };
+    let quota = watch.quota;
+    match watch.step(&sample, Instant::now(), main_killed) {
+        Verdict::Fine => {}
+        Verdict::R14 { used } => queue_events(
+            queue,
+            dyno,
+            &[&crate::cgroup::running_line(used, quota), "Error R14 (Memory quota exceeded)"],
+        ),
+        Verdict::R15 { used } => {
+            queue_events(
+                queue,
+                dyno,
+                &[
+                    &crate::cgroup::running_line(used, quota),
+                    "Error R15 (Memory quota vastly exceeded)",
+                    "Stopping process with SIGKILL",
+                ],
+            );
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Queues `slipway[web.1]:` lines for the writer thread, in order with the dyno's output.
+fn queue_events(queue: &Queue, dyno: &str, messages: &[&str]) {
+    let stamp = crate::timefmt::now();
+    let text: String =
+        messages.iter().map(|m| crate::logs::format_line(&stamp, Source::Slipway, dyno, m)).collect();
+    let len = text.len();
+    queue.queued.fetch_add(len, Ordering::Relaxed);
+    if queue.tx.send(Queued::Lines(text)).is_err() {
+        queue.queued.fetch_sub(len, Ordering::Relaxed);
+        queue.dropped.fetch_add(messages.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// The stop grace period: `stop_timeout` of the home the app log belongs to

@@ -82,6 +82,8 @@ pub struct Supervisor {
     retry_delay: Duration,
     shim_binary: PathBuf,
     router: crate::router::Router,
+    /// Where dynos get their cgroups, or why they run without (see `crate::cgroup`).
+    cgroups: Result<crate::cgroup::Layout, String>,
 }
 
 impl Supervisor {
@@ -119,6 +121,14 @@ impl Supervisor {
             retry_delay: Duration::from_millis(100),
             shim_binary: current_binary(),
             router,
+            cgroups: {
+                let cgroups = crate::cgroup::detect();
+                match &cgroups {
+                    Ok(layout) => tracing::info!(layout = %layout.describe(), "dynos get cgroups"),
+                    Err(why) => tracing::info!(%why, "cgroups unavailable: dynos run without limits"),
+                }
+                cgroups
+            },
         }
     }
 
@@ -201,6 +211,9 @@ impl Supervisor {
             }
         }
         let adopted = observed.values().filter(|o| matches!(o, Observed::Alive(_))).count();
+        let alive: Vec<DynoId> =
+            observed.iter().filter(|(_, o)| matches!(o, Observed::Alive(_))).map(|(id, _)| *id).collect();
+        self.remove_leftover_cgroups(&alive);
         tracing::info!(adopted, recorded = rows.len(), orphans = orphans.len(), "re-adopting dynos");
         let pending = store::releases::pending(conn)?;
         Ok(Input::Start { observed, orphans, pending, queued })
@@ -455,6 +468,8 @@ impl Supervisor {
             Ok(env) => env,
             Err(err) => return Some(Input::SpawnFailed { dyno: id, message: err.to_string() }),
         };
+        let quota = self.quota(&app, &dyno.process_type);
+        let env = env.with_ram_mb(quota >> 20);
         let vars = env.vars(&name, dyno.port);
         let announce = self.home.dyno_announcement(id);
         if let Some(dir) = announce.parent() {
@@ -480,6 +495,7 @@ impl Supervisor {
             .arg(&announce)
             .arg("--stop-timeout")
             .arg(self.settings.stop_timeout.as_secs_f64().to_string())
+            .args(self.limit_args(&app, quota, id))
             .arg("--")
             .arg(&dyno.command)
             .env_clear()
@@ -505,6 +521,55 @@ impl Supervisor {
             Ok(ids) => Input::Spawned { dyno: id, ids },
             Err(message) => Input::SpawnFailed { dyno: id, message },
         })
+    }
+
+    /// The memory quota of `app`'s `process_type`: its `ps:resize` size, else `dyno_memory`.
+    fn quota(&self, app: &AppName, process_type: &str) -> u64 {
+        match store::formation::memory(self.store.conn(), app) {
+            Ok(quotas) => quotas.get(process_type).copied().unwrap_or(self.settings.dyno_memory),
+            Err(err) => {
+                tracing::warn!(%err, %app, "reading the memory quotas; using dyno_memory");
+                self.settings.dyno_memory
+            }
+        }
+    }
+
+    /// The shim's `--cgroup`, `--memory` and `--max-pids` for a dyno with this quota, when
+    /// cgroups are usable.
+    fn limit_args(&self, app: &AppName, quota: u64, id: DynoId) -> Vec<String> {
+        if self.cgroups.is_err() {
+            return Vec::new();
+        }
+        let rel = crate::cgroup::dyno_rel(self.home.root(), app.as_str(), id);
+        vec![
+            "--cgroup".into(),
+            rel.to_string_lossy().into_owned(),
+            "--memory".into(),
+            quota.to_string(),
+            "--max-pids".into(),
+            self.settings.dyno_max_pids.to_string(),
+        ]
+    }
+
+    /// At start, after adopting the live dynos: the cgroups of dynos whose shim is gone (the
+    /// shim removes its own; a shim killed with SIGKILL cannot) are emptied and removed, and so
+    /// are those of builds whose process is gone.
+    fn remove_leftover_cgroups(&self, alive: &[DynoId]) {
+        let Ok(layout) = &self.cgroups else { return };
+        for (app, name, cgroup) in crate::cgroup::list(layout, self.home.root()) {
+            let keep = match name.strip_prefix("build-") {
+                Some(pid) => pid.parse::<i32>().is_ok_and(|p| process::start_time(p).is_some()),
+                None => name.parse::<DynoId>().is_ok_and(|id| alive.contains(&id)),
+            };
+            if keep {
+                continue;
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            match cgroup.remove(deadline, || {}) {
+                Ok(()) => tracing::info!(%app, name, "removed a leftover cgroup"),
+                Err(err) => tracing::warn!(%app, name, %err, "removing a leftover cgroup"),
+            }
+        }
     }
 
     fn boot_check(&self, dyno: DynoId, pid: i32, port: u16) {

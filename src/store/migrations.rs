@@ -105,6 +105,10 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE ssh_keys ADD COLUMN apps TEXT NOT NULL DEFAULT '';
     ALTER TABLE ssh_keys ADD COLUMN allow_run INTEGER NOT NULL DEFAULT 0;
     "#,
+    // v7: memory quota per process type (`ps:resize`), in bytes; NULL: the `dyno_memory` setting.
+    r#"
+    ALTER TABLE formation ADD COLUMN memory INTEGER CHECK (memory IS NULL OR memory > 0);
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:

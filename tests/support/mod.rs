@@ -847,7 +847,23 @@ impl Drop for Slipway {
         self.stop_daemon();
         self.kill_dynos();
         self.sweep_leftovers();
+        self.sweep_cgroups();
         // `tmp` is dropped after this, removing the directory.
+    }
+}
+
+impl Slipway {
+    /// Removes the cgroups of this home's dynos and builds that are still there (as root, where
+    /// slipway makes them): their shims remove them on a normal end, not when the sweep above
+    /// killed them. Never panics.
+    pub fn sweep_cgroups(&self) {
+        let Ok(layout) = slipway::cgroup::detect() else { return };
+        for (app, name, cgroup) in slipway::cgroup::list(&layout, &self.home) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            if let Err(err) = cgroup.remove(deadline, || {}) {
+                eprintln!("[harness] cgroup {app}/{name} stays: {err}");
+            }
+        }
     }
 }
 

@@ -1,0 +1,845 @@
+//! Memory, process and CPU limits through cgroupfs, written directly (no daemon, no library).
+//!
+//! Every dyno runs in a cgroup of its own, `<root>/slipway-<home hash>/<app>/<dyno id>`; a
+//! build in `<root>/slipway-<home hash>/<app>/build-<pid>`. The home hash keeps several homes
+//! (and parallel tests) apart. Two layouts are supported:
+//! - cgroup v2 (production boxes): one hierarchy, `<root>` is its mount point; the `memory`,
+//!   `pids` and `cpu` controllers are enabled down the path in `cgroup.subtree_control`.
+//! - cgroup v1, where only v1 has the memory and pids controllers: one directory per controller
+//!   hierarchy (`memory`, `pids`, and `cpu` if mounted), each at that hierarchy's mount point.
+//!
+//! Limits (Heroku's model): the hard memory limit is twice the quota (v1
+//! `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` where swap is accounted; v2
+//! `memory.max`, `memory.swap.max = 0` and `memory.oom.group = 1`), so the kernel OOM-kills
+//! there (R15); the quota itself
+//! is only watched (R14, see [`MemoryWatch`]): `memory.high` would throttle, which is not
+//! Heroku's R14. `pids.max` caps the processes, and the CPU weight is the default for every
+//! dyno (`cpu.shares` 1024 / `cpu.weight` 100), so dynos share the CPU equally.
+//!
+//! Parsing and decisions are pure functions with table tests; the effectful parts (mkdir,
+//! writes, rmdir) are small and at the end of the file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// Pure: mounts, layout, sizes, memory files, the R14/R15 decision
+// ---------------------------------------------------------------------------------------------
+
+/// Where the cgroup filesystems are mounted, from `/proc/self/mountinfo`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Mounts {
+    /// The first cgroup2 mount.
+    pub v2: Option<PathBuf>,
+    /// v1 controller name → mount point of its hierarchy.
+    pub v1: BTreeMap<String, PathBuf>,
+}
+
+/// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - FSTYPE SRC SUPEROPTS`.
+pub fn parse_mountinfo(text: &str) -> Mounts {
+    let mut mounts = Mounts::default();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some(point) = left.split_whitespace().nth(4) else { continue };
+        let mut right = right.split_whitespace();
+        let (Some(fstype), _, Some(superopts)) = (right.next(), right.next(), right.next()) else { continue };
+        let point = PathBuf::from(unescape_mount(point));
+        match fstype {
+            "cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(point),
+            "cgroup" => {
+                for opt in superopts.split(',') {
+                    if matches!(opt, "memory" | "pids" | "cpu") {
+                        mounts.v1.entry(opt.to_string()).or_insert_with(|| point.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    mounts
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.clone().take(3).collect();
+            if let Ok(byte) = u8::from_str_radix(&code, 8) {
+                out.push(byte as char);
+                for _ in 0..3 {
+                    chars.next();
+                }
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Which cgroupfs layout slipway uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    V2 { root: PathBuf },
+    V1 { memory: PathBuf, pids: PathBuf, cpu: Option<PathBuf> },
+}
+
+/// Picks the layout: v2 when its root offers `memory` and `pids` (`controllers` is the text of
+/// its `cgroup.controllers`), else v1 when both controllers are mounted there; else why not.
+pub fn choose_layout(mounts: &Mounts, v2_controllers: Option<&str>) -> Result<Layout, String> {
+    if let (Some(root), Some(controllers)) = (&mounts.v2, v2_controllers) {
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if has("memory") && has("pids") {
+            return Ok(Layout::V2 { root: root.clone() });
+        }
+    }
+    match (mounts.v1.get("memory"), mounts.v1.get("pids")) {
+        (Some(memory), Some(pids)) => {
+            Ok(Layout::V1 { memory: memory.clone(), pids: pids.clone(), cpu: mounts.v1.get("cpu").cloned() })
+        }
+        _ if mounts.v2.is_some() => Err("the cgroup v2 root offers no memory and pids controllers".into()),
+        _ => Err("no cgroup with the memory and pids controllers is mounted".into()),
+    }
+}
+
+impl Layout {
+    pub fn describe(&self) -> String {
+        match self {
+            Layout::V2 { root } => format!("v2 at {}", root.display()),
+            Layout::V1 { memory, cpu, .. } => {
+                let base = memory.parent().unwrap_or(memory);
+                let cpu = if cpu.is_some() { ", cpu" } else { "" };
+                format!("v1 (memory, pids{cpu}) at {}", base.display())
+            }
+        }
+    }
+
+    /// The cgroup at `rel` (relative to slipway's roots) in this layout.
+    pub fn group(&self, rel: &Path) -> Cgroup {
+        match self {
+            Layout::V2 { root } => Cgroup { v2: true, root: vec![root.clone()], rel: rel.to_path_buf() },
+            Layout::V1 { memory, pids, cpu } => {
+                let mut roots = vec![memory.clone(), pids.clone()];
+                roots.extend(cpu.clone());
+                Cgroup { v2: false, root: roots, rel: rel.to_path_buf() }
+            }
+        }
+    }
+}
+
+/// `slipway-<16 hex digits>`: one top-level cgroup per home (FNV-1a of its canonical path, so
+/// the daemon, the hook and the CLI agree however each was given the home).
+pub fn home_dir_name(home: &Path) -> String {
+    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("slipway-{hash:016x}")
+}
+
+/// A dyno's cgroup, relative to the roots.
+pub fn dyno_rel(home: &Path, app: &str, dyno_id: i64) -> PathBuf {
+    Path::new(&home_dir_name(home)).join(app).join(dyno_id.to_string())
+}
+
+/// A build's cgroup (one per building process), relative to the roots.
+pub fn build_rel(home: &Path, app: &str, pid: u32) -> PathBuf {
+    Path::new(&home_dir_name(home)).join(app).join(format!("build-{pid}"))
+}
+
+/// Smallest and largest memory quota accepted.
+pub const MIN_MEMORY: u64 = 16 << 20;
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// Parses a memory size: `512M`, `1G`, `1.5G`, `512MB`, `2GB`, or a bare number of megabytes;
+/// 16M to 1T.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let (number, unit) = match upper.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => upper.split_at(i),
+        None => (upper.as_str(), "M"),
+    };
+    let mult: f64 = match unit.trim() {
+        "M" | "MB" | "MIB" => (1u64 << 20) as f64,
+        "G" | "GB" | "GIB" => (1u64 << 30) as f64,
+        _ => return Err(format!("'{t}' is not a memory size such as 512M or 1G")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("'{t}' is not a memory size such as 512M or 1G"))?;
+    let bytes = (value * mult).round();
+    if !bytes.is_finite() || bytes < MIN_MEMORY as f64 || bytes > MAX_MEMORY as f64 {
+        return Err(format!("'{t}' is out of range: a memory size must be from 16M to 1024G"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `512M`, `1G`, `1.5G`: the shortest of Heroku's spellings.
+pub fn format_size(bytes: u64) -> String {
+    const G: u64 = 1 << 30;
+    const M: u64 = 1 << 20;
+    if bytes >= G && bytes.is_multiple_of(G) {
+        format!("{}G", bytes / G)
+    } else if bytes >= G && (bytes * 10).is_multiple_of(G) {
+        format!("{:.1}G", bytes as f64 / G as f64)
+    } else if bytes.is_multiple_of(M) {
+        format!("{}M", bytes / M)
+    } else {
+        format!("{:.1}M", bytes as f64 / M as f64)
+    }
+}
+
+/// One value of a flat keyed file (`memory.stat`, `memory.events`, `memory.oom_control`).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(key)).then(|| words.next()?.parse().ok()).flatten()
+    })
+}
+
+/// A reading of a dyno's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemorySample {
+    /// What the cgroup is charged (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub usage: u64,
+    /// Page cache the kernel can drop at once (`inactive_file`, v1 `total_inactive_file`).
+    pub inactive_file: u64,
+    /// OOM kills so far (v2 `memory.events` `oom_kill`, v1 `memory.oom_control` `oom_kill`);
+    /// None on a kernel without the counter.
+    pub oom_kills: Option<u64>,
+    /// v1 `memory.failcnt`: times the limit was hit (the fallback without `oom_kills`).
+    pub failcnt: u64,
+    /// The most the cgroup was ever charged (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`;
+    /// 0 when the kernel does not say): what an R15 reports, read after the kill.
+    pub peak: u64,
+}
+
+impl MemorySample {
+    /// Parses the files of one layout: `usage` (`memory.current` / `memory.usage_in_bytes`),
+    /// `stat` (`memory.stat`), `events` (v2 `memory.events`, v1 `memory.oom_control`) and v1's
+    /// `failcnt`.
+    pub fn parse(v2: bool, usage: &str, stat: &str, events: &str, failcnt: Option<&str>) -> Option<Self> {
+        let inactive = if v2 { keyed(stat, "inactive_file") } else { keyed(stat, "total_inactive_file") };
+        Some(MemorySample {
+            usage: usage.trim().parse().ok()?,
+            inactive_file: inactive.unwrap_or(0),
+            oom_kills: keyed(events, "oom_kill"),
+            failcnt: failcnt.and_then(|f| f.trim().parse().ok()).unwrap_or(0),
+            peak: 0,
+        })
+    }
+
+    /// Memory the dyno really holds: the charge minus page cache it could drop (what
+    /// `docker stats` and the kubelet call the working set).
+    pub fn working_set(&self) -> u64 {
+        self.usage.saturating_sub(self.inactive_file)
+    }
+}
+
+/// What the shim does after a memory reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Fine,
+    /// Above the quota: log `Error R14 (Memory quota exceeded)` (the dyno keeps running).
+    R14 {
+        used: u64,
+    },
+    /// The kernel OOM-killed in the dyno (at twice the quota): log `Error R15 (Memory quota
+    /// vastly exceeded)` and kill the dyno.
+    R15 {
+        used: u64,
+    },
+}
+
+/// How often R14 is logged while a dyno stays above its quota (Heroku: about every 20 s).
+pub const R14_EVERY: Duration = Duration::from_secs(20);
+
+/// The R14/R15 decision for one dyno, fed one [`MemorySample`] at a time.
+#[derive(Debug, Clone)]
+pub struct MemoryWatch {
+    pub quota: u64,
+    last_r14: Option<Instant>,
+    /// OOM kills (or failcnt) when the watch started: only later ones are this dyno's R15.
+    oom_base: Option<u64>,
+    failcnt_base: u64,
+    r15: bool,
+}
+
+impl MemoryWatch {
+    pub fn new(quota: u64) -> Self {
+        MemoryWatch { quota, last_r14: None, oom_base: None, failcnt_base: 0, r15: false }
+    }
+
+    /// The first reading sets the baseline of the counters.
+    pub fn baseline(&mut self, sample: &MemorySample) {
+        self.oom_base = sample.oom_kills;
+        self.failcnt_base = sample.failcnt;
+    }
+
+    /// Decides what a reading means. `main_killed`: the dyno's main process died of SIGKILL
+    /// (only used where the kernel has no OOM kill counter). R15 is reported once.
+    pub fn step(&mut self, sample: &MemorySample, now: Instant, main_killed: bool) -> Verdict {
+        let used = sample.working_set();
+        if self.r15 {
+            return Verdict::Fine;
+        }
+        let oom = match (sample.oom_kills, self.oom_base) {
+            (Some(now), Some(base)) => now > base,
+            (Some(now), None) => now > 0,
+            (None, _) => main_killed && sample.failcnt > self.failcnt_base,
+        };
+        if oom {
+            self.r15 = true;
+            return Verdict::R15 { used: used.max(sample.peak) };
+        }
+        if used > self.quota {
+            if self.last_r14.is_none_or(|t| now.duration_since(t) >= R14_EVERY) {
+                self.last_r14 = Some(now);
+                return Verdict::R14 { used };
+            }
+        } else {
+            self.last_r14 = None;
+        }
+        Verdict::Fine
+    }
+}
+
+/// `Process running mem=100M(156.3%)`: Heroku's line before an R14/R15.
+pub fn running_line(used: u64, quota: u64) -> String {
+    let percent = if quota == 0 { 0.0 } else { used as f64 * 100.0 / quota as f64 };
+    format!("Process running mem={}M({percent:.1}%)", used >> 20)
+}
+
+/// The limits of one cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The memory quota; the hard limit is twice this.
+    pub memory: u64,
+    pub max_pids: u32,
+}
+
+/// The files and values to write for `limits`, in order (v1 memsw only after the memory limit
+/// it must not be below; optional files may be missing).
+pub fn limit_writes(v2: bool, limits: Limits) -> Vec<(&'static str, &'static str, String, bool)> {
+    let hard = (limits.memory.saturating_mul(2)).to_string();
+    if v2 {
+        vec![
+            ("memory", "memory.max", hard, true),
+            ("memory", "memory.swap.max", "0".into(), false),
+            // An OOM kills the whole dyno at once (Heroku's R15 stops the dyno).
+            ("memory", "memory.oom.group", "1".into(), false),
+            ("pids", "pids.max", limits.max_pids.to_string(), true),
+            ("cpu", "cpu.weight", "100".into(), false),
+        ]
+    } else {
+        vec![
+            ("memory", "memory.limit_in_bytes", hard.clone(), true),
+            ("memory", "memory.memsw.limit_in_bytes", hard, false),
+            ("pids", "pids.max", limits.max_pids.to_string(), true),
+            ("cpu", "cpu.shares", "1024".into(), false),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Effects: detection, creating, joining, reading, removing
+// ---------------------------------------------------------------------------------------------
+
+/// The layout of this machine's cgroups (whether or not this process may write them): enough
+/// to read a dyno's memory.
+pub fn find_layout() -> Result<Layout, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
+    let mounts = parse_mountinfo(&mountinfo);
+    let controllers =
+        mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
+    choose_layout(&mounts, controllers.as_deref())
+}
+
+/// Whether this process can put dynos into cgroups, and why not.
+pub fn detect() -> Result<Layout, String> {
+    if std::env::var("SLIPWAY_CGROUPS").is_ok_and(|v| v == "0") {
+        return Err("turned off by SLIPWAY_CGROUPS=0".into());
+    }
+    let layout = find_layout()?;
+    let probe = match &layout {
+        Layout::V2 { root } => root.clone(),
+        Layout::V1 { memory, .. } => memory.clone(),
+    };
+    if !writable(&probe) {
+        return Err(format!("{} is not writable (not root, and no delegated subtree)", probe.display()));
+    }
+    Ok(layout)
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads a NUL-terminated path and touches no memory of ours otherwise.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// One cgroup: its path under each hierarchy root (one root for v2; memory, pids and maybe cpu
+/// for v1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    v2: bool,
+    root: Vec<PathBuf>,
+    rel: PathBuf,
+}
+
+impl Cgroup {
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.root.iter().map(|r| r.join(&self.rel)).collect()
+    }
+
+    fn dir_for(&self, controller: &str) -> Option<PathBuf> {
+        if self.v2 {
+            return Some(self.root[0].join(&self.rel));
+        }
+        let i = match controller {
+            "memory" => 0,
+            "pids" => 1,
+            _ => 2,
+        };
+        self.root.get(i).map(|r| r.join(&self.rel))
+    }
+
+    /// Creates the cgroup (and its parents) and sets its limits.
+    pub fn create(&self, limits: Limits) -> io::Result<()> {
+        for (root, dir) in self.root.iter().zip(self.dirs()) {
+            if self.v2 {
+                // Controllers must be enabled in every ancestor's subtree_control.
+                let mut at = root.clone();
+                for part in self.rel.iter() {
+                    enable_controllers(&at)?;
+                    at.push(part);
+                    mkdir(&at)?;
+                }
+            } else {
+                std::fs::create_dir_all(&dir)?;
+            }
+        }
+        for (controller, file, value, required) in limit_writes(self.v2, limits) {
+            let Some(dir) = self.dir_for(controller) else { continue };
+            let path = dir.join(file);
+            if !required && !path.exists() {
+                continue;
+            }
+            std::fs::write(&path, &value)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Opens each hierarchy's `cgroup.procs` for writing: [`join_raw`] in a `pre_exec` then
+    /// moves the new process in before it runs anything.
+    pub fn open_procs(&self) -> io::Result<Vec<File>> {
+        self.dirs()
+            .iter()
+            .map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")))
+            .collect()
+    }
+
+    /// The processes in the cgroup now.
+    pub fn procs(&self) -> Vec<i32> {
+        let Some(dir) = self.dir_for("pids") else { return Vec::new() };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn pids_current(&self) -> Option<u64> {
+        let dir = self.dir_for("pids")?;
+        std::fs::read_to_string(dir.join("pids.current")).ok()?.trim().parse().ok()
+    }
+
+    pub fn memory(&self) -> Option<MemorySample> {
+        let dir = self.dir_for("memory")?;
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let (sample, peak) = if self.v2 {
+            let sample = MemorySample::parse(
+                true,
+                &read("memory.current"),
+                &read("memory.stat"),
+                &read("memory.events"),
+                None,
+            );
+            (sample, read("memory.peak"))
+        } else {
+            let failcnt = read("memory.failcnt");
+            let sample = MemorySample::parse(
+                false,
+                &read("memory.usage_in_bytes"),
+                &read("memory.stat"),
+                &read("memory.oom_control"),
+                Some(&failcnt),
+            );
+            (sample, read("memory.max_usage_in_bytes"))
+        };
+        sample.map(|s| MemorySample { peak: peak.trim().parse().unwrap_or(0), ..s })
+    }
+
+    /// SIGKILLs every process in the cgroup (all of them its dyno's or build's, including those
+    /// that left the process group).
+    pub fn kill_all(&self) {
+        for pid in self.procs() {
+            // Gone already (ESRCH) is what we want.
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|d| d.is_dir())
+    }
+
+    /// SIGKILLs everything in the cgroup and removes it, waiting (until `deadline`) for the
+    /// processes to go; `reap` is called between attempts (a subreaper must reap its orphans
+    /// before their cgroup empties). Then removes the app's and the home's directories if they
+    /// are empty now.
+    pub fn remove(&self, deadline: Instant, mut reap: impl FnMut()) -> io::Result<()> {
+        loop {
+            self.kill_all();
+            reap();
+            let mut busy = None;
+            for dir in self.dirs() {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        busy = Some(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())))
+                    }
+                }
+            }
+            match busy {
+                None => break,
+                Some(e) if Instant::now() >= deadline => return Err(e),
+                Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        for dir in self.dirs() {
+            // The app's and the home's dirs go when this was their last child; another dyno's
+            // cgroup in them keeps them (ENOTEMPTY/EBUSY), which is fine.
+            for parent in dir.ancestors().skip(1).take(2) {
+                if std::fs::remove_dir(parent).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The `cgroup.subtree_control` writes that give the children of a v2 cgroup memory, pids and
+/// (if offered) cpu: `(controller, required)` for each one offered and not yet enabled.
+pub fn controllers_to_enable(offered: &str, enabled: &str) -> Vec<(&'static str, bool)> {
+    [("memory", true), ("pids", true), ("cpu", false)]
+        .into_iter()
+        .filter(|(c, _)| offered.split_whitespace().any(|o| o == *c))
+        .filter(|(c, _)| !enabled.split_whitespace().any(|o| o == *c))
+        .collect()
+}
+
+/// Enables memory, pids and cpu for the children of v2 cgroup `dir`. cpu is best effort (the
+/// kernel refuses it while real-time threads run in a child); the CPU weight is then left out.
+fn enable_controllers(dir: &Path) -> io::Result<()> {
+    let offered = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
+    for (controller, required) in controllers_to_enable(&offered, &enabled) {
+        match std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+            Err(e) if required => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("enabling {controller} in {}: {e}", dir.display()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling process into the cgroups whose `cgroup.procs` are open as `fds`. Only
+/// `write(2)`: safe between fork and exec.
+pub fn join_raw(fds: &[RawFd]) -> io::Result<()> {
+    for fd in fds {
+        // SAFETY: write(2) on an fd we own with a 1-byte static buffer; async-signal-safe.
+        let n = unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub fn raw_fds(files: &[File]) -> Vec<RawFd> {
+    files.iter().map(AsRawFd::as_raw_fd).collect()
+}
+
+/// Every cgroup directory of this home's apps: `(app, name, cgroup)`, `name` being a dyno id or
+/// `build-<pid>`.
+pub fn list(layout: &Layout, home: &Path) -> Vec<(String, String, Cgroup)> {
+    let base = Path::new(&home_dir_name(home)).to_path_buf();
+    let probe = match layout {
+        Layout::V2 { root } => root.join(&base),
+        Layout::V1 { memory, .. } => memory.join(&base),
+    };
+    let mut out = Vec::new();
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // v1: a name may exist under one hierarchy only (a create that failed half-way).
+    let mut apps = names(&probe);
+    if let Layout::V1 { pids, .. } = layout {
+        apps.extend(names(&pids.join(&base)));
+    }
+    apps.sort();
+    apps.dedup();
+    for app in apps {
+        let mut groups = names(&probe.join(&app));
+        if let Layout::V1 { pids, .. } = layout {
+            groups.extend(names(&pids.join(&base).join(&app)));
+        }
+        groups.sort();
+        groups.dedup();
+        for name in groups {
+            let rel = base.join(&app).join(&name);
+            out.push((app.clone(), name, layout.group(&rel)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const V2_MOUNTINFO: &str = "\
+25 30 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+28 25 0:25 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+    const COMBINED_V1: &str = "\
+40 31 0:40 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+41 31 0:41 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn layouts_from_mounts() {
+        let v1 = parse_mountinfo(V1_MOUNTINFO);
+        assert_eq!(v1.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        let cases: &[(&Mounts, Option<&str>, Result<Layout, &str>)] = &[
+            // This machine: v2 without controllers, v1 with memory and pids.
+            (
+                &v1,
+                Some(""),
+                Ok(Layout::V1 {
+                    memory: "/sys/fs/cgroup/memory".into(),
+                    pids: "/sys/fs/cgroup/pids".into(),
+                    cpu: Some("/sys/fs/cgroup/cpu".into()),
+                }),
+            ),
+            (
+                &parse_mountinfo(V2_MOUNTINFO),
+                Some("cpuset cpu io memory hugetlb pids rdma misc"),
+                Ok(Layout::V2 { root: "/sys/fs/cgroup".into() }),
+            ),
+            (
+                &parse_mountinfo(V2_MOUNTINFO),
+                Some("cpu io"),
+                Err("the cgroup v2 root offers no memory and pids controllers"),
+            ),
+            (
+                &parse_mountinfo(COMBINED_V1),
+                None,
+                Err("no cgroup with the memory and pids controllers is mounted"),
+            ),
+            (&Mounts::default(), None, Err("no cgroup with the memory and pids controllers is mounted")),
+        ];
+        for (mounts, controllers, want) in cases {
+            let got = choose_layout(mounts, *controllers);
+            assert_eq!(got, want.clone().map_err(str::to_string), "{mounts:?}");
+        }
+        assert_eq!(parse_mountinfo(COMBINED_V1).v1["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("512M", Some(512 << 20)),
+            ("512m", Some(512 << 20)),
+            ("512MB", Some(512 << 20)),
+            ("1G", Some(1 << 30)),
+            ("1.5G", Some(3 << 29)),
+            ("2gb", Some(2 << 30)),
+            ("64", Some(64 << 20)),
+            ("16M", Some(16 << 20)),
+            ("15M", None),
+            ("0", None),
+            ("2000G", None),
+            ("1T", None),
+            ("-1G", None),
+            ("", None),
+            ("G", None),
+            ("abc", None),
+        ] {
+            assert_eq!(parse_size(text).ok(), want, "{text}");
+        }
+        for (bytes, want) in
+            [(512 << 20, "512M"), (1 << 30, "1G"), (3 << 29, "1.5G"), (64 << 20, "64M"), (2560 << 20, "2.5G")]
+        {
+            assert_eq!(format_size(bytes), want);
+            assert_eq!(parse_size(want).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn memory_files_of_both_versions() {
+        let v2 = MemorySample::parse(
+            true,
+            "104857600\n",
+            "anon 90000000\nfile 14000000\ninactive_file 4857600\nactive_file 100\n",
+            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            v2,
+            MemorySample {
+                usage: 104_857_600,
+                inactive_file: 4_857_600,
+                oom_kills: Some(1),
+                failcnt: 0,
+                peak: 0
+            }
+        );
+        assert_eq!(v2.working_set(), 100_000_000);
+        let v1 = MemorySample::parse(
+            false,
+            "2000\n",
+            "cache 10\ninactive_file 999\ntotal_inactive_file 500\n",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            Some("7\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            v1,
+            MemorySample { usage: 2000, inactive_file: 500, oom_kills: Some(3), failcnt: 7, peak: 0 }
+        );
+        // An old v1 kernel: no oom_kill line.
+        let old =
+            MemorySample::parse(false, "10", "", "oom_kill_disable 0\nunder_oom 0\n", Some("0")).unwrap();
+        assert_eq!(old.oom_kills, None);
+        assert!(MemorySample::parse(true, "", "", "", None).is_none());
+        assert_eq!(keyed("oom 1\noom_kill 2\n", "oom"), Some(1));
+    }
+
+    #[test]
+    fn r14_is_rate_limited_and_r15_follows_an_oom_kill() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mb = |n: u64| n << 20;
+        let sample = |used: u64, oom: u64| MemorySample {
+            usage: used,
+            inactive_file: 0,
+            oom_kills: Some(oom),
+            failcnt: 0,
+            peak: 0,
+        };
+        let mut w = MemoryWatch::new(mb(64));
+        w.baseline(&sample(0, 2)); // earlier kills in a reused cgroup are not this dyno's
+        let steps: &[(u64, u64, u64, Verdict)] = &[
+            (0, mb(10), 2, Verdict::Fine),
+            (1, mb(64), 2, Verdict::Fine), // at the quota, not above
+            (2, mb(70), 2, Verdict::R14 { used: mb(70) }),
+            (3, mb(90), 2, Verdict::Fine), // rate-limited
+            (21, mb(90), 2, Verdict::Fine),
+            (22, mb(90), 2, Verdict::R14 { used: mb(90) }),
+            (23, mb(10), 2, Verdict::Fine), // below again: the next excess logs at once
+            (24, mb(80), 2, Verdict::R14 { used: mb(80) }),
+            (25, mb(128), 3, Verdict::R15 { used: mb(128) }),
+            (26, mb(128), 4, Verdict::Fine), // once
+        ];
+        for (s, used, oom, want) in steps {
+            assert_eq!(&w.step(&sample(*used, *oom), at(*s), false), want, "at {s} s");
+        }
+        // No oom_kill counter: a SIGKILLed main process after the limit was hit is R15.
+        let mut old = MemoryWatch::new(mb(64));
+        let s =
+            |failcnt| MemorySample { usage: mb(100), inactive_file: 0, oom_kills: None, failcnt, peak: 0 };
+        old.baseline(&s(0));
+        assert_eq!(old.step(&s(5), t0, false), Verdict::R14 { used: mb(100) });
+        assert_eq!(old.step(&s(0), at(30), true), Verdict::R14 { used: mb(100) });
+        assert_eq!(old.step(&s(9), at(31), true), Verdict::R15 { used: mb(100) });
+        // Read after the kill, the cgroup is empty: R15 reports the peak.
+        let mut after = MemoryWatch::new(mb(64));
+        let dead =
+            MemorySample { usage: mb(1), inactive_file: 0, oom_kills: Some(1), failcnt: 0, peak: mb(128) };
+        assert_eq!(after.step(&dead, t0, true), Verdict::R15 { used: mb(128) });
+    }
+
+    #[test]
+    fn controllers_enabled_down_the_v2_path() {
+        let all = "cpuset cpu io memory hugetlb pids rdma misc";
+        assert_eq!(controllers_to_enable(all, ""), [("memory", true), ("pids", true), ("cpu", false)]);
+        assert_eq!(controllers_to_enable(all, "cpu memory pids"), []);
+        assert_eq!(controllers_to_enable("memory pids", "memory"), [("pids", true)]);
+        assert_eq!(controllers_to_enable("io", ""), []);
+    }
+
+    #[test]
+    fn limits_to_write() {
+        let l = Limits { memory: 64 << 20, max_pids: 32 };
+        let v1: Vec<(&str, String)> = limit_writes(false, l).into_iter().map(|(_, f, v, _)| (f, v)).collect();
+        assert_eq!(v1[0], ("memory.limit_in_bytes", (128u64 << 20).to_string()));
+        assert_eq!(v1[1].0, "memory.memsw.limit_in_bytes");
+        assert_eq!(v1[2], ("pids.max", "32".into()));
+        let v2: Vec<&str> = limit_writes(true, l).into_iter().map(|(_, f, _, _)| f).collect();
+        assert_eq!(v2, ["memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "cpu.weight"]);
+        assert!(!v2.contains(&"memory.high"));
+    }
+
+    #[test]
+    fn paths() {
+        let a = home_dir_name(Path::new("/var/lib/slipway"));
+        assert_eq!(a.len(), "slipway-".len() + 16);
+        assert_ne!(a, home_dir_name(Path::new("/tmp/other")));
+        assert_eq!(
+            dyno_rel(Path::new("/h"), "hello", 7),
+            Path::new(&home_dir_name(Path::new("/h"))).join("hello/7")
+        );
+        let layout = Layout::V1 { memory: "/m".into(), pids: "/p".into(), cpu: None };
+        let g = layout.group(Path::new("x/app/7"));
+        assert_eq!(g.dirs(), [PathBuf::from("/m/x/app/7"), PathBuf::from("/p/x/app/7")]);
+        assert_eq!(Layout::V2 { root: "/sys/fs/cgroup".into() }.group(Path::new("x/a/1")).dirs().len(), 1);
+    }
+}

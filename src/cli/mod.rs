@@ -295,6 +295,9 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Internal: the HTTP router process, started and kept by the daemon.
+    #[command(name = "router", hide = true)]
+    Router,
     /// Internal: the per-dyno output shim started by the daemon.
     #[command(name = "dyno-shim", hide = true)]
     DynoShim {
@@ -337,6 +340,7 @@ impl Command {
                 | Command::Hook { .. }
                 | Command::SshServe { .. }
                 | Command::DynoShim { .. }
+                | Command::Router
         )
     }
 }
@@ -391,6 +395,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
+        Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::DynoShim { log, log_max_bytes, log_files, dyno, dir, announce, stop_timeout, command } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
             // than this binary does not pass it; its dynos must still start).

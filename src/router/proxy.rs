@@ -46,12 +46,32 @@ pub(super) async fn serve_connection(
 ) {
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
+    let mut retire = inner.retire.subscribe();
     loop {
+        // A retiring router closes a kept-alive connection between requests (an idle one at
+        // once, as nginx does on a graceful stop); a request already arriving is served.
+        if *retire.borrow() && buf.is_empty() {
+            return finish(client, &[]).await;
+        }
+        let idle = buf.is_empty();
         let read = tokio::time::timeout(
             inner.head_timeout,
             read_request(&mut client, &mut buf, peer.ip(), listen_port),
         );
-        let req = match read.await {
+        let read = async {
+            tokio::select! {
+                read = read => Some(read),
+                _ = retire.wait_for(|r| *r), if idle => None,
+            }
+        };
+        let Some(read) = read.await else {
+            if buf.is_empty() {
+                return finish(client, &[]).await;
+            }
+            // A head had begun to arrive: read the rest and serve it.
+            continue;
+        };
+        let req = match read {
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) | Ok(Err(ReadError::Truncated)) => return,
             Err(_elapsed) => {

@@ -15,6 +15,9 @@ use support::*;
 
 const HOST: &str = "hello.localhost";
 
+/// What one request got: status and body, or None when it failed outright.
+type Answer = Option<(u16, String)>;
+
 /// `run/router`: (pid, start time).
 fn router_process(slip: &Slipway) -> Option<(u32, u64)> {
     let text = std::fs::read_to_string(slip.home.join("run").join("router")).ok()?;
@@ -32,14 +35,14 @@ fn serves(router: &str) -> bool {
 /// while `action` runs, and for a few more after it; returns (requests, failures).
 fn requests_across(router: &str, action: impl FnOnce()) -> (usize, Vec<String>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<Option<(u16, String)>>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let client = {
         let (stop, results, router) = (stop.clone(), results.clone(), router.to_string());
         std::thread::spawn(move || {
             let started = Instant::now();
             while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
                 let answer = router_get(&router, HOST, "/");
-                let mut results = results.lock().unwrap();
+                let mut results = results.lock().expect("results");
                 results.push(answer);
                 if results.len() >= 100_000 {
                     break;
@@ -47,13 +50,13 @@ fn requests_across(router: &str, action: impl FnOnce()) -> (usize, Vec<String>) 
             }
         })
     };
-    wait_until(Duration::from_secs(10), || results.lock().unwrap().len() >= 20);
+    wait_until(Duration::from_secs(10), || results.lock().expect("results").len() >= 20);
     action();
-    let after = results.lock().unwrap().len();
-    wait_until(Duration::from_secs(10), || results.lock().unwrap().len() >= after + 20);
+    let after = results.lock().expect("results").len();
+    wait_until(Duration::from_secs(10), || results.lock().expect("results").len() >= after + 20);
     stop.store(true, Ordering::SeqCst);
-    client.join().unwrap();
-    let results = results.lock().unwrap();
+    client.join().expect("the client thread");
+    let results = results.lock().expect("results");
     let failures = results
         .iter()
         .filter(|r| !matches!(r, Some((200, b)) if b == "v1"))
@@ -76,10 +79,10 @@ fn start_daemon_from(slip: &Slipway, binary: &std::path::Path) -> Child {
     if let Some(dir) = template.get_current_dir() {
         command.current_dir(dir);
     }
-    let log = std::fs::File::create(slip.root().join("daemon-upgraded.log")).unwrap();
+    let log = std::fs::File::create(slip.root().join("daemon-upgraded.log")).expect("daemon-upgraded.log");
     let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stdout(Stdio::from(log.try_clone().expect("daemon-upgraded.log")))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("starting the upgraded daemon");

@@ -222,3 +222,28 @@ fn serving_survives_daemon_kills_stops_upgrades_and_router_crashes() {
     upgraded.kill().ok();
     upgraded.wait().ok();
 }
+
+/// With no dyno left (an uninstall runs `ps:stop --all` first), `daemon --stop` stops the
+/// router too, also when the daemon was already gone (stopped by systemd, or killed).
+#[test]
+fn daemon_stop_with_no_dynos_stops_the_router_too() {
+    let mut slip = Slipway::new();
+    slip.start_daemon();
+    let (pid, _) = router_process(&slip).expect("no router announced in run/router");
+    let daemon = slip.json(&["status", "--json"])["daemon"]["pid"].as_u64().expect("the daemon's pid") as u32;
+    let stopped = slip.cmd_ok(&["daemon", "--stop"]);
+    assert!(stopped.contains("daemon and router stopped"), "{stopped}");
+    assert!(!process_alive(pid), "the router still runs");
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(daemon)));
+    slip.stop_daemon(); // reaps the harness's child
+
+    slip.start_daemon();
+    let (pid, _) = router_process(&slip).expect("no router after the restart");
+    slip.kill_daemon_hard();
+    assert!(process_alive(pid), "the router died with the daemon");
+    let stopped = slip.cmd_ok(&["daemon", "--stop"]);
+    assert!(stopped.contains("router stopped (the daemon was not running"), "{stopped}");
+    assert!(!process_alive(pid), "the router still runs");
+    assert_eq!(slip.leftover_processes(), Vec::<u32>::new(), "processes left running");
+    assert!(router_get(&slip.router_addr, HOST, "/").is_none(), "something still listens");
+}

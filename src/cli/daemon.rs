@@ -15,10 +15,16 @@ use crate::settings::Settings;
 
 pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> {
     if stop {
+        let no_dynos = crate::router::keeper::live_shims(home) == 0;
+        if daemon::running_pid(home).is_none() && no_dynos && crate::router::keeper::stop(home)? {
+            // A daemon stopped by systemd (`systemctl stop`, an uninstall) left the router.
+            out("slipway router stopped (the daemon was not running, and no dyno is)");
+            return Ok(0);
+        }
         daemon::stop(home)?;
         // The router outlives the daemon and keeps serving the dynos; with no dyno left (after
         // `ps:stop --all`, as an uninstall does) there is nothing to serve, and it stops too.
-        if crate::router::keeper::live_shims(home) == 0 {
+        if no_dynos {
             if crate::router::keeper::stop(home)? {
                 out("slipway daemon and router stopped (no dyno was running)");
             } else {

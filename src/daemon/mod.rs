@@ -78,6 +78,8 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
 }
 
 async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
+    // Dynos inherit the daemon's fd limit (as when the router ran inside the daemon).
+    crate::router::raise_fd_limit();
     let store = Store::open(&home.db())?;
     // Daemons before slipway.toml recorded their log policy there; every writer now reads the
     // settings file instead.

@@ -98,7 +98,14 @@ pub async fn start(home: &Home, settings: &Settings) -> anyhow::Result<RouterLin
 /// socket path.
 async fn hand_over(home: &Home, settings: &Settings, old: Announcement) -> anyhow::Result<Announcement> {
     let old_link = UnixStream::connect(control::socket(home)).await;
-    let new = spawn_and_wait(home, Some(old.pid)).await?;
+    let new = match spawn_and_wait(home, Some(old.pid)).await {
+        Ok(new) => new,
+        Err(err) => {
+            // Serving comes first: keep the old router rather than fail the daemon's start.
+            tracing::error!(err = %format!("{err:#}"), pid = old.pid, "the new router did not start; keeping the old one");
+            return Ok(old);
+        }
+    };
     tracing::info!(old = old.pid, new = new.pid, old_version = %old.version, "router handed over to a new router");
     let grace = control::retire_grace(settings);
     match old_link {

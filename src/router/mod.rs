@@ -420,6 +420,11 @@ impl Router {
                         Ok(listener) => router.serve(listener).await,
                         Err(err) => tracing::error!(%err, index, "router thread cannot listen"),
                     }
+                    // Retired: this runtime's connection tasks end with it, so it lives until
+                    // they are done (the process ends after `retire`'s grace anyway).
+                    while router.open_connections() > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 });
             })?;
         }

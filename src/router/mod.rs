@@ -1,4 +1,4 @@
-//! The HTTP router (issue 6): an HTTP/1.1 reverse proxy that the daemon runs on
+//! The HTTP router (issue 6): an HTTP/1.1 reverse proxy that the router process ([`service`]) runs on
 //! `SLIPWAY_ROUTER_ADDR`, sending `Host: <app>.<SLIPWAY_DOMAIN>` and each custom domain to that
 //! app's `up` web dynos, round robin.
 //!
@@ -27,7 +27,7 @@
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,
-//! which have no app and go to the daemon's own log):
+//! which have no app and go to the router process's own log, `logs/router.log`):
 //!
 //! | situation | status | code |
 //! |---|---|---|

@@ -31,31 +31,41 @@ fn serves(router: &str) -> bool {
     router_get(router, HOST, "/").is_some_and(|(s, b)| s == 200 && b == "v1")
 }
 
-/// Requests back to back through the router (fresh connection each, bounded in time and count)
-/// while `action` runs, and for a few more after it; returns (requests, failures).
+/// How many clients send requests at once: enough that some connection is usually waiting in
+/// a listener's accept queue when a router stops accepting.
+const CLIENTS: usize = 4;
+
+/// Requests back to back through the router from [`CLIENTS`] threads (a fresh connection each,
+/// bounded in time and count) while `action` runs, and for a few more after it; returns
+/// (requests, failures).
 fn requests_across(router: &str, action: impl FnOnce()) -> (usize, Vec<String>) {
     let stop = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let client = {
-        let (stop, results, router) = (stop.clone(), results.clone(), router.to_string());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
-                let answer = router_get(&router, HOST, "/");
-                let mut results = results.lock().expect("results");
-                results.push(answer);
-                if results.len() >= 100_000 {
-                    break;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, results, router) = (stop.clone(), results.clone(), router.to_string());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
+                    let answer = router_get(&router, HOST, "/");
+                    let mut results = results.lock().expect("results");
+                    results.push(answer);
+                    if results.len() >= 200_000 {
+                        break;
+                    }
                 }
-            }
+            })
         })
-    };
-    wait_until(Duration::from_secs(10), || results.lock().expect("results").len() >= 20);
+        .collect();
+    let count = || results.lock().expect("results").len();
+    wait_until(Duration::from_secs(10), || count() >= 20);
     action();
-    let after = results.lock().expect("results").len();
-    wait_until(Duration::from_secs(10), || results.lock().expect("results").len() >= after + 20);
+    let after = count();
+    wait_until(Duration::from_secs(10), || count() >= after + 20 * CLIENTS);
     stop.store(true, Ordering::SeqCst);
-    client.join().expect("the client thread");
+    for client in clients {
+        client.join().expect("a client thread");
+    }
     let results = results.lock().expect("results");
     let failures = results
         .iter()
@@ -96,6 +106,15 @@ fn start_daemon_from(slip: &Slipway, binary: &std::path::Path) -> Child {
         );
     }
     child
+}
+
+/// SIGTERM to a daemon this test started, and wait for it.
+fn stop_child(mut daemon: Child) {
+    let terminated = Command::new("/bin/kill").args(["-TERM", &daemon.id().to_string()]).status();
+    if !terminated.is_ok_and(|s| s.success()) {
+        daemon.kill().ok();
+    }
+    daemon.wait().ok();
 }
 
 #[test]
@@ -181,31 +200,46 @@ fn serving_survives_daemon_kills_stops_upgrades_and_router_crashes() {
         "the daemon did not adopt the running router"
     );
 
-    // 4. An upgrade: the daemon restarted from another binary hands the router over.
+    // 4. Upgrades: a daemon restarted from another binary hands the router over to a router of
+    // that binary. Three in a row (new, back to the old path, new again), one right after the
+    // other, so a handover also meets a router still retiring from the previous one.
     let other = slip.root().join("upgrade");
     std::fs::create_dir_all(&other).unwrap();
     let copy = other.join("slipway");
     std::fs::copy(BIN, &copy).unwrap();
-    let mut upgraded = None;
+    let original = std::path::PathBuf::from(BIN);
+    let mut upgraded: Option<Child> = None;
+    let mut routers = vec![hand_pid];
     let (n, failures) = requests_across(&router, || {
         slip.stop_daemon();
-        upgraded = Some(start_daemon_from(&slip, &copy));
+        for binary in [&copy, &original, &copy] {
+            if let Some(daemon) = upgraded.take() {
+                stop_child(daemon);
+            }
+            upgraded = Some(start_daemon_from(&slip, binary));
+            let (pid, _) = router_process(&slip).expect("no router after an upgrade");
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(&exe, binary, "the router does not run the daemon's binary");
+            routers.push(pid);
+        }
     });
-    let mut upgraded = upgraded.unwrap();
-    println!("in-place upgrade: {n} requests, {} failed", failures.len());
+    let upgraded = upgraded.unwrap();
+    println!("3 in-place upgrades: {n} requests, {} failed", failures.len());
     assert!(
         failures.is_empty(),
         "{} of {n} requests failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    let (new_pid, _) = router_process(&slip).expect("no router after the upgrade");
-    assert_ne!(new_pid, hand_pid, "the router was not handed over");
-    let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
-    assert_eq!(exe, copy, "the new router does not run the new binary");
+    let mut distinct = routers.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "not every upgrade handed the router over: {routers:?}");
+    let new_pid = *routers.last().unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || matches!(by_hand.try_wait(), Ok(Some(_)))),
-        "the old router did not exit after the handover"
+        wait_until(Duration::from_secs(30), || matches!(by_hand.try_wait(), Ok(Some(_)))
+            && routers[1..3].iter().all(|p| !process_alive(*p))),
+        "the old routers did not exit after the handovers"
     );
 
     // 5. A router that dies is started again by the daemon.
@@ -219,8 +253,7 @@ fn serving_survives_daemon_kills_stops_upgrades_and_router_crashes() {
     let log = std::fs::read_to_string(slip.home.join("logs").join("slipway.log")).unwrap_or_default();
     assert!(log.contains("the router exited; starting a new one"), "no log line about the restart:\n{log}");
 
-    upgraded.kill().ok();
-    upgraded.wait().ok();
+    stop_child(upgraded);
 }
 
 /// With no dyno left (an uninstall runs `ps:stop --all` first), `daemon --stop` stops the

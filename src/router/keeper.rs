@@ -97,6 +97,16 @@ pub async fn start(home: &Home, settings: &Settings) -> anyhow::Result<RouterLin
 /// accepts, then tells `old` to retire over a connection opened before the new router took the
 /// socket path.
 async fn hand_over(home: &Home, settings: &Settings, old: Announcement) -> anyhow::Result<Announcement> {
+    // One handover at a time: the old router steers to the group's second listener, so a
+    // router still retiring from the previous one (two upgrades in a row) must be gone first.
+    let deadline = Instant::now() + control::retire_grace(settings) + Duration::from_secs(5);
+    while super::reuseport::listeners(settings.router_addr).is_some_and(|n| n > 1) {
+        if Instant::now() > deadline {
+            tracing::warn!(addr = %settings.router_addr, "more than one listener on the router's address; handing over anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let old_link = UnixStream::connect(control::socket(home)).await;
     let new = match spawn_and_wait(home, Some(old.pid)).await {
         Ok(new) => new,

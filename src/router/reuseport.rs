@@ -76,6 +76,38 @@ pub fn steer_to_newest(listener: &std::net::TcpListener) -> io::Result<()> {
     Ok(())
 }
 
+/// How many sockets listen on `addr` right now (`/proc/net/tcp` or `tcp6`): during a handover
+/// two, else one. `None` when the table cannot be read.
+pub fn listeners(addr: SocketAddr) -> Option<usize> {
+    let (file, wanted) = match addr {
+        SocketAddr::V4(a) => ("/proc/net/tcp", proc_net_address(&a.ip().octets(), a.port())),
+        SocketAddr::V6(a) => ("/proc/net/tcp6", proc_net_address(&a.ip().octets(), a.port())),
+    };
+    let table = std::fs::read_to_string(file).ok()?;
+    Some(count_listeners(&table, &wanted))
+}
+
+/// An address as `/proc/net/tcp*` prints it: each 32-bit word of the IP in host byte order,
+/// `%08X`, then `:PORT` in hex.
+fn proc_net_address(octets: &[u8], port: u16) -> String {
+    let mut text: String =
+        octets.chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect();
+    text.push_str(&format!(":{port:04X}"));
+    text
+}
+
+/// Rows of a `/proc/net/tcp*` table in state LISTEN (`0A`) at `address`.
+fn count_listeners(table: &str, address: &str) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&address) && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +120,7 @@ mod tests {
         let addr = old.local_addr().unwrap();
         can_bind(addr).unwrap();
         let new = bind(addr).unwrap();
+        assert_eq!(listeners(addr), Some(2));
         steer_to_newest(&old).unwrap();
         // Every new connection now lands on the new listener.
         old.set_nonblocking(true).unwrap();
@@ -101,6 +134,7 @@ mod tests {
         }
         assert!(old.accept().is_err(), "a connection went to the old listener");
         drop(old);
+        assert_eq!(listeners(addr), Some(1));
         // The survivor serves alone.
         let _client = std::net::TcpStream::connect(addr).unwrap();
         new.accept().unwrap();
@@ -112,5 +146,21 @@ mod tests {
         let addr = foreign.local_addr().unwrap();
         assert!(can_bind(addr).is_err());
         assert!(bind(addr).is_err());
+    }
+
+    #[test]
+    fn listening_rows_of_proc_net_tcp_are_counted_by_address() {
+        let table = "  sl  local_address rem_address   st tx_queue\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000\n\
+   3: 00000000:1F90 00000000:0000 0A 00000000:00000000\n";
+        let here = proc_net_address(&[127, 0, 0, 1], 8080);
+        if cfg!(target_endian = "little") {
+            assert_eq!(here, "0100007F:1F90");
+        }
+        assert_eq!(count_listeners(table, "0100007F:1F90"), 2);
+        assert_eq!(count_listeners(table, "00000000:1F90"), 1);
+        assert_eq!(count_listeners(table, "0100007F:0050"), 0);
     }
 }

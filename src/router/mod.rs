@@ -379,12 +379,10 @@ impl Router {
     /// connections still open then.
     pub async fn retire(&self, steer: bool, settle: Duration, grace: Duration) -> usize {
         if steer {
-            let listener = self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let Some(listener) = listener {
-                match reuseport::steer_to_newest(&listener) {
-                    Ok(()) => tokio::time::sleep(settle).await,
-                    Err(err) => tracing::warn!(%err, "cannot steer new connections to the new router"),
-                }
+            match self.steer_to_successor() {
+                Ok(true) => tokio::time::sleep(settle).await,
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%err, "cannot steer new connections to the new router"),
             }
         }
         self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -394,6 +392,17 @@ impl Router {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.open_connections()
+    }
+
+    /// From now on the kernel gives new connections to the address to the successor that
+    /// joined it (the second listener of its reuseport group, see [`reuseport`]); this router
+    /// still accepts what was already queued for it. False when it serves no listener.
+    pub fn steer_to_successor(&self) -> std::io::Result<bool> {
+        let listener = self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        match listener.as_ref() {
+            Some(listener) => reuseport::steer_to_newest(listener).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// True once [`retire`](Self::retire) has begun closing.

@@ -244,6 +244,14 @@ fn gather(home: &Home) -> StatusReport {
             "the router is not running: apps are not served (start the daemon: `slipway daemon`)".to_string()
         });
     }
+    if let Some(a) = announced.as_ref().filter(|a| a.version != env!("CARGO_PKG_VERSION")) {
+        problems.push(format!(
+            "the router (pid {}) is slipway {}, this binary is {}: restart the daemon, which hands the router over",
+            a.pid,
+            a.version,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
     let router = RouterStatus {
         addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
         domain,

@@ -970,10 +970,18 @@ async fn a_retiring_router_steers_new_connections_to_its_successor_and_finishes_
     }
     let retiring = old.clone();
     let retire = tokio::spawn(async move { retiring.retire(true, Duration::from_millis(50), STEP).await });
-    // The request in flight on the old router finishes there, then the old router is done.
+    // The request in flight on the old router finishes there, telling the client to reconnect,
+    // then the old router is done.
+    within("retiring", async {
+        while !old.retiring() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     gate.notify_one();
     let reply = within("the in-flight request", pending).await.expect("task");
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "released"));
+    assert_eq!(reply.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     assert_eq!(within("retire", retire).await.expect("task"), 0, "connections left open");
     let mut sender = client_at(addr).await;
     assert_eq!(send(&mut sender, request("alpha.localhost", "/", &[])).await.body, "successor");

@@ -427,7 +427,7 @@ impl Inner {
                 let body = Body { kind: req.body, dechunk: false, rechunk: true, idle: self.idle_timeout };
                 relay_body(&mut client_r, buf, &mut dyno_w, pending, body, Some(&progress)).await
             };
-            let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx);
+            let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx, &self.retire);
             let timer = tokio::time::sleep_until((started + self.timeout).into());
             tokio::pin!(upload, response, timer);
             loop {
@@ -557,6 +557,7 @@ async fn read_final_head<R, W>(
     buf: &mut BytesMut,
     client: &mut W,
     ctx: ResponseContext,
+    retire: &tokio::sync::watch::Sender<bool>,
 ) -> Result<ResponseHead, HeadWait>
 where
     R: AsyncRead + Unpin,
@@ -565,6 +566,8 @@ where
     loop {
         let head = loop {
             if !buf.is_empty() {
+                // A retiring router (a successor has the address) tells the client to reconnect.
+                let ctx = ResponseContext { close: ctx.close || *retire.borrow(), ..ctx };
                 match http1::parse_response(buf, ctx) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}

@@ -253,7 +253,8 @@ pub enum Command {
     Daemon {
         #[arg(long, conflicts_with = "stop")]
         foreground: bool,
-        /// Stop the running daemon; dynos keep running.
+        /// Stop the running daemon; dynos and the router keep running (the router stops too when no
+        /// dyno runs).
         #[arg(long)]
         stop: bool,
     },

@@ -99,8 +99,8 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = server::serve(listener, tx.clone()) => {}
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down, dynos keep running"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos keep running"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down, dynos and the router keep running"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos and the router keep running"),
         result = supervising => {
             // It stops only when it could not load the state; exit non-zero so systemd retries.
             tracing::error!(?result, "the supervisor stopped");

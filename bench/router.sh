@@ -31,7 +31,7 @@
 #   BENCH_MODES          CPU set-ups to measure, in this order (default "shared pinned"):
 #                          shared  no pinning: wrk, the dyno, the daemon and the proxy share both
 #                                  cores; the proxy nginx has `worker_processes auto` (2)
-#                          pinned  wrk (1 thread) on CPU 0; the dyno, the daemon (all its threads)
+#                          pinned  wrk (1 thread) on CPU 0; the dyno, the daemon, the router (all their threads)
 #                                  and the proxy nginx on CPU 1; the proxy nginx has 1 worker
 #   BENCH_DURATION       seconds per measured wrk run (default 8)
 #   BENCH_WARMUP         seconds of warm-up per path and mode before its first run (default 2)

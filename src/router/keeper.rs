@@ -355,3 +355,23 @@ pub fn live_shims(home: &Home) -> usize {
         })
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_announcements_of_live_shims_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = Home::at(dir.path());
+        home.ensure_layout().expect("layout");
+        assert_eq!(live_shims(&home), 0, "no run/dynos at all");
+        std::fs::create_dir_all(home.dyno_announcements()).expect("run/dynos");
+        let me = std::process::id() as i32;
+        let start = process::start_time(me).expect("own start time");
+        std::fs::write(home.dyno_announcement(1), format!("{me} {start} 0 0\n")).expect("write");
+        std::fs::write(home.dyno_announcement(2), format!("{me} {}\n", start + 1)).expect("write");
+        std::fs::write(home.dyno_announcement(3), "junk\n").expect("write");
+        assert_eq!(live_shims(&home), 1);
+    }
+}

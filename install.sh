@@ -770,9 +770,11 @@ stop_slipway() {
             say "Stopped and disabled slipway.service"
         }
     fi
-    # A daemon started by hand (no systemd, or before the unit existed).
-    would "stop the daemon: runuser -u $SLIPWAY_USER -- $BIN --home $HOME_DIR daemon --stop" || {
-        if as_slipway daemon --stop >/dev/null 2>&1; then say "Stopped the slipway daemon"; fi
+    # A daemon started by hand (no systemd, or before the unit existed), and the router: it
+    # outlives the daemon (systemd's KillMode=process leaves it too) and stops with
+    # 'daemon --stop' once no dyno is left.
+    would "stop the daemon and the router: runuser -u $SLIPWAY_USER -- $BIN --home $HOME_DIR daemon --stop" || {
+        if as_slipway daemon --stop >/dev/null 2>&1; then say "Stopped the slipway daemon and router"; fi
         wait_for down || warn "the slipway daemon still answers 'slipway status'; stop it by hand (kill its pid)."
     }
 }

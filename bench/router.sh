@@ -31,7 +31,7 @@
 #   BENCH_MODES          CPU set-ups to measure, in this order (default "shared pinned"):
 #                          shared  no pinning: wrk, the dyno, the daemon and the proxy share both
 #                                  cores; the proxy nginx has `worker_processes auto` (2)
-#                          pinned  wrk (1 thread) on CPU 0; the dyno, the daemon (all its threads)
+#                          pinned  wrk (1 thread) on CPU 0; the dyno, the daemon, the router (all their threads)
 #                                  and the proxy nginx on CPU 1; the proxy nginx has 1 worker
 #   BENCH_DURATION       seconds per measured wrk run (default 8)
 #   BENCH_WARMUP         seconds of warm-up per path and mode before its first run (default 2)
@@ -649,6 +649,11 @@ sw daemon >/dev/null
 [[ -s $H/run/slipway.pid ]] || die "daemon did not write $H/run/slipway.pid"
 DAEMON_PID=$(awk 'NR == 1 {print $1}' "$H/run/slipway.pid")
 [[ -d /proc/$DAEMON_PID ]] || die "no daemon process $DAEMON_PID"
+# The router is a process of its own (run/router: PID START VERSION CONFIG); it is the proxy
+# measured on the router path.
+[[ -s $H/run/router ]] || die "the daemon did not start a router ($H/run/router)"
+ROUTER_PID=$(awk 'NR == 1 {print $1}' "$H/run/router")
+[[ -d /proc/$ROUTER_PID ]] || die "no router process $ROUTER_PID"
 sw apps:create "$APP" >/dev/null
 out=$(cd "$WORK/src" && timeout 120 git push -q "$H/repos/$APP.git" main 2>&1) || { printf '%s\n' "$out" >&2; die "push failed"; }
 grep -q 'Launching... done, v1' <<<"$out" || { printf '%s\n' "$out" >&2; die "push: no 'Launching... done, v1'"; }
@@ -685,7 +690,7 @@ run_path() { # MODE LABEL MEASURED(1|0|p) SECONDS
     fi
     case $2 in
         direct) url=("http://127.0.0.1:$DYNO_PORT/") ;;
-        router) url=(-H "Host: $APP.localhost" "http://127.0.0.1:$ROUTER_PORT/") proxies=$DAEMON_PID ;;
+        router) url=(-H "Host: $APP.localhost" "http://127.0.0.1:$ROUTER_PORT/") proxies=$ROUTER_PID ;;
         nginx) url=("http://127.0.0.1:$PROXY_PORT/") proxies=$NGINX_PIDS ;;
         nginx-log) url=("http://127.0.0.1:$PROXY_LOG_PORT/") proxies=$NGINX_LOG_PIDS ;;
     esac
@@ -721,7 +726,7 @@ for mode in "${MODE_LIST[@]}"; do
     start_proxy "$WORK/proxy-log"
     NGINX_PIDS=$(pids_of_nginx "$WORK/proxy-off/nginx.pid" "$PROXY_WORKER_COUNT")
     NGINX_LOG_PIDS=$(pids_of_nginx "$WORK/proxy-log/nginx.pid" "$PROXY_WORKER_COUNT")
-    set_affinity "$SERVER_CPU" ${DYNO_PIDS//,/ } "$DAEMON_PID"
+    set_affinity "$SERVER_CPU" ${DYNO_PIDS//,/ } "$DAEMON_PID" "$ROUTER_PID"
     log "mode $mode: server side on CPUs $SERVER_CPU, wrk on ${CLIENT_CPU:-any CPU}; proxy nginx pids $NGINX_PIDS (access_log off), $NGINX_LOG_PIDS (access log on)"
     check_paths
     if ((WARMUP > 0)); then

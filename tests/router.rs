@@ -928,3 +928,61 @@ async fn a_stalled_body_is_cut_off_either_way() {
     assert!(line.contains("desc=\"Client Connection Idle\"") && line.contains(" status=499 "), "{line}");
     assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "no answer to half a request: {rest:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Handover to a successor on the same address (an upgrade of the router process)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retiring_router_steers_new_connections_to_its_successor_and_finishes_its_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = || RouterConfig::for_home(&Home::at(dir.path()));
+    let gate = Arc::new(Notify::new());
+    let mut slow = TestBackend::start(Mode::Gate(gate.clone())).await;
+    let fresh = TestBackend::start(Mode::Reply("successor")).await;
+    let table = |backend: &TestBackend| {
+        let mut table = RouteTable::new("localhost");
+        table.add_app("alpha", &[], up(&[backend]));
+        table
+    };
+
+    let old = Router::new(config());
+    old.update(table(&slow));
+    let listener = slipway::router::reuseport::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr().expect("address");
+    old.serve_on_threads(listener, 1).expect("serve");
+    let pending = tokio::spawn(async move {
+        let mut sender = client_at(addr).await;
+        send(&mut sender, request("alpha.localhost", "/slow", &[])).await
+    });
+    within("the request reaches the old router's dyno", slow.arrived.recv()).await.expect("arrived");
+
+    let new = Router::new(config());
+    new.update(table(&fresh));
+    new.serve_on_threads(slipway::router::reuseport::bind(addr).expect("join the address"), 1)
+        .expect("serve");
+    // Steered: every new connection goes to the successor, while the old router still accepts.
+    assert!(old.steer_to_successor().expect("steer"));
+    for _ in 0..50 {
+        let mut sender = client_at(addr).await;
+        let reply = send(&mut sender, request("alpha.localhost", "/", &[])).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "successor"));
+    }
+    let retiring = old.clone();
+    let retire = tokio::spawn(async move { retiring.retire(true, Duration::from_millis(50), STEP).await });
+    // The request in flight on the old router finishes there, telling the client to reconnect,
+    // then the old router is done.
+    within("retiring", async {
+        while !old.retiring() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    gate.notify_one();
+    let reply = within("the in-flight request", pending).await.expect("task");
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "released"));
+    assert_eq!(reply.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    assert_eq!(within("retire", retire).await.expect("task"), 0, "connections left open");
+    let mut sender = client_at(addr).await;
+    assert_eq!(send(&mut sender, request("alpha.localhost", "/", &[])).await.body, "successor");
+}

@@ -15,8 +15,24 @@ use crate::settings::Settings;
 
 pub fn daemon(home: &Home, foreground: bool, stop: bool) -> anyhow::Result<i32> {
     if stop {
+        let no_dynos = crate::router::keeper::live_shims(home) == 0;
+        if daemon::running_pid(home).is_none() && no_dynos && crate::router::keeper::stop(home)? {
+            // A daemon stopped by systemd (`systemctl stop`, an uninstall) left the router.
+            out("slipway router stopped (the daemon was not running, and no dyno is)");
+            return Ok(0);
+        }
         daemon::stop(home)?;
-        out("slipway daemon stopped; dynos keep running");
+        // The router outlives the daemon and keeps serving the dynos; with no dyno left (after
+        // `ps:stop --all`, as an uninstall does) there is nothing to serve, and it stops too.
+        if no_dynos {
+            if crate::router::keeper::stop(home)? {
+                out("slipway daemon and router stopped (no dyno was running)");
+            } else {
+                out("slipway daemon stopped");
+            }
+        } else {
+            out("slipway daemon stopped; dynos and the router keep running");
+        }
         return Ok(0);
     }
     daemon::start(home, foreground)?;
@@ -53,7 +69,16 @@ pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
     } else {
         out("Daemon:   not running");
     }
-    out(&format!("Router:   {} (apps at <app>.{})", report.router.addr, report.router.domain));
+    let r = &report.router;
+    match r.pid {
+        Some(pid) => out(&format!(
+            "Router:   up, pid {pid}, version {}, {} (apps at <app>.{})",
+            r.version.as_deref().unwrap_or("?"),
+            r.addr,
+            r.domain
+        )),
+        None => out(&format!("Router:   down, {} (apps at <app>.{})", r.addr, r.domain)),
+    }
     out(&format!("Home:     {}", report.home));
     match (&report.disk.free_bytes, &report.disk.total_bytes) {
         (Some(free), Some(total)) => out(&format!(
@@ -127,6 +152,10 @@ struct DaemonStatus {
 struct RouterStatus {
     addr: String,
     domain: String,
+    /// The router process (`run/router`) is alive; it serves whether the daemon runs or not.
+    running: bool,
+    pid: Option<i32>,
+    version: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,9 +239,28 @@ fn gather(home: &Home) -> StatusReport {
             daemon_error = Some(e.to_string());
         }
     }
+    let announced = crate::router::control::Announcement::read(home).filter(|a| a.alive());
+    if announced.is_none() {
+        problems.push(if daemon_error.is_none() {
+            "the router is not running (the daemon starts it again within a moment)".to_string()
+        } else {
+            "the router is not running: apps are not served (start the daemon: `slipway daemon`)".to_string()
+        });
+    }
+    if let Some(a) = announced.as_ref().filter(|a| a.version != env!("CARGO_PKG_VERSION")) {
+        problems.push(format!(
+            "the router (pid {}) is slipway {}, this binary is {}: restart the daemon, which hands the router over",
+            a.pid,
+            a.version,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
     let router = RouterStatus {
         addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
         domain,
+        running: announced.is_some(),
+        pid: announced.as_ref().map(|a| a.pid),
+        version: announced.map(|a| a.version),
     };
 
     let (free_bytes, total_bytes) = match nix::sys::statvfs::statvfs(home.root()) {

@@ -261,7 +261,8 @@ pub enum Command {
     Daemon {
         #[arg(long, conflicts_with = "stop")]
         foreground: bool,
-        /// Stop the running daemon; dynos keep running.
+        /// Stop the running daemon; dynos and the router keep running (the router stops too when no
+        /// dyno runs).
         #[arg(long)]
         stop: bool,
     },
@@ -303,6 +304,9 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Internal: the HTTP router process, started and kept by the daemon.
+    #[command(name = "router", hide = true)]
+    Router,
     /// Internal: the per-dyno output shim started by the daemon.
     #[command(name = "dyno-shim", hide = true)]
     DynoShim {
@@ -353,6 +357,7 @@ impl Command {
                 | Command::Hook { .. }
                 | Command::SshServe { .. }
                 | Command::DynoShim { .. }
+                | Command::Router
         )
     }
 }
@@ -408,6 +413,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
+        Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::DynoShim {
             log,
             log_max_bytes,

@@ -38,12 +38,13 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     // Open the database and try the router's address before forking, so a broken database or
     // a port in use is reported to the operator's terminal, not only to the daemon's log.
     drop(Store::open(&home.db())?);
-    drop(std::net::TcpListener::bind(settings.router_addr).with_context(|| {
+    // (`can_bind` succeeds while our own router, which outlives daemons, holds the address.)
+    crate::router::reuseport::can_bind(settings.router_addr).with_context(|| {
         format!(
             "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
             settings.router_addr
         )
-    })?);
+    })?;
 
     if !foreground {
         let log = open_daemon_log(home)?;
@@ -77,7 +78,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
 }
 
 async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
-    // Before the router is made: its connection cap follows the fd limit.
+    // Dynos inherit the daemon's fd limit (as when the router ran inside the daemon).
     crate::router::raise_fd_limit();
     let store = Store::open(&home.db())?;
     // Daemons before slipway.toml recorded their log policy there; every writer now reads the
@@ -87,16 +88,9 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     // We hold the home lock, so a socket file left here belongs to a dead daemon.
     remove_if_present(&socket)?;
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-    let router = crate::router::Router::new(crate::router::RouterConfig::from_settings(&home, &settings));
-    let router_listener = std::net::TcpListener::bind(settings.router_addr).with_context(|| {
-        format!(
-            "the router cannot listen on {} (choose another with: slipway settings:set router_addr=IP:PORT)",
-            settings.router_addr
-        )
-    })?;
-    let router_threads = std::thread::available_parallelism().map_or(1, usize::from);
-    router.serve_on_threads(router_listener, router_threads).context("starting the router's threads")?;
-    tracing::info!(addr = %settings.router_addr, threads = router_threads, "router listening");
+    // The router is a process of its own that outlives the daemon (router/service.rs): adopt
+    // the running one, start one, or hand over from one of another binary.
+    let router = crate::router::keeper::start(&home, &settings).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let supervisor = supervisor::Supervisor::new(home.clone(), settings, store, tx.clone(), router);
     let supervising = tokio::spawn(supervisor.run(rx));
@@ -105,8 +99,8 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = server::serve(listener, tx.clone()) => {}
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down, dynos keep running"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos keep running"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down, dynos and the router keep running"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, dynos and the router keep running"),
         result = supervising => {
             // It stops only when it could not load the state; exit non-zero so systemd retries.
             tracing::error!(?result, "the supervisor stopped");

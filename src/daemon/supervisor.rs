@@ -81,7 +81,7 @@ pub struct Supervisor {
     retry_armed: bool,
     retry_delay: Duration,
     shim_binary: PathBuf,
-    router: crate::router::Router,
+    router: crate::router::keeper::RouterLink,
     /// Where dynos get their cgroups, or why they run without (see `crate::cgroup`).
     cgroups: Result<crate::cgroup::Layout, String>,
 }
@@ -92,7 +92,7 @@ impl Supervisor {
         settings: Settings,
         store: Store,
         events: mpsc::UnboundedSender<Event>,
-        router: crate::router::Router,
+        router: crate::router::keeper::RouterLink,
     ) -> Self {
         // The executor retries writes itself; a long busy wait would only stall every event.
         if let Err(err) = store.conn().busy_timeout(Duration::from_millis(500)) {

@@ -1,4 +1,4 @@
-//! The HTTP router (issue 6): an HTTP/1.1 reverse proxy that the daemon runs on
+//! The HTTP router (issue 6): an HTTP/1.1 reverse proxy that the router process ([`service`]) runs on
 //! `SLIPWAY_ROUTER_ADDR`, sending `Host: <app>.<SLIPWAY_DOMAIN>` and each custom domain to that
 //! app's `up` web dynos, round robin.
 //!
@@ -27,7 +27,7 @@
 //! - Every request routed to an app writes one `router[…]` line to that app's log ([`log`]).
 //!
 //! Errors (plain HTML pages; each with a router line in the app's log, except 404 and 431,
-//! which have no app and go to the daemon's own log):
+//! which have no app and go to the router process's own log, `logs/router.log`):
 //!
 //! | situation | status | code |
 //! |---|---|---|
@@ -50,13 +50,17 @@
 //! read yet, which is always the case for a refused connection. A request is retried at most
 //! once, whatever the reason, and never after a timeout.
 
+pub mod control;
 pub mod headers;
 mod http1;
 mod in_flight;
+pub mod keeper;
 mod limits;
 pub mod log;
 mod pool;
 mod proxy;
+pub mod reuseport;
+pub mod service;
 mod table;
 
 use std::collections::{HashMap, HashSet};
@@ -183,6 +187,12 @@ struct Inner {
     sink: LogSink,
     limits: Arc<Limits>,
     accept_errors: RateLimitedLog,
+    /// Set once by [`Router::retire`]: accept loops stop, connections close after their
+    /// current request.
+    retire: tokio::sync::watch::Sender<bool>,
+    /// A duplicate of the listening socket given to [`Router::serve_on_threads`], to steer the
+    /// address's new connections to a successor router ([`reuseport::steer_to_newest`]).
+    listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 /// The table as the request path uses it: host → app, with shared counters.
@@ -232,6 +242,8 @@ impl Router {
                     config.max_per_ip,
                 ),
                 accept_errors: RateLimitedLog::default(),
+                retire: tokio::sync::watch::Sender::new(false),
+                listener: Mutex::new(None),
             }),
         }
     }
@@ -308,9 +320,14 @@ impl Router {
     /// progress finish on their own tasks). `X-Forwarded-Port` is the listener's port.
     pub async fn serve(&self, listener: TcpListener) {
         let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut retire = self.inner.retire.subscribe();
         let accepting = async {
             loop {
-                let (stream, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = retire.wait_for(|retiring| *retiring) => break,
+                };
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning,
@@ -345,7 +362,52 @@ impl Router {
                 self.inner.pool.sweep();
             }
         };
-        tokio::join!(accepting, sweeping);
+        // Retired: the listener closes here; connections in progress go on on their tasks.
+        tokio::select! {
+            _ = accepting => {}
+            _ = sweeping => {}
+        }
+        drop(listener);
+    }
+
+    /// Hands the address over to a successor and winds down (an upgrade, or a stop). With
+    /// `steer`, new connections are first steered to the newest listener of the address's
+    /// `SO_REUSEPORT` group (the successor, already accepting), and this router keeps accepting
+    /// for `settle` so connections already queued on its socket are served rather than reset.
+    /// Then the accept loops stop, kept-alive connections close after their current request,
+    /// and this waits until no client connection is open or `grace` ran out. Returns the
+    /// connections still open then.
+    pub async fn retire(&self, steer: bool, settle: Duration, grace: Duration) -> usize {
+        if steer {
+            match self.steer_to_successor() {
+                Ok(true) => tokio::time::sleep(settle).await,
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%err, "cannot steer new connections to the new router"),
+            }
+        }
+        self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.inner.retire.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_connections()
+    }
+
+    /// From now on the kernel gives new connections to the address to the successor that
+    /// joined it (the second listener of its reuseport group, see [`reuseport`]); this router
+    /// still accepts what was already queued for it. False when it serves no listener.
+    pub fn steer_to_successor(&self) -> std::io::Result<bool> {
+        let listener = self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        match listener.as_ref() {
+            Some(listener) => reuseport::steer_to_newest(listener).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// True once [`retire`](Self::retire) has begun closing.
+    pub fn retiring(&self) -> bool {
+        *self.inner.retire.borrow()
     }
 
     /// Serves `listener` on `threads` threads of the router's own, each with a single-threaded
@@ -355,6 +417,7 @@ impl Router {
     /// made each request cost ~20 % more CPU. The threads live as long as the process.
     pub fn serve_on_threads(&self, listener: std::net::TcpListener, threads: usize) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
+        *self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner) = Some(listener.try_clone()?);
         for index in 0..threads.max(1) {
             let listener = listener.try_clone()?;
             let router = self.clone();
@@ -365,6 +428,11 @@ impl Router {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => router.serve(listener).await,
                         Err(err) => tracing::error!(%err, index, "router thread cannot listen"),
+                    }
+                    // Retired: this runtime's connection tasks end with it, so it lives until
+                    // they are done (the process ends after `retire`'s grace anyway).
+                    while router.open_connections() > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 });
             })?;

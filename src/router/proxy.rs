@@ -46,12 +46,32 @@ pub(super) async fn serve_connection(
 ) {
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
+    let mut retire = inner.retire.subscribe();
     loop {
+        // A retiring router closes a kept-alive connection between requests (an idle one at
+        // once, as nginx does on a graceful stop); a request already arriving is served.
+        if *retire.borrow() && buf.is_empty() {
+            return finish(client, &[]).await;
+        }
+        let idle = buf.is_empty();
         let read = tokio::time::timeout(
             inner.head_timeout,
             read_request(&mut client, &mut buf, peer.ip(), listen_port),
         );
-        let req = match read.await {
+        let read = async {
+            tokio::select! {
+                read = read => Some(read),
+                _ = retire.wait_for(|r| *r), if idle => None,
+            }
+        };
+        let Some(read) = read.await else {
+            if buf.is_empty() {
+                return finish(client, &[]).await;
+            }
+            // A head had begun to arrive: read the rest and serve it.
+            continue;
+        };
+        let req = match read {
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) | Ok(Err(ReadError::Truncated)) => return,
             Err(_elapsed) => {
@@ -407,7 +427,7 @@ impl Inner {
                 let body = Body { kind: req.body, dechunk: false, rechunk: true, idle: self.idle_timeout };
                 relay_body(&mut client_r, buf, &mut dyno_w, pending, body, Some(&progress)).await
             };
-            let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx);
+            let response = read_final_head(&mut dyno_r, dyno_buf, &mut client_w, ctx, &self.retire);
             let timer = tokio::time::sleep_until((started + self.timeout).into());
             tokio::pin!(upload, response, timer);
             loop {
@@ -537,6 +557,7 @@ async fn read_final_head<R, W>(
     buf: &mut BytesMut,
     client: &mut W,
     ctx: ResponseContext,
+    retire: &tokio::sync::watch::Sender<bool>,
 ) -> Result<ResponseHead, HeadWait>
 where
     R: AsyncRead + Unpin,
@@ -545,6 +566,8 @@ where
     loop {
         let head = loop {
             if !buf.is_empty() {
+                // A retiring router (a successor has the address) tells the client to reconnect.
+                let ctx = ResponseContext { close: ctx.close || *retire.borrow(), ..ctx };
                 match http1::parse_response(buf, ctx) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 /// One `up` web dyno of an app: its name (`web.2`) and the loopback port it listens on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Backend {
     pub dyno: String,
     pub port: u16,
@@ -21,7 +21,7 @@ impl Backend {
 }
 
 /// What the router can do with a request for an app.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AppStatus {
     /// Web dynos that are `up`, served round robin. An empty list is treated as [`NoWebDynos`].
     ///
@@ -34,14 +34,14 @@ pub enum AppStatus {
 }
 
 /// One app's entry in the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppRoute {
     pub app: String,
     pub status: AppStatus,
 }
 
 /// Host (normalised: lowercase, no port, no trailing dot) → app, plus each app's status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RouteTable {
     domain: String,
     apps: BTreeMap<String, AppRoute>,

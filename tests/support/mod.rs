@@ -773,6 +773,22 @@ impl Slipway {
         }
     }
 
+    /// SIGKILLs the router process this home's daemon started (`run/router`: `PID START …`),
+    /// which outlives the daemon by design. Never panics.
+    pub fn kill_router(&self) {
+        let Ok(text) = fs::read_to_string(self.home.join("run").join("router")) else {
+            return;
+        };
+        let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) else {
+            return;
+        };
+        // Only if it is this home's router still (its command line names the temp dir).
+        if pid > 1 && self.leftover_processes().contains(&pid) {
+            kill_pid(pid);
+            wait_until(Duration::from_secs(5), || !process_alive(pid));
+        }
+    }
+
     /// Pids of live processes (other than this one) whose command line, working directory or
     /// environment mentions this environment's temp dir: whatever the test started that is still
     /// running (daemon, dynos, ssh-serve, git-receive-pack, hooks, sshd).
@@ -843,8 +859,9 @@ impl Drop for Slipway {
         if std::thread::panicking() {
             eprintln!("{}", self.diagnostics());
         }
-        // Daemon first, so it cannot restart the dynos we are about to kill.
+        // Daemon first, so it cannot restart the dynos (or the router) we are about to kill.
         self.stop_daemon();
+        self.kill_router();
         self.kill_dynos();
         self.sweep_leftovers();
         self.sweep_cgroups();

@@ -1,0 +1,221 @@
+//! `slipway router` (hidden): the router as a process of its own, so serving never depends on
+//! the daemon being up. The daemon starts it in a session of its own (as it starts shims), so
+//! it outlives a daemon that is killed, stopped or upgraded; see [`super::keeper`] for the
+//! daemon's side and [`super::control`] for what they share.
+//!
+//! At start it listens on `router_addr` with `SO_REUSEPORT` ([`super::reuseport`]), loads the
+//! last table from `run/routes.json` (so it serves what was last known even when no daemon
+//! runs), starts its threads, takes over `run/router.sock` (bound under a temporary name,
+//! renamed into place) and announces itself in `run/router`. Then it follows what the daemon
+//! sends; while no daemon is connected it keeps routing to the dynos it knew.
+//!
+//! It ends on `Retire` (a successor accepts on the address: steer, finish in-flight requests,
+//! exit) or on SIGTERM/SIGINT (`slipway daemon --stop` with no dyno left, or an uninstall:
+//! stop accepting, finish in-flight requests, exit).
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use super::control::{self, Announcement, FromRouter, ToRouter};
+use super::{Router, RouterConfig};
+use crate::home::Home;
+use crate::settings::Settings;
+
+/// How long a retiring router keeps accepting after steering new connections away, for those
+/// already queued on its socket (a loopback handshake takes microseconds).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Why the router stops.
+enum Stop {
+    /// A successor accepts on the address.
+    Retire(Duration),
+    /// A signal: nobody takes over.
+    Signal(&'static str),
+}
+
+pub fn run(home: &Home) -> anyhow::Result<()> {
+    home.ensure_layout().with_context(|| format!("creating {}", home.root().display()))?;
+    let settings = Settings::load(home)?;
+    init_tracing(home, &settings.log);
+    super::raise_fd_limit();
+    let addr = settings.router_addr;
+    let listener = super::reuseport::bind(addr).with_context(|| {
+        format!("the router cannot listen on {addr} (choose another with: slipway settings:set router_addr=IP:PORT)")
+    })?;
+    let router = Router::new(RouterConfig::from_settings(home, &settings));
+    let routes = control::routes_file(home);
+    match std::fs::read(&routes) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(table) => {
+                router.update(table);
+                tracing::info!(path = %routes.display(), "router: serving the last known routes");
+            }
+            Err(err) => tracing::warn!(path = %routes.display(), %err, "router: ignoring unreadable routes"),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(path = %routes.display(), %err, "router: cannot read the last routes"),
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    router.serve_on_threads(listener, threads).context("starting the router's threads")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stop = runtime.block_on(async {
+        let (control, socket_ino) = take_over_socket(home)?;
+        let me = std::process::id() as i32;
+        let start = crate::daemon::process::start_time(me).context("reading this process's start time")?;
+        let announced = Announcement {
+            pid: me,
+            start,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: control::config_key(&settings),
+        };
+        control::write_replacing(&control::announcement(home), announced.line().as_bytes())
+            .with_context(|| format!("writing {}", control::announcement(home).display()))?;
+        tracing::info!(%addr, threads, pid = me, version = %announced.version, "router listening");
+        let stop = follow(home, &router, control).await;
+        anyhow::Ok((stop, socket_ino, announced))
+    });
+    let (stop, socket_ino, announced) = stop?;
+    let (steer, grace) = match stop {
+        Stop::Retire(grace) => {
+            tracing::info!("router: a new router accepts on the address; handing over");
+            (true, grace)
+        }
+        Stop::Signal(name) => {
+            tracing::info!(signal = name, "router: stopping");
+            (false, control::retire_grace(&settings))
+        }
+    };
+    let left = runtime.block_on(router.retire(steer, SETTLE, grace));
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "router: connections still open after the grace period; closing them"
+        );
+    }
+    // What names this process only: a successor has put its own socket and announcement there.
+    if Announcement::read(home).is_some_and(|a| a == announced) {
+        crate::home::remove_if_present(&control::announcement(home))
+            .with_context(|| format!("removing {}", control::announcement(home).display()))?;
+    }
+    let socket = control::socket(home);
+    if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.ino() == socket_ino) {
+        crate::home::remove_if_present(&socket).with_context(|| format!("removing {}", socket.display()))?;
+    }
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// Binds the control socket under a temporary name and renames it over `run/router.sock`, so
+/// the daemon's next connection reaches this router while a predecessor's open connections
+/// still reach the predecessor. Returns it and its inode.
+fn take_over_socket(home: &Home) -> anyhow::Result<(UnixListener, u64)> {
+    let path = control::socket(home);
+    let tmp = home.run_dir().join(format!(".router.sock.{}", std::process::id()));
+    crate::home::remove_if_present(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    let listener = UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let ino = std::fs::symlink_metadata(&tmp).with_context(|| format!("reading {}", tmp.display()))?.ino();
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok((listener, ino))
+}
+
+/// Serves control connections until told to retire or signalled.
+async fn follow(home: &Home, router: &Router, control: UnixListener) -> Stop {
+    let (retire_tx, mut retire_rx) = mpsc::unbounded_channel::<Duration>();
+    let (Ok(mut term), Ok(mut int)) = (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+    ) else {
+        tracing::error!("router: cannot handle signals; stopping");
+        return Stop::Signal("none");
+    };
+    loop {
+        tokio::select! {
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (home, router, retire) = (home.clone(), router.clone(), retire_tx.clone());
+                    tokio::spawn(async move { connection(home, router, stream, retire).await });
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "router: control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(grace) = retire_rx.recv() => return Stop::Retire(grace),
+            _ = term.recv() => return Stop::Signal("SIGTERM"),
+            _ = int.recv() => return Stop::Signal("SIGINT"),
+        }
+    }
+}
+
+/// One daemon connection: tables are applied in the order they come, and before anything that
+/// follows them on the connection (a drain waits for requests the table it follows dropped).
+async fn connection(home: Home, router: Router, stream: UnixStream, retire: mpsc::UnboundedSender<Duration>) {
+    let (read, mut write) = stream.into_split();
+    let (replies, mut outbox) = mpsc::unbounded_channel::<FromRouter>();
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = outbox.recv().await {
+            let Ok(mut line) = serde_json::to_vec(&reply) else { continue };
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<ToRouter>(&line) {
+            Ok(ToRouter::Routes { table }) => {
+                let persisted = serde_json::to_vec(&table)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| control::write_replacing(&control::routes_file(&home), &bytes));
+                router.update(table);
+                if let Err(err) = persisted {
+                    // Serving goes on; only a router started later without a daemon misses it.
+                    tracing::warn!(%err, path = %control::routes_file(&home).display(), "router: cannot keep the routes");
+                }
+            }
+            Ok(ToRouter::Drain { id, port, grace_ms }) => {
+                let (router, replies) = (router.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let idle = router.drain(port, Duration::from_millis(grace_ms)).await;
+                    // The daemon may have gone meanwhile; then nobody waits for the answer.
+                    replies.send(FromRouter::Drained { id, idle }).ok();
+                });
+            }
+            Ok(ToRouter::Retire { grace_ms }) => {
+                replies.send(FromRouter::Retiring).ok();
+                retire.send(Duration::from_millis(grace_ms)).ok();
+            }
+            Err(err) => tracing::warn!(%err, "router: ignoring a control message it cannot read"),
+        }
+    }
+    drop(replies);
+    writer.await.ok();
+}
+
+/// The router's own lines go to `logs/router.log` (rotated, rate-limited, never failing), and
+/// so do its stdout and stderr (panics included).
+fn init_tracing(home: &Home, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = crate::logs::daemon_log::DaemonLog::open(&control::log_file(home), false);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .log_internal_errors(false)
+        .with_writer(log.clone())
+        .try_init();
+    log.report_panics();
+    if let Err(err) = log.capture_stdio() {
+        tracing::warn!(%err, "the router log's background thread did not start");
+    }
+}

@@ -52,7 +52,8 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
         &dyno,
         &format!("Starting process with command `{}`{by}", command.join(" ")),
     );
-    let one_off = spawn(&env, &dyno, port, command)?;
+    let key = format!("{dyno}-{}", std::process::id());
+    let one_off = spawn(home, &name, &key, &env, &dyno, port, command)?;
     if let Some((id, _, _)) = recorded {
         if let Err(e) = attach(home, id, one_off.pid()) {
             // Never leave a process the daemon does not know it runs.
@@ -102,6 +103,8 @@ fn attach(home: &Home, dyno: i64, pid: i32) -> Result<(), ClientError> {
 /// A started one-off process: the leader of its own process group.
 pub struct OneOff {
     child: Child,
+    /// Its private working dir, discarded when it ends.
+    private: Option<crate::sandbox::PrivateDir>,
     /// Whether the command was made the terminal's foreground group (stdin is our terminal).
     foreground: bool,
 }
@@ -121,8 +124,17 @@ pub struct Ended {
 }
 
 /// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
-/// group when stdin is our controlling terminal).
-pub fn spawn(env: &DynoEnv, name: &str, port: Option<u16>, command: &[String]) -> anyhow::Result<OneOff> {
+/// group when stdin is our controlling terminal), confined like every dyno in a private working
+/// dir of its own (`dynos/<app>/<key>`).
+pub fn spawn(
+    home: &Home,
+    app: &crate::app::AppName,
+    key: &str,
+    env: &DynoEnv,
+    name: &str,
+    port: Option<u16>,
+    command: &[String],
+) -> anyhow::Result<OneOff> {
     use std::os::unix::process::CommandExt;
     let (program, args) = command.split_first().context("no command given")?;
     // SAFETY: plain queries on descriptor 0.
@@ -146,8 +158,19 @@ pub fn spawn(env: &DynoEnv, name: &str, port: Option<u16>, command: &[String]) -
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-    Ok(OneOff { child, foreground })
+    let private =
+        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), key, &env.dir, port, &mut cmd)?;
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let root = private.root.clone();
+            if let Err(err) = private.remove() {
+                eprintln!("warning: removing {}: {err}", root.display());
+            }
+            return Err(e).with_context(|| format!("starting {program}"));
+        }
+    };
+    Ok(OneOff { child, private: Some(private), foreground })
 }
 
 /// The signal last sent to this process while a one-off runs (0: none).
@@ -216,6 +239,12 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
         with_sigttou_blocked(|| unsafe {
             libc::tcsetpgrp(0, libc::getpgrp());
         });
+    }
+    if let Some(private) = one_off.private.take() {
+        let root = private.root.clone();
+        if let Err(err) = private.remove() {
+            eprintln!("warning: removing {}: {err}", root.display());
+        }
     }
     Ok(Ended { code: crate::job::exit_code(status), caller_gone })
 }

@@ -104,10 +104,18 @@ pub fn run(args: ShimArgs) -> i32 {
             Ok(())
         });
     }
+    let private = match confine(&args, &mut command) {
+        Ok(p) => p,
+        Err(err) => {
+            let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
+            return 1;
+        }
+    };
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(err) => {
             let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
+            discard(private, &mut log, &args.dyno);
             return 1;
         }
     };
@@ -164,6 +172,7 @@ pub fn run(args: ShimArgs) -> i32 {
         _ => -1,
     };
     let mut log = log.unwrap_or_else(|| LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno));
+    discard(private, &mut log, &args.dyno);
     let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     if let Some(path) = &args.announce {
         // Gone with the dyno; a daemon that restarts now treats the row as an exit.
@@ -176,6 +185,35 @@ pub fn run(args: ShimArgs) -> i32 {
         }
     }
     0
+}
+
+/// The dyno runs confined (`sandbox::prepare_dyno`) in a private working dir of its own,
+/// `<home>/dynos/<app>/<dyno id>` (home and app from the log's path `<home>/logs/<app>/app.log`,
+/// the id from the announcement's name), bound to its `PORT`.
+fn confine(
+    args: &ShimArgs,
+    command: &mut std::process::Command,
+) -> Result<crate::sandbox::PrivateDir, String> {
+    let (Some(app_logs), Some(home)) = (args.log.parent(), args.log.ancestors().nth(3)) else {
+        return Err(format!("no home above {}", args.log.display()));
+    };
+    let app = app_logs.file_name().ok_or("no app in the log's path")?;
+    let key = match args.announce.as_ref().and_then(|a| a.file_name()) {
+        Some(id) => id.to_string_lossy().into_owned(),
+        None => format!("{}-{}", args.dyno, std::process::id()),
+    };
+    let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok());
+    let dynos = home.join("dynos").join(app);
+    crate::sandbox::prepare_dyno(home, &dynos, &key, &args.dir, port, command).map_err(|e| e.to_string())
+}
+
+/// Removes the dyno's private dir once nothing of it runs; a failure is logged (the daemon
+/// removes leftovers when it starts).
+fn discard(private: crate::sandbox::PrivateDir, log: &mut LogWriter, dyno: &str) {
+    let root = private.root.clone();
+    if let Err(err) = private.remove() {
+        let _ = log.event(Source::Slipway, dyno, &format!("Could not remove {}: {err}", root.display()));
+    }
 }
 
 /// The stop grace period: `stop_timeout` of the home the app log belongs to

@@ -153,9 +153,23 @@ pub fn guard_home(rules: Vec<Rule>, home: &Path, children: &dyn Fn(&Path) -> Vec
 }
 
 /// The widest access `policy` gives to `path` (None: denied). Paths are compared as given:
-/// callers pass canonical paths, as Landlock follows them.
+/// callers pass canonical paths, as Landlock follows them. A rule on `/proc` covers only its
+/// system-wide entries ([`proc_entry_shared`]).
 pub fn access(policy: &Policy, path: &Path) -> Option<Access> {
+    let in_proc = path.strip_prefix("/proc").ok().and_then(|rest| rest.components().next());
+    if in_proc.is_some_and(|first| !proc_entry_shared(&first.as_os_str().to_string_lossy())) {
+        return None;
+    }
     policy.rules.iter().filter(|r| path.starts_with(&r.path)).map(|r| r.access).max()
+}
+
+/// Whether `/proc/NAME` is system-wide information a confined process may read. Per-process
+/// dirs (`/proc/<pid>`, and `self`/`thread-self`, links to them) are not: Landlock's ptrace
+/// scoping keeps a sandbox from `/proc/<pid>/cwd` or `stack` of other processes, but on this
+/// kernel not from their `environ` or `maps`, so the fs rules must. (A confined main process
+/// gets its own `/proc/<pid>` back, see [`confine`].)
+pub fn proc_entry_shared(name: &str) -> bool {
+    !(name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) || name == "self" || name == "thread-self")
 }
 
 /// The interpreter's prefix from a venv's `pyvenv.cfg` text: `home = PREFIX/bin` → PREFIX.
@@ -289,13 +303,29 @@ pub fn confine(command: &mut Command, policy: &Policy) -> Result<(), SandboxErro
         .handle_access(AccessNet::BindTcp)?
         .scope(Scope::from_all(ABI::V6))?
         .create()?;
+    let mut paths: Vec<(PathBuf, Access)> = Vec::new();
     for r in &policy.rules {
-        let Ok(meta) = std::fs::metadata(&r.path) else { continue };
-        let Ok(fd) = PathFd::new(&r.path) else { continue };
-        let mut access = match r.access {
+        if r.path == Path::new("/proc") {
+            // Its shared entries only (no links: they lead into per-process dirs).
+            for entry in list_dir(&r.path) {
+                let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let link =
+                    std::fs::symlink_metadata(&entry).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+                if proc_entry_shared(&name) && !link {
+                    paths.push((entry, r.access));
+                }
+            }
+        } else {
+            paths.push((r.path.clone(), r.access));
+        }
+    }
+    for (path, rule_access) in &paths {
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let Ok(fd) = PathFd::new(path) else { continue };
+        let mut access = match rule_access {
             Access::Read => read,
             Access::ReadWrite => fs_all,
-            Access::Device if r.path == Path::new("/dev/tty") => device | AccessFs::IoctlDev,
+            Access::Device if path == Path::new("/dev/tty") => device | AccessFs::IoctlDev,
             Access::Device => device,
         };
         if !meta.is_dir() {
@@ -306,16 +336,56 @@ pub fn confine(command: &mut Command, policy: &Policy) -> Result<(), SandboxErro
     for port in &policy.bind_ports {
         ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
     }
-    let mut ruleset = Some(ruleset);
-    // SAFETY: between fork and exec only prctl(NO_NEW_PRIVS) and landlock_restrict_self run
-    // (the ruleset and its fd were made in the parent).
+    // None where the kernel has no Landlock: the process still gets no_new_privs, so the daemon
+    // refuses its control connections all the same.
+    let ruleset: Option<std::os::fd::OwnedFd> = ruleset.into();
+    // SAFETY: between fork and exec only raw syscalls run (open, landlock_add_rule, close,
+    // prctl, landlock_restrict_self); the ruleset was made in the parent.
     unsafe {
-        command.pre_exec(move || {
-            if let Some(r) = ruleset.take() {
-                r.restrict_self().map_err(io::Error::other)?;
+        command.pre_exec(move || restrict_child(ruleset.as_ref()));
+    }
+    Ok(())
+}
+
+/// In the child, before exec: gives the process its own `/proc/<pid>` (read only; it is not
+/// known before the fork), sets `no_new_privs` and enforces the ruleset. Raw syscalls only.
+fn restrict_child(ruleset: Option<&std::os::fd::OwnedFd>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    #[repr(C, packed)]
+    struct PathBeneathAttr {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    const RULE_PATH_BENEATH: libc::c_long = 1;
+    const READ_FILE_AND_DIR: u64 = (1 << 2) | (1 << 3);
+    if let Some(ruleset) = ruleset {
+        // SAFETY: a NUL-terminated literal path; the fd is closed below.
+        let own = unsafe { libc::open(c"/proc/self".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if own >= 0 {
+            let attr = PathBeneathAttr { allowed_access: READ_FILE_AND_DIR, parent_fd: own };
+            // SAFETY: attr lives across the call; the kernel copies it.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    ruleset.as_raw_fd(),
+                    RULE_PATH_BENEATH,
+                    &attr as *const PathBeneathAttr,
+                    0u32,
+                );
+                libc::close(own);
             }
-            Ok(())
-        });
+        }
+    }
+    // SAFETY: plain prctl and landlock syscalls with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(ruleset) = ruleset {
+            if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }
@@ -517,7 +587,9 @@ mod tests {
         let cases: &[(&str, Option<Access>)] = &[
             ("/usr/bin/python3", Some(Read)),
             ("/etc/ssl/certs/ca-certificates.crt", Some(Read)),
-            ("/proc/self/status", Some(Read)),
+            ("/proc/meminfo", Some(Read)),
+            ("/proc/self/status", None),
+            ("/proc/4242/environ", None),
             ("/dev/null", Some(Device)),
             ("/dev/sda", None),
             ("/tmp/x", None),
@@ -659,5 +731,38 @@ mod tests {
         let root = p.root.clone();
         p.remove().unwrap();
         assert!(!root.exists() && !dynos.join("9.owner").exists());
+    }
+}
+
+#[cfg(test)]
+mod enforced {
+    use super::*;
+
+    /// A command confined by a policy that reads the system only.
+    fn confined(program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args);
+        let policy = Policy { rules: system_rules(), bind_ports: vec![0] };
+        confine(&mut c, &policy).unwrap();
+        c
+    }
+
+    #[test]
+    fn another_domain_is_out_of_reach() {
+        if support() == Support::Unavailable {
+            return;
+        }
+        let mut victim = confined("sleep", &["30"]).spawn().unwrap();
+        let environ = format!("/proc/{}/environ", victim.id());
+        let script = format!(
+            "cat {environ} >/dev/null && echo READ; kill -0 {0} && echo SIGNALLED; read l < /proc/$$/status && echo OWN",
+            victim.id()
+        );
+        let out = confined("sh", &["-c", &script]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert!(!text.contains("READ") && !text.contains("SIGNALLED"), "{text}");
+        assert!(text.contains("OWN"), "the main process reads its own /proc/<pid>: {text}");
     }
 }

@@ -118,7 +118,7 @@ class H(BaseHTTPRequestHandler):
         body = json.dumps({
             "dyno": os.environ["DYNO"],
             "cwd": os.getcwd(),
-            "files": sorted(f for f in os.listdir(".") if f.startswith("written-by-")),
+            "files": sorted(f for f in os.listdir(".") if f.startswith("written-by-web")),
             "results": results,
         }).encode()
         self.send_response(200)

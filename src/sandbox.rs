@@ -181,7 +181,10 @@ pub fn venv_prefix(pyvenv_cfg: &str) -> Option<PathBuf> {
     if !home.is_absolute() {
         return None;
     }
-    Some(if home.file_name().is_some_and(|n| n == "bin") { home.parent()?.to_path_buf() } else { home })
+    let prefix =
+        if home.file_name().is_some_and(|n| n == "bin") { home.parent()?.to_path_buf() } else { home };
+    // Never the whole filesystem (`home = /bin`): the system rules cover that interpreter.
+    (prefix.parent().is_some()).then_some(prefix)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,6 +299,9 @@ pub fn confine(command: &mut Command, policy: &Policy) -> Result<(), SandboxErro
         RulesetCreatedAttr, Scope, ABI,
     };
     let fs_all = AccessFs::from_all(ABI::V9);
+    // Handled but granted nowhere: no device node can be made (a root build could otherwise
+    // mknod the disk in its build dir and read it raw).
+    let writable = fs_all & !(AccessFs::MakeChar | AccessFs::MakeBlock);
     let read = AccessFs::from_read(ABI::V9);
     let device = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
     let mut ruleset = Ruleset::default()
@@ -324,7 +330,7 @@ pub fn confine(command: &mut Command, policy: &Policy) -> Result<(), SandboxErro
         let Ok(fd) = PathFd::new(path) else { continue };
         let mut access = match rule_access {
             Access::Read => read,
-            Access::ReadWrite => fs_all,
+            Access::ReadWrite => writable,
             Access::Device if path == Path::new("/dev/tty") => device | AccessFs::IoctlDev,
             Access::Device => device,
         };
@@ -412,14 +418,24 @@ impl PrivateDir {
         let tmp = dynos.join(format!(".{key}.owner.{me}"));
         std::fs::write(&tmp, format!("{me} {start}\n"))?;
         std::fs::rename(&tmp, &owner)?;
+        make_writable(&root);
         crate::home::remove_if_present(&root)?;
         let made = PrivateDir { root, owner };
-        std::fs::create_dir(&made.root)?;
-        std::fs::create_dir(made.tmp())?;
-        std::fs::create_dir(made.app_dir())?;
-        copy_tree(release_dir, &made.app_dir(), true)?;
-        std::os::unix::fs::symlink(release_dir.join(".slipway"), made.app_dir().join(".slipway"))?;
-        Ok(made)
+        let filled = (|| {
+            std::fs::create_dir(&made.root)?;
+            std::fs::create_dir(made.tmp())?;
+            std::fs::create_dir(made.app_dir())?;
+            copy_tree(release_dir, &made.app_dir(), true)?;
+            std::os::unix::fs::symlink(release_dir.join(".slipway"), made.app_dir().join(".slipway"))
+        })();
+        match filled {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                // The error that matters is the copy's; a leftover goes at the daemon's next start.
+                let _ = made.remove();
+                Err(e)
+            }
+        }
     }
 
     /// The working directory and `HOME`.
@@ -441,15 +457,26 @@ impl PrivateDir {
 }
 
 /// A dyno may have taken write permission away from its own dirs; give it back (to the owner
-/// only) so the tree can be removed. Never follows links.
+/// only) so the tree can be removed. Never follows links: the dir is held by an `O_PATH |
+/// O_NOFOLLOW` descriptor and changed through it, so a dir swapped for a link meanwhile is
+/// not followed.
 fn make_writable(dir: &Path) {
+    use nix::fcntl::{open, OFlag};
     let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
     if !meta.is_dir() {
         return;
     }
     if meta.permissions().mode() & 0o700 != 0o700 {
-        // A failure shows up as the removal's error.
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if let Ok(fd) = open(dir, flags, nix::sys::stat::Mode::empty()) {
+            // chmod through the descriptor's /proc link reaches exactly that inode. A failure
+            // shows up as the removal's error.
+            let _ = std::fs::set_permissions(
+                format!("/proc/self/fd/{fd}"),
+                std::fs::Permissions::from_mode(0o700),
+            );
+            let _ = nix::unistd::close(fd);
+        }
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.filter_map(Result::ok) {
@@ -688,6 +715,7 @@ mod tests {
             ("version = 3.12\n", None),
             ("home = relative/bin\n", None),
             ("home = /opt/python\n", Some("/opt/python")),
+            ("home = /bin\n", None),
         ];
         for (text, want) in cases {
             assert_eq!(venv_prefix(text), want.map(PathBuf::from), "{text}");

@@ -342,10 +342,11 @@ fn build_tools(req: &BuildRequest<'_>) -> Vec<PathBuf> {
     tools.iter().map(|t| canonical(t)).collect()
 }
 
-/// `PREFIX` of an executable at `PREFIX/bin/NAME`.
+/// `PREFIX` of an executable at `PREFIX/bin/NAME` (never `/`: the system rules cover `/bin`).
 pub fn python_prefix(exe: &Path) -> Option<PathBuf> {
     let bin = exe.parent()?;
-    (bin.file_name()? == "bin").then(|| bin.parent().map(Path::to_path_buf)).flatten()
+    let prefix = (bin.file_name()? == "bin").then(|| bin.parent().map(Path::to_path_buf)).flatten()?;
+    prefix.parent().is_some().then_some(prefix)
 }
 
 impl Drop for EnvDir {
@@ -584,6 +585,19 @@ mod tests {
             std::fs::write(d.path().join(f), "").unwrap();
         }
         d
+    }
+
+    #[test]
+    fn interpreter_prefixes() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/root/.pyenv/versions/3.12.1/bin/python3.12", Some("/root/.pyenv/versions/3.12.1")),
+            ("/usr/bin/python3", Some("/usr")),
+            ("/bin/python3", None),
+            ("/opt/py/python3", None),
+        ];
+        for (exe, want) in cases {
+            assert_eq!(python_prefix(Path::new(exe)), want.map(PathBuf::from), "{exe}");
+        }
     }
 
     #[test]

@@ -409,6 +409,10 @@ impl PrivateDir {
     /// Makes the private dir of `key` (e.g. the dyno's id) for `release_dir`, owned by this
     /// process. A leftover of the same key is replaced.
     pub fn create(dynos: &Path, key: &str, release_dir: &Path) -> io::Result<PrivateDir> {
+        if dynos.starts_with(release_dir) {
+            // The copy would copy itself.
+            return Err(io::Error::other(format!("{} is inside the release dir", dynos.display())));
+        }
         std::fs::create_dir_all(dynos)?;
         let root = dynos.join(key);
         let owner = dynos.join(format!("{key}.owner"));

@@ -310,3 +310,26 @@ fn status_says_whether_builds_and_dynos_are_confined() {
         "{line}"
     );
 }
+
+#[test]
+fn the_daemon_removes_private_dirs_of_dynos_that_are_gone_at_start() {
+    let mut slip = Slipway::new();
+    let dynos = slip.home.join("dynos").join("hello");
+    // A dyno whose shim died (its owner pid is not running) and one with no owner file at all.
+    std::fs::create_dir_all(dynos.join("7/app")).unwrap();
+    std::fs::write(dynos.join("7/app/state"), "x").unwrap();
+    std::fs::write(dynos.join("7.owner"), "999999999 1\n").unwrap();
+    std::fs::create_dir_all(dynos.join("run.1-42/tmp")).unwrap();
+    // One whose owner lives (this test) stays.
+    let me = std::process::id();
+    let start = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+    let start = start.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().to_string();
+    std::fs::create_dir_all(dynos.join("8/app")).unwrap();
+    std::fs::write(dynos.join("8.owner"), format!("{me} {start}\n")).unwrap();
+    slip.start_daemon();
+    let gone = wait_until(Duration::from_secs(10), || {
+        !dynos.join("7").exists() && !dynos.join("7.owner").exists() && !dynos.join("run.1-42").exists()
+    });
+    assert!(gone, "leftovers stayed: {:?}\n{}", list_tree(&dynos), slip.diagnostics());
+    assert!(dynos.join("8/app").is_dir(), "a live owner's dir was removed");
+}

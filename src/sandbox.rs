@@ -5,7 +5,7 @@
 //! [`Policy`] into a ruleset in the parent and enforces it in the child between fork and exec.
 //!
 //! - A build reads and executes the system (`/usr`, `/bin`, `/lib*`, `/etc`, `/opt`, `/sys`,
-//!   `/proc`), the interpreters and the tools; reads and writes its build dir, the app's cache
+//!   the system-wide entries of `/proc`), the interpreters and the tools; reads and writes its build dir, the app's cache
 //!   and a tmp dir of its own (`TMPDIR`); reads its `ENV_DIR`. It binds no TCP port but an
 //!   ephemeral one.
 //! - A dyno (and a one-off `run` dyno, and the release phase) reads the system, its interpreter
@@ -15,7 +15,10 @@
 //!   dyno binds only its `PORT`; any dyno may bind an ephemeral port.
 //! - Every confined process is scoped (Landlock ABI 6): it cannot signal, nor connect to an
 //!   abstract unix socket of, a process outside its own domain; Landlock itself denies it
-//!   ptrace and `/proc/<pid>/environ` of such processes.
+//!   ptrace of such processes, but (verified on 6.18) not their `/proc/<pid>/environ`, so no
+//!   per-process dir of `/proc` is granted but the main process's own ([`proc_entry_shared`]).
+//! - No sandbox may create device nodes, and each sets `no_new_privs` (also without Landlock),
+//!   which is how the daemon recognises and refuses them on its control socket.
 //!
 //! Nothing else is reachable: not `slipway.db`, `run/` (the control socket is refused by the
 //! daemon, see `daemon::server`), `.ssh/`, `repos/`, logs, nor other apps' dirs. Landlock rules

@@ -94,6 +94,13 @@ impl Home {
     pub fn dyno_announcement(&self, dyno: i64) -> PathBuf {
         self.dyno_announcements().join(dyno.to_string())
     }
+    /// Dynos' private working dirs (`dynos/<app>/<key>/`, see `sandbox::PrivateDir`).
+    pub fn dynos(&self) -> PathBuf {
+        self.root.join("dynos")
+    }
+    pub fn app_dynos(&self, app: &AppName) -> PathBuf {
+        self.dynos().join(app.as_str())
+    }
     pub fn deploy_lock(&self, app: &AppName) -> PathBuf {
         self.run_dir().join("locks").join(format!("{app}.lock"))
     }

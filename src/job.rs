@@ -85,6 +85,8 @@ pub enum JobError {
     Cancelled,
     #[error("exited with status {0}")]
     Failed(i32),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 /// Cancels running jobs on SIGINT, SIGTERM and SIGHUP instead of dying with them in place.
@@ -129,13 +131,18 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Runs `command` (stdin closed, stdout and stderr merged) and hands each output line to
+/// Runs `command` (stdin closed, stdout and stderr merged), confined by `sandbox` when given
+/// (enforced between fork and exec, see `sandbox::confine`), and hands each output line to
 /// `on_line` as it arrives.
 pub fn run(
     mut command: Command,
+    sandbox: Option<&crate::sandbox::Policy>,
     timeout: Option<Duration>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), JobError> {
+    if let Some(policy) = sandbox {
+        crate::sandbox::confine(&mut command, policy)?;
+    }
     let (reader, writer) = io::pipe().map_err(JobError::Spawn)?;
     let writer2 = writer.try_clone().map_err(JobError::Spawn)?;
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
@@ -218,15 +225,15 @@ mod tests {
     #[test]
     fn streams_lines_and_reports_exit_codes() {
         let mut lines = Vec::new();
-        run(sh("echo one; echo two >&2; echo three"), None, |l| lines.push(l.to_string())).unwrap();
+        run(sh("echo one; echo two >&2; echo three"), None, None, |l| lines.push(l.to_string())).unwrap();
         assert_eq!(lines.len(), 3);
-        assert!(matches!(run(sh("exit 3"), None, |_| {}), Err(JobError::Failed(3))));
+        assert!(matches!(run(sh("exit 3"), None, None, |_| {}), Err(JobError::Failed(3))));
     }
 
     #[test]
     fn a_timeout_kills_the_whole_group() {
         let mut pid = None;
-        let result = run(sh("sleep 1000 & echo $!; wait"), Some(Duration::from_millis(500)), |l| {
+        let result = run(sh("sleep 1000 & echo $!; wait"), None, Some(Duration::from_millis(500)), |l| {
             pid = l.trim().parse::<i32>().ok();
         });
         assert!(matches!(result, Err(JobError::TimedOut(_))));

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod procfile;
 pub mod release;
 pub mod router;
+pub mod sandbox;
 pub mod settings;
 pub mod store;
 pub mod timefmt;

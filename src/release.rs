@@ -139,10 +139,19 @@ pub fn release_phase(
     let _ = log.event(Source::Slipway, "release.1", &format!("Starting process with command `{command}`"));
     let mut sh = crate::procfile::shell_command(&command);
     sh.env_clear().envs(env.vars("release.1", None)).current_dir(&env.dir);
-    let result = job::run(sh, Some(timeout), |line| {
+    // Confined like a dyno, in a private working dir of its own, discarded afterwards.
+    let key = format!("release-{}", std::process::id());
+    let private =
+        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), &key, &env.dir, None, &mut sh)
+            .map_err(|e| e.to_string())?;
+    let result = job::run(sh, None, Some(timeout), |line| {
         emit(line);
         let _ = log.event(Source::App, "release.1", line);
     });
+    let root = private.root.clone();
+    if let Err(err) = private.remove() {
+        emit(&format!("warning: removing {}: {err}", root.display()));
+    }
     let (outcome, record) = match &result {
         Ok(()) => ("Process exited with status 0".to_string(), "succeeded".to_string()),
         Err(JobError::Failed(code)) => {

@@ -120,13 +120,14 @@ fn over_ssh_app_flag_aliases_and_full_usage_errors() {
     assert!(ok(&["destroy", "hello", "--confirm", "hello"]).contains("Destroyed hello"));
 }
 
-/// Starts `run hello sh -c 'SCRIPT'` over SSH without a tty, `PIDFILE` in SCRIPT standing for a
-/// file under the test's dir the script writes its pid to; returns the ssh client and, once the
-/// one-off has written it, that pid.
-fn one_off_over_ssh(env: &PushEnv, pid_file: &str, script: &str) -> (std::process::Child, u32) {
-    let pid_file = env.slip.root().join(pid_file);
-    let script = format!("'{}'", script.replace("PIDFILE", &pid_file.to_string_lossy()));
-    let client = env
+/// Starts `run hello sh -c 'SCRIPT'` over SSH without a tty; SCRIPT prints its pid first (a
+/// one-off is confined to its own dir, so stdout is how it reports). Returns the ssh client and,
+/// once the one-off has printed it, that pid. The rest of its stdout keeps being read, so the
+/// one-off never sees its reader go away.
+fn one_off_over_ssh(env: &PushEnv, script: &str) -> (std::process::Child, u32) {
+    use std::io::BufRead;
+    let script = format!("'{script}'");
+    let mut client = env
         .sshd
         .ssh_base(&env.key.path, &["run", "hello", "sh", "-c", &script])
         .stdin(Stdio::piped())
@@ -134,16 +135,21 @@ fn one_off_over_ssh(env: &PushEnv, pid_file: &str, script: &str) -> (std::proces
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ssh");
-    let mut pid = None;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-            pid.is_some()
-        }),
-        "the one-off never started:\n{}",
-        env.sshd.log()
-    );
-    (client, pid.expect("checked above"))
+    let stdout = client.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let pid = first
+        .trim()
+        .parse::<u32>()
+        .unwrap_or_else(|_| panic!("the one-off never started (first line {first:?}):\n{}", env.sshd.log()));
+    (client, pid)
 }
 
 #[test]
@@ -170,7 +176,7 @@ fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_a
     assert_eq!(stdout(&out), "-x");
 
     // A one-off over SSH without a tty: the client goes away, the process goes too.
-    let (mut client, pid) = one_off_over_ssh(&env, "one-off.pid", "echo $$ > PIDFILE; exec sleep 1000");
+    let (mut client, pid) = one_off_over_ssh(&env, "echo $$; exec sleep 1000");
     assert!(process_alive(pid));
     client.kill().expect("kill the ssh client");
     let _ = client.wait();
@@ -187,11 +193,7 @@ fn run_takes_its_command_without_double_dash_and_ends_when_the_ssh_client_goes_a
 
     // One that ignores SIGTERM is killed, with its whole group, after the stop grace period.
     slip.cmd_ok(&["settings:set", "stop_timeout=2"]);
-    let (mut client, pid) = one_off_over_ssh(
-        &env,
-        "stubborn.pid",
-        "trap \"\" TERM; echo $$ > PIDFILE; while :; do sleep 0.2; done",
-    );
+    let (mut client, pid) = one_off_over_ssh(&env, "trap \"\" TERM; echo $$; while :; do sleep 0.2; done");
     client.kill().expect("kill the ssh client");
     let _ = client.wait();
     assert!(

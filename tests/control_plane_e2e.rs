@@ -245,23 +245,50 @@ fn a_database_held_by_another_writer_during_a_deploy_delays_but_loses_nothing() 
     let mut slip = Slipway::new();
     slip.start_daemon();
     let repo = GitRepo::init(&slip.root().join("work"));
-    // When LOCKDB is set, the web dyno first takes the database's write lock for 20 s (longer
-    // than any busy timeout), then serves.
+    // When LOCKDB is set, the new web dyno asks for the database's write lock to be taken (a
+    // dyno cannot open slipway.db itself: it is confined), waits until another writer holds it
+    // for 20 s (longer than any busy timeout), then serves.
     let held = slip.root().join("held");
     let procfile = format!(
-        "web: sh -c 'if [ -n \"$LOCKDB\" ]; then python3 lockdb \"$LOCKDB\" 20 {held} & \
+        "web: sh -c 'if [ -n \"$LOCKDB\" ]; then touch want-lock; \
          while [ ! -e {held} ]; do sleep 0.05; done; fi; exec python3 server v1'\n",
         held = held.display()
     );
-    commit(&repo, &procfile, "v1", &[("lockdb", LOCK_DB)]);
+    commit(&repo, &procfile, "v1", &[]);
     let (ok, out) = slip.push_local(&repo, "hello");
     assert!(ok, "{out}\n{}", slip.diagnostics());
     wait_up(&slip, &["web.1"]);
 
     let db = slip.home.join("slipway.db");
-    let out = slip.cmd(&["config:set", "hello", &format!("LOCKDB={}", db.display()), "MSG=locked"]);
+    let lockdb = slip.root().join("lockdb");
+    std::fs::write(&lockdb, LOCK_DB).unwrap();
+    let config_set = slip
+        .command(&["config:set", "hello", "LOCKDB=1", "MSG=locked"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn config:set");
+    // The new dyno asks from its private working dir; the writer is this test's.
+    let asked = || {
+        std::fs::read_dir(slip.home.join("dynos/hello"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("app/want-lock").exists())
+    };
+    assert!(wait_until(Duration::from_secs(60), asked), "the new dyno never asked\n{}", slip.diagnostics());
+    let mut writer = std::process::Command::new("python3")
+        .arg(&lockdb)
+        .arg(&db)
+        .arg("20")
+        .arg(&held)
+        .spawn()
+        .expect("spawn the writer");
+    let out = config_set.wait_with_output().expect("config:set");
+    let _ = writer.wait();
     assert!(out.status.success(), "config:set failed: {}\n{}", describe(&out), slip.diagnostics());
-    assert!(held.exists(), "the new dyno never took the database lock");
+    assert!(held.exists(), "the writer never took the database lock");
 
     // The new dyno is up, recorded as up, and served.
     let dynos = wait_up(&slip, &["web.1"]);

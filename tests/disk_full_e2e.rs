@@ -293,10 +293,20 @@ fn a_shim_whose_log_cannot_be_written_keeps_draining_and_counts() {
     let log = dir.path().join("logs/hello/app.log");
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", &log).unwrap();
-    let (rc, go) = (dir.path().join("rc"), dir.path().join("go"));
+    // The dyno is confined to its private dir (`<home>/dynos/hello/<key>`): it writes `rc` in its
+    // TMPDIR there, and only reads (stats) `go` in its release dir.
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    let go = release.join("go");
+    let rc_path = || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(dir.path().join("dynos/hello"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("tmp/rc"))
+            .find(|p| p.exists())
+    };
     let script = format!(
-        "seq 1 100000; echo $? > {rc}; while [ ! -e {go} ]; do sleep 0.02; done; echo after",
-        rc = rc.display(),
+        "seq 1 100000; echo $? > $TMPDIR/rc; while [ ! -e {go} ]; do sleep 0.02; done; echo after",
         go = go.display()
     );
     let stderr = std::fs::File::create(dir.path().join("shim.err")).unwrap();
@@ -304,14 +314,15 @@ fn a_shim_whose_log_cannot_be_written_keeps_draining_and_counts() {
         .args(["dyno-shim", "--log"])
         .arg(&log)
         .args(["--dyno", "worker.1", "--dir"])
-        .arg(dir.path())
+        .arg(&release)
         .arg("--")
         .arg(format!("sh -c '{script}'"))
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
         .spawn()
         .expect("spawn the shim");
-    assert!(wait_until(Duration::from_secs(30), || rc.exists()), "seq did not finish");
+    assert!(wait_until(Duration::from_secs(30), || rc_path().is_some()), "seq did not finish");
+    let rc = rc_path().unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || std::fs::read_to_string(&rc).is_ok_and(|s| s.ends_with('\n')))
     );

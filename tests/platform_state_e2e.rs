@@ -38,13 +38,16 @@ fn slipways_files_are_its_owners_alone_and_the_apps_keep_umask_022() {
     assert_eq!(mode(&slip.home.join(".ssh").join("authorized_keys")), 0o600);
     assert_eq!(mode(&slip.app_log_path("hello")) & 0o077, 0, "the app log is the owner's");
 
-    let releases = slip.home.join("releases").join("hello");
-    let made = std::fs::read_dir(&releases)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("made-by-the-app"))
-        .next()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || made.exists()), "the worker never wrote its file");
+    // The worker writes in its private working dir (`dynos/<app>/<dyno id>/app`), not the release.
+    let made = || {
+        std::fs::read_dir(slip.home.join("dynos").join("hello"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("app").join("made-by-the-app"))
+            .find(|p| p.exists())
+    };
+    assert!(wait_until(Duration::from_secs(20), || made().is_some()), "the worker never wrote its file");
+    let made = made().unwrap();
     assert_eq!(mode(&made), 0o644, "a dyno's files get umask 022");
 }

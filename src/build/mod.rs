@@ -136,7 +136,8 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
-    compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline)?;
+    let jail = Jail::for_build(req, &dir, &env_dir.0, &id).map_err(io_err("creating the build's tmp dir"))?;
+    compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline, &jail)?;
     inputs::check(&dir)?; // again: the hook may have written links
     if stack == Stack::Python {
         // After the hook, as Heroku: what pre_compile writes counts too.
@@ -145,13 +146,13 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
         }
     }
     let deps_key = match stack {
-        Stack::Python => Some(python::build(req, &dir, deadline)?),
+        Stack::Python => Some(python::build(req, &dir, deadline, &jail)?),
         Stack::Generic => {
             output::step("No Python files found: building a generic app (code only)");
             None
         }
     };
-    compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline)?;
+    compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline, &jail)?;
     inputs::check_commands(&dir, &procfile).map_err(BuildError::Input)?;
 
     output::step("Discovering process types");
@@ -188,6 +189,7 @@ fn compile_hook(
     env_dir: &Path,
     script: &str,
     deadline: Instant,
+    jail: &Jail,
 ) -> Result<(), BuildError> {
     if !inputs::is_file(dir, script) {
         return Ok(());
@@ -207,7 +209,7 @@ fn compile_hook(
     env.insert("ENV_DIR".into(), env_dir.display().to_string());
     let mut c = hook_command(&path).map_err(io_err(format!("reading {script}")))?;
     c.env_clear().envs(env).current_dir(dir);
-    run_step(script, c, deadline).map_err(|e| match e {
+    run_step(script, c, deadline, jail).map_err(|e| match e {
         BuildError::Command { status, .. } => BuildError::Hook { script: script.to_string(), status },
         other => other,
     })
@@ -263,6 +265,91 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
 
 /// Removes ENV_DIR when the build ends.
 struct EnvDir(PathBuf);
+
+/// How every build command runs: confined by the build's sandbox (`sandbox::build_policy`),
+/// with `TMPDIR` its own tmp dir (`<home>/tmp/build-<app>.<build id>`, 0700, removed when the
+/// build ends; one left by a build killed outright is removed by the app's next build).
+pub struct Jail {
+    pub policy: crate::sandbox::Policy,
+    tmp: PathBuf,
+    /// Only the original removes the tmp dir (not the copies made by [`Jail::with`]).
+    owns_tmp: bool,
+}
+
+impl Jail {
+    fn for_build(req: &BuildRequest<'_>, dir: &Path, env_dir: &Path, id: &str) -> io::Result<Jail> {
+        use crate::sandbox::{self, canonical};
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = req.home.root().join("tmp");
+        let prefix = format!("build-{}.", req.app.as_str());
+        for stale in std::fs::read_dir(&parent)?.filter_map(Result::ok) {
+            if stale.file_name().to_string_lossy().starts_with(&prefix) {
+                crate::home::remove_if_present(&stale.path())?;
+            }
+        }
+        let tmp = parent.join(format!("{prefix}{id}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+        // A rule needs its dir to exist when the sandbox is made.
+        std::fs::create_dir_all(req.home.cache(req.app).join("home"))?;
+        std::fs::create_dir_all(req.home.root().join("cache/.tools"))?;
+        let mut jail = Jail { policy: sandbox::Policy::default(), tmp, owns_tmp: true };
+        let paths = sandbox::BuildPaths {
+            home: canonical(req.home.root()),
+            build_dir: canonical(dir),
+            cache: canonical(&req.home.cache(req.app)),
+            tmp: canonical(&jail.tmp),
+            env_dir: canonical(env_dir),
+            tools: build_tools(req),
+        };
+        jail.policy = sandbox::build_policy(&paths, &sandbox::list_dir);
+        Ok(jail)
+    }
+
+    /// This jail with `path` also reachable with `access`.
+    pub fn with(&self, path: &Path, access: crate::sandbox::Access) -> Jail {
+        let mut policy = self.policy.clone();
+        policy.rules.push(crate::sandbox::Rule { path: crate::sandbox::canonical(path), access });
+        Jail { policy, tmp: self.tmp.clone(), owns_tmp: false }
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        if self.owns_tmp {
+            // Best effort: a leftover is removed by the app's next build.
+            let _ = crate::home::remove_if_present(&self.tmp);
+        }
+    }
+}
+
+/// Where builds find interpreters and tools (read and execute only): the `python_dirs`
+/// setting, pyenv roots, uv's managed Pythons, `cache/.tools`, and the `python` setting, `uv`
+/// and `poetry` found on PATH (with the prefix each lives in).
+fn build_tools(req: &BuildRequest<'_>) -> Vec<PathBuf> {
+    use crate::sandbox::canonical;
+    let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    let mut tools = roots.python_dirs.clone();
+    tools.extend(roots.pyenv.iter().filter(|p| p.is_dir()).cloned());
+    if let Some(home) = &roots.home {
+        tools.push(home.join(".local/share/uv/python"));
+    }
+    tools.push(req.home.root().join("cache/.tools"));
+    for name in [req.settings.python.as_str(), "uv", "poetry"] {
+        let found = if name.contains('/') { Some(PathBuf::from(name)) } else { python::find_on_path(name) };
+        if let Some(exe) = found.filter(|p| p.exists()).map(|p| canonical(&p)) {
+            tools.extend(python_prefix(&exe));
+            tools.push(exe);
+        }
+    }
+    tools.iter().map(|t| canonical(t)).collect()
+}
+
+/// `PREFIX` of an executable at `PREFIX/bin/NAME` (never `/`: the system rules cover `/bin`).
+pub fn python_prefix(exe: &Path) -> Option<PathBuf> {
+    let bin = exe.parent()?;
+    let prefix = (bin.file_name()? == "bin").then(|| bin.parent().map(Path::to_path_buf)).flatten()?;
+    prefix.parent().is_some().then_some(prefix)
+}
 
 impl Drop for EnvDir {
     fn drop(&mut self) {
@@ -468,9 +555,10 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
 
 /// Runs one build command in its own process group, relaying its output indented, within
 /// what is left of the build's time; a timeout or an interrupted push kills the whole group.
-pub fn run_step(step: &str, command: Command, deadline: Instant) -> Result<(), BuildError> {
+pub fn run_step(step: &str, mut command: Command, deadline: Instant, jail: &Jail) -> Result<(), BuildError> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match crate::job::run(command, Some(left), |line| {
+    command.env("TMPDIR", &jail.tmp);
+    match crate::job::run(command, Some(&jail.policy), Some(left), |line| {
         output::detail(line.rsplit('\r').next().unwrap_or(line))
     }) {
         Ok(()) => Ok(()),
@@ -481,6 +569,9 @@ pub fn run_step(step: &str, command: Command, deadline: Instant) -> Result<(), B
         Err(crate::job::JobError::Cancelled) => Err(BuildError::Cancelled),
         Err(crate::job::JobError::Spawn(source)) => {
             Err(BuildError::Io { action: format!("starting {step}"), source })
+        }
+        Err(crate::job::JobError::Sandbox(e)) => {
+            Err(BuildError::Io { action: format!("starting {step}"), source: io::Error::other(e) })
         }
     }
 }
@@ -495,6 +586,19 @@ mod tests {
             std::fs::write(d.path().join(f), "").unwrap();
         }
         d
+    }
+
+    #[test]
+    fn interpreter_prefixes() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/root/.pyenv/versions/3.12.1/bin/python3.12", Some("/root/.pyenv/versions/3.12.1")),
+            ("/usr/bin/python3", Some("/usr")),
+            ("/bin/python3", None),
+            ("/opt/py/python3", None),
+        ];
+        for (exe, want) in cases {
+            assert_eq!(python_prefix(Path::new(exe)), want.map(PathBuf::from), "{exe}");
+        }
     }
 
     #[test]

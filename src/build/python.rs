@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{build_env, interpreter, output, run_step, venv, BuildError, BuildRequest};
+use super::{build_env, interpreter, output, run_step, venv, BuildError, BuildRequest, Jail};
 
 /// Where the virtualenv lives inside a release dir; dynos get its `bin` first on PATH.
 pub const VENV: &str = ".slipway/venv";
@@ -55,12 +55,23 @@ const DEPENDENCY_FILES: &[&str] =
     &["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock", "pyproject.toml"];
 
 /// Builds the venv and returns the dependency-environment key.
-pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<String, BuildError> {
+pub fn build(
+    req: &BuildRequest<'_>,
+    dir: &Path,
+    deadline: Instant,
+    jail: &Jail,
+) -> Result<String, BuildError> {
     output::step("Python app detected");
     let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
     let python = interpreter::select(dir, &req.settings.python, &roots, last.as_deref())?;
     output::step(&format!("Using Python {} ({})", python.version, python.path.display()));
+    // The chosen interpreter's prefix, wherever it lives.
+    let real = crate::sandbox::canonical(&python.path);
+    let jail = &match super::python_prefix(&real) {
+        Some(prefix) => jail.with(&prefix, crate::sandbox::Access::Read),
+        None => jail.with(&real, crate::sandbox::Access::Read),
+    };
 
     let uv = find_on_path("uv");
     let installer = choose_installer(dir, uv.is_some());
@@ -85,7 +96,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 source,
             })?;
             output::step(&format!("Using cached dependencies (key {key})"));
-            collectstatic(req, dir, deadline)?;
+            collectstatic(req, dir, deadline, jail)?;
             return Ok(key);
         }
     }
@@ -110,7 +121,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
         }
     };
     create.env_clear().envs(&env).env("UV_CACHE_DIR", cache.join("uv")).current_dir(dir);
-    run_step("creating the virtualenv", create, deadline)?;
+    run_step("creating the virtualenv", create, deadline, jail)?;
 
     let pip = |args: &[&str]| {
         let mut c = match &uv {
@@ -135,12 +146,12 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
     };
     output::step(&format!("Installing pip {}", venv::PIP_VERSION));
     let pinned = format!("pip=={}", venv::PIP_VERSION);
-    run_step("installing pip", pip(&["--upgrade", &pinned]), deadline)?;
+    run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
     let with = if uv.is_some() { "uv" } else { "pip" };
     match installer {
         Installer::Pip | Installer::Uv => {
             output::step(&format!("Installing dependencies with {with}"));
-            run_step(&format!("{with} install"), pip(&["-r", "requirements.txt"]), deadline)?;
+            run_step(&format!("{with} install"), pip(&["-r", "requirements.txt"]), deadline, jail)?;
         }
         Installer::Pipfile => {
             output::step(&format!("Installing dependencies from Pipfile.lock with {with}"));
@@ -149,16 +160,16 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
             let path = cache.join("Pipfile.lock.requirements.txt");
             crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
-            run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline)?;
+            run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline, jail)?;
         }
         Installer::Project => {
             output::step(&format!("Installing the project (pyproject.toml) with {with}"));
-            run_step(&format!("{with} install"), pip(&["."]), deadline)?;
+            run_step(&format!("{with} install"), pip(&["."]), deadline, jail)?;
         }
         Installer::UvLock => {
             let uv = match uv {
                 Some(uv) => uv,
-                None => ensure_tool(req, &python.path, "uv", deadline)?,
+                None => ensure_tool(req, &python.path, "uv", deadline, jail)?,
             };
             // `--locked`: a uv.lock that no longer matches pyproject.toml fails the build (uv
             // says so and how to fix it) instead of being ignored (`--frozen`) or rewritten.
@@ -171,10 +182,10 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .env("UV_PYTHON", &python.path)
                 .env("UV_CACHE_DIR", cache.join("uv"))
                 .current_dir(dir);
-            run_step("uv sync", sync, deadline).map_err(|e| install_failed(e, "uv"))?;
+            run_step("uv sync", sync, deadline, jail).map_err(|e| install_failed(e, "uv"))?;
         }
         Installer::Poetry => {
-            let poetry = ensure_tool(req, &python.path, "poetry", deadline)?;
+            let poetry = ensure_tool(req, &python.path, "poetry", deadline, jail)?;
             let path = format!(
                 "{}:{}",
                 venv_dir.join("bin").display(),
@@ -190,7 +201,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .envs(&env)
                 .env("POETRY_CACHE_DIR", cache.join("poetry"))
                 .current_dir(dir);
-            run_step("poetry check --lock", check, deadline).map_err(|e| match e {
+            run_step("poetry check --lock", check, deadline, jail).map_err(|e| match e {
                 BuildError::Command { status, .. } => BuildError::Detect(format!(
                     "'poetry check --lock' failed ({status}): poetry.lock must match pyproject.toml \
                      (see poetry's output above); if it is out of date, run 'poetry lock' locally and \
@@ -209,11 +220,11 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .env("POETRY_VIRTUALENVS_CREATE", "false")
                 .env("POETRY_CACHE_DIR", cache.join("poetry"))
                 .current_dir(dir);
-            run_step("poetry install", install, deadline).map_err(|e| install_failed(e, "Poetry"))?;
+            run_step("poetry install", install, deadline, jail).map_err(|e| install_failed(e, "Poetry"))?;
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
-    collectstatic(req, dir, deadline)?;
+    collectstatic(req, dir, deadline, jail)?;
     Ok(key)
 }
 
@@ -270,7 +281,12 @@ fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
 /// otherwise `python MANAGE collectstatic --noinput --traceback` from the build dir with the
 /// build's environment (the app's config vars unless `build_config = 0`) and `PYTHONPATH=.`.
 /// A failure fails the build with Heroku's hint about `DISABLE_COLLECTSTATIC=1`.
-fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<(), BuildError> {
+fn collectstatic(
+    req: &BuildRequest<'_>,
+    dir: &Path,
+    deadline: Instant,
+    jail: &Jail,
+) -> Result<(), BuildError> {
     if dir.join(".heroku/collectstatic_disabled").is_file() {
         output::step("Skipping Django collectstatic since the file '.heroku/collectstatic_disabled' exists.");
         output::warn(
@@ -285,12 +301,15 @@ fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Resul
     }
     let venv_bin = dir.join(VENV).join("bin");
     let python = venv_bin.join("python");
-    let has_django = Command::new(&python)
+    let mut probe = Command::new(&python);
+    probe
         .args(["-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is None)"])
         .env_clear()
-        .current_dir(dir)
-        .output()
-        .is_ok_and(|o| o.status.success());
+        .current_dir(dir);
+    // The venv is the build's own making: anything it runs is confined like the build.
+    crate::sandbox::confine(&mut probe, &jail.policy)
+        .map_err(|e| BuildError::Io { action: "starting python".into(), source: std::io::Error::other(e) })?;
+    let has_django = probe.output().is_ok_and(|o| o.status.success());
     if !has_django {
         return Ok(());
     }
@@ -305,7 +324,7 @@ fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Resul
     env.entry("PYTHONPATH".into()).or_insert_with(|| ".".into());
     let mut c = Command::new(&python);
     c.arg(&manage).args(["collectstatic", "--noinput", "--traceback"]).env_clear().envs(env).current_dir(dir);
-    run_step("collectstatic", c, deadline).map_err(|e| match e {
+    run_step("collectstatic", c, deadline, jail).map_err(|e| match e {
         BuildError::Command { status, .. } => BuildError::Detect(format!(
             "Unable to generate Django static files: the 'python {manage} collectstatic --noinput' Django \
              management command to generate static files failed ({status}); see the traceback above for \
@@ -347,6 +366,7 @@ fn ensure_tool(
     python: &Path,
     name: &str,
     deadline: Instant,
+    jail: &Jail,
 ) -> Result<PathBuf, BuildError> {
     if let Some(found) = find_on_path(name) {
         return Ok(found);
@@ -357,21 +377,25 @@ fn ensure_tool(
         return Ok(exe);
     }
     output::step(&format!("Installing {name} for this server (first use)"));
+    // Only this step may write the tool's dir; builds read it.
+    std::fs::create_dir_all(&root)
+        .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
+    let jail = &jail.with(&root, crate::sandbox::Access::ReadWrite);
     let env = build_env(req);
     let mut create = Command::new(python);
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
-    run_step(&format!("creating the {name} environment"), create, deadline)?;
+    run_step(&format!("creating the {name} environment"), create, deadline, jail)?;
     let mut install = Command::new(root.join("bin/python"));
     install.args(PIP_INSTALL).arg(name);
     install.env_clear().envs(&env);
-    if let Err(e) = run_step(&format!("installing {name}"), install, deadline) {
+    if let Err(e) = run_step(&format!("installing {name}"), install, deadline, jail) {
         let _ = std::fs::remove_dir_all(&root);
         return Err(e);
     }
     Ok(exe)
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var("PATH")
         .unwrap_or_default()
         .split(':')

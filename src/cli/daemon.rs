@@ -111,6 +111,7 @@ pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
     ));
     out(&format!("Cgroups:  {}", report.kernel.cgroups));
     out(&format!("Mode:     {}", report.mode.description));
+    out(&format!("Sandbox:  {}", report.sandbox));
     if report.problems.is_empty() {
         out("Problems: none");
     } else {
@@ -133,6 +134,8 @@ struct StatusReport {
     dynos: BTreeMap<String, usize>,
     kernel: KernelStatus,
     mode: ModeStatus,
+    /// `sandbox::status_line`.
+    sandbox: String,
     problems: Vec<String>,
     #[serde(skip)]
     daemon_error: Option<String>,
@@ -303,8 +306,7 @@ fn gather(home: &Home) -> StatusReport {
     }
 
     let kernel = KernelStatus {
-        landlock: std::fs::read_to_string("/sys/kernel/security/lsm")
-            .is_ok_and(|lsm| lsm.trim().split(',').any(|m| m == "landlock")),
+        landlock: matches!(crate::sandbox::support(), crate::sandbox::Support::Landlock(_)),
         cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         cgroups: match crate::cgroup::detect() {
             Ok(layout) => format!("{}: dyno memory, process and CPU limits", layout.describe()),
@@ -342,6 +344,7 @@ fn gather(home: &Home) -> StatusReport {
         apps,
         dynos,
         kernel,
+        sandbox: crate::sandbox::status_line(crate::sandbox::support()),
         mode: ModeStatus { user, root, description },
         problems,
         daemon_error,

@@ -60,7 +60,8 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     let limits = crate::cgroup::Limits { memory: quota, max_pids: settings.dyno_max_pids };
     let cgroup = recorded.as_ref().and_then(|(id, _, _)| contain(home, &name, *id, limits, &log, &dyno));
     let join = cgroup.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
-    let spawned = spawn(&env, &dyno, port, command, join);
+    let key = format!("{dyno}-{}", std::process::id());
+    let spawned = spawn(home, &name, &key, &env, &dyno, port, command, join);
     let cgroup = cgroup.map(|(cgroup, _files)| cgroup);
     let _remove = cgroup.map(|cgroup| RemoveOnDrop { cgroup, log: log.clone(), dyno: dyno.clone() });
     let one_off = spawned?;
@@ -163,6 +164,8 @@ fn attach(home: &Home, dyno: i64, pid: i32) -> Result<(), ClientError> {
 /// A started one-off process: the leader of its own process group.
 pub struct OneOff {
     child: Child,
+    /// Its private working dir, discarded when it ends.
+    private: Option<crate::sandbox::PrivateDir>,
     /// Whether the command was made the terminal's foreground group (stdin is our terminal).
     foreground: bool,
 }
@@ -183,8 +186,13 @@ pub struct Ended {
 
 /// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
 /// group when stdin is our controlling terminal), in the cgroups whose `cgroup.procs` are open
-/// as `join` (none: no cgroup).
+/// as `join` (none: no cgroup), confined like every dyno in a private working dir of its own
+/// (`dynos/<app>/<key>`).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    home: &Home,
+    app: &crate::app::AppName,
+    key: &str,
     env: &DynoEnv,
     name: &str,
     port: Option<u16>,
@@ -215,8 +223,19 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
-    Ok(OneOff { child, foreground })
+    let private =
+        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), key, &env.dir, port, &mut cmd)?;
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let root = private.root.clone();
+            if let Err(err) = private.remove() {
+                eprintln!("warning: removing {}: {err}", root.display());
+            }
+            return Err(e).with_context(|| format!("starting {program}"));
+        }
+    };
+    Ok(OneOff { child, private: Some(private), foreground })
 }
 
 /// The signal last sent to this process while a one-off runs (0: none).
@@ -285,6 +304,12 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
         with_sigttou_blocked(|| unsafe {
             libc::tcsetpgrp(0, libc::getpgrp());
         });
+    }
+    if let Some(private) = one_off.private.take() {
+        let root = private.root.clone();
+        if let Err(err) = private.remove() {
+            eprintln!("warning: removing {}: {err}", root.display());
+        }
     }
     Ok(Ended { code: crate::job::exit_code(status), caller_gone })
 }

@@ -84,6 +84,11 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     // Daemons before slipway.toml recorded their log policy there; every writer now reads the
     // settings file instead.
     remove_if_present(&home.root().join("logs").join(".policy"))?;
+    // Private dirs of dynos whose shim (or `run`) died without removing them.
+    let removed = crate::sandbox::remove_dead(&home.dynos()).context("removing dead dynos' private dirs")?;
+    if removed > 0 {
+        tracing::info!(removed, "removed private dirs of dynos that are gone");
+    }
     let socket = home.socket();
     // We hold the home lock, so a socket file left here belongs to a dead daemon.
     remove_if_present(&socket)?;

@@ -67,6 +67,12 @@ impl AcceptBackoff {
 }
 
 async fn handle(mut stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> io::Result<()> {
+    // Landlock (ABI 7) does not keep a confined process from connecting to a pathname socket,
+    // and in single-user mode file modes cannot either (same uid): refuse builds and dynos here.
+    if let Some(why) = refusal(&stream) {
+        tracing::warn!(why, "control connection refused");
+        return write_frame(&mut stream, &Response::Error { message: why.into() }).await;
+    }
     let hello: Request = read_frame(&mut stream).await?;
     let Request::Hello { protocol: client_protocol, .. } = hello else {
         return write_frame(&mut stream, &Response::Error { message: "expected a hello first".into() }).await;
@@ -90,6 +96,56 @@ async fn handle(mut stream: UnixStream, events: mpsc::UnboundedSender<Event>) ->
             reply_rx.await.unwrap_or(Response::Error { message: "the daemon dropped the request".into() });
         write_frame(&mut stream, &response).await?;
     }
+}
+
+/// Why the peer of `stream` may not speak the control protocol, if it may not: it runs confined
+/// (a build, a release phase or a dyno, or anything else under `no_new_privs`, which no process
+/// can clear: `sandbox::is_confined`), or it is gone (the socket was handed on to another
+/// process). The peer is held through a pidfd (`SO_PEERPIDFD`) while its status is read, so a
+/// reused pid cannot answer for it; kernels without `SO_PEERPIDFD` (before 6.5) are asked by pid.
+fn refusal(stream: &UnixStream) -> Option<&'static str> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const CONFINED: &str = "control connections from builds and dynos are refused";
+    const GONE: &str = "the connecting process is gone";
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `pidfd`.
+    let got = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    let pidfd = (got == 0 && pidfd >= 0).then(|| {
+        // SAFETY: the kernel just gave us this descriptor; we own it.
+        unsafe { OwnedFd::from_raw_fd(pidfd) }
+    });
+    let pid = match &pidfd {
+        Some(fd) => std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .ok()
+            .and_then(|info| info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse::<i32>().ok())),
+        None => stream.peer_cred().ok().and_then(|c| c.pid()),
+    };
+    let Some(pid) = pid.filter(|p| *p > 0) else { return Some(GONE) };
+    let confined = match crate::sandbox::is_confined(pid) {
+        Ok(confined) => confined,
+        Err(_) => return Some(GONE),
+    };
+    if let Some(fd) = &pidfd {
+        // Still the same process (signal 0 only checks)? Then the status read was its own.
+        // SAFETY: pidfd_send_signal with signal 0 and no info sends nothing.
+        let alive = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0)
+        } == 0;
+        if !alive {
+            return Some(GONE);
+        }
+    }
+    confined.then_some(CONFINED)
 }
 
 async fn read_frame<T: for<'de> serde::Deserialize<'de>>(stream: &mut UnixStream) -> io::Result<T> {

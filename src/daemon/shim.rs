@@ -132,7 +132,11 @@ pub fn run(args: ShimArgs) -> i32 {
             Ok(())
         });
     }
-    let spawned = command.spawn();
+    let private = confine(&args, &mut command);
+    let spawned = match &private {
+        Ok(_) => command.spawn(),
+        Err(err) => Err(std::io::Error::other(err.clone())),
+    };
     drop(command);
     let cgroup = contained.map(|(cgroup, files)| {
         drop(files);
@@ -142,6 +146,9 @@ pub fn run(args: ShimArgs) -> i32 {
         Ok(c) => c,
         Err(err) => {
             let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
+            if let Ok(private) = private {
+                discard(private, &mut log, &args.dyno);
+            }
             if let Some(cgroup) = &cgroup {
                 remove_cgroup(cgroup, &mut log, &args.dyno);
             }
@@ -216,8 +223,12 @@ pub fn run(args: ShimArgs) -> i32 {
         _ => -1,
     };
     let mut log = log.unwrap_or_else(|| LogWriter::deferred(&args.log, args.log_policy).named(&args.dyno));
+    // What is left in the cgroup dies first; then nothing of the dyno uses its private dir.
     if let Some(cgroup) = &cgroup {
         remove_cgroup(cgroup, &mut log, &args.dyno);
+    }
+    if let Ok(private) = private {
+        discard(private, &mut log, &args.dyno);
     }
     let _ = log.event(Source::Slipway, &args.dyno, &format!("Process exited with status {code}"));
     if let Some(path) = &args.announce {
@@ -357,6 +368,35 @@ fn queue_events(queue: &Queue, dyno: &str, messages: &[&str]) {
     if queue.tx.send(Queued::Lines(text)).is_err() {
         queue.queued.fetch_sub(len, Ordering::Relaxed);
         queue.dropped.fetch_add(messages.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The dyno runs confined (`sandbox::prepare_dyno`) in a private working dir of its own,
+/// `<home>/dynos/<app>/<dyno id>` (home and app from the log's path `<home>/logs/<app>/app.log`,
+/// the id from the announcement's name), bound to its `PORT`.
+fn confine(
+    args: &ShimArgs,
+    command: &mut std::process::Command,
+) -> Result<crate::sandbox::PrivateDir, String> {
+    let (Some(app_logs), Some(home)) = (args.log.parent(), args.log.ancestors().nth(3)) else {
+        return Err(format!("no home above {}", args.log.display()));
+    };
+    let app = app_logs.file_name().ok_or("no app in the log's path")?;
+    let key = match args.announce.as_ref().and_then(|a| a.file_name()) {
+        Some(id) => id.to_string_lossy().into_owned(),
+        None => format!("{}-{}", args.dyno, std::process::id()),
+    };
+    let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok());
+    let dynos = home.join("dynos").join(app);
+    crate::sandbox::prepare_dyno(home, &dynos, &key, &args.dir, port, command).map_err(|e| e.to_string())
+}
+
+/// Removes the dyno's private dir once nothing of it runs; a failure is logged (the daemon
+/// removes leftovers when it starts).
+fn discard(private: crate::sandbox::PrivateDir, log: &mut LogWriter, dyno: &str) {
+    let root = private.root.clone();
+    if let Err(err) = private.remove() {
+        let _ = log.event(Source::Slipway, dyno, &format!("Could not remove {}: {err}", root.display()));
     }
 }
 

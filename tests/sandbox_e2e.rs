@@ -1,7 +1,7 @@
 //! End-to-end: the filesystem sandbox (Landlock) as an attacker meets it. A probe app whose
 //! `bin/post_compile` (a build), whose web dynos and whose one-off `run` dyno each try every
 //! access an app must not have — read `slipway.db`, write `.ssh/authorized_keys`, speak the
-//! control protocol on `run/slipway.sock`, read logs and repos, signal another app's dyno, read
+//! control protocol on `run/slipway.sock` or `run/router.sock`, read logs and repos, signal another app's dyno, read
 //! its `/proc/<pid>/environ`, write its release dir, write their own release dir, write `/tmp`,
 //! bind another port, reach an abstract unix socket outside their domain — and report what
 //! held. Their working directory must be writable and private: two dynos never see each
@@ -66,6 +66,16 @@ def control(path):
     send("Status")
     return reply + " " + recv()
 
+def router(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(b'{"op":"drain","id":1,"port":1,"grace_ms":0}\n')
+    reply = s.recv(200)
+    if not reply:
+        raise PermissionError("the router closed the connection")
+    return reply.decode()
+
 def bind(port):
     s = socket.socket()
     s.bind(("127.0.0.1", port))
@@ -83,6 +93,7 @@ def probe(home, own_release):
     attempt(r, "read slipway.db", lambda: read(home / "slipway.db"))
     attempt(r, "write .ssh/authorized_keys", lambda: append(home / ".ssh/authorized_keys"))
     attempt(r, "control socket", lambda: control(home / "run/slipway.sock"))
+    attempt(r, "router socket", lambda: router(home / "run/router.sock"))
     attempt(r, "read logs", lambda: read(home / "logs/victim/app.log"))
     attempt(r, "list repos", lambda: os.listdir(home / "repos"))
     attempt(r, "signal another app's dyno", lambda: os.kill(victim, signal.SIGKILL))
@@ -154,6 +165,7 @@ const COMMON: &[&str] = &[
     "read slipway.db",
     "write .ssh/authorized_keys",
     "control socket",
+    "router socket",
     "read logs",
     "list repos",
     "signal another app's dyno",

@@ -103,7 +103,7 @@ async fn handle(mut stream: UnixStream, events: mpsc::UnboundedSender<Event>) ->
 /// can clear: `sandbox::is_confined`), or it is gone (the socket was handed on to another
 /// process). The peer is held through a pidfd (`SO_PEERPIDFD`) while its status is read, so a
 /// reused pid cannot answer for it; kernels without `SO_PEERPIDFD` (before 6.5) are asked by pid.
-fn refusal(stream: &UnixStream) -> Option<&'static str> {
+pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const CONFINED: &str = "control connections from builds and dynos are refused";
     const GONE: &str = "the connecting process is gone";

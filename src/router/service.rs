@@ -141,6 +141,12 @@ async fn follow(home: &Home, router: &Router, control: UnixListener) -> Stop {
         tokio::select! {
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Builds and dynos may reach the socket's path (Landlock cannot deny a
+                    // connect), so they are refused here as on the daemon's socket.
+                    if let Some(why) = crate::daemon::server::refusal(&stream) {
+                        tracing::warn!("router: control connection refused: {why}");
+                        continue;
+                    }
                     let (home, router, retire) = (home.clone(), router.clone(), retire_tx.clone());
                     tokio::spawn(async move { connection(home, router, stream, retire).await });
                 }

@@ -79,6 +79,11 @@ impl DynoEnv {
         } else {
             env.insert("PATH".into(), system_path.into());
         }
+        // Corpora the build downloaded for `nltk.txt`; set as Heroku sets it (over a config var).
+        let nltk_data = self.dir.join(crate::build::nltk::DATA);
+        if nltk_data.is_dir() {
+            env.insert("NLTK_DATA".into(), nltk_data.display().to_string());
+        }
         env.insert("HOME".into(), self.dir.display().to_string());
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("PYTHONUNBUFFERED".into(), "1".into());

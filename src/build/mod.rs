@@ -8,6 +8,7 @@
 
 pub mod framework;
 pub mod interpreter;
+pub mod nltk;
 pub mod output;
 pub mod pipfile;
 pub mod python;
@@ -430,7 +431,8 @@ const BUILD_ENV_DENYLIST: &[&str] =
 
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
 /// into an app's build except what installers need to reach a package index, plus the app's
-/// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`.
+/// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`, the
+/// system CA store for pip and uv ([`tls_env`]) and last the operator's `build_env` setting.
 pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = if req.settings.build_config {
         req.config
@@ -456,13 +458,42 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
         "PIP_EXTRA_INDEX_URL",
         "PIP_TRUSTED_HOST",
         "UV_INDEX_URL",
+        "UV_DEFAULT_INDEX",
         "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         if let Ok(v) = std::env::var(key) {
             env.insert(key.into(), v);
         }
     }
+    let bundle = SYSTEM_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
+    for (k, v) in tls_env(&env, bundle) {
+        env.insert(k, v);
+    }
+    for (k, v) in &req.settings.build_env {
+        env.insert(k.clone(), v.clone());
+    }
     env
+}
+
+/// Where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// What makes pip and uv trust the system's CA store (and so a TLS-intercepting proxy whose CA
+/// the operator installed there): uv's `UV_NATIVE_TLS=1` (uv ignores the store otherwise), and
+/// `SSL_CERT_FILE` pointing at the system bundle unless the environment already names one.
+/// The `build_env` setting is applied after this and may override either.
+pub fn tls_env(env: &BTreeMap<String, String>, system_bundle: Option<&Path>) -> Vec<(String, String)> {
+    let mut out = vec![("UV_NATIVE_TLS".to_string(), "1".to_string())];
+    if let Some(bundle) = system_bundle.filter(|_| !env.contains_key("SSL_CERT_FILE")) {
+        out.push(("SSL_CERT_FILE".to_string(), bundle.display().to_string()));
+    }
+    out
 }
 
 /// Runs one build command in its own process group, relaying its output indented, within
@@ -591,6 +622,29 @@ mod tests {
                 (Some(w), Some(g)) => assert!(g.contains(w), "{what}: {g}"),
                 _ => panic!("{what}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn builds_trust_the_system_ca_store() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let none = BTreeMap::new();
+        let given = BTreeMap::from([("SSL_CERT_FILE".to_string(), "/opt/corp.pem".to_string())]);
+        let cases: &[(&str, &BTreeMap<String, String>, Option<&Path>, &[(&str, &str)])] = &[
+            (
+                "bundle present",
+                &none,
+                Some(bundle),
+                &[("UV_NATIVE_TLS", "1"), ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
+            ),
+            ("no bundle", &none, None, &[("UV_NATIVE_TLS", "1")]),
+            ("the server names its own", &given, Some(bundle), &[("UV_NATIVE_TLS", "1")]),
+        ];
+        for (what, env, bundle, want) in cases {
+            let got = tls_env(env, *bundle);
+            let want: Vec<(String, String)> =
+                want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            assert_eq!(got, want, "{what}");
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{build_env, interpreter, output, run_step, venv, BuildError, BuildRequest};
+use super::{build_env, interpreter, nltk, output, run_step, venv, BuildError, BuildRequest};
 
 /// Where the virtualenv lives inside a release dir; dynos get its `bin` first on PATH.
 pub const VENV: &str = ".slipway/venv";
@@ -57,9 +57,24 @@ const DEPENDENCY_FILES: &[&str] =
 /// Builds the venv and returns the dependency-environment key.
 pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<String, BuildError> {
     output::step("Python app detected");
-    let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    let mut python_dirs = req.settings.python_dirs.clone();
+    python_dirs.push(python_install_dir(req));
+    let roots = interpreter::Roots::for_this_user(&python_dirs);
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
-    let python = interpreter::select(dir, &req.settings.python, &roots, last.as_deref())?;
+    let manager = if !dir.join("requirements.txt").is_file() && dir.join("uv.lock").is_file() {
+        interpreter::Manager::Uv
+    } else {
+        interpreter::Manager::Other
+    };
+    let install = |version: &str| install_python(req, version, deadline);
+    let python = interpreter::select(
+        dir,
+        &req.settings.python,
+        &roots,
+        last.as_deref(),
+        manager,
+        req.settings.python_install.then_some(&install as interpreter::Install<'_>),
+    )?;
     output::step(&format!("Using Python {} ({})", python.version, python.path.display()));
 
     let uv = find_on_path("uv");
@@ -85,6 +100,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 source,
             })?;
             output::step(&format!("Using cached dependencies (key {key})"));
+            nltk::run(req, dir, deadline)?;
             collectstatic(req, dir, deadline)?;
             return Ok(key);
         }
@@ -170,6 +186,7 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
                 .envs(&env)
                 .env("UV_PROJECT_ENVIRONMENT", &venv_dir)
                 .env("UV_PYTHON", &python.path)
+                .env("UV_PYTHON_DOWNLOADS", "never")
                 .env("UV_CACHE_DIR", cache.join("uv"))
                 .current_dir(dir);
             run_step("uv sync", sync, deadline).map_err(|e| install_failed(e, "uv"))?;
@@ -214,8 +231,53 @@ pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<St
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
+    nltk::run(req, dir, deadline)?;
     collectstatic(req, dir, deadline)?;
     Ok(key)
+}
+
+/// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python
+/// install --install-dir`); interpreter discovery always looks there.
+fn python_install_dir(req: &BuildRequest<'_>) -> PathBuf {
+    req.home.root().join("cache/.tools/python")
+}
+
+/// `uv python install VERSION` into [`python_install_dir`] (uv itself installed first when the
+/// server has none), for a Python version no installed interpreter has. uv downloads the
+/// interpreter from GitHub (python-build-standalone): without that network the build fails
+/// saying what to do instead.
+fn install_python(req: &BuildRequest<'_>, version: &str, deadline: Instant) -> Result<(), BuildError> {
+    let host = interpreter::probe(&req.settings.python)
+        .or_else(|| interpreter::probe("python3"))
+        .ok_or_else(|| {
+            BuildError::Detect(format!(
+                "Python {version} is not installed, and installing it needs uv, which needs a Python \
+                 to install it with (the 'python' setting, {}, does not run)",
+                req.settings.python
+            ))
+        })?;
+    let uv = ensure_tool(req, &host.path, "uv", deadline)?;
+    let target = python_install_dir(req);
+    output::step(&format!("Installing Python {version} (not installed on this server; python_install = 1)"));
+    let cache = req.home.cache(req.app);
+    let mut c = Command::new(uv);
+    c.args(["python", "install", "--no-bin", "--install-dir"])
+        .arg(&target)
+        .arg(version)
+        .env_clear()
+        .envs(build_env(req))
+        .env("UV_CACHE_DIR", cache.join("uv"))
+        .current_dir(req.home.root());
+    run_step("uv python install", c, deadline).map_err(|e| match e {
+        BuildError::Command { status, .. } => BuildError::Detect(format!(
+            "Unable to install Python {version}: 'uv python install {version}' failed ({status}; see \
+             its output above). uv downloads Python from GitHub (python-build-standalone), so the \
+             server needs that network (or a proxy: the build_env setting); otherwise install Python \
+             {version} on the server (e.g. with pyenv, then add it to python_dirs), or change the \
+             app's version to an installed one"
+        )),
+        other => other,
+    })
 }
 
 /// Heroku's words when a package manager fails: its own output above says why.
@@ -284,13 +346,7 @@ fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Resul
     }
     let venv_bin = dir.join(VENV).join("bin");
     let python = venv_bin.join("python");
-    let has_django = Command::new(&python)
-        .args(["-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is None)"])
-        .env_clear()
-        .current_dir(dir)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_django {
+    if !module_available(&python, dir, "django") {
         return Ok(());
     }
     let Some(manage) = find_manage_py(dir) else {
@@ -314,6 +370,20 @@ fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Resul
         )),
         other => other,
     })
+}
+
+/// Whether `python` can import the top-level module `name` (not importing it: `find_spec`).
+pub fn module_available(python: &Path, dir: &Path, name: &str) -> bool {
+    Command::new(python)
+        .args([
+            "-c",
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
+            name,
+        ])
+        .env_clear()
+        .current_dir(dir)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Where Heroku looks for `manage.py`: the app's root and up to two directories below it
@@ -340,7 +410,7 @@ pub fn find_manage_py(dir: &Path) -> Option<String> {
 }
 
 /// `uv` / `poetry` for lock files when the server has none on PATH: installed once per server
-/// into `cache/.tools/<name>` (this needs the package index).
+/// into `cache/.tools/<name>` (`uv-<version>` for the pinned uv; this needs the package index).
 fn ensure_tool(
     req: &BuildRequest<'_>,
     python: &Path,
@@ -350,24 +420,37 @@ fn ensure_tool(
     if let Some(found) = find_on_path(name) {
         return Ok(found);
     }
-    let root = req.home.root().join("cache/.tools").join(name);
+    let requirement = tool_requirement(name);
+    let root = req.home.root().join("cache/.tools").join(requirement.replace("==", "-"));
     let exe = root.join("bin").join(name);
     if exe.is_file() {
         return Ok(exe);
     }
-    output::step(&format!("Installing {name} for this server (first use)"));
+    output::step(&format!("Installing {} for this server (first use)", requirement.replace("==", " ")));
     let env = build_env(req);
     let mut create = Command::new(python);
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
     run_step(&format!("creating the {name} environment"), create, deadline)?;
     let mut install = Command::new(root.join("bin/python"));
-    install.args(PIP_INSTALL).arg(name);
+    install.args(PIP_INSTALL).arg(&requirement);
     install.env_clear().envs(&env);
     if let Err(e) = run_step(&format!("installing {name}"), install, deadline) {
         let _ = std::fs::remove_dir_all(&root);
         return Err(e);
     }
     Ok(exe)
+}
+
+/// The uv Heroku's buildpack pins (its `requirements/uv.txt`); uv enforces a project's own
+/// `[tool.uv] required-version` itself.
+pub const UV_VERSION: &str = "0.12.5";
+
+/// What `ensure_tool` installs: uv pinned as on Heroku, poetry as PyPI has it.
+fn tool_requirement(name: &str) -> String {
+    match name {
+        "uv" => format!("uv=={UV_VERSION}"),
+        other => other.to_string(),
+    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -459,6 +542,12 @@ mod tests {
             }
             assert_eq!(find_manage_py(d.path()).as_deref(), *want, "{what}");
         }
+    }
+
+    #[test]
+    fn tools_are_pinned_as_on_heroku() {
+        assert_eq!(tool_requirement("uv"), format!("uv=={UV_VERSION}"));
+        assert_eq!(tool_requirement("poetry"), "poetry");
     }
 
     #[test]

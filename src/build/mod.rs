@@ -630,7 +630,8 @@ mod tests {
         let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
         let none = BTreeMap::new();
         let given = BTreeMap::from([("SSL_CERT_FILE".to_string(), "/opt/corp.pem".to_string())]);
-        let cases: &[(&str, &BTreeMap<String, String>, Option<&Path>, &[(&str, &str)])] = &[
+        type Case<'a> = (&'a str, &'a BTreeMap<String, String>, Option<&'a Path>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "bundle present",
                 &none,

@@ -126,6 +126,19 @@ const INSTRUCTIONS: &str = "Put your app's major Python version in a file named 
 in the root directory of your app, e.g. a file that contains exactly:
 3.14";
 
+/// The text encoding of a version file Heroku refuses to read (a BOM, UTF-16, not UTF-8), named.
+pub fn unsupported_encoding(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        Some("UTF-8 (with BOM)")
+    } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        Some("UTF-16 (with BOM)")
+    } else if std::str::from_utf8(bytes).is_err() {
+        Some("not UTF-8")
+    } else {
+        None
+    }
+}
+
 /// What the app asks for (`runtime.txt`, `.python-version`, `Pipfile.lock`), validated but not
 /// yet checked against supported versions.
 pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
@@ -173,6 +186,17 @@ pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
         }
     }
     if let Some(text) = read(".python-version")? {
+        if let Some(encoding) =
+            std::fs::read(dir.join(".python-version")).ok().and_then(|b| unsupported_encoding(&b))
+        {
+            return Err(detect(format!(
+                "Error: Unable to read .python-version.\n\nYour .python-version file couldn't be read \
+                 because it's using\nan unsupported text encoding:\n{encoding}\n\nConfigure your editor \
+                 to save files as UTF-8, without a BOM,\nthen delete and recreate the file using the \
+                 correct encoding.\n\nIf that doesn't work, make sure you don't have a .gitattributes\n\
+                 file that's overriding the text encoding."
+            )));
+        }
         let lines = version_lines(&text);
         if let Some(bad) = lines.iter().find(|l| !is_version(l)) {
             let shown: String = bad
@@ -575,6 +599,23 @@ mod tests {
 
     fn req(v: &str) -> Request {
         Request { version: v.into(), origin: Origin::PythonVersion }
+    }
+
+    #[test]
+    fn version_file_encodings() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"3.12\n", None),
+            (b"\xEF\xBB\xBF# comment\r\n3.12\r\n", Some("UTF-8 (with BOM)")),
+            (b"\xFF\xFE3\x00.\x001\x002\x00", Some("UTF-16 (with BOM)")),
+            (b"3.12 \xE9\n", Some("not UTF-8")),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(unsupported_encoding(bytes), *want, "{bytes:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(".python-version"), b"\xEF\xBB\xBF3.12\n").unwrap();
+        let err = requested(d.path()).unwrap_err().to_string();
+        assert!(err.contains("Unable to read .python-version") && err.contains("UTF-8 (with BOM)"), "{err}");
     }
 
     #[test]

@@ -365,8 +365,9 @@ pub fn existing_environment(dir: &Path) -> Option<String> {
 }
 
 /// Heroku's package-manager rules that slipway shares: a `setup.py` alone, or a `pyproject.toml`
-/// that declares dependencies without a lock file (and, unlike Heroku, without a build backend
-/// slipway could install the project with), is refused naming the files that are supported.
+/// without a lock file (and, unlike Heroku, without a build backend slipway could install the
+/// project with), is refused naming the files that are supported. Unlike Heroku, an app with
+/// neither (only `.py` files: the standard library) builds.
 pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
     let has = |f: &str| dir.join(f).is_file();
     if ["requirements.txt", "Pipfile.lock", "poetry.lock", "uv.lock"].iter().any(|f| has(f)) {
@@ -387,16 +388,7 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
                 .into(),
         );
     }
-    let declares_dependencies = doc.as_ref().is_some_and(|d| {
-        let project = d.get("project").and_then(|p| p.get("dependencies")).and_then(|v| v.as_array());
-        let poetry = d
-            .get("tool")
-            .and_then(|t| t.get("poetry"))
-            .and_then(|p| p.get("dependencies"))
-            .and_then(|v| v.as_table_like());
-        project.is_some_and(|a| !a.is_empty()) || poetry.is_some_and(|t| t.iter().any(|(k, _)| k != "python"))
-    });
-    if declares_dependencies {
+    if pyproject.is_some() {
         let mut entries: Vec<String> = std::fs::read_dir(dir)
             .map(|r| {
                 r.filter_map(Result::ok)
@@ -413,8 +405,8 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
             .unwrap_or_default();
         entries.sort();
         return Some(format!(
-            "Couldn't find any supported Python package manager files: pyproject.toml declares \
-             dependencies, but a Python app must have either a 'requirements.txt', 'Pipfile.lock', \
+            "Couldn't find any supported Python package manager files: the app has a pyproject.toml, \
+             but a Python app must have either a 'requirements.txt', 'Pipfile.lock', \
              'poetry.lock' or 'uv.lock' package manager file in the root directory of its source code \
              (or a [build-system] in pyproject.toml to install the project); the root contains: {}; \
              lock the dependencies (e.g. 'uv lock' or 'poetry lock') and commit the lock file",
@@ -565,12 +557,17 @@ mod tests {
             (
                 "poetry with only python",
                 &[("pyproject.toml", "[tool.poetry.dependencies]\npython = '^3.11'\n")],
-                None,
+                Some("Couldn't find any supported"),
             ),
             (
                 "pyproject without dependencies",
                 &[("pyproject.toml", "[project]\nname = 'x'\ndependencies = []\n")],
-                None,
+                Some("Couldn't find any supported"),
+            ),
+            (
+                "an empty pyproject",
+                &[("pyproject.toml", ""), ("subdir/some-file", "")],
+                Some("pyproject.toml, subdir/"),
             ),
             ("pyproject with a lock", &[("pyproject.toml", deps), ("uv.lock", "")], None),
             (

@@ -34,7 +34,7 @@ echo cached > "${CACHE_DIR}/from-hook/mark"
 [[ "$(pwd)" == "${BUILD_DIR}" ]] && echo "pre runs in BUILD_DIR"
 echo "${ENV_DIR}" > "${BUILD_DIR}/env_dir_path"
 [[ -z "${LIBRARY_PATH:-}" && -f "${ENV_DIR}/LIBRARY_PATH" ]] && echo "LIBRARY_PATH only in ENV_DIR"
-echo "build_env: BUILD_MARK=${BUILD_MARK} NO_PROXY=${NO_PROXY} UV_NATIVE_TLS=${UV_NATIVE_TLS} SSL_CERT_FILE=${SSL_CERT_FILE:-none}"
+echo "build_env: BUILD_MARK=${BUILD_MARK} NO_PROXY=${NO_PROXY} UV_SYSTEM_CERTS=${UV_SYSTEM_CERTS} SSL_CERT_FILE=${SSL_CERT_FILE:-none}"
 "#;
     // No shebang: bash, as on Heroku (`[[` and arrays are bash-only).
     let post = r#"set -euo pipefail
@@ -70,7 +70,7 @@ words=(post compile ran)
     assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");
     assert!(out.contains("pre runs in BUILD_DIR"), "{out}");
     assert!(out.contains("LIBRARY_PATH only in ENV_DIR"), "{out}");
-    // build_env's variables, and the system CA store for pip and uv (UV_NATIVE_TLS, and
+    // build_env's variables, and the system CA store for pip and uv (UV_SYSTEM_CERTS, and
     // SSL_CERT_FILE when the server names none and has the Debian bundle).
     let bundle = "/etc/ssl/certs/ca-certificates.crt";
     let cert = match std::env::var("SSL_CERT_FILE") {
@@ -79,7 +79,7 @@ words=(post compile ran)
         Err(_) => "none".to_string(),
     };
     let want = format!(
-        "build_env: BUILD_MARK=from-build-env NO_PROXY=localhost,127.0.0.1 UV_NATIVE_TLS=1 SSL_CERT_FILE={cert}"
+        "build_env: BUILD_MARK=from-build-env NO_PROXY=localhost,127.0.0.1 UV_SYSTEM_CERTS=1 SSL_CERT_FILE={cert}"
     );
     assert!(out.contains(&want), "{want}\n{out}");
     assert!(out.contains("post compile ran with the venv, cache cached"), "{out}");

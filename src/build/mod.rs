@@ -477,11 +477,13 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
 ];
 
 /// What makes pip and uv trust the system's CA store (and so a TLS-intercepting proxy whose CA
-/// the operator installed there): uv's `UV_NATIVE_TLS=1` (uv ignores the store otherwise), and
-/// `SSL_CERT_FILE` pointing at the system bundle unless the environment already names one.
+/// the operator installed there): uv's `UV_SYSTEM_CERTS=1` (uv ignores the store otherwise; the
+/// older name `UV_NATIVE_TLS` makes current uv print a deprecation warning), and `SSL_CERT_FILE`
+/// pointing at the system bundle unless the environment already names one (every uv and pip
+/// version reads it).
 /// The `build_env` setting is applied after this and may override either.
 pub fn tls_env(env: &BTreeMap<String, String>, system_bundle: Option<&Path>) -> Vec<(String, String)> {
-    let mut out = vec![("UV_NATIVE_TLS".to_string(), "1".to_string())];
+    let mut out = vec![("UV_SYSTEM_CERTS".to_string(), "1".to_string())];
     if let Some(bundle) = system_bundle.filter(|_| !env.contains_key("SSL_CERT_FILE")) {
         out.push(("SSL_CERT_FILE".to_string(), bundle.display().to_string()));
     }
@@ -633,10 +635,10 @@ mod tests {
                 "bundle present",
                 &none,
                 Some(bundle),
-                &[("UV_NATIVE_TLS", "1"), ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
+                &[("UV_SYSTEM_CERTS", "1"), ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
             ),
-            ("no bundle", &none, None, &[("UV_NATIVE_TLS", "1")]),
-            ("the server names its own", &given, Some(bundle), &[("UV_NATIVE_TLS", "1")]),
+            ("no bundle", &none, None, &[("UV_SYSTEM_CERTS", "1")]),
+            ("the server names its own", &given, Some(bundle), &[("UV_SYSTEM_CERTS", "1")]),
         ];
         for (what, env, bundle, want) in cases {
             let got = tls_env(env, *bundle);

@@ -357,7 +357,8 @@ fn collectstatic(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Resul
     let mut env = build_env(req);
     let path = format!("{}:{}", venv_bin.display(), env.get("PATH").cloned().unwrap_or_default());
     env.insert("PATH".into(), path);
-    env.entry("PYTHONPATH".into()).or_insert_with(|| ".".into());
+    // Over a config var of the same name, as on Heroku (a broken PYTHONPATH must not break it).
+    env.insert("PYTHONPATH".into(), ".".into());
     let mut c = Command::new(&python);
     c.arg(&manage).args(["collectstatic", "--noinput", "--traceback"]).env_clear().envs(env).current_dir(dir);
     run_step("collectstatic", c, deadline).map_err(|e| match e {

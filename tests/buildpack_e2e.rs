@@ -295,59 +295,27 @@ fn a_stale_poetry_lock_is_refused_by_poetry_check() {
     assert!(!out.contains("Installing dependencies using"), "{out}");
 }
 
-/// A real NLTK download index on 127.0.0.1 (`python3 -m http.server` over a dir with
-/// `index.xml` and `tiny.zip`, a one-file corpus), since nltk's own is on GitHub; stopped on drop.
-struct NltkIndex {
-    child: std::process::Child,
-    url: String,
-}
-
-impl NltkIndex {
-    fn start(dir: &std::path::Path) -> NltkIndex {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
-        let make = r#"
+/// A real NLTK download index in `dir` (`index.xml` and `tiny.zip`, a one-file corpus), since
+/// nltk's own is on GitHub; returns its `file://` URL. nltk's downloader refuses loopback HTTP
+/// (its SSRF guard), and reads `file://` only under its data roots (`NLTK_DATA`).
+fn nltk_index(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let make = r#"
 import hashlib, sys, zipfile
-d, port = sys.argv[1], sys.argv[2]
+d = sys.argv[1]
 with zipfile.ZipFile(d + "/tiny.zip", "w") as z:
     z.writestr("tiny/", "")
     z.writestr("tiny/words.txt", "slipway\n")
 data = open(d + "/tiny.zip", "rb").read()
 open(d + "/index.xml", "w").write(
     '<?xml version="1.0"?>\n<nltk_data><packages>'
-    f'<package id="tiny" name="Tiny" subdir="corpora" url="http://127.0.0.1:{port}/tiny.zip" '
+    f'<package id="tiny" name="Tiny" subdir="corpora" url="file://{d}/tiny.zip" '
     f'size="{len(data)}" unzipped_size="8" unzip="1" checksum="{hashlib.md5(data).hexdigest()}" />'
     '</packages><collections></collections></nltk_data>\n')
 "#;
-        let made = std::process::Command::new("python3")
-            .args(["-c", make])
-            .arg(dir)
-            .arg(port.to_string())
-            .output()
-            .expect("python3");
-        assert!(made.status.success(), "{}", describe(&made));
-        let child = std::process::Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the index server");
-        let index = NltkIndex { child, url: format!("http://127.0.0.1:{port}/index.xml") };
-        let up = wait_until(std::time::Duration::from_secs(20), || {
-            http_get(port, "/index.xml").is_some_and(|(status, _)| status == 200)
-        });
-        assert!(up, "the NLTK index server did not answer on port {port}");
-        index
-    }
-}
-
-impl Drop for NltkIndex {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let made = std::process::Command::new("python3").args(["-c", make]).arg(dir).output().expect("python3");
+    assert!(made.status.success(), "{}", describe(&made));
+    format!("file://{}/index.xml", dir.display())
 }
 
 #[test]
@@ -364,10 +332,17 @@ fn nltk_corpora_are_downloaded_only_when_nltk_is_installed() {
     assert!(!out.contains("NLTK") && !out.contains("nltk_data"), "{out}");
 
     // With nltk installed the corpora are downloaded into the release by nltk's own downloader,
-    // here from a local index (nltk's is on GitHub; NLTK_DOWNLOAD_URL, a config var, reaches the
-    // build like any other).
-    let index = NltkIndex::start(&slip.root().join("nltk-index"));
-    slip.cmd_ok(&["config:set", "words", &format!("NLTK_DOWNLOAD_URL={}", index.url), "--no-restart"]);
+    // here from a local index (nltk's is on GitHub; NLTK_DOWNLOAD_URL and NLTK_DATA, config
+    // vars, reach the build like any other).
+    let index_dir = slip.root().join("nltk-index");
+    let index = nltk_index(&index_dir);
+    slip.cmd_ok(&[
+        "config:set",
+        "words",
+        &format!("NLTK_DOWNLOAD_URL={index}"),
+        &format!("NLTK_DATA={}", index_dir.display()),
+        "--no-restart",
+    ]);
     repo.commit_files(&[("requirements.txt", "nltk\n"), ("nltk.txt", "tiny\n")], "install nltk");
     let (ok, out) = slip.push_local(&repo, "words");
     assert!(ok, "{out}");
@@ -389,7 +364,6 @@ fn nltk_corpora_are_downloaded_only_when_nltk_is_installed() {
     assert!(out.contains("Package 'stopwords' not found in index"), "{out}");
     assert!(out.contains("Error: Unable to download NLTK data."), "{out}");
     assert!(out.contains("The 'python -m nltk.downloader' command to"), "{out}");
-    drop(index);
 
     // nltk installed, no nltk.txt: the build says so and succeeds.
     repo.git_ok(&["rm", "-q", "nltk.txt"]);

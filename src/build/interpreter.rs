@@ -16,8 +16,13 @@
 //! installed interpreter has the same major.minor; a different patch level builds with the
 //! nearest installed patch and a warning, a missing minor version is an error that lists what is
 //! installed. Installed means: the `python` setting, `python3.N` on PATH, the dirs of the
-//! `python_dirs` setting, pyenv roots and uv's managed Pythons — each only when the build's user
-//! may execute it, and each asked for its version ([`probe`]).
+//! `python_dirs` setting (plus `cache/.tools/python`), pyenv roots and uv's managed Pythons — each
+//! only when the build's user may execute it, and each asked for its version ([`probe`]). When
+//! none has the requested major.minor and the `python_install` setting is on, the caller's
+//! installer (`uv python install`) runs first ([`to_install`], [`select`]).
+//!
+//! uv apps follow Heroku's extra rule ([`uv_version_rule`]): the version must come from
+//! `.python-version`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -436,7 +436,10 @@ fn ensure_tool(
     install.args(PIP_INSTALL).arg(&requirement);
     install.env_clear().envs(&env);
     if let Err(e) = run_step(&format!("installing {name}"), install, deadline) {
-        let _ = std::fs::remove_dir_all(&root);
+        // A half-made tool dir would pass for installed next time (its bin/NAME may exist).
+        if let Err(rm) = std::fs::remove_dir_all(&root) {
+            output::warn(&format!("could not remove the half-installed {}: {rm}", root.display()));
+        }
         return Err(e);
     }
     Ok(exe)

@@ -299,7 +299,7 @@ fn a_stale_poetry_lock_is_refused_by_poetry_check() {
 /// nltk's own is on GitHub; returns its `file://` URL. nltk's downloader refuses loopback HTTP
 /// (its SSRF guard), and reads `file://` only under its data roots (`NLTK_DATA`).
 fn nltk_index(dir: &std::path::Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(dir).expect("create the NLTK index dir");
     let make = r#"
 import hashlib, sys, zipfile
 d = sys.argv[1]

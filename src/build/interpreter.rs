@@ -195,7 +195,7 @@ pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
             std::fs::read(dir.join(".python-version")).ok().and_then(|b| unsupported_encoding(&b))
         {
             return Err(detect(format!(
-                "Error: Unable to read .python-version.\n\nYour .python-version file couldn't be read \
+                "Unable to read .python-version.\n\nYour .python-version file couldn't be read \
                  because it's using\nan unsupported text encoding:\n{encoding}\n\nConfigure your editor \
                  to save files as UTF-8, without a BOM,\nthen delete and recreate the file using the \
                  correct encoding.\n\nIf that doesn't work, make sure you don't have a .gitattributes\n\
@@ -428,7 +428,7 @@ pub fn uv_version_rule(manager: Manager, origin: Option<Origin>, major: &str) ->
          and so stop your app from\nreceiving security updates each time it builds.";
     match (manager, origin) {
         (Manager::Uv, None) => Err(detect(format!(
-            "Error: No Python version was specified.\n\nWhen using the package manager uv on Heroku, \
+            "No Python version was specified.\n\nWhen using the package manager uv on Heroku, \
              you must specify\nyour app's Python version with a .python-version file.\n\nTo add a \
              .python-version file:\n\n1. Make sure you are in the root directory of your app\n   and \
              not a subdirectory.\n2. Run 'uv python pin {major}'\n   (adjust to match your app's major \
@@ -436,7 +436,7 @@ pub fn uv_version_rule(manager: Manager, origin: Option<Origin>, major: &str) ->
              and then 'git commit'.\n\n{NOTE}"
         ))),
         (Manager::Uv, Some(Origin::RuntimeTxt)) => Err(detect(format!(
-            "Error: The runtime.txt file isn't supported when using uv.\n\nWhen using the package \
+            "The runtime.txt file isn't supported when using uv.\n\nWhen using the package \
              manager uv on Heroku, you must specify\nyour app's Python version with a .python-version \
              file and not\na runtime.txt file.\n\nTo switch to a .python-version file:\n\n1. Make sure \
              you are in the root directory of your app\n   and not a subdirectory.\n2. Delete your \

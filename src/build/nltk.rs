@@ -75,7 +75,7 @@ pub fn run(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<(), 
         .stdin(std::process::Stdio::null());
     run_step("nltk.downloader", c, deadline).map_err(|e| match e {
         BuildError::Command { status, .. } => BuildError::Detect(format!(
-            "Error: Unable to download NLTK data.\n\nThe 'python -m nltk.downloader' command to \
+            "Unable to download NLTK data.\n\nThe 'python -m nltk.downloader' command to \
              download NLTK\ndata didn't exit successfully ({status}).\n\nSee the log output above \
              for more information."
         )),

@@ -87,6 +87,11 @@ impl DynoEnv {
         } else {
             env.insert("PATH".into(), system_path.into());
         }
+        // Corpora the build downloaded for `nltk.txt`; set as Heroku sets it (over a config var).
+        let nltk_data = self.dir.join(crate::build::nltk::DATA);
+        if nltk_data.is_dir() {
+            env.insert("NLTK_DATA".into(), nltk_data.display().to_string());
+        }
         env.insert("HOME".into(), self.dir.display().to_string());
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("PYTHONUNBUFFERED".into(), "1".into());
@@ -105,6 +110,18 @@ mod tests {
     fn env(config: &[(&str, &str)]) -> DynoEnv {
         let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         DynoEnv { dir: PathBuf::from("/nonexistent/release"), config, ram_mb: DYNO_RAM_MB }
+    }
+
+    #[test]
+    fn nltk_data_points_at_the_release_corpora_when_the_build_downloaded_some() {
+        let d = tempfile::tempdir().unwrap();
+        let config: BTreeMap<String, String> = [("NLTK_DATA".to_string(), "/elsewhere".to_string())].into();
+        let without = DynoEnv { dir: d.path().to_path_buf(), config: config.clone() };
+        assert_eq!(without.vars("web.1", None).get("NLTK_DATA").map(String::as_str), Some("/elsewhere"));
+        std::fs::create_dir_all(d.path().join(crate::build::nltk::DATA)).unwrap();
+        let with = DynoEnv { dir: d.path().to_path_buf(), config };
+        let want = d.path().join(".slipway/nltk_data").display().to_string();
+        assert_eq!(with.vars("web.1", None).get("NLTK_DATA"), Some(&want));
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct Settings {
     pub max_build_bytes: u64,
     /// Builds see the app's config vars (environment and ENV_DIR) unless `build_config = 0`.
     pub build_config: bool,
+    /// Extra environment for every build (`build_env`: `KEY=VALUE` pairs separated by spaces,
+    /// e.g. `PIP_INDEX_URL=https://pypi.example/simple HTTPS_PROXY=http://proxy:3128`).
+    pub build_env: Vec<(String, String)>,
+    /// When no installed interpreter has the requested major version, builds install it with
+    /// `uv python install` into `cache/.tools/python` (`python_install`, on).
+    pub python_install: bool,
     /// The daemon's own log filter (`log`, default `info`), a tracing `EnvFilter` directive.
     pub log: String,
     /// Memory quota of a dyno whose process type was not resized (`dyno_memory`, 512M): above
@@ -122,6 +128,8 @@ const SPECS: &[Spec] = &[
     spec("max_slug_mb", "500", Kind::Number, false),
     spec("max_build_mb", "2048", Kind::Number, false),
     spec("build_config", "1", Kind::Flag, false),
+    spec("build_env", "", Kind::Text, false),
+    spec("python_install", "1", Kind::Flag, false),
     spec("log_max_mb", "20", Kind::Number, true),
     spec("log_files", "5", Kind::Number, true),
     spec("log", "info", Kind::Text, true),
@@ -405,6 +413,8 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
             * 1024
             * 1024,
         build_config: check(get("build_config"), flag)?,
+        build_env: check(get("build_env"), parse_build_env)?,
+        python_install: check(get("python_install"), flag)?,
         log_policy: LogPolicy {
             // May be fractional (0.5); at least 0.001 MB.
             max_bytes: check(get("log_max_mb"), |s| {
@@ -440,6 +450,43 @@ fn parse_dirs(s: &str) -> Result<Vec<PathBuf>, &'static str> {
 /// A memory size: `512M`, `1G`, or a number of megabytes (16M to 1024G).
 fn memory_size(s: &str) -> Result<u64, &'static str> {
     crate::cgroup::parse_size(s).map_err(|_| "expected a memory size from 16M to 1024G, such as 512M or 1G")
+}
+
+/// Variables `build_env` may not set: the build's own toolchain and home depend on them.
+pub const BUILD_ENV_RESERVED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "CPATH",
+    "CPPATH",
+    "LD_PRELOAD",
+    "LIBRARY_PATH",
+    "LD_LIBRARY_PATH",
+    "PYTHONHOME",
+    "BUILD_DIR",
+    "CACHE_DIR",
+    "ENV_DIR",
+];
+
+/// `KEY=VALUE KEY=VALUE…` (separated by whitespace; a value cannot contain whitespace): each key
+/// a variable name used once, none of [`BUILD_ENV_RESERVED`].
+pub fn parse_build_env(s: &str) -> Result<Vec<(String, String)>, &'static str> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in s.split_whitespace() {
+        let (key, value) = pair.split_once('=').ok_or("expected KEY=VALUE pairs separated by spaces")?;
+        let name_ok = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err("expected KEY=VALUE pairs separated by spaces, each KEY a variable name");
+        }
+        if BUILD_ENV_RESERVED.contains(&key) {
+            return Err("PATH, HOME, CPATH, CPPATH, LD_PRELOAD, LIBRARY_PATH, LD_LIBRARY_PATH, PYTHONHOME, BUILD_DIR, CACHE_DIR and ENV_DIR cannot be set for builds");
+        }
+        if out.iter().any(|(k, _)| k == key) {
+            return Err("expected each variable once");
+        }
+        out.push((key.to_string(), value.to_string()));
+    }
+    Ok(out)
 }
 
 const SECONDS: &str = "expected a number of seconds";
@@ -683,6 +730,8 @@ mod tests {
         assert_eq!(s.log_policy, LogPolicy::default());
         assert_eq!(s.log, "info");
         assert!(s.build_config);
+        assert!(s.build_env.is_empty());
+        assert!(s.python_install);
         assert!(loaded.values.iter().all(|v| v.origin == Origin::Default));
         assert_eq!(loaded.values.len(), SPECS.len());
         // An empty file is the same.
@@ -708,6 +757,18 @@ mod tests {
             ("build_config = \"0\"", |s| !s.build_config),
             ("log = \"slipway=debug,info\"", |s| s.log == "slipway=debug,info"),
             ("keep_releases = 1 # comment\n\n# more\n", |s| s.keep_releases == 1),
+            ("python_install = 0", |s| !s.python_install),
+            (
+                "build_env = \"PIP_INDEX_URL=https://pypi.example/simple  NO_PROXY=localhost,10.0.0.1 X=\"",
+                |s| {
+                    s.build_env
+                        == [
+                            ("PIP_INDEX_URL".to_string(), "https://pypi.example/simple".to_string()),
+                            ("NO_PROXY".to_string(), "localhost,10.0.0.1".to_string()),
+                            ("X".to_string(), String::new()),
+                        ]
+                },
+            ),
             ("python_dirs = \"/opt/py:/root/.pyenv/versions:\"", |s| {
                 s.python_dirs == [PathBuf::from("/opt/py"), PathBuf::from("/root/.pyenv/versions")]
             }),
@@ -735,6 +796,11 @@ mod tests {
             ("log_max_mb = 0", "/h/slipway.toml: log_max_mb = 0 is not valid: expected megabytes, at least 0.001"),
             ("log_files = 101", "/h/slipway.toml: log_files = 101 is not valid: expected 1 to 100"),
             ("build_config = \"yes\"", "/h/slipway.toml: build_config = \"yes\" is not valid: expected 1 or 0 (true or false)"),
+            ("build_env = \"PIP_INDEX_URL\"", "/h/slipway.toml: build_env = \"PIP_INDEX_URL\" is not valid: expected KEY=VALUE pairs separated by spaces"),
+            ("build_env = \"1X=y\"", "/h/slipway.toml: build_env = \"1X=y\" is not valid: expected KEY=VALUE pairs separated by spaces, each KEY a variable name"),
+            ("build_env = \"A=1 A=2\"", "/h/slipway.toml: build_env = \"A=1 A=2\" is not valid: expected each variable once"),
+            ("build_env = \"PATH=/opt\"", "/h/slipway.toml: build_env = \"PATH=/opt\" is not valid: PATH, HOME, CPATH, CPPATH, LD_PRELOAD, LIBRARY_PATH, LD_LIBRARY_PATH, PYTHONHOME, BUILD_DIR, CACHE_DIR and ENV_DIR cannot be set for builds"),
+            ("python_install = \"maybe\"", "/h/slipway.toml: python_install = \"maybe\" is not valid: expected 1 or 0 (true or false)"),
             ("python_dirs = \"/opt/py:opt\"", "/h/slipway.toml: python_dirs = \"/opt/py:opt\" is not valid: expected absolute dirs separated by ':'"),
             ("domain = \"\"", "/h/slipway.toml: domain = \"\" is not valid: expected a value (remove the line to use the default)"),
             ("ports = [5000, 5999]", "/h/slipway.toml: ports = [5000, 5999] is not valid: expected a number or a string"),

@@ -18,7 +18,12 @@ fn slipway() -> Slipway {
 
 #[test]
 fn hooks_run_with_bash_build_dirs_and_config_vars() {
-    let slip = slipway();
+    let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_BOOT_SETTLE".into(), "0.2".into()));
+    // The build_env setting reaches every build command, hooks included.
+    slip.env
+        .push(("SLIPWAY_BUILD_ENV".into(), "BUILD_MARK=from-build-env NO_PROXY=localhost,127.0.0.1".into()));
+    slip.start_daemon();
     let repo = GitRepo::init(&slip.root().join("work"));
     let pre = r#"#!/usr/bin/env bash
 set -euo pipefail
@@ -29,6 +34,7 @@ echo cached > "${CACHE_DIR}/from-hook/mark"
 [[ "$(pwd)" == "${BUILD_DIR}" ]] && echo "pre runs in BUILD_DIR"
 echo "${ENV_DIR}" > "${BUILD_DIR}/env_dir_path"
 [[ -z "${LIBRARY_PATH:-}" && -f "${ENV_DIR}/LIBRARY_PATH" ]] && echo "LIBRARY_PATH only in ENV_DIR"
+echo "build_env: BUILD_MARK=${BUILD_MARK} NO_PROXY=${NO_PROXY} UV_SYSTEM_CERTS=${UV_SYSTEM_CERTS} SSL_CERT_FILE=${SSL_CERT_FILE:-none}"
 "#;
     // No shebang: bash, as on Heroku (`[[` and arrays are bash-only).
     let post = r#"set -euo pipefail
@@ -64,6 +70,18 @@ words=(post compile ran)
     assert!(out.contains("ENV_DIR has GREETING=hello there mode=700"), "{out}");
     assert!(out.contains("pre runs in BUILD_DIR"), "{out}");
     assert!(out.contains("LIBRARY_PATH only in ENV_DIR"), "{out}");
+    // build_env's variables, and the system CA store for pip and uv (UV_SYSTEM_CERTS, and
+    // SSL_CERT_FILE when the server names none and has the Debian bundle).
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let cert = match std::env::var("SSL_CERT_FILE") {
+        Ok(v) => v,
+        Err(_) if std::path::Path::new(bundle).is_file() => bundle.to_string(),
+        Err(_) => "none".to_string(),
+    };
+    let want = format!(
+        "build_env: BUILD_MARK=from-build-env NO_PROXY=localhost,127.0.0.1 UV_SYSTEM_CERTS=1 SSL_CERT_FILE={cert}"
+    );
+    assert!(out.contains(&want), "{want}\n{out}");
     assert!(out.contains("post compile ran with the venv, cache cached"), "{out}");
     assert!(slip.home.join("cache/hooks/from-hook/mark").is_file());
     // ENV_DIR is gone once the build is over.
@@ -109,6 +127,25 @@ fn a_stale_uv_lock_is_refused_with_uvs_advice() {
     let pyproject =
         "[project]\nname = \"app\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"six\"]\n";
     repo.commit_files(&app_with(&[("uv.lock", lock), ("pyproject.toml", pyproject)]), "stale uv.lock");
+    // Heroku's rule first: a uv app names its version in .python-version.
+    let (ok, out) = slip.push_local(&repo, "uvapp");
+    assert!(!ok, "{out}");
+    assert!(out.contains("No Python version was specified."), "{out}");
+    assert!(out.contains("When using the package manager uv on Heroku, you must specify"), "{out}");
+    assert!(out.contains("2. Run 'uv python pin 3."), "{out}");
+    assert!(!out.contains("uv sync"), "{out}");
+
+    // python3.11 is this machine's python3; any installed 3.10+ would do.
+    let minor = ["3.11", "3.12", "3.13", "3.10"]
+        .into_iter()
+        .find(|m| {
+            std::process::Command::new(format!("python{m}"))
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a python3.1x on PATH");
+    repo.commit_files(&[(".python-version", &format!("{minor}\n"))], "pin the version");
     let (ok, out) = slip.push_local(&repo, "uvapp");
     assert!(!ok, "{out}");
     assert!(out.contains("Installing dependencies using 'uv sync --locked --no-default-groups'"), "{out}");
@@ -256,4 +293,84 @@ fn a_stale_poetry_lock_is_refused_by_poetry_check() {
     );
     assert!(out.contains("'poetry check --lock' failed (exit 1)"), "{out}");
     assert!(!out.contains("Installing dependencies using"), "{out}");
+}
+
+/// A real NLTK download index in `dir` (`index.xml` and `tiny.zip`, a one-file corpus), since
+/// nltk's own is on GitHub; returns its `file://` URL. nltk's downloader refuses loopback HTTP
+/// (its SSRF guard), and reads `file://` only under its data roots (`NLTK_DATA`).
+fn nltk_index(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).expect("create the NLTK index dir");
+    let make = r#"
+import hashlib, sys, zipfile
+d = sys.argv[1]
+with zipfile.ZipFile(d + "/tiny.zip", "w") as z:
+    z.writestr("tiny/", "")
+    z.writestr("tiny/words.txt", "slipway\n")
+data = open(d + "/tiny.zip", "rb").read()
+open(d + "/index.xml", "w").write(
+    '<?xml version="1.0"?>\n<nltk_data><packages>'
+    f'<package id="tiny" name="Tiny" subdir="corpora" url="file://{d}/tiny.zip" '
+    f'size="{len(data)}" unzipped_size="8" unzip="1" checksum="{hashlib.md5(data).hexdigest()}" />'
+    '</packages><collections></collections></nltk_data>\n')
+"#;
+    let made = std::process::Command::new("python3").args(["-c", make]).arg(dir).output().expect("python3");
+    assert!(made.status.success(), "{}", describe(&made));
+    format!("file://{}/index.xml", dir.display())
+}
+
+#[test]
+fn nltk_corpora_are_downloaded_only_when_nltk_is_installed() {
+    let slip = slipway();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    slip.cmd_ok(&["apps:create", "words"]);
+    // nltk.txt without the nltk package: ignored without a word, as on Heroku.
+    let mut files: Vec<(&str, String)> = python_app("nltk");
+    files.push(("nltk.txt", "stopwords\r\n\ncity_database\n".into()));
+    repo.commit_files(&files, "nltk.txt only");
+    let (ok, out) = slip.push_local(&repo, "words");
+    assert!(ok, "{out}");
+    assert!(!out.contains("NLTK") && !out.contains("nltk_data"), "{out}");
+
+    // With nltk installed the corpora are downloaded into the release by nltk's own downloader,
+    // here from a local index (nltk's is on GitHub; NLTK_DOWNLOAD_URL and NLTK_DATA, config
+    // vars, reach the build like any other).
+    let index_dir = slip.root().join("nltk-index");
+    let index = nltk_index(&index_dir);
+    slip.cmd_ok(&[
+        "config:set",
+        "words",
+        &format!("NLTK_DOWNLOAD_URL={index}"),
+        &format!("NLTK_DATA={}", index_dir.display()),
+        "--no-restart",
+    ]);
+    repo.commit_files(&[("requirements.txt", "nltk\n"), ("nltk.txt", "tiny\n")], "install nltk");
+    let (ok, out) = slip.push_local(&repo, "words");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Downloading NLTK corpora..."), "{out}");
+    assert!(out.contains("-----> Downloading NLTK packages: tiny"), "{out}");
+    assert!(out.contains("Unzipping corpora/tiny.zip"), "{out}");
+    let words = std::fs::read_dir(slip.home.join("releases/words"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join(".slipway/nltk_data/corpora/tiny/words.txt"))
+        .find(|p| p.is_file());
+    assert!(words.is_some(), "no release has .slipway/nltk_data/corpora/tiny/words.txt");
+
+    // An id the index does not have fails the build with Heroku's message (the downloader's
+    // "Retry? [n/y/e]" meets a closed stdin).
+    repo.commit_files(&[("nltk.txt", "stopwords\n")], "an id the index lacks");
+    let (ok, out) = slip.push_local(&repo, "words");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Error loading stopwords: Package 'stopwords' not found in"), "{out}");
+    assert!(out.contains("Unable to download NLTK data."), "{out}");
+    assert!(out.contains("The 'python -m nltk.downloader' command to"), "{out}");
+
+    // nltk installed, no nltk.txt: the build says so and succeeds.
+    repo.git_ok(&["rm", "-q", "nltk.txt"]);
+    repo.commit_files(&[("app.py", python_app_py("no corpora"))], "no nltk.txt");
+    let (ok, out) = slip.push_local(&repo, "words");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Downloading NLTK corpora..."), "{out}");
+    assert!(!out.contains("Downloading NLTK packages"), "{out}");
+    assert!(out.contains("'nltk.txt' not found, not downloading any corpora"), "{out}");
 }

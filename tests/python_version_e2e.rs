@@ -133,3 +133,36 @@ fn misspelled_and_malformed_version_files_are_refused() {
     assert!(!ok && out.contains("Python 3.9 has reached its upstream end-of-life"), "{out}");
     assert!(release_dirs(&slip, "hello").is_empty());
 }
+
+#[test]
+fn a_missing_version_is_installed_with_uv_or_refused_saying_why() {
+    if have_minor("3.14") {
+        eprintln!("skipped: Python 3.14 is installed here, so nothing needs installing");
+        return;
+    }
+    let mut slip = Slipway::new();
+    slip.env.push(("SLIPWAY_PYTHON_INSTALL".into(), "0".into()));
+    slip.start_daemon();
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let mut files: Vec<(&str, String)> = python_app("newest");
+    files.push((".python-version", "3.14\n".into()));
+    repo.commit_files(&files, "3.14");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(!ok, "{out}");
+    assert!(out.contains(".python-version asks for Python 3.14, which this server does not have"), "{out}");
+    assert!(out.contains("python_install = 1"), "{out}");
+    assert!(!out.contains("uv python install"), "{out}");
+
+    // python_install on (the default): uv (pinned, from PyPI) installs 3.14 into
+    // cache/.tools/python. python-build-standalone comes from GitHub: where that is unreachable
+    // (this machine), the build fails saying what to do instead.
+    slip.env.retain(|(k, _)| k != "SLIPWAY_PYTHON_INSTALL");
+    let (ok, out) = slip.push_local(&repo, "hello");
+    assert!(out.contains("-----> Installing Python 3.14 (not installed on this server"), "{out}");
+    if ok {
+        assert!(out.contains("(/") && out.contains("cache/.tools/python/cpython-3.14"), "{out}");
+    } else {
+        assert!(out.contains("Unable to install Python 3.14: 'uv python install 3.14' failed"), "{out}");
+        assert!(out.contains("install Python 3.14 on the server"), "{out}");
+    }
+}

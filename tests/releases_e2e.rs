@@ -345,7 +345,12 @@ fn dependencies_install_from_pypi_with_pip_pipfile_lock_and_uv_lock() {
             vec![("Pipfile", "[packages]\nsix = \"==1.16.0\"\n"), ("Pipfile.lock", pipfile_lock)],
             "from Pipfile.lock",
         ),
-        ("with-uv", vec![("pyproject.toml", uv_pyproject), ("uv.lock", uv_lock)], "uv sync --locked"),
+        // A uv app names its Python in .python-version, as Heroku requires (python3.11 is here).
+        (
+            "with-uv",
+            vec![("pyproject.toml", uv_pyproject), ("uv.lock", uv_lock), (".python-version", "3.11\n")],
+            "uv sync --locked",
+        ),
     ];
     for (app, files, installer) in cases {
         let repo = GitRepo::init(&slip.root().join(app));

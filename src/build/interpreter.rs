@@ -16,8 +16,13 @@
 //! installed interpreter has the same major.minor; a different patch level builds with the
 //! nearest installed patch and a warning, a missing minor version is an error that lists what is
 //! installed. Installed means: the `python` setting, `python3.N` on PATH, the dirs of the
-//! `python_dirs` setting, pyenv roots and uv's managed Pythons — each only when the build's user
-//! may execute it, and each asked for its version ([`probe`]).
+//! `python_dirs` setting (plus `cache/.tools/python`), pyenv roots and uv's managed Pythons — each
+//! only when the build's user may execute it, and each asked for its version ([`probe`]). When
+//! none has the requested major.minor and the `python_install` setting is on, the caller's
+//! installer (`uv python install`) runs first ([`to_install`], [`select`]).
+//!
+//! uv apps follow Heroku's extra rule ([`uv_version_rule`]): the version must come from
+//! `.python-version`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,6 +131,19 @@ const INSTRUCTIONS: &str = "Put your app's major Python version in a file named 
 in the root directory of your app, e.g. a file that contains exactly:
 3.14";
 
+/// The text encoding of a version file Heroku refuses to read (a BOM, UTF-16, not UTF-8), named.
+pub fn unsupported_encoding(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        Some("UTF-8 (with BOM)")
+    } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        Some("UTF-16 (with BOM)")
+    } else if std::str::from_utf8(bytes).is_err() {
+        Some("not UTF-8")
+    } else {
+        None
+    }
+}
+
 /// What the app asks for (`runtime.txt`, `.python-version`, `Pipfile.lock`), validated but not
 /// yet checked against supported versions.
 pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
@@ -165,6 +183,17 @@ pub fn requested(dir: &Path) -> Result<Option<Request>, BuildError> {
         }
     }
     if let Some(text) = read(".python-version")? {
+        if let Some(encoding) =
+            std::fs::read(dir.join(".python-version")).ok().and_then(|b| unsupported_encoding(&b))
+        {
+            return Err(detect(format!(
+                "Unable to read .python-version.\n\nYour .python-version file couldn't be read \
+                 because it's using\nan unsupported text encoding:\n{encoding}\n\nConfigure your editor \
+                 to save files as UTF-8, without a BOM,\nthen delete and recreate the file using the \
+                 correct encoding.\n\nIf that doesn't work, make sure you don't have a .gitattributes\n\
+                 file that's overriding the text encoding."
+            )));
+        }
         let lines = version_lines(&text);
         if let Some(bad) = lines.iter().find(|l| !is_version(l)) {
             let shown: String = bad
@@ -374,19 +403,71 @@ pub fn venv_major(venv: &Path) -> Option<String> {
     })
 }
 
+/// How the app's dependencies get installed, as far as the interpreter choice cares: Heroku
+/// requires uv apps to name their version in `.python-version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    Uv,
+    Other,
+}
+
+/// Heroku's rule for uv apps: the version must come from `.python-version` (not runtime.txt, not
+/// a default or the last build's). `origin` is None when the app names no version; `major` is
+/// the version that would be used. Returns Heroku's error.
+pub fn uv_version_rule(manager: Manager, origin: Option<Origin>, major: &str) -> Result<(), BuildError> {
+    const NOTE: &str = "Note: We strongly recommend that you don't specify the Python\npatch version \
+         number in your .python-version file, since it will\npin your app to an exact Python version \
+         and so stop your app from\nreceiving security updates each time it builds.";
+    match (manager, origin) {
+        (Manager::Uv, None) => Err(detect(format!(
+            "No Python version was specified.\n\nWhen using the package manager uv on Heroku, \
+             you must specify\nyour app's Python version with a .python-version file.\n\nTo add a \
+             .python-version file:\n\n1. Make sure you are in the root directory of your app\n   and \
+             not a subdirectory.\n2. Run 'uv python pin {major}'\n   (adjust to match your app's major \
+             Python version).\n3. Commit the changes to your Git repository using\n   'git add --all' \
+             and then 'git commit'.\n\n{NOTE}"
+        ))),
+        (Manager::Uv, Some(Origin::RuntimeTxt)) => Err(detect(format!(
+            "The runtime.txt file isn't supported when using uv.\n\nWhen using the package \
+             manager uv on Heroku, you must specify\nyour app's Python version with a .python-version \
+             file and not\na runtime.txt file.\n\nTo switch to a .python-version file:\n\n1. Make sure \
+             you are in the root directory of your app\n   and not a subdirectory.\n2. Delete your \
+             runtime.txt file.\n3. Run 'uv python pin {major}'\n   (adjust to match your app's major \
+             Python version).\n4. Commit the changes to your Git repository using\n   'git add --all' \
+             and then 'git commit'.\n\n{NOTE}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Installs a Python version the server lacks (`uv python install`, see `python::install_python`)
+/// into a dir that [`Roots::python_dirs`] includes.
+pub type Install<'a> = &'a dyn Fn(&str) -> Result<(), BuildError>;
+
+/// What to ask `uv python install` for when no installed interpreter fits the request: None
+/// when one fits (same major.minor), else the version as requested (`3.12` or `3.12.4`).
+pub fn to_install(request: &Request, available: &[Interpreter]) -> Option<String> {
+    let minor = minor_of(&request.version);
+    (!available.iter().any(|i| i.minor() == minor)).then(|| request.version.clone())
+}
+
 /// The interpreter for this app. `last_major` is the major version of the build the app runs
-/// now (Heroku's sticky version for apps that name none).
+/// now (Heroku's sticky version for apps that name none). `install`, when given, is used when
+/// no installed interpreter has the requested major version (the `python_install` setting).
 pub fn select(
     dir: &Path,
     default: &str,
     roots: &Roots,
     last_major: Option<&str>,
+    manager: Manager,
+    install: Option<Install<'_>>,
 ) -> Result<Interpreter, BuildError> {
     let request = requested(dir)?;
-    let available = installed(default, roots);
+    let mut available = installed(default, roots);
     let Some(request) = request else {
         let (chosen, why) = choose_unspecified(&available, last_major)?;
         output::step(&format!("No Python version was specified. {why}"));
+        uv_version_rule(manager, None, last_major.unwrap_or(DEFAULT_MAJOR))?;
         output::warn(&format!(
             "Warning: No Python version was specified.\n\nRelying on a default version isn't \
              recommended, since it can change\nover time and may not match your local \
@@ -396,6 +477,7 @@ pub fn select(
     };
     check_supported(&request)?;
     output::step(&format!("Using Python {} specified in {}", request.version, request.origin.name()));
+    uv_version_rule(manager, Some(request.origin), minor_of(&request.version))?;
     if request.origin == Origin::RuntimeTxt {
         output::warn(&format!(
             "Warning: The runtime.txt file is deprecated.\n\nThe runtime.txt file is deprecated \
@@ -403,6 +485,10 @@ pub fn select(
              https://devcenter.heroku.com/changelog-items/3141\n\nDelete your runtime.txt file.\n\
              {INSTRUCTIONS}"
         ));
+    }
+    if let (Some(version), Some(install)) = (to_install(&request, &available), install) {
+        install(&version)?;
+        available = installed(default, roots);
     }
     choose(&request, &available)
 }
@@ -484,7 +570,8 @@ pub fn choose(request: &Request, available: &[Interpreter]) -> Result<Interprete
             }
         }
         (None, None) => Err(detect(format!(
-            "{} asks for Python {}, which this server does not have; installed: {}",
+            "{} asks for Python {}, which this server does not have; installed: {} (install it \
+             on the server, e.g. with pyenv, or let builds install it: python_install = 1)",
             request.origin.name(),
             request.version,
             listing(available)
@@ -509,6 +596,54 @@ mod tests {
 
     fn req(v: &str) -> Request {
         Request { version: v.into(), origin: Origin::PythonVersion }
+    }
+
+    #[test]
+    fn version_file_encodings() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"3.12\n", None),
+            (b"\xEF\xBB\xBF# comment\r\n3.12\r\n", Some("UTF-8 (with BOM)")),
+            (b"\xFF\xFE3\x00.\x001\x002\x00", Some("UTF-16 (with BOM)")),
+            (b"3.12 \xE9\n", Some("not UTF-8")),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(unsupported_encoding(bytes), *want, "{bytes:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(".python-version"), b"\xEF\xBB\xBF3.12\n").unwrap();
+        let err = requested(d.path()).unwrap_err().to_string();
+        assert!(err.contains("Unable to read .python-version") && err.contains("UTF-8 (with BOM)"), "{err}");
+    }
+
+    #[test]
+    fn uv_apps_must_name_their_version_in_python_version() {
+        use Origin::*;
+        let cases: &[(Manager, Option<Origin>, Option<&str>)] = &[
+            (Manager::Uv, Some(PythonVersion), None),
+            (Manager::Uv, None, Some("When using the package manager uv on Heroku, you must specify")),
+            (Manager::Uv, Some(RuntimeTxt), Some("The runtime.txt file isn't supported when using uv")),
+            (Manager::Uv, Some(PipfileLock), None),
+            (Manager::Other, None, None),
+            (Manager::Other, Some(RuntimeTxt), None),
+        ];
+        for (manager, origin, want) in cases {
+            let got = uv_version_rule(*manager, *origin, "3.13").err().map(|e| e.to_string());
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.contains(w) && g.contains("uv python pin 3.13"), "{g}"),
+                _ => panic!("{manager:?} {origin:?}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn what_python_install_asks_uv_for() {
+        let have = [py("3.12.1"), py("3.13.0")];
+        assert_eq!(to_install(&req("3.12"), &have), None);
+        assert_eq!(to_install(&req("3.12.9"), &have), None, "a patch mismatch builds with the nearest");
+        assert_eq!(to_install(&req("3.14"), &have).as_deref(), Some("3.14"));
+        assert_eq!(to_install(&req("3.11.4"), &have).as_deref(), Some("3.11.4"));
+        assert_eq!(to_install(&req("3.14"), &[]).as_deref(), Some("3.14"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod framework;
 pub mod inputs;
 pub mod interpreter;
+pub mod nltk;
 pub mod output;
 pub mod pipfile;
 pub mod python;
@@ -452,8 +453,9 @@ pub fn existing_environment(dir: &Path) -> Option<String> {
 }
 
 /// Heroku's package-manager rules that slipway shares: a `setup.py` alone, or a `pyproject.toml`
-/// that declares dependencies without a lock file (and, unlike Heroku, without a build backend
-/// slipway could install the project with), is refused naming the files that are supported.
+/// without a lock file (and, unlike Heroku, without a build backend slipway could install the
+/// project with), is refused naming the files that are supported. Unlike Heroku, an app with
+/// neither (only `.py` files: the standard library) builds.
 pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
     let has = |f: &str| dir.join(f).is_file();
     if ["requirements.txt", "Pipfile.lock", "poetry.lock", "uv.lock"].iter().any(|f| has(f)) {
@@ -474,16 +476,7 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
                 .into(),
         );
     }
-    let declares_dependencies = doc.as_ref().is_some_and(|d| {
-        let project = d.get("project").and_then(|p| p.get("dependencies")).and_then(|v| v.as_array());
-        let poetry = d
-            .get("tool")
-            .and_then(|t| t.get("poetry"))
-            .and_then(|p| p.get("dependencies"))
-            .and_then(|v| v.as_table_like());
-        project.is_some_and(|a| !a.is_empty()) || poetry.is_some_and(|t| t.iter().any(|(k, _)| k != "python"))
-    });
-    if declares_dependencies {
+    if pyproject.is_some() {
         let mut entries: Vec<String> = std::fs::read_dir(dir)
             .map(|r| {
                 r.filter_map(Result::ok)
@@ -500,8 +493,8 @@ pub fn unsupported_package_manager(dir: &Path) -> Option<String> {
             .unwrap_or_default();
         entries.sort();
         return Some(format!(
-            "Couldn't find any supported Python package manager files: pyproject.toml declares \
-             dependencies, but a Python app must have either a 'requirements.txt', 'Pipfile.lock', \
+            "Couldn't find any supported Python package manager files: the app has a pyproject.toml, \
+             but a Python app must have either a 'requirements.txt', 'Pipfile.lock', \
              'poetry.lock' or 'uv.lock' package manager file in the root directory of its source code \
              (or a [build-system] in pyproject.toml to install the project); the root contains: {}; \
              lock the dependencies (e.g. 'uv lock' or 'poetry lock') and commit the lock file",
@@ -518,7 +511,8 @@ const BUILD_ENV_DENYLIST: &[&str] =
 
 /// A scrubbed environment for build commands: nothing of the server's own environment leaks
 /// into an app's build except what installers need to reach a package index, plus the app's
-/// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`.
+/// config vars (as on Heroku) unless the operator turned them off with `build_config = 0`, the
+/// system CA store for pip and uv ([`tls_env`]) and last the operator's `build_env` setting.
 pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = if req.settings.build_config {
         req.config
@@ -544,13 +538,44 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
         "PIP_EXTRA_INDEX_URL",
         "PIP_TRUSTED_HOST",
         "UV_INDEX_URL",
+        "UV_DEFAULT_INDEX",
         "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         if let Ok(v) = std::env::var(key) {
             env.insert(key.into(), v);
         }
     }
+    let bundle = SYSTEM_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
+    for (k, v) in tls_env(&env, bundle) {
+        env.insert(k, v);
+    }
+    for (k, v) in &req.settings.build_env {
+        env.insert(k.clone(), v.clone());
+    }
     env
+}
+
+/// Where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// What makes pip and uv trust the system's CA store (and so a TLS-intercepting proxy whose CA
+/// the operator installed there): uv's `UV_SYSTEM_CERTS=1` (uv ignores the store otherwise; the
+/// older name `UV_NATIVE_TLS` makes current uv print a deprecation warning), and `SSL_CERT_FILE`
+/// pointing at the system bundle unless the environment already names one (every uv and pip
+/// version reads it).
+/// The `build_env` setting is applied after this and may override either.
+pub fn tls_env(env: &BTreeMap<String, String>, system_bundle: Option<&Path>) -> Vec<(String, String)> {
+    let mut out = vec![("UV_SYSTEM_CERTS".to_string(), "1".to_string())];
+    if let Some(bundle) = system_bundle.filter(|_| !env.contains_key("SSL_CERT_FILE")) {
+        out.push(("SSL_CERT_FILE".to_string(), bundle.display().to_string()));
+    }
+    out
 }
 
 /// Runs one build command in its own process group, relaying its output indented, within
@@ -639,12 +664,17 @@ mod tests {
             (
                 "poetry with only python",
                 &[("pyproject.toml", "[tool.poetry.dependencies]\npython = '^3.11'\n")],
-                None,
+                Some("Couldn't find any supported"),
             ),
             (
                 "pyproject without dependencies",
                 &[("pyproject.toml", "[project]\nname = 'x'\ndependencies = []\n")],
-                None,
+                Some("Couldn't find any supported"),
+            ),
+            (
+                "an empty pyproject",
+                &[("pyproject.toml", ""), ("subdir/some-file", "")],
+                Some("pyproject.toml, subdir/"),
             ),
             ("pyproject with a lock", &[("pyproject.toml", deps), ("uv.lock", "")], None),
             (
@@ -696,6 +726,30 @@ mod tests {
                 (Some(w), Some(g)) => assert!(g.contains(w), "{what}: {g}"),
                 _ => panic!("{what}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn builds_trust_the_system_ca_store() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let none = BTreeMap::new();
+        let given = BTreeMap::from([("SSL_CERT_FILE".to_string(), "/opt/corp.pem".to_string())]);
+        type Case<'a> = (&'a str, &'a BTreeMap<String, String>, Option<&'a Path>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (
+                "bundle present",
+                &none,
+                Some(bundle),
+                &[("UV_SYSTEM_CERTS", "1"), ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
+            ),
+            ("no bundle", &none, None, &[("UV_SYSTEM_CERTS", "1")]),
+            ("the server names its own", &given, Some(bundle), &[("UV_SYSTEM_CERTS", "1")]),
+        ];
+        for (what, env, bundle, want) in cases {
+            let got = tls_env(env, *bundle);
+            let want: Vec<(String, String)> =
+                want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            assert_eq!(got, want, "{what}");
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{build_env, interpreter, output, run_step, venv, BuildError, BuildRequest, Jail};
+use super::{build_env, interpreter, nltk, output, run_step, venv, BuildError, BuildRequest, Jail};
 
 /// Where the virtualenv lives inside a release dir; dynos get its `bin` first on PATH.
 pub const VENV: &str = ".slipway/venv";
@@ -62,9 +62,24 @@ pub fn build(
     jail: &Jail,
 ) -> Result<String, BuildError> {
     output::step("Python app detected");
-    let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    let mut python_dirs = req.settings.python_dirs.clone();
+    python_dirs.push(python_install_dir(req));
+    let roots = interpreter::Roots::for_this_user(&python_dirs);
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
-    let python = interpreter::select(dir, &req.settings.python, &roots, last.as_deref())?;
+    let manager = if !dir.join("requirements.txt").is_file() && dir.join("uv.lock").is_file() {
+        interpreter::Manager::Uv
+    } else {
+        interpreter::Manager::Other
+    };
+    let install = |version: &str| install_python(req, version, deadline, jail);
+    let python = interpreter::select(
+        dir,
+        &req.settings.python,
+        &roots,
+        last.as_deref(),
+        manager,
+        req.settings.python_install.then_some(&install as interpreter::Install<'_>),
+    )?;
     output::step(&format!("Using Python {} ({})", python.version, python.path.display()));
     // The chosen interpreter's prefix, wherever it lives.
     let real = crate::sandbox::canonical(&python.path);
@@ -96,6 +111,7 @@ pub fn build(
                 source,
             })?;
             output::step(&format!("Using cached dependencies (key {key})"));
+            nltk::run(req, dir, deadline, jail)?;
             collectstatic(req, dir, deadline, jail)?;
             return Ok(key);
         }
@@ -180,6 +196,7 @@ pub fn build(
                 .envs(&env)
                 .env("UV_PROJECT_ENVIRONMENT", &venv_dir)
                 .env("UV_PYTHON", &python.path)
+                .env("UV_PYTHON_DOWNLOADS", "never")
                 .env("UV_CACHE_DIR", cache.join("uv"))
                 .current_dir(dir);
             run_step("uv sync", sync, deadline, jail).map_err(|e| install_failed(e, "uv"))?;
@@ -224,8 +241,62 @@ pub fn build(
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
+    nltk::run(req, dir, deadline, jail)?;
     collectstatic(req, dir, deadline, jail)?;
     Ok(key)
+}
+
+/// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python
+/// install --install-dir`); interpreter discovery always looks there.
+fn python_install_dir(req: &BuildRequest<'_>) -> PathBuf {
+    req.home.root().join("cache/.tools/python")
+}
+
+/// `uv python install VERSION` into [`python_install_dir`] (uv itself installed first when the
+/// server has none), for a Python version no installed interpreter has. uv downloads the
+/// interpreter from GitHub (python-build-standalone): without that network the build fails
+/// saying what to do instead.
+fn install_python(
+    req: &BuildRequest<'_>,
+    version: &str,
+    deadline: Instant,
+    jail: &Jail,
+) -> Result<(), BuildError> {
+    let host = interpreter::probe(&req.settings.python)
+        .or_else(|| interpreter::probe("python3"))
+        .ok_or_else(|| {
+            BuildError::Detect(format!(
+                "Python {version} is not installed, and installing it needs uv, which needs a Python \
+                 to install it with (the 'python' setting, {}, does not run)",
+                req.settings.python
+            ))
+        })?;
+    let uv = ensure_tool(req, &host.path, "uv", deadline, jail)?;
+    let target = python_install_dir(req);
+    // Only this step may write the server's installed Pythons; builds read them.
+    std::fs::create_dir_all(&target)
+        .map_err(|source| BuildError::Io { action: format!("creating {}", target.display()), source })?;
+    let jail = &jail.with(&target, crate::sandbox::Access::ReadWrite);
+    output::step(&format!("Installing Python {version} (not installed on this server; python_install = 1)"));
+    let cache = req.home.cache(req.app);
+    let mut c = Command::new(uv);
+    c.args(["python", "install", "--no-bin", "--install-dir"])
+        .arg(&target)
+        .arg(version)
+        .env_clear()
+        .envs(build_env(req))
+        .env("UV_CACHE_DIR", cache.join("uv"))
+        .current_dir(&target);
+    run_step("uv python install", c, deadline, jail).map_err(|e| match e {
+        BuildError::Command { status, .. } => BuildError::Detect(format!(
+            "Unable to install Python {version}: 'uv python install {version}' failed ({status}; see \
+             its output above). uv downloads Python from GitHub (python-build-standalone), so the \
+             server needs that network (or a proxy: the build_env setting); otherwise install Python \
+             {version} on the server (e.g. with pyenv, then add it to python_dirs), or change the \
+             app's version to an installed one"
+        )),
+        other => other,
+    })
 }
 
 /// Heroku's words when a package manager fails: its own output above says why.
@@ -301,16 +372,7 @@ fn collectstatic(
     }
     let venv_bin = dir.join(VENV).join("bin");
     let python = venv_bin.join("python");
-    let mut probe = Command::new(&python);
-    probe
-        .args(["-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is None)"])
-        .env_clear()
-        .current_dir(dir);
-    // The venv is the build's own making: anything it runs is confined like the build.
-    crate::sandbox::confine(&mut probe, &jail.policy)
-        .map_err(|e| BuildError::Io { action: "starting python".into(), source: std::io::Error::other(e) })?;
-    let has_django = probe.output().is_ok_and(|o| o.status.success());
-    if !has_django {
+    if !module_available(&python, dir, "django", jail) {
         return Ok(());
     }
     let Some(manage) = find_manage_py(dir) else {
@@ -321,7 +383,8 @@ fn collectstatic(
     let mut env = build_env(req);
     let path = format!("{}:{}", venv_bin.display(), env.get("PATH").cloned().unwrap_or_default());
     env.insert("PATH".into(), path);
-    env.entry("PYTHONPATH".into()).or_insert_with(|| ".".into());
+    // Over a config var of the same name, as on Heroku (a broken PYTHONPATH must not break it).
+    env.insert("PYTHONPATH".into(), ".".into());
     let mut c = Command::new(&python);
     c.arg(&manage).args(["collectstatic", "--noinput", "--traceback"]).env_clear().envs(env).current_dir(dir);
     run_step("collectstatic", c, deadline, jail).map_err(|e| match e {
@@ -334,6 +397,24 @@ fn collectstatic(
         )),
         other => other,
     })
+}
+
+/// Whether `python` can import the top-level module `name` (not importing it: `find_spec`).
+pub fn module_available(python: &Path, dir: &Path, name: &str, jail: &Jail) -> bool {
+    let mut probe = Command::new(python);
+    probe
+        .args([
+            "-c",
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
+            name,
+        ])
+        .env_clear()
+        .current_dir(dir);
+    // The venv is the build's own making: anything it runs is confined like the build.
+    if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
+        return false;
+    }
+    probe.output().is_ok_and(|o| o.status.success())
 }
 
 /// Where Heroku looks for `manage.py`: the app's root and up to two directories below it
@@ -360,7 +441,7 @@ pub fn find_manage_py(dir: &Path) -> Option<String> {
 }
 
 /// `uv` / `poetry` for lock files when the server has none on PATH: installed once per server
-/// into `cache/.tools/<name>` (this needs the package index).
+/// into `cache/.tools/<name>` (`uv-<version>` for the pinned uv; this needs the package index).
 fn ensure_tool(
     req: &BuildRequest<'_>,
     python: &Path,
@@ -371,12 +452,13 @@ fn ensure_tool(
     if let Some(found) = find_on_path(name) {
         return Ok(found);
     }
-    let root = req.home.root().join("cache/.tools").join(name);
+    let requirement = tool_requirement(name);
+    let root = req.home.root().join("cache/.tools").join(requirement.replace("==", "-"));
     let exe = root.join("bin").join(name);
     if exe.is_file() {
         return Ok(exe);
     }
-    output::step(&format!("Installing {name} for this server (first use)"));
+    output::step(&format!("Installing {} for this server (first use)", requirement.replace("==", " ")));
     // Only this step may write the tool's dir; builds read it.
     std::fs::create_dir_all(&root)
         .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
@@ -386,13 +468,28 @@ fn ensure_tool(
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
     run_step(&format!("creating the {name} environment"), create, deadline, jail)?;
     let mut install = Command::new(root.join("bin/python"));
-    install.args(PIP_INSTALL).arg(name);
+    install.args(PIP_INSTALL).arg(&requirement);
     install.env_clear().envs(&env);
     if let Err(e) = run_step(&format!("installing {name}"), install, deadline, jail) {
-        let _ = std::fs::remove_dir_all(&root);
+        // A half-made tool dir would pass for installed next time (its bin/NAME may exist).
+        if let Err(rm) = std::fs::remove_dir_all(&root) {
+            output::warn(&format!("could not remove the half-installed {}: {rm}", root.display()));
+        }
         return Err(e);
     }
     Ok(exe)
+}
+
+/// The uv Heroku's buildpack pins (its `requirements/uv.txt`); uv enforces a project's own
+/// `[tool.uv] required-version` itself.
+pub const UV_VERSION: &str = "0.12.5";
+
+/// What `ensure_tool` installs: uv pinned as on Heroku, poetry as PyPI has it.
+fn tool_requirement(name: &str) -> String {
+    match name {
+        "uv" => format!("uv=={UV_VERSION}"),
+        other => other.to_string(),
+    }
 }
 
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -484,6 +581,12 @@ mod tests {
             }
             assert_eq!(find_manage_py(d.path()).as_deref(), *want, "{what}");
         }
+    }
+
+    #[test]
+    fn tools_are_pinned_as_on_heroku() {
+        assert_eq!(tool_requirement("uv"), format!("uv=={UV_VERSION}"));
+        assert_eq!(tool_requirement("poetry"), "poetry");
     }
 
     #[test]

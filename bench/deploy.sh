@@ -14,8 +14,8 @@
 #   floor         `git push` of the next commit to a bare repo without hooks, over the same sshd
 #                 (a second key whose forced command is `git-receive-pack` of that repo)
 #   ssh           one SSH round trip through slipway's forced command (`apps` over SSH)
-#   warm stdlib   push of a code-only change of a stdlib HTTP server (generic app, no venv)
-#                 until the router serves the new text
+#   warm stdlib   push of a code-only change of a stdlib HTTP server (`app.py`, a Python app
+#                 without dependencies: its venv holds only pip) until the router serves it
 #   warm flask    the same for Flask + gunicorn (requirements.txt: an unchanged venv is reused)
 #   config:set    `config:set` over SSH until the router serves the new value
 #   cold pip      first push of a new Flask + gunicorn app (its own, empty package cache;
@@ -38,6 +38,7 @@
 #   BENCH_RUNS           runs per row and settle (default 5, at least 5 for the docs)
 #   BENCH_SETTLES        the boot_settle values to measure (default "3 0")
 #   BENCH_COLD           1 (default) runs the cold rows; 0 skips them (no network needed)
+#   BENCH_OUTPUT         a file (outside the temp dir) to append every push's output to
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,7 +69,11 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    bench_cleanup 1 ${SSHD_PID:+"$SSHD_PID"}
+    if [[ -n $SSHD_PID ]]; then
+        kill "$SSHD_PID" 2>/dev/null
+        wait "$SSHD_PID" 2>/dev/null
+    fi
+    bench_cleanup 1
     exit "$rc"
 }
 bench_prepare
@@ -191,6 +196,9 @@ def push(repo, url, key):
     took = time.monotonic() - t0
     if out.returncode != 0:
         raise RuntimeError(f"push to {url} failed:\n{out.stdout}{out.stderr}")
+    if E.get("BENCH_OUTPUT"):
+        with open(E["BENCH_OUTPUT"], "a") as f:
+            f.write(f"=== git push {url} ({took:.2f} s)\n{out.stderr}\n")
     return t0, took, out.stderr
 
 
@@ -238,7 +246,7 @@ def cmd_setup(settle):
     data = load()
     if data.get("setup_done"):
         return
-    stdlib = new_repo("warm-stdlib", {"Procfile": "web: python3 server\n", "server": STDLIB % "w0"})
+    stdlib = new_repo("warm-stdlib", {"Procfile": "web: python app.py\n", "app.py": STDLIB % "w0"})
     push(stdlib, slipway_url("warm-stdlib"), SSH_BENCH)
     served("warm-stdlib", "w0", time.monotonic())
     push(stdlib, f"ssh://{USER}@127.0.0.1:{SSH_PORT}/floor", SSH_FLOOR)
@@ -262,7 +270,7 @@ def cmd_round(settle, cold):
     flask = os.path.join(WORK, "src", "warm-flask")
 
     # floor: the same commit as the warm stdlib push below, to a bare repo without hooks.
-    commit(stdlib, {"server": STDLIB % f"w{n}"}, f"w{n}")
+    commit(stdlib, {"app.py": STDLIB % f"w{n}"}, f"w{n}")
     _, took, _ = push(stdlib, f"ssh://{USER}@127.0.0.1:{SSH_PORT}/floor", SSH_FLOOR)
     record(f"floor|{tag}", took)
 

@@ -10,6 +10,7 @@ pub mod framework;
 pub mod interpreter;
 pub mod output;
 pub mod pipfile;
+pub mod probes;
 pub mod python;
 pub mod slug;
 pub mod slugignore;

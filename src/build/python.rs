@@ -57,7 +57,8 @@ const DEPENDENCY_FILES: &[&str] =
 /// Builds the venv and returns the dependency-environment key.
 pub fn build(req: &BuildRequest<'_>, dir: &Path, deadline: Instant) -> Result<String, BuildError> {
     output::step("Python app detected");
-    let roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    let mut roots = interpreter::Roots::for_this_user(&req.settings.python_dirs);
+    roots.probe_cache = Some(req.home.root().join("cache/.tools/interpreters"));
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
     let python = interpreter::select(dir, &req.settings.python, &roots, last.as_deref())?;
     output::step(&format!("Using Python {} ({})", python.version, python.path.display()));

@@ -362,6 +362,7 @@ pub fn installed(default: &str, roots: &Roots) -> Vec<Interpreter> {
         }
     }
     names.extend(candidates(roots).iter().map(|p| p.display().to_string()));
+    names.retain(|name| !super::probes::is_searched_pyenv_shim(name, &roots.pyenv));
     let mut found: Vec<Interpreter> = Vec::new();
     let mut probes = super::probes::Probes::load(roots.probe_cache.as_deref());
     for name in names {

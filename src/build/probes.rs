@@ -68,17 +68,37 @@ impl Probes {
     }
 }
 
+/// Whether `name` runs a pyenv shim (`<root>/shims/NAME`) of one of the `pyenv` roots whose
+/// `versions/` are searched anyway: every interpreter such a shim can start is found there, and
+/// asking the shim (a bash script running `pyenv exec`) costs a quarter of a second or more.
+pub fn is_searched_pyenv_shim(name: &str, pyenv: &[PathBuf]) -> bool {
+    let Some(path) = resolve(name) else { return false };
+    let Some(dir) = path.parent().filter(|d| d.file_name().is_some_and(|n| n == "shims")) else {
+        return false;
+    };
+    let root = dir.parent().unwrap_or(dir);
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    pyenv.iter().any(|r| same(r, root) && r.join("versions").is_dir())
+}
+
+/// A path, or a command looked up on PATH as `Command` does.
+fn resolve(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let dirs = std::env::var("PATH").unwrap_or_default();
+    dirs.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
 /// `name` (a path, or a command looked up on PATH) resolved to its file, when that is an ELF
-/// executable: `canonical path|dev|ino|size|mtime|ctime`.
+/// executable: `canonical path|dev|ino|size|mtime|ctime`. (A Python built with a shared
+/// libpython keeps it in its own prefix, which an upgrade replaces with the executable.)
 fn fingerprint(name: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let path = if name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        let dirs = std::env::var("PATH").unwrap_or_default();
-        dirs.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).find(|p| p.is_file())?
-    };
-    let real = std::fs::canonicalize(path).ok()?;
+    let real = std::fs::canonicalize(resolve(name)?).ok()?;
     let mut magic = [0u8; 4];
     std::fs::File::open(&real).ok()?.read_exact(&mut magic).ok()?;
     if &magic != b"\x7fELF" {
@@ -128,6 +148,30 @@ mod tests {
         let known = parse(&format!("{text}garbage\na\tb\tc\n\t\t\t\na\tb\tc\td\te\n"));
         assert_eq!(known.len(), 1);
         assert_eq!(render(&known), text);
+    }
+
+    #[test]
+    fn pyenv_shims_of_searched_roots_are_recognised() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("pyenv");
+        std::fs::create_dir_all(root.join("shims")).unwrap();
+        std::fs::create_dir_all(root.join("versions")).unwrap();
+        std::fs::create_dir_all(t.path().join("other/shims")).unwrap();
+        for shim in [root.join("shims/python3.12"), t.path().join("other/shims/python3.12")] {
+            std::fs::write(&shim, "#!/usr/bin/env bash\n").unwrap();
+        }
+        let shim = root.join("shims/python3.12").display().to_string();
+        let other = t.path().join("other/shims/python3.12").display().to_string();
+        let cases = [
+            (&shim, vec![root.clone()], true),
+            (&shim, vec![t.path().join("nowhere"), root.clone()], true),
+            (&shim, vec![], false),
+            (&other, vec![root.clone()], false),
+            (&"/nonexistent/shims/python3".to_string(), vec![root.clone()], false),
+        ];
+        for (name, roots, want) in cases {
+            assert_eq!(is_searched_pyenv_shim(name, &roots), want, "{name} in {roots:?}");
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ mod tests {
     #[test]
     fn done_line_names_every_phase_in_seconds() {
         let ms = Duration::from_millis;
-        let cases: &[(Duration, &[(&str, Duration)], &str)] = &[
+        let cases: &[(Duration, &super::Phases<'_>, &str)] = &[
             (
                 ms(310),
                 &[

@@ -51,6 +51,53 @@ fn copy_dir(from: &Path, to: &Path, old: &str, new: &str, rewritten: &mut usize)
     Ok(())
 }
 
+/// Where the seed of `python` (its path and version) lives under `tools` (`cache/.tools`): a
+/// virtualenv made once with `python -m venv` and pip upgraded to [`PIP_VERSION`], nothing else
+/// installed. Creating a venv that way runs ensurepip (seconds); cloning the seed is the same
+/// venv in a tenth of a second.
+pub fn seed_dir(tools: &Path, python: &Path, version: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let id = key(&[python.as_os_str().as_bytes(), version.as_bytes(), PIP_VERSION.as_bytes()]);
+    tools.join("seeds").join(id)
+}
+
+/// Makes `venv` a clone of the seed when there is one (hard links, the seed's path rewritten to
+/// `venv`'s); false when there is none yet.
+pub fn from_seed(seed: &Path, venv: &Path) -> io::Result<bool> {
+    if !seed.join("pyvenv.cfg").is_file() {
+        return Ok(false);
+    }
+    if let Err(e) = clone(seed, venv, seed, venv) {
+        let _ = std::fs::remove_dir_all(venv);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Keeps a clone of the freshly made `venv` (pip at the pin, nothing else yet) as the seed, its
+/// paths rewritten to the seed's own: built beside it and renamed into place, so a concurrent
+/// build of another app finds either no seed or a whole one (the first rename wins).
+pub fn keep_as_seed(venv: &Path, seed: &Path) -> io::Result<()> {
+    if seed.exists() {
+        return Ok(());
+    }
+    let parent = seed.parent().ok_or_else(|| io::Error::other("the seed has no parent dir"))?;
+    std::fs::create_dir_all(parent)?;
+    let name = seed.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let made = clone(venv, &tmp, venv, seed).and_then(|_| std::fs::rename(&tmp, seed));
+    if made.is_err() && tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    match made {
+        Err(_) if seed.join("pyvenv.cfg").is_file() => Ok(()), // another build's seed won
+        other => other,
+    }
+}
+
 /// Small text files where a venv records absolute paths.
 fn may_hold_paths(path: &Path) -> bool {
     let in_bin = path.parent().and_then(Path::file_name).is_some_and(|d| d == "bin");
@@ -102,6 +149,34 @@ mod tests {
             std::fs::read_link(new.join(".slipway/venv/bin/python")).unwrap(),
             Path::new("/usr/bin/python3")
         );
+    }
+
+    #[test]
+    fn a_seed_is_kept_once_and_cloned_with_its_paths_rewritten() {
+        let t = tempfile::tempdir().unwrap();
+        let first = t.path().join("releases/a/1/.slipway/venv");
+        std::fs::create_dir_all(first.join("bin")).unwrap();
+        std::fs::write(first.join("bin/pip"), format!("#!{}/bin/python\n", first.display())).unwrap();
+        std::fs::write(first.join("pyvenv.cfg"), format!("command = python -m venv {}\n", first.display()))
+            .unwrap();
+        let seed = seed_dir(&t.path().join("cache/.tools"), Path::new("/usr/bin/python3.11"), "3.11.2");
+        assert_ne!(
+            seed,
+            seed_dir(&t.path().join("cache/.tools"), Path::new("/usr/bin/python3.11"), "3.11.4")
+        );
+        let second = t.path().join("releases/b/2/.slipway/venv");
+        assert!(!from_seed(&seed, &second).unwrap(), "no seed yet");
+        keep_as_seed(&first, &seed).unwrap();
+        let pip = std::fs::read_to_string(seed.join("bin/pip")).unwrap();
+        assert_eq!(pip, format!("#!{}/bin/python\n", seed.display()));
+        keep_as_seed(&first, &seed).unwrap(); // already there: kept as it is
+        assert!(from_seed(&seed, &second).unwrap());
+        let pip = std::fs::read_to_string(second.join("bin/pip")).unwrap();
+        assert_eq!(pip, format!("#!{}/bin/python\n", second.display()));
+        let cfg = std::fs::read_to_string(second.join("pyvenv.cfg")).unwrap();
+        assert!(cfg.contains(&second.display().to_string()), "{cfg}");
+        let leftovers: Vec<_> = std::fs::read_dir(seed.parent().unwrap()).unwrap().flatten().collect();
+        assert_eq!(leftovers.len(), 1, "only the seed itself: {leftovers:?}");
     }
 
     #[test]

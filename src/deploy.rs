@@ -13,7 +13,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::app::AppName;
 use crate::build::{self, output};
@@ -91,6 +91,7 @@ impl HookContext {
 
 /// Runs the hook; `Err` carries the message already worth printing after ` !     `.
 pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> Result<(), String> {
+    let started = Instant::now();
     let updates = parse_ref_updates(stdin);
     for other in updates.iter().filter(|u| !DEPLOY_BRANCHES.contains(&u.name.as_str())) {
         output::step(&format!("Accepting {} without a build: only main or master deploys", other.name));
@@ -131,17 +132,24 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         config: &config,
         previous: previous.as_ref(),
     };
-    let built = build::run(&request).map_err(|e| {
+    let build_started = Instant::now();
+    let (built, packing) = build::run(&request).map_err(|e| {
         logs::append_event(&log_path, Source::Slipway, "api", &format!("Build failed: {e}"));
         format!("Build failed: {e}")
     })?;
     logs::append_event(&log_path, Source::Slipway, "api", &format!("Build succeeded for commit {short}"));
 
-    let version = record_release(&mut store, &ctx.app, &built, &update.new, pushed_by).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&built.dir);
-        let _ = std::fs::remove_file(&built.slug);
-        format!("recording the release: {e}")
-    })?;
+    let built_at = Instant::now();
+    let version = match record_release(&mut store, &ctx.app, &built, &update.new, pushed_by) {
+        Ok(version) => version,
+        Err(e) => {
+            // The slug's thread must be done before its file can be removed.
+            drop(packing);
+            let _ = std::fs::remove_dir_all(&built.dir);
+            let _ = std::fs::remove_file(&built.slug);
+            return Err(format!("recording the release: {e}"));
+        }
+    };
     logs::append_event(
         &log_path,
         Source::Slipway,
@@ -154,12 +162,47 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     let published =
         release::finish(&ctx.home, &settings, &mut store, &ctx.app, version, true, output::detail)
             .map_err(|why| format!("release v{version} failed: {why}; the previous release keeps running"))?;
+    let finished_at = Instant::now();
+    let slug_bytes = wait_for_slug(packing, &built).map_err(|e| {
+        logs::append_event(&log_path, Source::Slipway, "api", &format!("Release v{version}: {e}"));
+        format!("v{version} is live, but {e}")
+    })?;
+    output::step(&format!("Compressing... done, {}", build::slug::human_size(slug_bytes)));
+    if let Err(e) = store::releases::set_slug_bytes(store.conn(), &built.id, slug_bytes as i64) {
+        output::warn(&format!("recording the slug's size: {e} (releases:info shows 0 B)"));
+    }
     output::step(&format!("Launching... done, v{version}"));
     let web = published.web;
     if let (false, Some(url)) = (web.is_empty(), published.url) {
         output::detail(&url);
     }
+    let release = finished_at.duration_since(built_at).saturating_sub(published.boot + published.switch);
+    let phases = [
+        ("export", build_started.duration_since(started) + built.export),
+        ("deps", built.deps),
+        ("release", release),
+        ("boot", published.boot),
+        ("switch", published.switch),
+        ("slug", finished_at.elapsed()),
+    ];
+    output::step(&output::done_line(started.elapsed(), &phases));
     Ok(())
+}
+
+/// Waits for the slug packed while the release went live; a failed packing is tried once more
+/// (it writes a temp file and renames it, so it can start over). A release without its slug
+/// could not be rolled back to once its dir is pruned, nor restored from a backup, so the push
+/// fails if the slug cannot be written.
+fn wait_for_slug(packing: build::slug::Packing, built: &build::Built) -> Result<u64, String> {
+    match packing.wait() {
+        Ok(bytes) => Ok(bytes),
+        Err(first) => build::slug::pack(&built.dir, &built.slug).map_err(|e| {
+            format!(
+                "its slug could not be written ({first}; again: {e}): rolling back to it works only while \
+                 its release dir is kept, and backups leave it out; free disk space and push again"
+            )
+        }),
+    }
 }
 
 /// A release without a `web` process type stops the app's web dynos: say so before it happens.
@@ -261,7 +304,8 @@ fn record_release(
             commit_sha: commit.to_string(),
             stack: built.stack.as_str().to_string(),
             process_types: built.procfile.clone(),
-            slug_bytes: built.slug_bytes as i64,
+            // Known once the slug is packed (`set_slug_bytes`), after the release went live.
+            slug_bytes: 0,
             created_at: crate::timefmt::now(),
             deps_key: built.deps_key.clone(),
         },

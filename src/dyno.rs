@@ -116,10 +116,10 @@ mod tests {
     fn nltk_data_points_at_the_release_corpora_when_the_build_downloaded_some() {
         let d = tempfile::tempdir().unwrap();
         let config: BTreeMap<String, String> = [("NLTK_DATA".to_string(), "/elsewhere".to_string())].into();
-        let without = DynoEnv { dir: d.path().to_path_buf(), config: config.clone() };
+        let without = DynoEnv { dir: d.path().to_path_buf(), config: config.clone(), ram_mb: DYNO_RAM_MB };
         assert_eq!(without.vars("web.1", None).get("NLTK_DATA").map(String::as_str), Some("/elsewhere"));
         std::fs::create_dir_all(d.path().join(crate::build::nltk::DATA)).unwrap();
-        let with = DynoEnv { dir: d.path().to_path_buf(), config };
+        let with = DynoEnv { dir: d.path().to_path_buf(), config, ram_mb: DYNO_RAM_MB };
         let want = d.path().join(".slipway/nltk_data").display().to_string();
         assert_eq!(with.vars("web.1", None).get("NLTK_DATA"), Some(&want));
     }

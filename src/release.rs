@@ -299,6 +299,10 @@ pub struct Published {
     /// False when the daemon was not running: the release is `queued` and the daemon rolls
     /// the dynos onto it when it starts.
     pub daemon_running: bool,
+    /// The rollout, as the push's timing line shows it: until the daemon made the release
+    /// current (new dynos started, ready, settled, checked), and from then to its answer.
+    pub boot: Duration,
+    pub switch: Duration,
 }
 
 /// Inserts `new` and puts it live (see [`finish`]).
@@ -339,7 +343,14 @@ pub fn finish(
     if release.build_id.is_none() {
         // Nothing to run yet (config set before the first deploy): the release is just recorded.
         store::releases::set_status(store.conn(), app, version, "succeeded").map_err(|e| e.to_string())?;
-        return Ok(Published { version, web: Vec::new(), url: None, daemon_running: true });
+        return Ok(Published {
+            version,
+            web: Vec::new(),
+            url: None,
+            daemon_running: true,
+            boot: Duration::ZERO,
+            switch: Duration::ZERO,
+        });
     }
     if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, &mut emit) {
         fail(home, store, app, version, &why);
@@ -353,8 +364,10 @@ pub fn finish(
         store::releases::set_status(store.conn(), app, version, "queued").map_err(|e| e.to_string())?;
         daemon_running = client::Client::connect(home, Duration::from_secs(10)).is_ok();
     }
+    let mut rollout = (Duration::ZERO, Duration::ZERO);
     let (web, url) = if daemon_running {
-        let since = crate::timefmt::now();
+        let asked = (std::time::Instant::now(), time::OffsetDateTime::now_utc());
+        let since = crate::timefmt::stamp(asked.1);
         let awaited = restart.then(|| awaited_web(store, app, version)).flatten();
         // A step of its own, as Heroku's `-----> ` lines (on stderr, like all of a push's output).
         let progress = |waited: Duration| {
@@ -365,7 +378,11 @@ pub fn finish(
             ));
         };
         match go_live(home, settings, app, version, restart, progress) {
-            Ok((web, url)) => (web, Some(url)),
+            Ok((web, url)) => {
+                let promoted = promoted_at(home, app, version, &since);
+                rollout = split_rollout(asked.0.elapsed(), asked.1, promoted);
+                (web, Some(url))
+            }
             Err(why) => {
                 // The failing dyno's last words, so the push shows why without `slipway logs`.
                 if let Some(dyno) = why.split_whitespace().next().filter(|w| w.contains('.')) {
@@ -391,5 +408,54 @@ pub fn finish(
         (Vec::new(), None)
     };
     prune(home, store, app, settings.keep_releases);
-    Ok(Published { version, web, url, daemon_running })
+    Ok(Published { version, web, url, daemon_running, boot: rollout.0, switch: rollout.1 })
+}
+
+/// When the daemon made `version` current: the stamp of its `Release vN is now running` line in
+/// the app's log, written at or after `since`.
+fn promoted_at(home: &Home, app: &AppName, version: i64, since: &str) -> Option<time::OffsetDateTime> {
+    let filter = logs::read::Filter { source: Some(Source::Slipway), dyno: Some("api".into()) };
+    let lines = logs::read::last_lines(&home.app_log(app), 20, &filter).ok()?;
+    let wanted = format!(": Release v{version} is now running");
+    let line = lines.iter().rev().find(|l| l.ends_with(&wanted))?;
+    let stamp = line.split(' ').next().filter(|stamp| *stamp >= since)?;
+    crate::timefmt::parse(stamp)
+}
+
+/// Splits a rollout that took `took` from `asked` into boot (until the daemon made the release
+/// current at `promoted`) and switch (from then to its answer). Without the moment, or with one
+/// outside the rollout (clocks), it is all boot.
+fn split_rollout(
+    took: Duration,
+    asked: time::OffsetDateTime,
+    promoted: Option<time::OffsetDateTime>,
+) -> (Duration, Duration) {
+    let boot = promoted
+        .and_then(|p| Duration::try_from(p - asked).ok())
+        .filter(|boot| *boot <= took)
+        .unwrap_or(took);
+    (boot, took - boot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollout_splits_into_boot_and_switch_at_the_promotion() {
+        let ms = Duration::from_millis;
+        let asked = time::OffsetDateTime::UNIX_EPOCH;
+        let at = |millis: i64| Some(asked + time::Duration::milliseconds(millis));
+        let cases = [
+            (ms(100), at(80), (ms(80), ms(20))),
+            (ms(100), at(100), (ms(100), ms(0))),
+            (ms(100), None, (ms(100), ms(0))),
+            // A moment before the request or after the answer: all boot.
+            (ms(100), at(-5), (ms(100), ms(0))),
+            (ms(100), at(150), (ms(100), ms(0))),
+        ];
+        for (took, promoted, want) in cases {
+            assert_eq!(split_rollout(took, asked, promoted), want, "{promoted:?}");
+        }
+    }
 }

@@ -99,6 +99,7 @@ fn push_deploys_and_redeploys() {
     assert!(ok, "first push failed:\n{out}\n{}", context(&slip, &sshd));
     assert!(out.contains("-----> Python app detected"), "no detection line:\n{out}");
     assert!(out.contains("-----> Launching... done, v1"), "no `done, v1`:\n{out}");
+    assert_timing_line(&out);
 
     let (v1_pid, v1_port) = wait_web1(&slip, &sshd, "hello", "v1", Duration::from_secs(20));
     assert_serves(&slip, &sshd, v1_port, "hello v1");
@@ -122,6 +123,7 @@ fn push_deploys_and_redeploys() {
     let (ok, out) = repo.push(&sshd.scp_url("hello"), &ssh);
     assert!(ok, "second push failed:\n{out}\n{}", context(&slip, &sshd));
     assert!(out.contains("-----> Launching... done, v2"), "no `done, v2`:\n{out}");
+    assert_timing_line(&out);
 
     let (v2_pid, v2_port) = wait_web1(&slip, &sshd, "hello", "v2", Duration::from_secs(30));
     assert_ne!(v2_pid, v1_pid, "web.1 of v2 has the pid of v1's");
@@ -271,4 +273,33 @@ fn push_without_daemon_is_rejected_before_build() {
     let slugs = slip.home.join("slugs");
     let packed: Vec<_> = list_tree(&slugs).into_iter().filter(|p| p.is_file()).collect();
     assert!(packed.is_empty(), "a slug was packed without a daemon: {packed:?}");
+}
+
+/// Every push ends with `-----> Done in S s (export S, deps S, release S, boot S, switch S, slug S)`
+/// after the slug is in place (its size is printed first). Only the shape is checked, never a time.
+fn assert_timing_line(out: &str) {
+    let line = out
+        .lines()
+        .find_map(|l| l.split_once("-----> Done in ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no `-----> Done in` line:\n{out}"));
+    let (total, phases) = line.split_once(" s (").unwrap_or_else(|| panic!("malformed: {line}"));
+    assert!(total.parse::<f64>().is_ok(), "total is not seconds: {line}");
+    let names: Vec<&str> = phases
+        .trim_end()
+        .strip_suffix(')')
+        .unwrap_or_else(|| panic!("malformed: {line}"))
+        .split(", ")
+        .map(|phase| {
+            let (name, secs) = phase.split_once(' ').unwrap_or_else(|| panic!("malformed phase in {line}"));
+            assert!(secs.parse::<f64>().is_ok(), "{name} is not seconds: {line}");
+            name
+        })
+        .collect();
+    assert_eq!(names, ["export", "deps", "release", "boot", "switch", "slug"], "{line}");
+    let compressed =
+        out.find("-----> Compressing... done, ").unwrap_or_else(|| panic!("no slug size:\n{out}"));
+    assert!(
+        compressed < out.find("-----> Done in ").unwrap_or(0),
+        "the slug size comes before the timing line:\n{out}"
+    );
 }

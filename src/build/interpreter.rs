@@ -308,6 +308,8 @@ pub struct Roots {
     pub pyenv: Vec<PathBuf>,
     /// The build user's home, for uv's `~/.local/share/uv/python`.
     pub home: Option<PathBuf>,
+    /// Where [`super::probes`] remembers the interpreters' answers (none: ask every time).
+    pub probe_cache: Option<PathBuf>,
 }
 
 impl Roots {
@@ -321,7 +323,7 @@ impl Roots {
         let mut pyenv: Vec<PathBuf> = std::env::var_os("PYENV_ROOT").map(PathBuf::from).into_iter().collect();
         pyenv.extend(home.iter().map(|h| h.join(".pyenv")));
         pyenv.push(PathBuf::from("/root/.pyenv"));
-        Roots { python_dirs: python_dirs.to_vec(), pyenv, home }
+        Roots { python_dirs: python_dirs.to_vec(), pyenv, home, probe_cache: None }
     }
 }
 
@@ -381,13 +383,19 @@ pub fn installed(default: &str, roots: &Roots) -> Vec<Interpreter> {
         }
     }
     names.extend(candidates(roots).iter().map(|p| p.display().to_string()));
+    names.retain(|name| !super::probes::is_searched_pyenv_shim(name, &roots.pyenv));
     let mut found: Vec<Interpreter> = Vec::new();
+    let mut probes = super::probes::Probes::load(roots.probe_cache.as_deref());
     for name in names {
-        if let Some(i) = probe(&name) {
-            if !found.iter().any(|f| f.version == i.version) {
-                found.push(i);
+        let answer = probes.get(&name, |n| probe(n).map(|i| (i.path.display().to_string(), i.version)));
+        if let Some((path, version)) = answer {
+            if !found.iter().any(|f| f.version == version) {
+                found.push(Interpreter { path: PathBuf::from(path), version });
             }
         }
+    }
+    if let Err(e) = probes.save() {
+        output::detail(&format!("(the interpreters' versions could not be remembered: {e})"));
     }
     found
 }
@@ -800,6 +808,7 @@ mod tests {
             python_dirs: vec![root.join("opt/py312"), root.join("many"), root.join("missing")],
             pyenv: vec![root.join("pyenv"), root.join("no-pyenv")],
             home: Some(root.join("home")),
+            probe_cache: None,
         };
         assert_eq!(candidates(&roots), vec![single.clone(), a, b.clone(), pyenv, uv.clone()]);
 

@@ -12,6 +12,7 @@ pub mod interpreter;
 pub mod nltk;
 pub mod output;
 pub mod pipfile;
+pub mod probes;
 pub mod python;
 pub mod slug;
 pub mod slugignore;
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::app::AppName;
 use crate::git;
@@ -100,10 +101,12 @@ pub struct Built {
     pub id: String,
     pub dir: PathBuf,
     pub slug: PathBuf,
-    pub slug_bytes: u64,
     pub procfile: Procfile,
     pub stack: Stack,
     pub deps_key: Option<String>,
+    /// `git archive` and process types; everything from `bin/pre_compile` to `.slugignore`.
+    pub export: Duration,
+    pub deps: Duration,
 }
 
 /// Removes a build's outputs unless [`Cleanup::keep`] was called: every early return and panic
@@ -123,8 +126,12 @@ impl Drop for Cleanup {
     }
 }
 
-pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
-    let deadline = Instant::now() + req.settings.build_timeout;
+/// Builds the release dir; the slug comes back as a [`slug::Packing`]: packed on a thread while
+/// the release goes live when it cannot be over `SLIPWAY_MAX_SLUG_MB`, else already packed and
+/// checked. The caller waits for it before it reports success.
+pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError> {
+    let started = Instant::now();
+    let deadline = started + req.settings.build_timeout;
     let id = build_id(req.commit);
     let dir = req.home.release_dir(req.app, &id);
     let slug_path = req.home.slug(req.app, &id);
@@ -136,6 +143,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
     inputs::check(&dir)?;
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
+    let export = started.elapsed();
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
     let jail = Jail::for_build(req, &dir, &env_dir.0, &id).map_err(io_err("creating the build's tmp dir"))?;
     compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline, &jail)?;
@@ -168,16 +176,25 @@ pub fn run(req: &BuildRequest<'_>) -> Result<Built, BuildError> {
             slugignore::apply(&dir, &slugignore::parse(&text)).map_err(io_err("applying .slugignore"))?;
         output::step(&format!("Removed {removed} path(s) listed in .slugignore"));
     }
-    let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;
-    if slug_bytes > req.settings.max_slug_bytes {
-        return Err(BuildError::SlugTooLarge {
-            size: slug::human_size(slug_bytes),
-            limit: slug::human_size(req.settings.max_slug_bytes),
-        });
-    }
-    output::step(&format!("Compressing... done, {}", slug::human_size(slug_bytes)));
+    let bound = slug::packed_size_bound(&dir).map_err(io_err("measuring the slug"))?;
+    let packing = if bound <= req.settings.max_slug_bytes {
+        // It cannot be over the limit: pack it while the release goes live.
+        output::step("Compressing the slug while the release goes live");
+        slug::Packing::start(dir.clone(), slug_path.clone()).map_err(io_err("packing the slug"))?
+    } else {
+        let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;
+        if slug_bytes > req.settings.max_slug_bytes {
+            return Err(BuildError::SlugTooLarge {
+                size: slug::human_size(slug_bytes),
+                limit: slug::human_size(req.settings.max_slug_bytes),
+            });
+        }
+        output::step(&format!("Compressing... done, {}", slug::human_size(slug_bytes)));
+        slug::Packing::done(Ok(slug_bytes))
+    };
     cleanup.keep = true;
-    Ok(Built { id, dir, slug: slug_path, slug_bytes, procfile, stack, deps_key })
+    let deps = started.elapsed().saturating_sub(export);
+    Ok((Built { id, dir, slug: slug_path, procfile, stack, deps_key, export, deps }, packing))
 }
 
 /// Heroku's `bin/pre_compile` / `bin/post_compile` hooks, run as Heroku runs them: made

@@ -64,7 +64,8 @@ pub fn build(
     output::step("Python app detected");
     let mut python_dirs = req.settings.python_dirs.clone();
     python_dirs.push(python_install_dir(req));
-    let roots = interpreter::Roots::for_this_user(&python_dirs);
+    let mut roots = interpreter::Roots::for_this_user(&python_dirs);
+    roots.probe_cache = Some(req.home.root().join("cache/.tools/interpreters"));
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
     let manager = if !dir.join("requirements.txt").is_file() && dir.join("uv.lock").is_file() {
         interpreter::Manager::Uv
@@ -124,20 +125,28 @@ pub fn build(
     let venv_python = venv_dir.join("bin/python");
 
     output::step("Creating virtualenv");
-    let mut create = match (&uv, installer) {
-        (Some(uv), i) if i != Installer::Pip => {
-            let mut c = Command::new(uv);
-            c.args(["venv", "--quiet", "--python"]).arg(&python.path).arg(&venv_dir);
-            c
-        }
-        _ => {
-            let mut c = Command::new(&python.path);
-            c.args(["-m", "venv"]).arg(&venv_dir);
-            c
-        }
-    };
-    create.env_clear().envs(&env).env("UV_CACHE_DIR", cache.join("uv")).current_dir(dir);
-    run_step("creating the virtualenv", create, deadline, jail)?;
+    let by_uv = uv.is_some() && installer != Installer::Pip;
+    // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
+    let seed = venv::seed_dir(&req.home.root().join("cache/.tools"), &python.path, &python.version);
+    let seeded = !by_uv
+        && venv::from_seed(&seed, &venv_dir)
+            .map_err(|source| BuildError::Io { action: "cloning the seed virtualenv".into(), source })?;
+    if !seeded {
+        let mut create = match &uv {
+            Some(uv) if by_uv => {
+                let mut c = Command::new(uv);
+                c.args(["venv", "--quiet", "--python"]).arg(&python.path).arg(&venv_dir);
+                c
+            }
+            _ => {
+                let mut c = Command::new(&python.path);
+                c.args(["-m", "venv"]).arg(&venv_dir);
+                c
+            }
+        };
+        create.env_clear().envs(&env).env("UV_CACHE_DIR", cache.join("uv")).current_dir(dir);
+        run_step("creating the virtualenv", create, deadline, jail)?;
+    }
 
     let pip = |args: &[&str]| {
         let mut c = match &uv {
@@ -160,9 +169,18 @@ pub fn build(
             .current_dir(dir);
         c
     };
-    output::step(&format!("Installing pip {}", venv::PIP_VERSION));
-    let pinned = format!("pip=={}", venv::PIP_VERSION);
-    run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
+    if seeded {
+        output::step(&format!("Using pip {} (seed virtualenv)", venv::PIP_VERSION));
+    } else {
+        output::step(&format!("Installing pip {}", venv::PIP_VERSION));
+        let pinned = format!("pip=={}", venv::PIP_VERSION);
+        run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
+        if !by_uv {
+            if let Err(e) = venv::keep_as_seed(&venv_dir, &seed) {
+                output::warn(&format!("keeping the seed virtualenv at {}: {e}", seed.display()));
+            }
+        }
+    }
     let with = if uv.is_some() { "uv" } else { "pip" };
     match installer {
         Installer::Pip | Installer::Uv => {

@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -35,6 +36,103 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
     }
     std::fs::rename(&tmp, slug)?;
     Ok(std::fs::metadata(slug)?.len())
+}
+
+/// A slug being packed on a thread of its own, so that the push does not wait for tar and gzip
+/// before the release goes live (the dynos run from the release dir, not from the slug). The
+/// push waits for it with [`Packing::wait`] before it reports success; dropping it waits too, so
+/// the hook never exits (and never gives up the deploy lock) with a slug half-written.
+pub struct Packing {
+    state: Option<PackState>,
+}
+
+enum PackState {
+    Running(JoinHandle<io::Result<u64>>),
+    Done(io::Result<u64>),
+}
+
+impl Packing {
+    /// Starts packing `dir` into `slug` on a new thread.
+    pub fn start(dir: PathBuf, slug: PathBuf) -> io::Result<Packing> {
+        let handle = std::thread::Builder::new().name("slug".into()).spawn(move || pack(&dir, &slug))?;
+        Ok(Packing { state: Some(PackState::Running(handle)) })
+    }
+
+    /// A slug already packed (or that failed to): `wait` returns `result`.
+    pub fn done(result: io::Result<u64>) -> Packing {
+        Packing { state: Some(PackState::Done(result)) }
+    }
+
+    /// The slug's size once it is complete under its final name.
+    pub fn wait(mut self) -> io::Result<u64> {
+        self.join()
+    }
+
+    fn join(&mut self) -> io::Result<u64> {
+        match self.state.take() {
+            Some(PackState::Running(handle)) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the thread packing the slug panicked"))),
+            Some(PackState::Done(result)) => result,
+            None => Err(io::Error::other("the slug was already waited for")),
+        }
+    }
+}
+
+impl Drop for Packing {
+    fn drop(&mut self) {
+        if matches!(self.state, Some(PackState::Running(_))) {
+            // Only the wait matters here; the caller that wanted the result used `wait`.
+            let _ = self.join();
+        }
+    }
+}
+
+/// An upper bound of the size of the slug of `dir`: what [`pack`] can write at most (tar
+/// headers, GNU long-name records and padding for every entry, and gzip's worst case of
+/// incompressible data stored in blocks). When it is within `SLIPWAY_MAX_SLUG_MB`, the slug
+/// cannot be over the limit and may be packed while the release goes live.
+pub fn packed_size_bound(dir: &Path) -> io::Result<u64> {
+    fn walk(dir: &Path, rel_len: usize, total: &mut u64) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.path().symlink_metadata()?;
+            let name_len = rel_len + entry.file_name().len() + 1;
+            let link_len = if meta.file_type().is_symlink() {
+                std::fs::read_link(entry.path())?.as_os_str().len()
+            } else {
+                0
+            };
+            let size = if meta.is_file() { meta.len() } else { 0 };
+            *total += tar_entry_bound(name_len, link_len, size);
+            if meta.is_dir() {
+                walk(&entry.path(), name_len, total)?;
+            }
+        }
+        Ok(())
+    }
+    let mut tar = 0;
+    walk(dir, 1, &mut tar)?;
+    Ok(gzip_bound(tar + 2 * BLOCK))
+}
+
+const BLOCK: u64 = 512;
+
+fn round_up(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
+/// One tar entry at most: its header, a GNU long-name and a long-link record (each a header
+/// plus the name, padded) when the names need them, and the data padded to whole blocks.
+fn tar_entry_bound(name_len: usize, link_len: usize, size: u64) -> u64 {
+    let long = |len: usize| if len >= 100 { BLOCK + round_up(len as u64 + 1) } else { 0 };
+    BLOCK + long(name_len) + long(link_len) + round_up(size)
+}
+
+/// Deflate never grows data by more than 5 bytes per stored block (at most 16 KiB each with
+/// the fast level), plus gzip's header and trailer.
+fn gzip_bound(bytes: u64) -> u64 {
+    bytes + (bytes / 16_384 + 1) * 5 + 64
 }
 
 /// Unpacks a slug into `dir` (which must not exist yet).
@@ -78,6 +176,63 @@ mod tests {
         let mode = std::fs::metadata(out.join("bin/run")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(std::fs::read_link(out.join("bin/python")).unwrap(), Path::new("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn the_bound_is_never_below_the_packed_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let deep = src.join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        // Incompressible data: gzip's worst case.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(deep.join("noise.bin"), &noise).unwrap();
+        std::fs::write(src.join("empty"), "").unwrap();
+        std::os::unix::fs::symlink("x".repeat(150), src.join("link")).unwrap();
+        let bound = packed_size_bound(&src).unwrap();
+        let size = pack(&src, &tmp.path().join("s.tar.gz")).unwrap();
+        assert!(bound >= size, "bound {bound} < size {size}");
+        assert!(bound < size * 2, "bound {bound} is useless for {size}");
+    }
+
+    #[test]
+    fn entry_and_gzip_bounds() {
+        let cases: &[(usize, usize, u64, u64)] = &[
+            (10, 0, 0, 512),
+            (10, 0, 1, 1024),
+            (10, 0, 512, 1024),
+            (10, 0, 513, 1536),
+            (100, 0, 0, 512 + 512 + 512),
+            (10, 600, 0, 512 + 512 + 1024),
+        ];
+        for &(name, link, size, want) in cases {
+            assert_eq!(tar_entry_bound(name, link, size), want, "{name} {link} {size}");
+        }
+        assert_eq!(gzip_bound(0), 69);
+        assert_eq!(gzip_bound(16_384), 16_384 + 10 + 64);
+    }
+
+    #[test]
+    fn packing_on_a_thread_gives_the_size_and_the_slug() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("app.py"), "print('hi')\n").unwrap();
+        let slug = tmp.path().join("slugs/b1.tar.gz");
+        let size = Packing::start(src.clone(), slug.clone()).unwrap().wait().unwrap();
+        assert_eq!(size, std::fs::metadata(&slug).unwrap().len());
+        let failing = Packing::start(tmp.path().join("missing"), tmp.path().join("slugs/b2.tar.gz")).unwrap();
+        assert!(failing.wait().is_err());
+        assert!(!tmp.path().join("slugs/b2.tar.gz").exists());
+        assert_eq!(Packing::done(Ok(7)).wait().unwrap(), 7);
     }
 
     #[test]

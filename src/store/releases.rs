@@ -62,6 +62,12 @@ pub fn insert_build(conn: &Connection, app: &AppName, build: &BuildRow) -> Resul
     Ok(())
 }
 
+/// The slug's size, recorded once it is packed (a push packs it while the release goes live).
+pub fn set_slug_bytes(conn: &Connection, id: &str, bytes: i64) -> Result<()> {
+    conn.execute("UPDATE builds SET slug_bytes = ?2 WHERE id = ?1", params![id, bytes])?;
+    Ok(())
+}
+
 pub fn build(conn: &Connection, id: &str) -> Result<Option<BuildRow>> {
     Ok(conn
         .query_row(

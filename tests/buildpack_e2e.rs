@@ -333,8 +333,9 @@ fn nltk_corpora_are_downloaded_only_when_nltk_is_installed() {
 
     // With nltk installed the corpora are downloaded into the release by nltk's own downloader,
     // here from a local index (nltk's is on GitHub; NLTK_DOWNLOAD_URL and NLTK_DATA, config
-    // vars, reach the build like any other).
-    let index_dir = slip.root().join("nltk-index");
+    // vars, reach the build like any other). The index sits in the app's cache: the build's
+    // sandbox lets it read there, not the test's own dir.
+    let index_dir = slip.home.join("cache/words/nltk-index");
     let index = nltk_index(&index_dir);
     slip.cmd_ok(&[
         "config:set",

@@ -631,9 +631,50 @@ pub fn list(layout: &Layout, home: &Path) -> Vec<(String, String, Cgroup)> {
     out
 }
 
+/// Removes this home's app dirs that no cgroup is left in, then the home's own dir when empty,
+/// in every hierarchy: a dyno's cgroup removes its parents only when it is their last child, so
+/// two dynos ending at once, or a create that failed half-way, can leave an empty app dir.
+/// Dirs still in use stay (their removal fails with EBUSY/ENOTEMPTY, which is expected).
+pub fn remove_empty_dirs(layout: &Layout, home: &Path) {
+    let roots: Vec<&PathBuf> = match layout {
+        Layout::V2 { root } => vec![root],
+        Layout::V1 { memory, pids, cpu } => {
+            [Some(memory), Some(pids), cpu.as_ref()].into_iter().flatten().collect()
+        }
+    };
+    for root in roots {
+        let base = root.join(home_dir_name(home));
+        let Ok(apps) = std::fs::read_dir(&base) else { continue };
+        for app in apps.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            if std::fs::remove_dir(app.path()).is_err() {
+                // Still holds a dyno's or a build's cgroup.
+            }
+        }
+        if std::fs::remove_dir(&base).is_err() {
+            // Still holds an app's dir.
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_app_dirs_and_the_homes_dir_go_busy_ones_stay() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let (memory, pids) = (t.path().join("memory"), t.path().join("pids"));
+        let layout = Layout::V1 { memory: memory.clone(), pids: pids.clone(), cpu: None };
+        let base = |root: &Path| root.join(home_dir_name(&home));
+        std::fs::create_dir_all(base(&memory).join("empty")).expect("mkdir");
+        std::fs::create_dir_all(base(&memory).join("busy/7")).expect("mkdir");
+        std::fs::create_dir_all(base(&pids).join("empty")).expect("mkdir");
+        remove_empty_dirs(&layout, &home);
+        assert!(!base(&memory).join("empty").exists());
+        assert!(base(&memory).join("busy/7").is_dir());
+        assert!(!base(&pids).exists(), "an empty home dir goes");
+    }
 
     const V1_MOUNTINFO: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

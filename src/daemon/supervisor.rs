@@ -570,6 +570,7 @@ impl Supervisor {
                 Err(err) => tracing::warn!(%app, name, %err, "removing a leftover cgroup"),
             }
         }
+        crate::cgroup::remove_empty_dirs(layout, self.home.root());
     }
 
     fn boot_check(&self, dyno: DynoId, pid: i32, port: u16) {

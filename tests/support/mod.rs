@@ -881,6 +881,7 @@ impl Slipway {
                 eprintln!("[harness] cgroup {app}/{name} stays: {err}");
             }
         }
+        slipway::cgroup::remove_empty_dirs(&layout, &self.home);
     }
 }
 

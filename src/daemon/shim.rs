@@ -81,6 +81,12 @@ pub struct ShimArgs {
 
 /// Runs the shim; returns the exit code for the shim process itself.
 pub fn run(args: ShimArgs) -> i32 {
+    // One malloc arena for all of the shim's threads (readers, writer, memory watcher): each
+    // thread's own arena would cost private pages per dyno for a few small buffers.
+    // SAFETY: mallopt with integer arguments, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // The shim must outlive the daemon and be stopped only through its dyno: signals meant for
     // the daemon's terminal or session are not for it.
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
@@ -155,6 +161,11 @@ pub fn run(args: ShimArgs) -> i32 {
             return 1;
         }
     };
+    // Copying the release into the dyno's private dir used buffers the shim never needs again.
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let pid = child.id() as i32;
     let start = process::start_time(pid).unwrap_or(0);
     if let Some(path) = &args.announce {

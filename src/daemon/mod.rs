@@ -352,18 +352,7 @@ fn wait_until_ready(home: &Home) -> anyhow::Result<()> {
 /// line is copied to the terminal too. Detached, the daemon's stdout and stderr (until now
 /// `slipway.log` itself) become a pipe drained into the same log; panics are reported there.
 fn init_tracing(home: &Home, foreground: bool, filter: &str) {
-    // `filter` is the `log` setting (validated when the settings were loaded).
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let log = crate::logs::daemon_log::DaemonLog::open(&home.daemon_log(), foreground);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        // Its own error reports are `eprintln!`s; our writer never fails anyway.
-        .log_internal_errors(false)
-        .with_writer(log.clone())
-        .try_init();
-    log.report_panics();
+    let log = crate::logs::daemon_log::DaemonLog::install(&home.daemon_log(), foreground, filter);
     let background = if foreground { log.start_ticking() } else { log.capture_stdio() };
     if let Err(err) = background {
         tracing::warn!(%err, "the daemon log's background thread did not start; summaries come with the next line");

@@ -115,6 +115,25 @@ thread_local! {
 }
 
 impl DaemonLog {
+    /// Opens the log at `path` and makes it this process's tracing output (level from `filter`,
+    /// the `log` setting, validated when the settings were loaded; `info` if it does not parse)
+    /// and its panic report; the caller starts the background part it needs.
+    pub fn install(path: &Path, foreground: bool, filter: &str) -> DaemonLog {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let log = DaemonLog::open(path, foreground);
+        // `try_init` fails only when a subscriber is already set (tests): that one stays.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            // Its own error reports are `eprintln!`s; our writer never fails anyway.
+            .log_internal_errors(false)
+            .with_writer(log.clone())
+            .try_init();
+        log.report_panics();
+        log
+    }
+
     /// The log at `path` (opened now if possible, else by the first write that can).
     /// `terminal`: also copy every line to stderr, which is the terminal (foreground).
     pub fn open(path: &Path, terminal: bool) -> DaemonLog {

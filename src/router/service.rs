@@ -211,16 +211,7 @@ async fn connection(home: Home, router: Router, stream: UnixStream, retire: mpsc
 /// The router's own lines go to `logs/router.log` (rotated, rate-limited, never failing), and
 /// so do its stdout and stderr (panics included).
 fn init_tracing(home: &Home, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let log = crate::logs::daemon_log::DaemonLog::open(&control::log_file(home), false);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .log_internal_errors(false)
-        .with_writer(log.clone())
-        .try_init();
-    log.report_panics();
+    let log = crate::logs::daemon_log::DaemonLog::install(&control::log_file(home), false, filter);
     if let Err(err) = log.capture_stdio() {
         tracing::warn!(%err, "the router log's background thread did not start");
     }

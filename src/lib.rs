@@ -6,6 +6,7 @@
 pub mod app;
 pub mod backup;
 pub mod build;
+pub mod certs;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;

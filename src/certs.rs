@@ -1,0 +1,297 @@
+//! TLS certificates of the apps (issue 11): where they live and how they are read.
+//!
+//! Certificates and their keys are files, not rows: the router (which must not open
+//! `slipway.db`, see docs/SECURITY.md) reads them at handshake time, and they are blobs like slugs.
+//! Everything TLS of an app is in `certs/<app>/` (0700; files 0600, written via a fresh temp
+//! file and a rename, never through a symbolic link):
+//!
+//! | file | what |
+//! |---|---|
+//! | `manual-<host>.pem` | a certificate added with `certs:add` (`<host>`: its first DNS name, `*` written as `_`) |
+//! | `acme-<host>.pem` | a certificate issued by ACME for `<host>` |
+//! | `auto` | present while `certs:auto:enable` is on |
+//! | `redirect` | present while plain-HTTP requests to the app are redirected to HTTPS |
+//!
+//! A `.pem` file holds the private key and the chain, leaf first (as haproxy's). Every writer
+//! ends with [`mark_changed`], which rewrites `certs/.changed`; the router re-reads the
+//! directory when that file's stamp ([`changed_stamp`]) moved.
+//!
+//! ACME challenges being answered live under `run/acme/`: `http-01/<token>` holds the key
+//! authorization the router answers `GET /.well-known/acme-challenge/<token>` with, on the HTTP
+//! port and before any app routing; `tls-alpn-01/<host>.pem` is the challenge certificate (key
+//! and certificate, as above) the router presents for `<host>` to a client offering only the
+//! ALPN protocol `acme-tls/1`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::app::AppName;
+use crate::home::Home;
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `certs:add`.
+    Manual,
+    /// Issued by ACME (`certs:auto:enable`).
+    Acme,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Manual => "manual",
+            Source::Acme => "acme",
+        }
+    }
+}
+
+/// `certs/`.
+pub fn dir(home: &Home) -> PathBuf {
+    home.root().join("certs")
+}
+
+/// `certs/<app>/`.
+pub fn app_dir(home: &Home, app: &AppName) -> PathBuf {
+    dir(home).join(app.as_str())
+}
+
+/// `run/acme/http-01/`: one file per pending HTTP-01 token, holding its key authorization.
+pub fn http01_dir(home: &Home) -> PathBuf {
+    home.run_dir().join("acme").join("http-01")
+}
+
+/// `run/acme/tls-alpn-01/`: one `<host>.pem` per pending TLS-ALPN-01 challenge.
+pub fn tls_alpn01_dir(home: &Home) -> PathBuf {
+    home.run_dir().join("acme").join("tls-alpn-01")
+}
+
+/// The file name of a certificate for `host` (its first DNS name): `manual-www.example.com.pem`,
+/// `acme-_.example.com.pem` for `*.example.com`.
+pub fn file_name(source: Source, host: &str) -> String {
+    format!("{}-{}.pem", source.as_str(), host.replace('*', "_"))
+}
+
+/// Makes `certs/<app>/` (0700) when missing; never through a symbolic link.
+pub fn ensure_app_dir(home: &Home, app: &AppName) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [dir(home), app_dir(home, app)] {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                if !std::fs::symlink_metadata(&dir)?.is_dir() {
+                    return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(app_dir(home, app))
+}
+
+/// Writes `pem` (key and chain) as the app's certificate `name` (a [`file_name`]), 0600, and
+/// tells the router.
+pub fn write(home: &Home, app: &AppName, name: &str, pem: &[u8]) -> io::Result<()> {
+    let dir = ensure_app_dir(home, app)?;
+    crate::fsutil::write_atomic(&dir.join(name), pem, 0o600)?;
+    mark_changed(home)
+}
+
+/// Removes the app's file `name` (a certificate or a flag) if present, and tells the router.
+pub fn remove(home: &Home, app: &AppName, name: &str) -> io::Result<()> {
+    crate::home::remove_if_present(&app_dir(home, app).join(name))?;
+    mark_changed(home)
+}
+
+/// Sets or clears a flag file of the app (`auto`, `redirect`).
+pub fn set_flag(home: &Home, app: &AppName, flag: &str, on: bool) -> io::Result<()> {
+    if on {
+        write(home, app, flag, b"")
+    } else {
+        remove(home, app, flag)
+    }
+}
+
+/// True while the app's flag file (`auto`, `redirect`) is present.
+pub fn flag(home: &Home, app: &AppName, flag: &str) -> bool {
+    std::fs::symlink_metadata(app_dir(home, app).join(flag)).is_ok_and(|m| m.is_file())
+}
+
+/// Rewrites `certs/.changed`, whose stamp the router watches.
+pub fn mark_changed(home: &Home) -> io::Result<()> {
+    std::fs::create_dir_all(dir(home))?;
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    crate::fsutil::write_atomic(&dir(home).join(".changed"), now.as_nanos().to_string().as_bytes(), 0o600)
+}
+
+/// What identifies the last [`mark_changed`]: the inode and modification time of
+/// `certs/.changed` (a rename makes a new inode), `None` when there is none.
+pub fn changed_stamp(home: &Home) -> Option<(u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir(home).join(".changed")).ok()?;
+    Some((meta.ino(), meta.modified().ok()?))
+}
+
+/// One certificate file, read and parsed.
+#[derive(Debug)]
+pub struct Loaded {
+    pub app: String,
+    pub source: Source,
+    pub file: PathBuf,
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The leaf's DNS names (subjectAltName; the subject's CN when it has none), lowercase.
+    pub hosts: Vec<String>,
+    /// The leaf's notAfter, seconds since the epoch.
+    pub not_after: i64,
+    pub not_before: i64,
+    /// The leaf issuer's distinguished name.
+    pub issuer: String,
+}
+
+/// Why a `.pem` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("it holds no certificate")]
+    NoCertificate,
+    #[error("it holds no private key")]
+    NoKey,
+    #[error("its certificate cannot be read: {0}")]
+    Parse(String),
+}
+
+/// Parses PEM text holding a private key and a chain (in any order in the text; the chain's
+/// order is kept).
+pub fn parse(app: &str, source: Source, file: &Path, pem: &[u8]) -> Result<Loaded, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+    let key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| CertError::NoKey)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| CertError::Parse(e.to_string()))?;
+    let mut hosts: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                hosts.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if hosts.is_empty() {
+        hosts.extend(
+            cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase),
+        );
+    }
+    Ok(Loaded {
+        app: app.to_string(),
+        source,
+        file: file.to_path_buf(),
+        hosts,
+        not_after: cert.validity().not_after.timestamp(),
+        not_before: cert.validity().not_before.timestamp(),
+        issuer: cert.issuer().to_string(),
+        chain,
+        key,
+    })
+}
+
+/// Every certificate of one app, skipping (and returning) those that cannot be read.
+pub fn load_app(home: &Home, app: &str) -> (Vec<Loaded>, Vec<(PathBuf, CertError)>) {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(dir(home).join(app)) else { return (good, bad) };
+    let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    for name in names {
+        let source = if name.starts_with("manual-") {
+            Source::Manual
+        } else if name.starts_with("acme-") {
+            Source::Acme
+        } else {
+            continue;
+        };
+        if !name.ends_with(".pem") {
+            continue;
+        }
+        let path = dir(home).join(app).join(&name);
+        let read = crate::fsutil::read_beneath(&dir(home), Path::new(app).join(&name))
+            .map_err(|e| CertError::Io(io::Error::other(e.to_string())));
+        match read.and_then(|pem| parse(app, source, &path, pem.as_bytes())) {
+            Ok(loaded) => good.push(loaded),
+            Err(err) => bad.push((path, err)),
+        }
+    }
+    (good, bad)
+}
+
+/// Every app's certificates (apps by directory name), skipping those that cannot be read.
+pub fn load_all(home: &Home) -> (Vec<Loaded>, Vec<(PathBuf, CertError)>) {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(dir(home)) else { return (good, bad) };
+    for entry in entries.flatten() {
+        let Ok(app) = entry.file_name().into_string() else { continue };
+        if app.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let (g, b) = load_app(home, &app);
+        good.extend(g);
+        bad.extend(b);
+    }
+    (good, bad)
+}
+
+/// True when a certificate name (`www.example.com`, `*.example.com`) covers `host` (one label
+/// for a wildcard, as RFC 6125 says).
+pub fn covers(name: &str, host: &str) -> bool {
+    let (name, host) = (name.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match name.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => name == host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        for (name, host, want) in [
+            ("www.example.com", "www.example.com", true),
+            ("WWW.example.com", "www.EXAMPLE.com", true),
+            ("*.example.com", "www.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", "a.b.example.com", false),
+            ("*.example.com", ".example.com", false),
+            ("www.example.com", "example.com", false),
+        ] {
+            assert_eq!(covers(name, host), want, "{name} vs {host}");
+        }
+    }
+
+    #[test]
+    fn a_self_signed_pem_parses_with_its_names_and_dates() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["www.example.com".into(), "*.example.org".into()])
+            .expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        let loaded = parse("web", Source::Manual, Path::new("x.pem"), pem.as_bytes()).expect("parses");
+        assert_eq!(loaded.hosts, vec!["www.example.com", "*.example.org"]);
+        assert!(loaded.not_after > loaded.not_before);
+        assert_eq!(loaded.chain.len(), 1);
+        assert!(matches!(
+            parse("web", Source::Manual, Path::new("x.pem"), cert.pem().as_bytes()),
+            Err(CertError::NoKey)
+        ));
+        assert_eq!(file_name(Source::Acme, "*.example.org"), "acme-_.example.org.pem");
+    }
+}

@@ -258,9 +258,174 @@ pub fn covers(name: &str, host: &str) -> bool {
     }
 }
 
+/// Why `certs:add` refuses a bundle (each one sentence).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    #[error("the private key cannot be used: {0}")]
+    BadKey(String),
+    #[error("the chain is out of order: certificate {0} is not issued by certificate {next} (put the leaf first, then each issuer)", next = .0 + 1)]
+    ChainOrder(usize),
+    #[error("the certificate expired at {0}")]
+    Expired(String),
+    #[error("the certificate ({names}) covers none of {app}'s hosts ({hosts})")]
+    CoversNone { app: String, names: String, hosts: String },
+}
+
+/// What an accepted bundle covers of the app's hosts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Coverage {
+    pub covered: Vec<String>,
+    pub uncovered: Vec<String>,
+}
+
+/// Checks a bundle for `certs:add`: the chain is in order (each certificate issued by the
+/// next), the key matches the leaf, the leaf has not expired at `now` (seconds since the
+/// epoch), and it covers at least one of `app_hosts`.
+pub fn check_bundle(loaded: &Loaded, now: i64, app_hosts: &[String]) -> Result<Coverage, Refusal> {
+    if let Some(i) = chain_break(&loaded.chain) {
+        return Err(Refusal::ChainOrder(i));
+    }
+    key_matches(&loaded.chain, &loaded.key)?;
+    if loaded.not_after < now {
+        return Err(Refusal::Expired(show_time(loaded.not_after)));
+    }
+    let (covered, uncovered): (Vec<String>, Vec<String>) =
+        app_hosts.iter().cloned().partition(|host| loaded.hosts.iter().any(|name| covers(name, host)));
+    if covered.is_empty() {
+        return Err(Refusal::CoversNone {
+            app: loaded.app.clone(),
+            names: loaded.hosts.join(", "),
+            hosts: app_hosts.join(", "),
+        });
+    }
+    Ok(Coverage { covered, uncovered })
+}
+
+/// The key's public half is the leaf's (rustls compares the SubjectPublicKeyInfo).
+fn key_matches(chain: &[CertificateDer<'static>], key: &PrivateKeyDer<'static>) -> Result<(), Refusal> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| Refusal::BadKey(e.to_string()))?;
+    let certified = rustls::sign::CertifiedKey::new(chain.to_vec(), signing);
+    match certified.keys_match() {
+        Ok(()) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(Refusal::KeyMismatch)
+        }
+        Err(e) => Err(Refusal::BadKey(e.to_string())),
+    }
+}
+
+/// The first certificate (1-based) whose issuer is not the next certificate's subject.
+pub fn chain_break(chain: &[CertificateDer<'static>]) -> Option<usize> {
+    let names: Vec<Option<(Vec<u8>, Vec<u8>)>> = chain
+        .iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            Some((cert.issuer().as_raw().to_vec(), cert.subject().as_raw().to_vec()))
+        })
+        .collect();
+    for (i, pair) in names.windows(2).enumerate() {
+        match (&pair[0], &pair[1]) {
+            (Some((issuer, _)), Some((_, next_subject))) if issuer == next_subject => {}
+            _ => return Some(i + 1),
+        }
+    }
+    None
+}
+
+/// `2026-03-01 12:00 UTC` for seconds since the epoch.
+pub fn show_time(secs: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A CA and a leaf it signed for `names`, valid from `from` to `until` (seconds from now).
+    pub(crate) fn issued(names: &[&str], from: i64, until: i64) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "Test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::seconds(from);
+        params.not_after = now + time::Duration::seconds(until);
+        let leaf = params.signed_by(&key, &issuer).expect("leaf");
+        (key.serialize_pem(), leaf.pem(), ca_cert.pem())
+    }
+
+    fn bundle(pem: &str) -> Loaded {
+        parse("web", Source::Manual, Path::new("b.pem"), pem.as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn bundles_are_checked_for_key_order_expiry_and_coverage() {
+        let hosts = vec!["web.example.com".to_string(), "www.shop.io".to_string()];
+        let now = now_secs();
+        let (key, leaf, ca) = issued(&["www.shop.io"], -3600, 86_400);
+        let (other_key, _, _) = issued(&["x"], -3600, 86_400);
+        let (old_key, old_leaf, old_ca) = issued(&["www.shop.io"], -7200, -3600);
+        let (k2, l2, c2) = issued(&["*.elsewhere.org"], -3600, 86_400);
+        let table: Vec<(&str, String, Result<Coverage, &str>)> = vec![
+            (
+                "good, with a note for the host it misses",
+                format!("{key}{leaf}{ca}"),
+                Ok(Coverage {
+                    covered: vec!["www.shop.io".into()],
+                    uncovered: vec!["web.example.com".into()],
+                }),
+            ),
+            (
+                "a leaf alone is a chain in order",
+                format!("{leaf}{key}"),
+                Ok(Coverage {
+                    covered: vec!["www.shop.io".into()],
+                    uncovered: vec!["web.example.com".into()],
+                }),
+            ),
+            ("wrong key", format!("{other_key}{leaf}{ca}"), Err("does not match")),
+            (
+                "reversed chain",
+                format!("{key}{ca}{leaf}"),
+                Err("out of order: certificate 1 is not issued by certificate 2"),
+            ),
+            ("expired", format!("{old_key}{old_leaf}{old_ca}"), Err("expired at")),
+            (
+                "covers nothing of the app",
+                format!("{k2}{l2}{c2}"),
+                Err("covers none of web's hosts (web.example.com, www.shop.io)"),
+            ),
+        ];
+        for (what, pem, want) in table {
+            let got = check_bundle(&bundle(&pem), now, &hosts);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{what}"),
+                (Err(got), Err(want)) => assert!(got.to_string().contains(want), "{what}: {got}"),
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn wildcards_cover_one_label() {

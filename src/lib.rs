@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) only parses arguments and dispatches into [`cli`]; every domain lives in
 //! its own module so tests can drive it directly. See docs/ARCHITECTURE.md for the map.
 
+pub mod acme;
 pub mod app;
 pub mod backup;
 pub mod build;

@@ -83,6 +83,14 @@ pub struct Settings {
     pub dyno_max_pids: u32,
     /// Memory quota of a build and its release phase (`build_memory`, 2G; killed at twice it).
     pub build_memory: u64,
+    /// The ACME directory automatic certificates come from (`acme_directory`, default Let's
+    /// Encrypt's production directory).
+    pub acme_directory: String,
+    /// The contact address given to the ACME server (`acme_email`, default none).
+    pub acme_email: Option<String>,
+    /// An extra CA certificate (PEM) trusted for the ACME server's own HTTPS (`acme_ca_file`,
+    /// absolute path; default none: the system's roots only). For test servers such as Pebble.
+    pub acme_ca_file: Option<PathBuf>,
 }
 
 /// One sentence naming the file or variable and the key; printed as is.
@@ -136,7 +144,13 @@ const SPECS: &[Spec] = &[
     spec("dyno_memory", "512M", Kind::Text, true),
     spec("dyno_max_pids", "256", Kind::Number, true),
     spec("build_memory", "2G", Kind::Text, false),
+    spec("acme_directory", LETS_ENCRYPT, Kind::Text, false),
+    spec("acme_email", "", Kind::Text, false),
+    spec("acme_ca_file", "", Kind::Text, false),
 ];
+
+/// Let's Encrypt's production ACME directory, `acme_directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 fn index_of(key: &str) -> Option<usize> {
     SPECS.iter().position(|s| s.key == key)
@@ -433,6 +447,25 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         dyno_memory: check(get("dyno_memory"), memory_size)?,
         dyno_max_pids: check(get("dyno_max_pids"), |s| count(s, 8..=1_000_000).ok_or(IN_RANGE))? as u32,
         build_memory: check(get("build_memory"), memory_size)?,
+        acme_directory: check(get("acme_directory"), |s| {
+            if s.starts_with("https://") && !s.contains(char::is_whitespace) {
+                Ok(s.to_string())
+            } else {
+                Err("expected an https:// URL")
+            }
+        })?,
+        acme_email: check(get("acme_email"), |s| match s {
+            "" => Ok(None),
+            s if s.contains('@') && !s.contains(char::is_whitespace) && !s.contains(',') => {
+                Ok(Some(s.to_string()))
+            }
+            _ => Err("expected an e-mail address"),
+        })?,
+        acme_ca_file: check(get("acme_ca_file"), |s| match s {
+            "" => Ok(None),
+            s if Path::new(s).is_absolute() => Ok(Some(PathBuf::from(s))),
+            _ => Err("expected an absolute path to a PEM file"),
+        })?,
     })
 }
 

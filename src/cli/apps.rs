@@ -88,14 +88,22 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
             eprintln!("warning: the daemon was not told {name} is gone ({e}); it forgets it when it restarts")
         }
     }
-    for dir in
-        [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)]
-    {
+    for dir in [
+        home.repo(&name),
+        home.releases(&name),
+        home.slugs(&name),
+        home.cache(&name),
+        home.app_logs(&name),
+        crate::certs::app_dir(home, &name),
+    ] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("warning: could not remove {}: {e}", dir.display());
             }
         }
+    }
+    if let Err(e) = crate::certs::mark_changed(home) {
+        eprintln!("warning: the router was not told {name}'s certificates are gone ({e}); it notices when it restarts");
     }
     out(&format!("Destroyed {name}"));
     Ok(0)
@@ -230,6 +238,7 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
         (home.slugs(&old), home.slugs(&new)),
         (home.cache(&old), home.cache(&new)),
         (home.app_logs(&old), home.app_logs(&new)),
+        (crate::certs::app_dir(home, &old), crate::certs::app_dir(home, &new)),
     ];
     let mut moved = Vec::new();
     let result = (|| -> anyhow::Result<()> {
@@ -266,6 +275,11 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
         if let Err(e) = swap_venv(&dir) {
             eprintln!("warning: the virtualenv of {} was not rewritten for its new path: {e}", dir.display());
         }
+    }
+    if let Err(e) = crate::certs::mark_changed(home) {
+        eprintln!(
+            "warning: the router was not told {new}'s certificates moved ({e}); it notices when it restarts"
+        );
     }
     // The daemon forgets the old name (its dynos and host) and learns the new one: its current
     // release goes live again under the new name (web dynos boot before it answers), or, before

@@ -5,6 +5,7 @@
 mod apps;
 mod args;
 mod backup;
+mod certs;
 mod config;
 mod daemon;
 mod domains;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use args::{parse_env, parse_or_exit, try_parse};
+pub use domains::default_host;
 
 use crate::home::Home;
 
@@ -213,6 +215,33 @@ pub enum Command {
     /// Stop routing a custom hostname to an app.
     #[command(name = "domains:remove")]
     DomainsRemove { app: String, host: String },
+    /// Show an app's TLS certificates (hosts, issuer, expiry, auto or manual), whether
+    /// automatic certificates and the HTTPS redirect are on, and hosts still without one.
+    #[command(name = "certs")]
+    Certs {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a certificate: CERT holds the chain (leaf first), KEY its private key (PEM files;
+    /// `-` reads stdin, so `- -` takes both in one stream).
+    #[command(name = "certs:add")]
+    CertsAdd { app: String, cert: String, key: String },
+    /// Remove the manual certificate(s) covering HOST.
+    #[command(name = "certs:remove")]
+    CertsRemove { app: String, host: String },
+    /// Get and renew certificates for the app's hosts automatically (ACME, e.g. Let's Encrypt).
+    #[command(name = "certs:auto:enable")]
+    CertsAutoEnable { app: String },
+    /// Stop getting and renewing certificates automatically (issued ones stay until they expire).
+    #[command(name = "certs:auto:disable")]
+    CertsAutoDisable { app: String },
+    /// Redirect the app's plain-HTTP requests to HTTPS once it has a certificate.
+    #[command(name = "certs:redirect:enable")]
+    CertsRedirectEnable { app: String },
+    /// Serve the app over plain HTTP too.
+    #[command(name = "certs:redirect:disable")]
+    CertsRedirectDisable { app: String },
     /// List the SSH keys that may push.
     #[command(name = "keys")]
     Keys {
@@ -399,6 +428,13 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Domains { app, json } => domains::list(home, &app, json),
         Command::DomainsAdd { app, host } => domains::add(home, &app, &host, who),
         Command::DomainsRemove { app, host } => domains::remove(home, &app, &host, who),
+        Command::Certs { app, json } => certs::list(home, &app, json),
+        Command::CertsAdd { app, cert, key } => certs::add(home, &app, &cert, &key, who),
+        Command::CertsRemove { app, host } => certs::remove(home, &app, &host, who),
+        Command::CertsAutoEnable { app } => certs::set_flag(home, &app, "auto", true, who),
+        Command::CertsAutoDisable { app } => certs::set_flag(home, &app, "auto", false, who),
+        Command::CertsRedirectEnable { app } => certs::set_flag(home, &app, "redirect", true, who),
+        Command::CertsRedirectDisable { app } => certs::set_flag(home, &app, "redirect", false, who),
         Command::Keys { json } => keys::list(home, json),
         Command::KeysAdd { name, role, apps, allow_run } => {
             keys::add(home, &name, role.as_deref(), apps, allow_run)

@@ -174,7 +174,14 @@ fn app_of(command: &Command) -> Option<&str> {
         | Command::ConfigUnset { app, .. }
         | Command::Domains { app, .. }
         | Command::DomainsAdd { app, .. }
-        | Command::DomainsRemove { app, .. } => Some(app),
+        | Command::DomainsRemove { app, .. }
+        | Command::Certs { app, .. }
+        | Command::CertsAdd { app, .. }
+        | Command::CertsRemove { app, .. }
+        | Command::CertsAutoEnable { app }
+        | Command::CertsAutoDisable { app }
+        | Command::CertsRedirectEnable { app }
+        | Command::CertsRedirectDisable { app } => Some(app),
         Command::PsStop { app, .. } => app.as_deref(),
         _ => None,
     }
@@ -229,7 +236,14 @@ pub fn allowed(key: &KeyRow, command: &Command) -> Result<(), String> {
         | Command::ConfigUnset { .. }
         | Command::Domains { .. }
         | Command::DomainsAdd { .. }
-        | Command::DomainsRemove { .. } => match app_of(command) {
+        | Command::DomainsRemove { .. }
+        | Command::Certs { .. }
+        | Command::CertsAdd { .. }
+        | Command::CertsRemove { .. }
+        | Command::CertsAutoEnable { .. }
+        | Command::CertsAutoDisable { .. }
+        | Command::CertsRedirectEnable { .. }
+        | Command::CertsRedirectDisable { .. } => match app_of(command) {
             Some(app) if reaches(key, app) => Ok(()),
             Some(app) => refuse(format!("run {} on '{app}'", verb(command))),
             None => refuse(format!("run {}", verb(command))),
@@ -310,6 +324,18 @@ mod tests {
             ("rollback a", true),
             ("domains:add a x.example.com", true),
             ("domains:remove a x.example.com", true),
+            ("certs a", true),
+            ("certs a --json", true),
+            ("certs:add a - -", true),
+            ("certs:remove a x.example.com", true),
+            ("certs:auto:enable a", true),
+            ("certs:auto:disable a", true),
+            ("certs:redirect:enable a", true),
+            ("certs:redirect:disable a", true),
+            ("certs b", false),
+            ("certs:add b - -", false),
+            ("certs:auto:enable b", false),
+            ("certs:redirect:disable b", false),
             ("ps b", false),
             ("logs b", false),
             ("config:set b K=V", false),

@@ -99,6 +99,8 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let supervisor = supervisor::Supervisor::new(home.clone(), settings, store, tx.clone(), router);
     let supervising = tokio::spawn(supervisor.run(rx));
+    // Automatic certificates (`certs:auto:enable`): its own task, which only reads the database.
+    tokio::spawn(crate::acme::run(home.clone()));
     tracing::info!(home = %home.root().display(), pid = std::process::id(), "slipway daemon started");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

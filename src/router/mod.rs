@@ -50,6 +50,7 @@
 //! read yet, which is always the case for a refused connection. A request is retried at most
 //! once, whatever the reason, and never after a timeout.
 
+pub mod acme_http01;
 pub mod control;
 pub mod headers;
 mod http1;

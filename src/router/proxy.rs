@@ -242,6 +242,9 @@ impl Inner {
         mut req: RequestHead,
         peer: SocketAddr,
     ) -> Next {
+        if let Some((page, close)) = super::acme_http01::respond(&req) {
+            return answer(client, &page, close).await;
+        }
         let started = Instant::now();
         let (safe, head_request) = (req.is_safe(), req.is_head());
         let host = req.host.as_deref().and_then(normalize_host);

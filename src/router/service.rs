@@ -48,6 +48,7 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         format!("the router cannot listen on {addr} (choose another with: slipway settings:set router_addr=IP:PORT)")
     })?;
     let router = Router::new(RouterConfig::from_settings(home, &settings));
+    super::acme_http01::serve_from(crate::certs::http01_dir(home));
     let routes = control::routes_file(home);
     match std::fs::read(&routes) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {

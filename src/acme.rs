@@ -174,6 +174,17 @@ pub fn app_hosts(home: &Home, domain: &str, app: &AppName) -> anyhow::Result<Opt
     Ok(Some(hosts))
 }
 
+/// The ACME certificates (by file name) that cover none of the app's hosts any more: a removed
+/// custom domain, the default host of the app's old name.
+pub fn stale(certs: &[certs::Loaded], app_hosts: &[String]) -> Vec<String> {
+    certs
+        .iter()
+        .filter(|c| c.source == certs::Source::Acme)
+        .filter(|c| !c.hosts.iter().any(|name| app_hosts.iter().any(|h| certs::covers(name, h))))
+        .filter_map(|c| Some(c.file.file_name()?.to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// One host that is due.
 struct Due {
     app: AppName,
@@ -181,7 +192,8 @@ struct Due {
     why: Why,
 }
 
-/// The hosts due now, over every app with `auto` on.
+/// The hosts due now, over every app with `auto` on; ACME certificates of hosts an app no
+/// longer has are removed on the way.
 fn due_hosts(home: &Home, domain: &str, now: i64, renew_before: i64) -> Vec<Due> {
     let mut due = Vec::new();
     for app in auto_apps(home) {
@@ -194,6 +206,18 @@ fn due_hosts(home: &Home, domain: &str, now: i64, renew_before: i64) -> Vec<Due>
             }
         };
         let (loaded, _) = certs::load_app(home, app.as_str());
+        for file in stale(&loaded, &hosts) {
+            match certs::remove(home, &app, &file) {
+                Ok(()) => event(
+                    home,
+                    &app,
+                    &format!("ACME: removed {file}: its host is no longer one of the app's"),
+                ),
+                Err(err) => {
+                    tracing::warn!(app = %app, %file, %err, "acme: cannot remove a stale certificate")
+                }
+            }
+        }
         let state = load_state(home, app.as_str());
         for host in hosts.into_iter().filter(|h| eligible(h)) {
             let decision =
@@ -699,6 +723,22 @@ mod tests {
         let a = covering_not_after(&all, "a.example.com").expect("covered");
         assert!((a - (now + 5000)).abs() < 5, "{a}");
         assert_eq!(covering_not_after(&all, "c.example.net"), None);
+    }
+
+    #[test]
+    fn acme_certificates_of_hosts_the_app_lost_are_stale() {
+        let load = |source, names: &[&str], file: &str| {
+            let (key, leaf, ca) = crate::certs::tests::issued(names, -60, 1000);
+            let pem = format!("{key}{leaf}{ca}");
+            certs::parse("web", source, Path::new(file), pem.as_bytes()).expect("parses")
+        };
+        let all = vec![
+            load(certs::Source::Acme, &["www.example.com"], "acme-www.example.com.pem"),
+            load(certs::Source::Acme, &["old.example.com"], "acme-old.example.com.pem"),
+            load(certs::Source::Manual, &["gone.example.com"], "manual-gone.example.com.pem"),
+        ];
+        let hosts = vec!["web.apps.test".to_string(), "www.example.com".to_string()];
+        assert_eq!(stale(&all, &hosts), vec!["acme-old.example.com.pem"]);
     }
 
     #[test]

@@ -22,6 +22,8 @@ struct Pebble {
     ca_file: PathBuf,
     /// challtestsrv's management port.
     challtest: u16,
+    /// Where pebble validates TLS-ALPN-01 (the port the router's HTTPS listener would be on).
+    tls_port: u16,
     log: PathBuf,
 }
 
@@ -100,14 +102,68 @@ fn start_pebble(dir: &Path, http_port: u16, validity_secs: u64) -> Pebble {
             .spawn()
             .expect("spawn pebble"),
     );
-    let pebble =
-        Pebble { children, directory: format!("https://127.0.0.1:{listen}/dir"), ca_file, challtest, log };
+    let pebble = Pebble {
+        children,
+        directory: format!("https://127.0.0.1:{listen}/dir"),
+        ca_file,
+        challtest,
+        tls_port: tls,
+        log,
+    };
     let up = wait_until(Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", listen)).is_ok()
             && TcpStream::connect(("127.0.0.1", challtest)).is_ok()
     });
     assert!(up, "pebble did not start:\n{}", tail_file(&pebble.log, 50));
     pebble
+}
+
+/// Stands in for the router's TLS-ALPN-01 answer (the HTTPS listener is not part of this
+/// test): on `port`, a client offering `acme-tls/1` gets the challenge certificate the ACME loop
+/// wrote to `run/acme/tls-alpn-01/<sni>.pem`. Runs until the test process ends.
+fn serve_tls_alpn(port: u16, dir: PathBuf) {
+    #[derive(Debug)]
+    struct FromFiles(PathBuf);
+    impl rustls::server::ResolvesServerCert for FromFiles {
+        fn resolve(
+            &self,
+            hello: rustls::server::ClientHello<'_>,
+        ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+            use rustls::pki_types::pem::PemObject;
+            let pem = std::fs::read(self.0.join(format!("{}.pem", hello.server_name()?))).ok()?;
+            let chain: Vec<_> =
+                rustls::pki_types::CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().ok()?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).ok()?;
+            let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).ok()?;
+            Some(std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(FromFiles(dir)));
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the TLS-ALPN stand-in");
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            let Ok(mut conn) = rustls::ServerConnection::new(config.clone()) else { continue };
+            if tcp.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
+                continue;
+            }
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut tcp).is_err() {
+                    break;
+                }
+            }
+            conn.send_close_notify();
+            if conn.complete_io(&mut tcp).is_err() {
+                continue;
+            }
+        }
+    });
 }
 
 /// POSTs `body` to challtestsrv's management API.
@@ -167,6 +223,11 @@ fn pebble_issues_renews_and_failures_back_off() {
     // A host whose DNS fails: its orders fail, and it backs off.
     challtest(pebble.challtest, "/set-servfail", r#"{"host":"bad.web.test"}"#);
     slip.cmd_ok(&["domains:add", "web", "bad.web.test"]);
+    // A host whose HTTP port does not answer (127.0.0.2: the router listens on 127.0.0.1 only):
+    // HTTP-01 fails, TLS-ALPN-01 takes over.
+    challtest(pebble.challtest, "/add-a", r#"{"host":"alpn.web.test","addresses":["127.0.0.2"]}"#);
+    slip.cmd_ok(&["domains:add", "web", "alpn.web.test"]);
+    serve_tls_alpn(pebble.tls_port, slip.home.join("run/acme/tls-alpn-01"));
 
     // The router answers a pending HTTP-01 token before any app routing, on any host.
     let http01 = slip.home.join("run/acme/http-01");
@@ -182,7 +243,8 @@ fn pebble_issues_renews_and_failures_back_off() {
     slip.cmd_ok(&["certs:auto:enable", "web"]);
     let www = slip.home.join("certs/web/acme-www.web.test.pem");
     let default = slip.home.join("certs/web/acme-web.apps.test.pem");
-    let issued = wait_until(Duration::from_secs(90), || www.is_file() && default.is_file());
+    let alpn = slip.home.join("certs/web/acme-alpn.web.test.pem");
+    let issued = wait_until(Duration::from_secs(90), || www.is_file() && default.is_file() && alpn.is_file());
     assert!(
         issued,
         "no certificates from pebble:\n{}\n--- app log ---\n{}\n--- pebble ---\n{}",
@@ -208,10 +270,12 @@ fn pebble_issues_renews_and_failures_back_off() {
         .iter()
         .filter(|c| c["type"] == "auto" && c["issuer"].as_str().unwrap_or("").contains("Pebble"))
         .collect();
-    assert_eq!(by_pebble.len(), 2, "{json}");
+    assert_eq!(by_pebble.len(), 3, "{json}");
     assert_eq!(host_entry(&json, "www.web.test")["certificate"], "acme-www.web.test.pem", "{json}");
     // No challenge file is left behind.
     assert!(!dir_has_entries(&http01), "{:?}", list_tree(&http01));
+    let alpn_dir = slip.home.join("run/acme/tls-alpn-01");
+    assert!(!dir_has_entries(&alpn_dir), "{:?}", list_tree(&alpn_dir));
 
     // The failing host: its status, reason and next attempt, one minute after the failure.
     let failing = wait_until(Duration::from_secs(60), || {
@@ -237,12 +301,22 @@ fn pebble_issues_renews_and_failures_back_off() {
     let renewed = wait_until(Duration::from_secs(90), || serial(&www).is_some_and(|s| s != first));
     assert!(renewed, "not renewed:\n{}", tail_file(&slip.app_log_path("web"), 30));
 
+    // A removed domain's certificate goes.
+    slip.cmd_ok(&["domains:remove", "web", "alpn.web.test"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !alpn.exists()),
+        "{}",
+        tail_file(&slip.app_log_path("web"), 30)
+    );
+
     let log = std::fs::read_to_string(slip.app_log_path("web")).expect("app log");
     for line in [
         "slipway[router]: ACME: certificate for www.web.test ordered from https://127.0.0.1:",
         "slipway[router]: ACME: certificate for www.web.test issued, valid until",
         "slipway[router]: ACME: certificate for www.web.test renewed, valid until",
         "slipway[router]: ACME: certificate for bad.web.test failed: http-01:",
+        "slipway[router]: ACME: certificate for alpn.web.test issued, valid until",
+        "slipway[router]: ACME: removed acme-alpn.web.test.pem: its host is no longer one of the app's",
     ] {
         assert!(log.contains(line), "no {line:?} in:\n{log}");
     }

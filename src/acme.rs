@@ -241,6 +241,9 @@ pub async fn run(home: Home) {
 
 /// One look at every host; issues what is due, one host at a time.
 async fn pass(home: &Home) {
+    if auto_apps(home).is_empty() {
+        return;
+    }
     let settings = match Settings::load(home) {
         Ok(s) => s,
         Err(err) => {
@@ -305,8 +308,28 @@ async fn pass(home: &Home) {
                 );
                 record(home, &item.app, &item.host, None);
             }
-            Err(reason) => fail(home, &item.app, &item.host, &reason),
+            Err(reason) => {
+                if reason.contains(ACCOUNT_GONE) {
+                    // The server forgot the account (a reset test server, a deactivated
+                    // account): register a new one at the next attempt.
+                    forget_account(home, &settings.acme_directory);
+                }
+                fail(home, &item.app, &item.host, &reason)
+            }
         }
+    }
+}
+
+/// The problem type of an account the server does not know.
+const ACCOUNT_GONE: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
+
+fn forget_account(home: &Home, directory: &str) {
+    let file = account_dir(home).join(account_file_name(directory));
+    match crate::home::remove_if_present(&file) {
+        Ok(()) => {
+            tracing::warn!(path = %file.display(), "acme: the server does not know this account; a new one is registered next time")
+        }
+        Err(err) => tracing::warn!(path = %file.display(), %err, "acme: cannot remove the stale account"),
     }
 }
 
@@ -567,7 +590,7 @@ async fn answer_and_finish(
                     let dir = certs::http01_dir(home);
                     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let file = dir.join(&challenge.token);
-                    crate::fsutil::write_atomic(&file, key_auth.as_str().as_bytes(), 0o644)
+                    crate::fsutil::write_atomic(&file, key_auth.as_str().as_bytes(), 0o600)
                         .map_err(|e| format!("writing {}: {e}", file.display()))?;
                     file
                 }

@@ -241,6 +241,7 @@ fn pebble_issues_renews_and_failures_back_off() {
     std::fs::remove_file(http01.join("planted_Token-1")).expect("remove token");
 
     slip.cmd_ok(&["certs:auto:enable", "web"]);
+    let enabled = std::time::Instant::now();
     let www = slip.home.join("certs/web/acme-www.web.test.pem");
     let default = slip.home.join("certs/web/acme-web.apps.test.pem");
     let alpn = slip.home.join("certs/web/acme-alpn.web.test.pem");
@@ -252,6 +253,7 @@ fn pebble_issues_renews_and_failures_back_off() {
         tail_file(&slip.app_log_path("web"), 30),
         tail_file(&pebble.log, 30)
     );
+    eprintln!("three certificates (one through TLS-ALPN-01) {:?} after certs:auto:enable", enabled.elapsed());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&www).expect("cert").permissions().mode() & 0o777, 0o600);
     let accounts: Vec<PathBuf> = std::fs::read_dir(slip.home.join("certs/.acme"))
@@ -299,6 +301,7 @@ fn pebble_issues_renews_and_failures_back_off() {
     // Renewal: a new certificate replaces the first one.
     let first = serial(&www).expect("serial");
     let renewed = wait_until(Duration::from_secs(90), || serial(&www).is_some_and(|s| s != first));
+    eprintln!("renewed {:?} after certs:auto:enable", enabled.elapsed());
     assert!(renewed, "not renewed:\n{}", tail_file(&slip.app_log_path("web"), 30));
 
     // A removed domain's certificate goes.

@@ -1,7 +1,8 @@
 //! End-to-end: automatic certificates from a real ACME server on loopback. Debian's `pebble`
 //! (the ACME test server) validates HTTP-01 against the slipway router's HTTP port and resolves
 //! every name to 127.0.0.1 through `pebble-challtestsrv`'s DNS; its own HTTPS listener uses a
-//! certificate this test makes, trusted by slipway through `acme_ca_file`.
+//! certificate this test makes, trusted by slipway through `acme_ca_file`. The app is pushed and
+//! serving, so the challenge answers are shown to come before its routing.
 
 mod support;
 
@@ -218,8 +219,18 @@ fn pebble_issues_renews_and_failures_back_off() {
         ("SLIPWAY_ACME_RENEW_BEFORE_SECS".to_string(), "45".to_string()),
     ]);
     slip.start_daemon();
-    slip.cmd_ok(&["apps:create", "web"]);
+    let repo = GitRepo::init(&slip.root().join("web"));
+    repo.commit_files(
+        &[("Procfile", "web: python3 server\n"), ("server", stdlib_server("'from-web'").as_str())],
+        "web",
+    );
+    let (ok, out) = slip.push_local(&repo, "web");
+    assert!(ok, "push:\n{out}\n{}", slip.diagnostics());
     slip.cmd_ok(&["domains:add", "web", "www.web.test"]);
+    let serving = wait_until(Duration::from_secs(30), || {
+        router_get(&slip.router_addr, "www.web.test", "/").is_some_and(|(s, b)| s == 200 && b == "from-web")
+    });
+    assert!(serving, "the app does not answer:\n{}", slip.diagnostics());
     // A host whose DNS fails: its orders fail, and it backs off.
     challtest(pebble.challtest, "/set-servfail", r#"{"host":"bad.web.test"}"#);
     slip.cmd_ok(&["domains:add", "web", "bad.web.test"]);
@@ -236,8 +247,13 @@ fn pebble_issues_renews_and_failures_back_off() {
     let response = get_with_host(router_port, "nowhere.test", "/.well-known/acme-challenge/planted_Token-1");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("\r\n\r\nplanted_Token-1.thumbprint"), "{response}");
+    let response = get_with_host(router_port, "www.web.test", "/.well-known/acme-challenge/planted_Token-1");
+    assert!(response.ends_with("\r\n\r\nplanted_Token-1.thumbprint"), "{response}");
+    // An unknown token routes as usual: to the app, or nowhere.
+    let app = router_get(&slip.router_addr, "www.web.test", "/.well-known/acme-challenge/unknown");
+    assert_eq!(app, Some((200, "from-web".to_string())));
     let response = get_with_host(router_port, "nowhere.test", "/.well-known/acme-challenge/unknown");
-    assert!(response.starts_with("HTTP/1.1 404"), "an unknown token routes as usual: {response}");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
     std::fs::remove_file(http01.join("planted_Token-1")).expect("remove token");
 
     slip.cmd_ok(&["certs:auto:enable", "web"]);

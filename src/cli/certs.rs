@@ -43,7 +43,8 @@ struct HostView {
     /// The file of the certificate serving it (the latest expiring), if any.
     certificate: Option<String>,
     /// With automatic certificates on, for a host without a certificate: `pending`, `failing`,
-    /// or `unsupported` (wildcards and `*.localhost` cannot be validated).
+    /// or `unsupported` (wildcards and `*.localhost` cannot be validated); for a host with one,
+    /// `failing` while its renewal fails (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     acme: Option<AcmeView>,
 }
@@ -120,20 +121,25 @@ fn view(home: &Home, name: &AppName) -> anyhow::Result<AppCertsView> {
                 .iter()
                 .filter(|c| c.not_after > now && c.hosts.iter().any(|n| certs::covers(n, &host)))
                 .max_by_key(|c| c.not_after);
+            let failing = state.hosts.get(&host).filter(|s| s.failures > 0).map(|s| AcmeView {
+                status: "failing",
+                error: s.error.clone(),
+                failures: Some(s.failures),
+                next_attempt: Some(rfc3339(s.next_attempt)),
+            });
             let acme = match (auto, serving) {
+                (false, _) => None,
                 (true, None) if !acme::eligible(&host) => {
                     Some(AcmeView { status: "unsupported", error: None, failures: None, next_attempt: None })
                 }
-                (true, None) => Some(match state.hosts.get(&host).filter(|s| s.failures > 0) {
-                    Some(s) => AcmeView {
-                        status: "failing",
-                        error: s.error.clone(),
-                        failures: Some(s.failures),
-                        next_attempt: Some(rfc3339(s.next_attempt)),
-                    },
-                    None => AcmeView { status: "pending", error: None, failures: None, next_attempt: None },
-                }),
-                _ => None,
+                (true, None) => Some(failing.unwrap_or(AcmeView {
+                    status: "pending",
+                    error: None,
+                    failures: None,
+                    next_attempt: None,
+                })),
+                // A certificate serves it; shown only while its renewal is failing.
+                (true, Some(_)) => failing,
             };
             HostView { host, certificate: serving.map(file_of), acme }
         })
@@ -189,21 +195,39 @@ pub fn list(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         for h in waiting {
             let status = match &h.acme {
                 None => "no certificate".to_string(),
-                Some(a) if a.status == "failing" => format!(
-                    "failing: {} (next attempt {})",
-                    a.error.as_deref().unwrap_or("unknown"),
-                    a.next_attempt.as_deref().unwrap_or("-").replace('T', " ")
-                ),
+                Some(a) if a.status == "failing" => failing_line(Some(a)),
                 Some(a) if a.status == "unsupported" => "ACME cannot validate this host".to_string(),
                 Some(_) => "pending".to_string(),
             };
             out(&format!("{}  {status}", h.host));
         }
     }
+    let renewals: Vec<&HostView> = v
+        .hosts
+        .iter()
+        .filter(|h| h.certificate.is_some() && h.acme.as_ref().is_some_and(|a| a.status == "failing"))
+        .collect();
+    if !renewals.is_empty() {
+        out("");
+        out(&format!("=== {name} Renewals failing"));
+        for h in renewals {
+            out(&format!("{}  {}", h.host, failing_line(h.acme.as_ref())));
+        }
+    }
     for bad in &v.unreadable {
         eprintln!("warning: {bad}");
     }
     Ok(0)
+}
+
+/// `failing: <reason> (next attempt <time>)`.
+fn failing_line(acme: Option<&AcmeView>) -> String {
+    let (error, next) = acme.map_or((None, None), |a| (a.error.as_deref(), a.next_attempt.as_deref()));
+    format!(
+        "failing: {} (next attempt {})",
+        error.unwrap_or("unknown"),
+        next.unwrap_or("-").replace('T', " ")
+    )
 }
 
 /// Reads a PEM argument: a file, or stdin for `-` (read once; `certs:add APP - -` takes key

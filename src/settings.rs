@@ -836,6 +836,10 @@ mod tests {
             ("python_install = \"maybe\"", "/h/slipway.toml: python_install = \"maybe\" is not valid: expected 1 or 0 (true or false)"),
             ("python_dirs = \"/opt/py:opt\"", "/h/slipway.toml: python_dirs = \"/opt/py:opt\" is not valid: expected absolute dirs separated by ':'"),
             ("domain = \"\"", "/h/slipway.toml: domain = \"\" is not valid: expected a value (remove the line to use the default)"),
+            ("acme_directory = \"http://acme.test/dir\"", "/h/slipway.toml: acme_directory = \"http://acme.test/dir\" is not valid: expected an https:// URL"),
+            ("acme_email = \"ops\"", "/h/slipway.toml: acme_email = \"ops\" is not valid: expected an e-mail address"),
+            ("acme_email = \"a@b.test, c@d.test\"", "/h/slipway.toml: acme_email = \"a@b.test, c@d.test\" is not valid: expected an e-mail address"),
+            ("acme_ca_file = \"ca.pem\"", "/h/slipway.toml: acme_ca_file = \"ca.pem\" is not valid: expected an absolute path to a PEM file"),
             ("ports = [5000, 5999]", "/h/slipway.toml: ports = [5000, 5999] is not valid: expected a number or a string"),
             ("max_slug = 1", "/h/slipway.toml: unknown key \"max_slug\"; did you mean \"max_slug_mb\"?"),
             ("SLIPWAY_DOMAIN = \"x\"", "/h/slipway.toml: unknown key \"SLIPWAY_DOMAIN\"; did you mean \"domain\"?"),
@@ -848,6 +852,21 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(load_with(Some(text), &[]).err().as_deref(), Some(want), "{text}");
         }
+    }
+
+    #[test]
+    fn acme_settings_default_to_lets_encrypt_and_take_a_test_server() {
+        let defaults = load_with(None, &[]).unwrap_or_else(|e| panic!("{e}")).settings;
+        assert_eq!(defaults.acme_directory, "https://acme-v02.api.letsencrypt.org/directory");
+        assert_eq!((defaults.acme_email, defaults.acme_ca_file), (None, None));
+        let text = "acme_directory = \"https://127.0.0.1:14000/dir\"\nacme_email = \"ops@example.com\"\n";
+        let loaded = load_with(Some(text), &[("SLIPWAY_ACME_CA_FILE", "/etc/pebble/ca.pem")])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .settings;
+        assert_eq!(loaded.acme_directory, "https://127.0.0.1:14000/dir");
+        assert_eq!(loaded.acme_email.as_deref(), Some("ops@example.com"));
+        assert_eq!(loaded.acme_ca_file, Some(PathBuf::from("/etc/pebble/ca.pem")));
+        assert!(!read_by_daemon("acme_directory"), "read at every ACME check, no restart needed");
     }
 
     #[test]

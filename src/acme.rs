@@ -233,10 +233,30 @@ fn due_hosts(home: &Home, domain: &str, now: i64, renew_before: i64) -> Vec<Due>
 /// The daemon's renewal loop; never returns.
 pub async fn run(home: Home) {
     let tick = Duration::from_secs(knob("SLIPWAY_ACME_CHECK_SECS", 5) as u64);
+    // Challenges a previous daemon left pending (it stopped mid-order) are stale: only this
+    // loop writes them, and one daemon runs per home.
+    for dir in [certs::http01_dir(&home), certs::tls_alpn01_dir(&home)] {
+        if let Err(err) = clear_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), %err, "acme: cannot remove stale challenge files");
+        }
+    }
     loop {
         pass(&home).await;
         tokio::time::sleep(tick).await;
     }
+}
+
+/// Removes the files in `dir` (a missing dir is empty).
+fn clear_dir(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        crate::home::remove_if_present(&entry?.path())?;
+    }
+    Ok(())
 }
 
 /// One look at every host; issues what is due, one host at a time.
@@ -762,6 +782,17 @@ mod tests {
         ];
         let hosts = vec!["web.apps.test".to_string(), "www.example.com".to_string()];
         assert_eq!(stale(&all, &hosts), vec!["acme-old.example.com.pem"]);
+    }
+
+    #[test]
+    fn stale_challenges_are_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), "x").expect("write");
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).expect("symlink");
+        clear_dir(dir.path()).expect("cleared");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        assert!(std::path::Path::new("/etc/hostname").exists(), "a link is removed, not followed");
+        clear_dir(&dir.path().join("missing")).expect("a missing dir is empty");
     }
 
     #[test]

@@ -87,9 +87,11 @@ mod tests {
 
     #[test]
     fn a_pending_token_is_answered_and_others_are_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let (dir, outside) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
         std::fs::write(dir.path().join("tok_1"), "tok_1.thumb").expect("write");
-        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("evil")).expect("symlink");
+        std::fs::write(outside.path().join("secret"), "secret").expect("write");
+        // A link out of the challenge dir is never followed.
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("evil")).expect("symlink");
         let head = |raw: &str| {
             super::super::http1::parse_request(raw.as_bytes(), "192.0.2.1".parse().expect("ip"), 80)
                 .expect("valid")

@@ -70,14 +70,18 @@ pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
         out("Daemon:   not running");
     }
     let r = &report.router;
+    let https = match &r.https_addr {
+        Some(addr) => format!("HTTPS {addr}"),
+        None => "HTTPS off".to_string(),
+    };
     match r.pid {
         Some(pid) => out(&format!(
-            "Router:   up, pid {pid}, version {}, {} (apps at <app>.{})",
+            "Router:   up, pid {pid}, version {}, HTTP {}, {https} (apps at <app>.{})",
             r.version.as_deref().unwrap_or("?"),
             r.addr,
             r.domain
         )),
-        None => out(&format!("Router:   down, {} (apps at <app>.{})", r.addr, r.domain)),
+        None => out(&format!("Router:   down, HTTP {}, {https} (apps at <app>.{})", r.addr, r.domain)),
     }
     out(&format!("Home:     {}", report.home));
     match (&report.disk.free_bytes, &report.disk.total_bytes) {
@@ -154,6 +158,8 @@ struct DaemonStatus {
 #[derive(Debug, Serialize)]
 struct RouterStatus {
     addr: String,
+    /// Where HTTPS is served (`https_addr`); `None` when it is `off`.
+    https_addr: Option<String>,
     domain: String,
     /// The router process (`run/router`) is alive; it serves whether the daemon runs or not.
     running: bool,
@@ -260,6 +266,10 @@ fn gather(home: &Home) -> StatusReport {
     }
     let router = RouterStatus {
         addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
+        https_addr: match settings.as_ref() {
+            Some(s) => s.https_addr.map(|a| a.to_string()),
+            None => Some("?".into()),
+        },
         domain,
         running: announced.is_some(),
         pid: announced.as_ref().map(|a| a.pid),

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use super::headers::{self, ConnectionTokens, Forwarded};
+use super::headers::{self, ConnectionTokens, Forwarded, Scheme};
 
 /// Largest message head (start line + headers) accepted; a larger request gets 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -78,7 +78,18 @@ impl RequestHead {
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: not complete yet (read more).
+#[cfg(test)]
 pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_via(buf, client, listen_port, Scheme::Http)
+}
+
+/// [`parse_request`] for a request that came over `scheme` (HTTPS: the dyno is told so).
+pub fn parse_request_via(
+    buf: &[u8],
+    client: IpAddr,
+    listen_port: u16,
+    scheme: Scheme,
+) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, &mut slots);
@@ -176,7 +187,7 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
     if let Some(authority) = authority {
         headers::header(&mut upstream, "Host", authority.as_bytes());
     }
-    let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port);
+    let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port, scheme);
     upstream.extend_from_slice(b"\r\n");
 
     let host =
@@ -631,6 +642,29 @@ pub fn page(status: u16, reason: &str, html: &str, request_id: &str, head: bool,
     headers::header(&mut out, "Content-Type", b"text/html; charset=utf-8");
     headers::header(&mut out, "Content-Length", html.len().to_string().as_bytes());
     headers::header(&mut out, "Cache-Control", b"no-cache, no-store");
+    if !request_id.is_empty() {
+        headers::header(&mut out, "X-Request-Id", request_id.as_bytes());
+    }
+    if close {
+        headers::header(&mut out, "Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(html.as_bytes());
+    }
+    out
+}
+
+/// A redirect the router answers itself (`301` or `308` to `location`), with a short HTML body
+/// (omitted for HEAD).
+pub fn redirect(status: u16, reason: &str, location: &str, request_id: &str, head: bool, close: bool) -> Vec<u8> {
+    // Nothing of the request is echoed in the body: the client follows `Location`.
+    let html = "<!DOCTYPE html>\n<html><body><p>This app is served over HTTPS.</p></body></html>\n";
+    let mut out = Vec::with_capacity(256 + html.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    headers::header(&mut out, "Location", location.as_bytes());
+    headers::header(&mut out, "Content-Type", b"text/html; charset=utf-8");
+    headers::header(&mut out, "Content-Length", html.len().to_string().as_bytes());
     if !request_id.is_empty() {
         headers::header(&mut out, "X-Request-Id", request_id.as_bytes());
     }

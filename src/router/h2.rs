@@ -164,6 +164,7 @@ async fn handle(
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut line = RequestLine {
+        protocol: Scheme::Https,
         error: None,
         method: parts.method.as_str().to_string(),
         path: path.clone(),

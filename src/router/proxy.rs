@@ -314,6 +314,7 @@ impl Inner {
         }
         let host = host.unwrap_or_default();
         let mut line = RequestLine {
+            protocol: via.scheme,
             error: None,
             method: req.method.clone(),
             path: std::mem::take(&mut req.path),

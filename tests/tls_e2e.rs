@@ -95,8 +95,8 @@ impl Ca {
 
     /// Key and certificate (PEM) for `names`, issued by this CA.
     fn leaf(&self, names: &[&str]) -> String {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         format!("{}{}", key.serialize_pem(), cert.pem())
@@ -108,11 +108,12 @@ fn client_config(ca: &Ca, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     for cert in CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
         roots.add(cert.expect("ca pem")).expect("add ca");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Every handshake a full one, so every connection shows the certificate served now.
     config.resumption = rustls::client::Resumption::disabled();
@@ -128,9 +129,11 @@ fn handshake(addr: &str, name: &str, config: Arc<rustls::ClientConfig>) -> Resul
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            Some(tls) => format!("{tls:?}"),
-            None => e.to_string(),
+        conn.complete_io(&mut tcp).map_err(|e| {
+            match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(tls) => format!("{tls:?}"),
+                None => e.to_string(),
+            }
         })?;
     }
     Ok(rustls::StreamOwned::new(conn, tcp))
@@ -168,18 +171,33 @@ fn read_response(tls: &mut Tls) -> (u16, String, String) {
 }
 
 /// `GET path` over HTTPS/1.1 with SNI and Host `name`: (status, body, the certificate's names).
-fn https_get(addr: &str, name: &str, path: &str, config: Arc<rustls::ClientConfig>) -> Result<(u16, String, Vec<String>), String> {
+fn https_get(
+    addr: &str,
+    name: &str,
+    path: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(u16, String, Vec<String>), String> {
     let mut tls = handshake(addr, name, config)?;
     let names = peer_names(&tls);
-    write!(tls, "GET {path} HTTP/1.1\r\nHost: {name}\r\nX-Forwarded-Proto: gopher\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {name}\r\nX-Forwarded-Proto: gopher\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let (status, _, body) = read_response(&mut tls);
     Ok((status, body, names))
 }
 
 /// curl over HTTP/2 to `https://name:port/path` (resolved to 127.0.0.1, trusting `ca_file`):
 /// (`%{http_version}` and status, body).
-fn curl_h2(port: u16, ca_file: &std::path::Path, name: &str, path: &str, extra: &[&str], stdin: Option<&[u8]>) -> (String, String) {
+fn curl_h2(
+    port: u16,
+    ca_file: &std::path::Path,
+    name: &str,
+    path: &str,
+    extra: &[&str],
+    stdin: Option<&[u8]>,
+) -> (String, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--http2", "--max-time", "20", "--cacert"])
         .arg(ca_file)
@@ -229,10 +247,20 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     std::fs::write(&ca_file, ca.pem()).expect("write ca");
     let alpha: AppName = "alpha".parse().expect("name");
     let beta: AppName = "beta".parse().expect("name");
-    certs::write(&home, &alpha, &certs::file_name(Source::Manual, "alpha.localhost"), ca.leaf(&["alpha.localhost"]).as_bytes())
-        .expect("write alpha cert");
-    certs::write(&home, &beta, &certs::file_name(Source::Acme, "beta.localhost"), ca.leaf(&["beta.localhost"]).as_bytes())
-        .expect("write beta cert");
+    certs::write(
+        &home,
+        &alpha,
+        &certs::file_name(Source::Manual, "alpha.localhost"),
+        ca.leaf(&["alpha.localhost"]).as_bytes(),
+    )
+    .expect("write alpha cert");
+    certs::write(
+        &home,
+        &beta,
+        &certs::file_name(Source::Acme, "beta.localhost"),
+        ca.leaf(&["beta.localhost"]).as_bytes(),
+    )
+    .expect("write beta cert");
     let h1 = client_config(&ca, &[b"http/1.1"]);
 
     // Each app its own certificate, by SNI; the dyno is told the request came over HTTPS (a
@@ -250,9 +278,9 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert!(body.starts_with("beta proto=https"), "{body}");
 
     // A name no app has a certificate for is refused in the handshake (unrecognized_name).
-    let refused = handshake(&https, "nope.localhost", h1.clone()).err().expect("no certificate for nope");
+    let refused = handshake(&https, "nope.localhost", h1.clone()).expect_err("no certificate for nope");
     assert!(refused.contains("UnrecognisedName") || refused.contains("UnrecognizedName"), "{refused}");
-    let refused = handshake(&https, "gamma.example.com", h1.clone()).err().expect("unknown host");
+    let refused = handshake(&https, "gamma.example.com", h1.clone()).expect_err("unknown host");
     assert!(refused.contains("UnrecognisedName"), "{refused}");
 
     // A replaced certificate is served without a restart.
@@ -269,7 +297,14 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert!(replaced, "the new certificate was not picked up");
 
     // HTTP/2 with curl: negotiated, routed, streamed bodies with and without a length.
-    let (meta, body) = curl_h2(https_port, &ca_file, "alpha.localhost", "/h2", &["-H", "Cookie: a=1", "-H", "Cookie: b=2"], None);
+    let (meta, body) = curl_h2(
+        https_port,
+        &ca_file,
+        "alpha.localhost",
+        "/h2",
+        &["-H", "Cookie: a=1", "-H", "Cookie: b=2"],
+        None,
+    );
     assert_eq!(meta, "2 200", "{body}");
     assert_eq!(body, format!("alpha proto=https port={https_port} path=/h2 cookie=a=1; b=2"));
     let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -277,19 +312,27 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     std::fs::write(&upload_file, &upload).expect("write upload");
     let sha = sha256_hex(&upload);
     let data_arg = format!("@{}", upload_file.display());
-    let (meta, body) = curl_h2(https_port, &ca_file, "beta.localhost", "/up", &["--data-binary", &data_arg], None);
+    let (meta, body) =
+        curl_h2(https_port, &ca_file, "beta.localhost", "/up", &["--data-binary", &data_arg], None);
     assert_eq!(meta, "2 200", "{body}");
     assert_eq!(body, format!("beta len={} sha={sha} framing=length", upload.len()));
     let (meta, body) = curl_h2(https_port, &ca_file, "beta.localhost", "/up", &["-T", "-"], Some(&upload));
     assert_eq!(meta, "2 200", "{body}");
     assert_eq!(body, format!("beta len={} sha={sha} framing=chunked", upload.len()));
     // curl sends its Host header as :authority: an unknown one is a 404, as on HTTP/1.1.
-    let (meta, body) = curl_h2(https_port, &ca_file, "alpha.localhost", "/", &["-H", "Host: nope.localhost"], None);
+    let (meta, body) =
+        curl_h2(https_port, &ca_file, "alpha.localhost", "/", &["-H", "Host: nope.localhost"], None);
     assert_eq!(meta, "2 404", "{body}");
     let logged = wait_until(Duration::from_secs(10), || {
-        std::fs::read_to_string(slip.app_log_path("beta")).is_ok_and(|l| l.contains("method=PUT") && l.contains("status=200") && l.contains("protocol=https"))
+        std::fs::read_to_string(slip.app_log_path("beta")).is_ok_and(|l| {
+            l.contains("method=PUT") && l.contains("status=200") && l.contains("protocol=https")
+        })
     });
-    assert!(logged, "no router line for the HTTP/2 upload:\n{}", std::fs::read_to_string(slip.app_log_path("beta")).unwrap_or_default());
+    assert!(
+        logged,
+        "no router line for the HTTP/2 upload:\n{}",
+        std::fs::read_to_string(slip.app_log_path("beta")).unwrap_or_default()
+    );
 
     // A websocket over TLS HTTP/1.1.
     let mut tls = handshake(&https, "alpha.localhost", h1.clone()).expect("handshake");
@@ -315,13 +358,17 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     // TLS-ALPN-01: a client offering only acme-tls/1 gets the challenge certificate.
     let dir = certs::tls_alpn01_dir(&home);
     std::fs::create_dir_all(&dir).expect("challenge dir");
-    std::fs::write(dir.join("gamma.example.com.pem"), ca.leaf(&["gamma.example.com"])).expect("challenge cert");
+    std::fs::write(dir.join("gamma.example.com.pem"), ca.leaf(&["gamma.example.com"]))
+        .expect("challenge cert");
     let acme = client_config(&ca, &[b"acme-tls/1"]);
     let mut tls = handshake(&https, "gamma.example.com", acme.clone()).expect("challenge handshake");
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"acme-tls/1"[..]));
     assert_eq!(peer_names(&tls), ["gamma.example.com"]);
     let mut rest = Vec::new();
-    assert!(matches!(tls.read_to_end(&mut rest), Ok(0)), "the challenge connection is closed after the handshake");
+    assert!(
+        matches!(tls.read_to_end(&mut rest), Ok(0)),
+        "the challenge connection is closed after the handshake"
+    );
     assert!(handshake(&https, "delta.example.com", acme).is_err(), "no challenge pending for delta");
 
     // HTTP -> HTTPS redirect: off by default, 301 for GET, 308 for the rest, and only with a
@@ -341,7 +388,11 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert!(raw.contains(&format!("\r\nLocation: https://alpha.localhost:{https_port}/x?y=1\r\n")), "{raw}");
     let mut plain = TcpStream::connect(&router).expect("connect");
     plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(plain, "POST /form HTTP/1.1\r\nHost: alpha.localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").expect("send");
+    write!(
+        plain,
+        "POST /form HTTP/1.1\r\nHost: alpha.localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    .expect("send");
     let mut raw = String::new();
     plain.read_to_string(&mut raw).expect("read");
     assert!(raw.starts_with("HTTP/1.1 308 "), "{raw}");

@@ -21,6 +21,9 @@ use crate::home::Home;
 /// How often the stamp of `certs/.changed` is looked at, at most.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// What [`certs::changed_stamp`] returns.
+type Stamp = (u64, SystemTime);
+
 /// What [`choose`] needs to know of one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -64,7 +67,7 @@ pub struct CertStore {
     home: Option<Home>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// When the stamp was last looked at, and what it was when the snapshot was read.
-    checked: Mutex<(Option<Instant>, Option<(u64, SystemTime)>)>,
+    checked: Mutex<(Option<Instant>, Option<Stamp>)>,
 }
 
 impl CertStore {
@@ -189,7 +192,7 @@ mod tests {
             cert("web", Source::Acme, &["www.example.com"], 3000),
             cert("web", Source::Manual, &["*.example.com"], 1500),
             cert("api", Source::Manual, &["api.example.com", "www.example.org"], 5000),
-            cert("web", Source::Manual, &["old.example.com"], 900),
+            cert("web", Source::Manual, &["old.example.net"], 900),
             cert("web", Source::Acme, &["web.example.net"], 2000),
             cert("web", Source::Acme, &["web.example.net"], 2500),
         ];
@@ -207,7 +210,7 @@ mod tests {
             ("api", "www.example.org", Some(3)),
             ("api", "www.example.com", None),
             // Expired.
-            ("web", "old.example.com", None),
+            ("web", "old.example.net", None),
             ("nope", "www.example.com", None),
         ] {
             assert_eq!(choose(&certs, app, host, now), want, "{app} {host}");

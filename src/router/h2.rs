@@ -96,7 +96,8 @@ pub(super) async fn serve_connection(
     peer: SocketAddr,
     port: u16,
 ) {
-    let activity = Arc::new(Activity { origin: Instant::now(), open: AtomicUsize::new(0), last: AtomicU64::new(0) });
+    let activity =
+        Arc::new(Activity { origin: Instant::now(), open: AtomicUsize::new(0), last: AtomicU64::new(0) });
     let service = {
         let (inner, activity) = (inner.clone(), activity.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -156,11 +157,25 @@ async fn handle(
     };
     let Some((authority, host)) = authority.and_then(|a| normalize_host(&a).map(|h| (a, h))) else {
         tracing::info!(%peer, "router: an HTTP/2 request without a valid host (400)");
-        return page(StatusCode::BAD_REQUEST, "Bad request", "The request has no valid host.", None, &request_id, head_request);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request has no valid host.",
+            None,
+            &request_id,
+            head_request,
+        );
     };
     if parts.method == Method::CONNECT {
         tracing::info!(%peer, "router: an HTTP/2 CONNECT (400)");
-        return page(StatusCode::BAD_REQUEST, "Bad request", "The router does not tunnel.", None, &request_id, head_request);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The router does not tunnel.",
+            None,
+            &request_id,
+            head_request,
+        );
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut line = RequestLine {
@@ -180,9 +195,17 @@ async fn handle(
     let upstream = upstream_headers(&parts.headers, &authority, &values, headers::trusted_proxy(peer.ip()));
     let Ok(uri) = path.parse::<Uri>() else {
         tracing::info!(%peer, "router: an HTTP/2 request target the router cannot pass on (400)");
-        return page(StatusCode::BAD_REQUEST, "Bad request", "The request target is not valid.", None, &request_id, head_request);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request target is not valid.",
+            None,
+            &request_id,
+            head_request,
+        );
     };
-    let retryable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
+    let retryable =
+        matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
     let progress = Arc::new(Progress::new(started));
     let client_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut body = Some(Uploaded { inner: body, progress: progress.clone(), failed: client_gone.clone() });
@@ -193,9 +216,18 @@ async fn handle(
         let (app, dyno, dyno_port, guard) = match selection {
             Selection::UnknownHost => {
                 tracing::info!(host = %host, method = %parts.method, %peer, request_id = %request_id, "router: no app at this host (404)");
-                return page(StatusCode::NOT_FOUND, "No such app", "There is no app at this address.", None, &request_id, head_request);
+                return page(
+                    StatusCode::NOT_FOUND,
+                    "No such app",
+                    "There is no app at this address.",
+                    None,
+                    &request_id,
+                    head_request,
+                );
             }
-            Selection::Unavailable(app, error) => return fail(&inner, &app, line, error, started, head_request),
+            Selection::Unavailable(app, error) => {
+                return fail(&inner, &app, line, error, started, head_request)
+            }
             Selection::Backend { app, dyno, port, guard } => (app, dyno, port, guard),
         };
         line.dyno = Some(dyno.clone());
@@ -250,7 +282,14 @@ async fn handle(
                 line.status = 499;
                 line.service = started.elapsed();
                 inner.sink.send(&app, line);
-                return page(StatusCode::BAD_REQUEST, "Bad request", "The request body broke off.", None, &request_id, head_request);
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request body broke off.",
+                    None,
+                    &request_id,
+                    head_request,
+                );
             }
             Err(Failure::NoResponse) => {
                 drop(guard);
@@ -364,8 +403,11 @@ fn strip_hop_by_hop(map: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
         .filter(|t| !t.is_empty() && t != "content-length")
         .collect();
-    let drop: Vec<HeaderName> =
-        map.keys().filter(|k| headers::is_hop_by_hop(k.as_str()) || named.iter().any(|n| n == k.as_str())).cloned().collect();
+    let drop: Vec<HeaderName> = map
+        .keys()
+        .filter(|k| headers::is_hop_by_hop(k.as_str()) || named.iter().any(|n| n == k.as_str()))
+        .cloned()
+        .collect();
     for name in drop {
         map.remove(name);
     }
@@ -412,7 +454,8 @@ fn fail(
         "H12" => "The app did not respond in time.",
         _ => "An error occurred in the application and your page could not be served.",
     };
-    let response = page(StatusCode::SERVICE_UNAVAILABLE, "Application error", text, Some(error), &line.request_id, head);
+    let response =
+        page(StatusCode::SERVICE_UNAVAILABLE, "Application error", text, Some(error), &line.request_id, head);
     inner.sink.send(app, line);
     response
 }
@@ -435,7 +478,10 @@ impl Body for Uploaded {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -496,7 +542,10 @@ impl Body for Relayed {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -205,7 +205,13 @@ impl Forwarded {
     ///
     /// Over HTTPS (`scheme`), the router is the TLS end itself: `X-Forwarded-Proto: https` and
     /// its own port, whatever the client claims.
-    pub fn write(&self, out: &mut Vec<u8>, client: IpAddr, listen_port: u16, scheme: Scheme) -> (String, String) {
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        client: IpAddr,
+        listen_port: u16,
+        scheme: Scheme,
+    ) -> (String, String) {
         let values = self.values(client, listen_port, scheme);
         header(out, "X-Forwarded-For", values.fwd.as_bytes());
         header(out, "X-Forwarded-Proto", &values.proto);

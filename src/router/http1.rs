@@ -657,7 +657,14 @@ pub fn page(status: u16, reason: &str, html: &str, request_id: &str, head: bool,
 
 /// A redirect the router answers itself (`301` or `308` to `location`), with a short HTML body
 /// (omitted for HEAD).
-pub fn redirect(status: u16, reason: &str, location: &str, request_id: &str, head: bool, close: bool) -> Vec<u8> {
+pub fn redirect(
+    status: u16,
+    reason: &str,
+    location: &str,
+    request_id: &str,
+    head: bool,
+    close: bool,
+) -> Vec<u8> {
     // Nothing of the request is echoed in the body: the client follows `Location`.
     let html = "<!DOCTYPE html>\n<html><body><p>This app is served over HTTPS.</p></body></html>\n";
     let mut out = Vec::with_capacity(256 + html.len());
@@ -818,6 +825,43 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: host, content-length\r\n\r\n",
         );
         assert!(up.contains("\r\nHost: a\r\n") && up.contains("\r\nContent-Length: 2\r\n"), "{up}");
+    }
+
+    #[test]
+    fn over_https_the_router_says_https_and_its_port_whatever_the_client_claims() {
+        let sent = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: 80\r\n\r\n";
+        for client in ["192.0.2.1", "127.0.0.1"] {
+            let head = parse_request_via(sent.as_bytes(), client.parse().unwrap(), 8443, Scheme::Https)
+                .unwrap()
+                .unwrap();
+            let up = String::from_utf8(head.upstream).unwrap();
+            assert!(
+                up.contains("\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 8443\r\n"),
+                "{client}: {up}"
+            );
+            assert_eq!(up.matches("X-Forwarded-Proto").count(), 1, "{up}");
+        }
+    }
+
+    #[test]
+    fn redirects_carry_a_location_and_echo_nothing_else() {
+        let page = String::from_utf8(redirect(
+            301,
+            "Moved Permanently",
+            "https://a.example/x?<y>",
+            "id",
+            false,
+            false,
+        ))
+        .unwrap();
+        assert!(
+            page.starts_with("HTTP/1.1 301 Moved Permanently\r\nLocation: https://a.example/x?<y>\r\n"),
+            "{page}"
+        );
+        assert!(!page.split_once("\r\n\r\n").unwrap().1.contains("<y>"), "{page}");
+        let head =
+            String::from_utf8(redirect(308, "Permanent Redirect", "https://a/", "", true, true)).unwrap();
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
     }
 
     #[test]

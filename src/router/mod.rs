@@ -74,16 +74,16 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use self::limits::{default_max_connections, raise_fd_limit, MAX_PER_IP};
 pub use self::certstore::{choose as choose_certificate, Candidate as CertCandidate};
+pub use self::limits::{default_max_connections, raise_fd_limit, MAX_PER_IP};
 pub use self::log::RouterError;
-pub use self::tls::HANDSHAKE_TIMEOUT;
 pub use self::table::{normalize_host, AppRoute, AppStatus, Backend, RouteTable};
+pub use self::tls::HANDSHAKE_TIMEOUT;
 
+use self::headers::Scheme;
 use self::in_flight::{InFlight, InFlightGuard};
 use self::limits::{Limits, RateLimitedLog};
 use self::log::{LogPath, LogSink, H10, H14};
-use self::headers::Scheme;
 use self::pool::Pool;
 use crate::home::Home;
 use crate::logs::LogPolicy;
@@ -356,9 +356,14 @@ impl Router {
     /// Accepts connections forever (stop it by dropping or aborting its task; connections in
     /// progress finish on their own tasks). `X-Forwarded-Port` is the listener's port.
     pub async fn serve(&self, listener: TcpListener) {
-        let via = proxy::Listener { port: listener.local_addr().map(|a| a.port()).unwrap_or(0), scheme: Scheme::Http };
-        self.accept(listener, limits::BUSY, move |inner, stream, peer| proxy::serve_connection(inner, stream, peer, via))
-            .await
+        let via = proxy::Listener {
+            port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            scheme: Scheme::Http,
+        };
+        self.accept(listener, limits::BUSY, move |inner, stream, peer| {
+            proxy::serve_connection(inner, stream, peer, via)
+        })
+        .await
     }
 
     /// Like [`serve`](Self::serve), for HTTPS: each connection's TLS handshake (10 s at most,
@@ -367,7 +372,10 @@ impl Router {
     pub async fn serve_tls(&self, listener: TcpListener) {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         // A connection over a cap is closed unanswered: it has not even said hello yet.
-        self.accept(listener, b"", move |inner, stream, peer| tls::serve_connection(inner, stream, peer, port)).await
+        self.accept(listener, b"", move |inner, stream, peer| {
+            tls::serve_connection(inner, stream, peer, port)
+        })
+        .await
     }
 
     /// The accept loop of a listener: every connection admitted by the limits gets a task
@@ -510,7 +518,9 @@ impl Router {
                     let https = async {
                         match https.map(TcpListener::from_std) {
                             Some(Ok(https)) => router.serve_tls(https).await,
-                            Some(Err(err)) => tracing::error!(%err, index, "router thread cannot listen for HTTPS"),
+                            Some(Err(err)) => {
+                                tracing::error!(%err, index, "router thread cannot listen for HTTPS")
+                            }
                             None => {}
                         }
                     };

@@ -46,7 +46,10 @@ pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
 
     /// Reads what arrived into `buf` (`Ok(0)`: the client closed). On plain TCP the buffer is
     /// grown only once there is something to read, so an idle kept-alive connection holds none.
-    fn read_more<'a>(&'a mut self, buf: &'a mut BytesMut) -> impl Future<Output = std::io::Result<usize>> + Send + 'a;
+    fn read_more<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a;
 }
 
 impl ClientIo for TcpStream {
@@ -98,7 +101,12 @@ enum Next {
 }
 
 /// Serves one client connection until it closes, errs, idles out or asks to close.
-pub(super) async fn serve_connection<S: ClientIo>(inner: Arc<Inner>, mut client: S, peer: SocketAddr, via: Listener) {
+pub(super) async fn serve_connection<S: ClientIo>(
+    inner: Arc<Inner>,
+    mut client: S,
+    peer: SocketAddr,
+    via: Listener,
+) {
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
     let mut retire = inner.retire.subscribe();
@@ -109,10 +117,7 @@ pub(super) async fn serve_connection<S: ClientIo>(inner: Arc<Inner>, mut client:
             return finish(client, &[]).await;
         }
         let idle = buf.is_empty();
-        let read = tokio::time::timeout(
-            inner.head_timeout,
-            read_request(&mut client, &mut buf, peer, via),
-        );
+        let read = tokio::time::timeout(inner.head_timeout, read_request(&mut client, &mut buf, peer, via));
         let read = async {
             tokio::select! {
                 read = read => Some(read),
@@ -227,7 +232,8 @@ async fn read_request<S: ClientIo>(
 ) -> Result<Option<RequestHead>, ReadError> {
     loop {
         if !buf.is_empty() {
-            let parsed = http1::parse_request_via(buf, peer.ip(), via.port, via.scheme).map_err(ReadError::Head)?;
+            let parsed =
+                http1::parse_request_via(buf, peer.ip(), via.port, via.scheme).map_err(ReadError::Head)?;
             if let Some(req) = parsed {
                 return Ok(Some(req));
             }
@@ -853,4 +859,20 @@ pub(super) fn page_html(title: &str, text: &str, error: Option<RouterError>, req
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
          <body><h1>{title}</h1>\n<p>{text}</p>\n<p><small>{id}</small></p></body></html>\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_locations_leave_out_port_443() {
+        for (host, port, target, want) in [
+            ("a.example.com", 443, "/x?y=1", "https://a.example.com/x?y=1"),
+            ("a.example.com", 8443, "/", "https://a.example.com:8443/"),
+            ("a.example.com", 443, "*", "https://a.example.com/"),
+        ] {
+            assert_eq!(https_location(host, port, target), want);
+        }
+    }
 }

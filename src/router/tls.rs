@@ -118,9 +118,9 @@ async fn handshake(inner: &Inner, stream: TcpStream, peer: SocketAddr) -> Handsh
     };
     let hello = start.client_hello();
     let name = hello.server_name().map(str::to_ascii_lowercase);
-    let acme = hello.alpn().is_some_and(|mut protocols| {
-        protocols.next() == Some(ACME_TLS) && protocols.next().is_none()
-    });
+    let acme = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.next() == Some(ACME_TLS) && protocols.next().is_none());
     if acme {
         let Some(config) = name.as_deref().and_then(|name| challenge_config(inner, name)) else {
             tracing::info!(%peer, name = name.as_deref().unwrap_or(""), "router: TLS-ALPN-01 validation for a name with no challenge pending");

@@ -526,7 +526,13 @@ pub struct Slipway {
 
 /// `slipway --home HOME ARGS...` with `SLIPWAY_HOME`, `SLIPWAY_PORTS`, `SLIPWAY_ROUTER_ADDR` and
 /// `SLIPWAY_HTTPS_ADDR` set and `cwd` as working directory.
-fn slipway_command(home: &Path, ports: (u16, u16), addrs: (&str, &str), cwd: &Path, args: &[&str]) -> Command {
+fn slipway_command(
+    home: &Path,
+    ports: (u16, u16),
+    addrs: (&str, &str),
+    cwd: &Path,
+    args: &[&str],
+) -> Command {
     let (router_addr, https_addr) = addrs;
     let mut cmd = Command::new(BIN);
     cmd.arg("--home")
@@ -603,7 +609,13 @@ impl Slipway {
     /// A `Command` for `slipway --home HOME ARGS...` with this environment's variables set and
     /// the temp dir as working directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = slipway_command(&self.home, self.ports, (&self.router_addr, &self.https_addr), self.tmp.path(), args);
+        let mut cmd = slipway_command(
+            &self.home,
+            self.ports,
+            (&self.router_addr, &self.https_addr),
+            self.tmp.path(),
+            args,
+        );
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }

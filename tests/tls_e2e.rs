@@ -409,3 +409,157 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     let json = slip.json(&["status", "--json"]);
     assert_eq!(json["router"]["https_addr"], https.as_str(), "{json}");
 }
+
+/// A dyno for the in-process router: answers every request with its path after the head
+/// arrived; `/slow` waits until `release` is notified.
+async fn slow_dyno(release: Arc<tokio::sync::Notify>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind dyno");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                if path == "/slow" {
+                    release.notified().await;
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{path}",
+                    path.len()
+                );
+                if stream.write_all(reply.as_bytes()).await.is_ok() {
+                    stream.shutdown().await.ok();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An HTTP/2 connection over TLS (SNI `name`) to the router at `addr`.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let server_name = ServerName::try_from(name.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+fn h2_get(authority: &str, path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("https://{authority}{path}"))
+        .version(hyper::Version::HTTP_2)
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connections_are_capped() {
+    use http_body_util::BodyExt;
+    use slipway::router::{AppStatus, Backend, RouteTable, Router, RouterConfig};
+    const STEP: Duration = Duration::from_secs(10);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = Home::at(dir.path());
+    let ca = Ca::new();
+    for app in ["slow", "idle"] {
+        let name: AppName = app.parse().expect("name");
+        let host = format!("{app}.localhost");
+        certs::write(&home, &name, &certs::file_name(Source::Manual, &host), ca.leaf(&[&host]).as_bytes())
+            .expect("write cert");
+    }
+    let release = Arc::new(tokio::sync::Notify::new());
+    let port = slow_dyno(release.clone()).await;
+    let router = Router::new(RouterConfig::for_home(&home).max_connections(4));
+    let mut table = RouteTable::new("localhost");
+    table.add_app("slow", &[], AppStatus::Up(vec![Backend::new("web.1".to_string(), port)]));
+    table.add_app("idle", &[], AppStatus::NoWebDynos);
+    router.update(table);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let serving = router.clone();
+    let task = tokio::spawn(async move { serving.serve_tls(listener).await });
+    let config = client_config(&ca, &[b"h2"]);
+
+    // A request in flight over HTTP/2 is counted, and a drain waits for it.
+    let mut client = h2_client(addr, "slow.localhost", config.clone()).await;
+    let pending = tokio::spawn(client.send_request(h2_get("slow.localhost", "/slow")));
+    let counted = tokio::time::timeout(STEP, async {
+        while router.in_flight(port) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "the HTTP/2 request is not counted in flight");
+    assert!(!router.drain(port, Duration::from_millis(200)).await, "a drain did not wait for it");
+    let draining = {
+        let router = router.clone();
+        tokio::spawn(async move { router.drain(port, STEP).await })
+    };
+    release.notify_one();
+    let response =
+        tokio::time::timeout(STEP, pending).await.expect("response").expect("task").expect("response");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"/slow");
+    assert!(tokio::time::timeout(STEP, draining).await.expect("drained").expect("task"), "drain timed out");
+    assert_eq!(router.in_flight(port), 0);
+
+    // The router's own answers over HTTP/2: 503 H14 for an app without web dynos (the same
+    // connection may carry another app's host its certificate does not cover: routing is by
+    // :authority), 404 for an unknown host.
+    let mut idle = h2_client(addr, "idle.localhost", config.clone()).await;
+    let response = idle.send_request(h2_get("idle.localhost", "/")).await.expect("response");
+    assert_eq!(response.status(), 503);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("H14"), "{}", String::from_utf8_lossy(&body));
+    let response = idle.send_request(h2_get("nobody.localhost", "/")).await.expect("response");
+    assert_eq!(response.status(), 404);
+    let fast = client.send_request(h2_get("slow.localhost", "/fast")).await.expect("response");
+    assert_eq!(fast.status(), 200);
+    // Responses dropped with their streams, then the connections.
+    drop((response, fast, client, idle));
+
+    // TLS connections count against the connection cap like plain ones: over it, a connection is
+    // closed before its handshake.
+    let settled = tokio::time::timeout(STEP, async {
+        while router.open_connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "{} connections still open", router.open_connections());
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(h2_client(addr, "slow.localhost", config.clone()).await);
+    }
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let refused = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(ServerName::try_from("slow.localhost").expect("name"), tcp);
+    assert!(
+        tokio::time::timeout(STEP, refused).await.expect("an answer").is_err(),
+        "a fifth connection was served"
+    );
+    drop(held);
+    task.abort();
+}

@@ -411,34 +411,36 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
 }
 
 /// A dyno for the in-process router: answers every request with its path after the head
-/// arrived; `/slow` waits until `release` is notified.
-async fn slow_dyno(release: Arc<tokio::sync::Notify>) -> u16 {
+/// arrived, on a kept-alive connection; `/slow` waits until `release` is notified. Counts the
+/// connections it accepted.
+async fn slow_dyno(release: Arc<tokio::sync::Notify>, accepted: Arc<std::sync::atomic::AtomicUsize>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind dyno");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let release = release.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                loop {
+                    // Byte by byte: the requests carry no body, so a head ends the read.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => head.push(byte[0]),
+                        }
                     }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                if path == "/slow" {
-                    release.notified().await;
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{path}",
-                    path.len()
-                );
-                if stream.write_all(reply.as_bytes()).await.is_ok() {
-                    stream.shutdown().await.ok();
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                    if path == "/slow" {
+                        release.notified().await;
+                    }
+                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
                 }
             });
         }
@@ -489,7 +491,8 @@ async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connectio
             .expect("write cert");
     }
     let release = Arc::new(tokio::sync::Notify::new());
-    let port = slow_dyno(release.clone()).await;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = slow_dyno(release.clone(), accepted.clone()).await;
     let router = Router::new(RouterConfig::for_home(&home).max_connections(4));
     let mut table = RouteTable::new("localhost");
     table.add_app("slow", &[], AppStatus::Up(vec![Backend::new("web.1".to_string(), port)]));
@@ -537,6 +540,16 @@ async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connectio
     assert_eq!(response.status(), 404);
     let fast = client.send_request(h2_get("slow.localhost", "/fast")).await.expect("response");
     assert_eq!(fast.status(), 200);
+
+    // Requests one after another reuse the router's connection to the dyno.
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        let response = client.send_request(h2_get("slow.localhost", "/again")).await.expect("response");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"/again");
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(opened <= 2, "{opened} new dyno connections for 5 requests in a row");
     // Responses dropped with their streams, then the connections.
     drop((response, fast, client, idle));
 

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -257,14 +257,20 @@ async fn handle(
         *request.uri_mut() = uri.clone();
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = upstream.clone();
-        match send(&inner, backend, request, &progress).await {
+        let reuse = ReuseSlot::default();
+        match send(&inner, backend, dyno_port, request, &progress, &reuse).await {
             Ok(response) => {
                 let (mut head, incoming) = response.into_parts();
+                let keep_alive = head.version == Version::HTTP_11
+                    && !head.headers.get_all(hyper::header::CONNECTION).iter().any(|v| {
+                        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                    });
                 strip_hop_by_hop(&mut head.headers);
                 head.version = Version::HTTP_2;
                 line.status = head.status.as_u16();
                 let body = Relayed {
                     inner: incoming,
+                    reuse: keep_alive.then_some((reuse, dyno_port)),
                     idle: Box::pin(tokio::time::sleep(inner.idle_timeout)),
                     idle_timeout: inner.idle_timeout,
                     log: Some(Pending { router: inner.clone(), app, line, started, guard, open }),
@@ -313,24 +319,52 @@ enum Failure {
     NoResponse,
 }
 
-/// Sends `request` over a new HTTP/1.1 client connection on `backend` and waits for the response
-/// head, at most the router timeout after the request body's last byte.
+/// A dyno connection that hyper's client used for one request goes back to the router's pool
+/// ([`super::pool`]) once both hold: hyper is done with it (nothing unread after the response)
+/// and the response body was relayed whole. Whichever comes second puts it back; if the body
+/// never completes, the connection is dropped (closed) with the slot.
+#[derive(Default)]
+struct Reuse {
+    stream: Option<TcpStream>,
+    body_done: bool,
+}
+
+type ReuseSlot = Arc<Mutex<Reuse>>;
+
+/// Sends `request` over an HTTP/1.1 client connection on `backend` (to the dyno on `port`) and
+/// waits for the response head, at most the router timeout after the request body's last byte.
 async fn send(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     backend: TcpStream,
+    port: u16,
     request: Request<RequestBody>,
     progress: &Progress,
+    reuse: &ReuseSlot,
 ) -> Result<Response<Incoming>, Failure> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(backend))
         .await
         .map_err(|_| Failure::NoResponse)?;
+    let (router, slot) = (inner.clone(), reuse.clone());
     tokio::spawn(async move {
-        if let Err(err) = conn.await {
-            tracing::debug!(%err, "router: a dyno connection for HTTP/2 ended with an error");
+        match conn.without_shutdown().await {
+            Ok(parts) if parts.read_buf.is_empty() => {
+                let stream = parts.io.into_inner();
+                let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.body_done {
+                    router.pool.checkin(port, stream);
+                } else {
+                    slot.stream = Some(stream);
+                }
+            }
+            // The dyno sent more than its response: not reusable.
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%err, "router: a dyno connection for HTTP/2 ended with an error"),
         }
     });
     let response = sender.send_request(request);
+    // One request per client connection: hyper is done with it once its response has been read.
+    drop(sender);
     let timer = tokio::time::sleep_until((progress.last() + inner.timeout).into());
     tokio::pin!(response, timer);
     loop {
@@ -523,13 +557,24 @@ struct Pending {
 /// timeout without data (`H15`), and logs the request when it ends (or the client reset it).
 struct Relayed {
     inner: Incoming,
+    /// The dyno connection, to pool once the body is through (`None`: it closes).
+    reuse: Option<(ReuseSlot, u16)>,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
     log: Option<Pending>,
 }
 
 impl Relayed {
-    fn finish(&mut self) {
+    /// Logs the request once; with `complete` (the whole body went out), the dyno connection
+    /// may go back to the pool.
+    fn finish(&mut self, complete: bool) {
+        if let (true, Some((slot, port)), Some(log)) = (complete, self.reuse.take(), self.log.as_ref()) {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.body_done = true;
+            if let Some(stream) = slot.stream.take() {
+                log.router.pool.checkin(port, stream);
+            }
+        }
         if let Some(Pending { router, app, mut line, started, guard, open }) = self.log.take() {
             line.service = started.elapsed();
             router.sink.send(&app, line);
@@ -557,11 +602,11 @@ impl Body for Relayed {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.finish();
+                this.finish(false);
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
-                this.finish();
+                this.finish(true);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -570,7 +615,7 @@ impl Body for Relayed {
                         tracing::info!(app = %log.app, "router: a response body stalled for {:?} (H15)", this.idle_timeout);
                         log.line.error = Some(H15);
                     }
-                    this.finish();
+                    this.finish(false);
                     // The stream is reset: the client sees a broken body, not a complete one.
                     return Poll::Ready(Some(Err("the response body stalled".into())));
                 }
@@ -590,6 +635,9 @@ impl Body for Relayed {
 
 impl Drop for Relayed {
     fn drop(&mut self) {
-        self.finish();
+        // A body of known length may be dropped once its last byte went out, unpolled to its
+        // end: it is complete all the same.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }

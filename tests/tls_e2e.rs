@@ -410,10 +410,14 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert_eq!(json["router"]["https_addr"], https.as_str(), "{json}");
 }
 
-/// A dyno for the in-process router: answers every request with its path after the head
-/// arrived, on a kept-alive connection; `/slow` waits until `release` is notified. Counts the
-/// connections it accepted.
-async fn slow_dyno(release: Arc<tokio::sync::Notify>, accepted: Arc<std::sync::atomic::AtomicUsize>) -> u16 {
+/// A dyno for the in-process router: answers every request with `name` and its path after the
+/// head arrived, on a kept-alive connection; `/slow` waits until `release` is notified. Counts
+/// the connections it accepted.
+async fn slow_dyno(
+    name: &'static str,
+    release: Arc<tokio::sync::Notify>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind dyno");
     let port = listener.local_addr().expect("addr").port();
@@ -437,7 +441,8 @@ async fn slow_dyno(release: Arc<tokio::sync::Notify>, accepted: Arc<std::sync::a
                     if path == "/slow" {
                         release.notified().await;
                     }
-                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+                    let body = format!("{name}{path}");
+                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                     if stream.write_all(reply.as_bytes()).await.is_err() {
                         return;
                     }
@@ -492,7 +497,7 @@ async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connectio
     }
     let release = Arc::new(tokio::sync::Notify::new());
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let port = slow_dyno(release.clone(), accepted.clone()).await;
+    let port = slow_dyno("", release.clone(), accepted.clone()).await;
     let router = Router::new(RouterConfig::for_home(&home).max_connections(4));
     let mut table = RouteTable::new("localhost");
     table.add_app("slow", &[], AppStatus::Up(vec![Backend::new("web.1".to_string(), port)]));
@@ -575,4 +580,91 @@ async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connectio
     );
     drop(held);
     task.abort();
+}
+
+/// `GET path` over HTTP/2 on a fresh connection: status and body.
+async fn h2_fetch(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let mut client = h2_client(addr, "alpha.localhost", config).await;
+    let response = client.send_request(h2_get("alpha.localhost", path)).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retiring_router_hands_its_https_address_over_too() {
+    use slipway::router::{AppStatus, Backend, RouteTable, Router, RouterConfig};
+    const STEP: Duration = Duration::from_secs(10);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = Home::at(dir.path());
+    let ca = Ca::new();
+    let alpha: AppName = "alpha".parse().expect("name");
+    certs::write(
+        &home,
+        &alpha,
+        &certs::file_name(Source::Manual, "alpha.localhost"),
+        ca.leaf(&["alpha.localhost"]).as_bytes(),
+    )
+    .expect("write cert");
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let counted = || Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let old_port = slow_dyno("old", gate.clone(), counted()).await;
+    let new_port = slow_dyno("new", gate.clone(), counted()).await;
+    let table = |port: u16| {
+        let mut table = RouteTable::new("localhost");
+        table.add_app("alpha", &[], AppStatus::Up(vec![Backend::new("web.1".to_string(), port)]));
+        table
+    };
+    let bind = |addr: &str| slipway::router::reuseport::bind(addr.parse().expect("address")).expect("bind");
+    let (http, https) = (bind("127.0.0.1:0"), bind("127.0.0.1:0"));
+    let (http_addr, https_addr) = (http.local_addr().expect("addr"), https.local_addr().expect("addr"));
+
+    let old = Router::new(RouterConfig::for_home(&home));
+    old.update(table(old_port));
+    old.serve_with_tls_on_threads(http, Some(https), 1).expect("serve");
+    let config = client_config(&ca, &[b"h2"]);
+    assert_eq!(h2_fetch(https_addr, config.clone(), "/").await, (200, "old/".to_string()));
+    let pending = tokio::spawn(h2_fetch(https_addr, config.clone(), "/slow"));
+    let started = tokio::time::timeout(STEP, async {
+        while old.in_flight(old_port) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "the slow request did not reach the old router's dyno");
+
+    let new = Router::new(RouterConfig::for_home(&home));
+    new.update(table(new_port));
+    let join = |addr: std::net::SocketAddr| slipway::router::reuseport::bind(addr).expect("join the address");
+    new.serve_with_tls_on_threads(join(http_addr), Some(join(https_addr)), 1).expect("serve");
+    // Steered: new HTTPS connections go to the successor while the old router still accepts.
+    assert!(old.steer_to_successor().expect("steer"));
+    for _ in 0..20 {
+        assert_eq!(h2_fetch(https_addr, config.clone(), "/").await, (200, "new/".to_string()));
+    }
+    let retiring = old.clone();
+    let retire = tokio::spawn(async move { retiring.retire(true, Duration::from_millis(50), STEP).await });
+    let retired = tokio::time::timeout(STEP, async {
+        while !old.retiring() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(retired.is_ok());
+    // The request in flight on the old router finishes there.
+    gate.notify_one();
+    let answer = tokio::time::timeout(STEP, pending).await.expect("in time").expect("task");
+    assert_eq!(answer, (200, "old/slow".to_string()));
+    assert_eq!(
+        tokio::time::timeout(STEP, retire).await.expect("retired").expect("task"),
+        0,
+        "connections left open"
+    );
+    assert_eq!(h2_fetch(https_addr, config.clone(), "/").await, (200, "new/".to_string()));
 }

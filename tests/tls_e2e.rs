@@ -533,6 +533,34 @@ async fn http2_requests_count_in_flight_get_the_routers_errors_and_tls_connectio
     assert!(tokio::time::timeout(STEP, draining).await.expect("drained").expect("task"), "drain timed out");
     assert_eq!(router.in_flight(port), 0);
 
+    // A client resetting its stream while the dyno thinks: no longer in flight, logged as H27.
+    let doomed = tokio::spawn(client.send_request(h2_get("slow.localhost", "/slow")));
+    let counted = tokio::time::timeout(STEP, async {
+        while router.in_flight(port) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "the second slow request is not counted");
+    doomed.abort();
+    let log = dir.path().join("logs").join("slow").join("app.log");
+    let logged = tokio::time::timeout(STEP, async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if router.in_flight(port) == 0 && text.contains("code=H27") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no H27 line, or still in flight");
+    let line = logged.lines().find(|l| l.contains("code=H27")).expect("H27 line");
+    assert!(
+        line.contains("status=499") && line.contains("protocol=https") && line.contains("path=\"/slow\""),
+        "{line}"
+    );
+
     // The router's own answers over HTTP/2: 503 H14 for an app without web dynos (the same
     // connection may carry another app's host its certificate does not cover: routing is by
     // :authority), 404 for an unknown host.

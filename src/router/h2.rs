@@ -258,7 +258,10 @@ async fn handle(
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = upstream.clone();
         let reuse = ReuseSlot::default();
-        match send(&inner, backend, dyno_port, request, &progress, &reuse).await {
+        let waiting = ClientGone::arm(&inner, &app, &line, started);
+        let sent = send(&inner, backend, dyno_port, request, &progress, &reuse).await;
+        waiting.disarm();
+        match sent {
             Ok(response) => {
                 let (mut head, incoming) = response.into_parts();
                 let keep_alive = head.version == Version::HTTP_11
@@ -309,6 +312,33 @@ async fn handle(
                     next => next,
                 };
             }
+        }
+    }
+}
+
+/// Logs `H27` (status 499) for a request whose client reset its stream while the router waited
+/// for the dyno's response head: hyper then drops the request's task, and this with it.
+struct ClientGone {
+    armed: Option<(Arc<Inner>, Arc<str>, RequestLine, Instant)>,
+}
+
+impl ClientGone {
+    fn arm(inner: &Arc<Inner>, app: &Arc<str>, line: &RequestLine, started: Instant) -> ClientGone {
+        ClientGone { armed: Some((inner.clone(), app.clone(), line.clone(), started)) }
+    }
+
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if let Some((inner, app, mut line, started)) = self.armed.take() {
+            line.error = Some(H27);
+            line.status = 499;
+            line.service = started.elapsed();
+            inner.sink.send(&app, line);
         }
     }
 }

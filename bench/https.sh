@@ -10,7 +10,7 @@
 #
 # The dyno is nginx (1 worker, `return 200 "Hello, world\n"`), as in bench/router.sh. The proxy
 # nginx: `worker_processes auto`, `access_log off`, TLS 1.2/1.3 with the same ECDSA P-256
-# certificate (made with openssl) as the router, `http2 on`, session cache, an upstream with
+# certificate (made with openssl) as the router, `listen … ssl http2`, session cache, an upstream with
 # `keepalive 64`, and the headers slipway's router sets. No CPU pinning: the load generator, the
 # dyno and the proxy share the machine's cores.
 #
@@ -170,8 +170,7 @@ http {
     }
     server {
         listen 127.0.0.1:$PROXY_PORT;
-        listen 127.0.0.1:$PROXY_TLS_PORT ssl;
-        http2 on;
+        listen 127.0.0.1:$PROXY_TLS_PORT ssl http2;
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         location / {
@@ -206,42 +205,46 @@ for _ in $(seq 1 100); do
     fi
     sleep 0.2
 done
-((ready)) || die "not every path answers 'Hello, world'"
+((ready)) || { cat "$P/error.log" >&2; die "not every path answers 'Hello, world'"; }
 
 # ----- runs --------------------------------------------------------------------------------------
 RES=$WORK/runs.tsv
 : >"$RES"
-run() { # LABEL TOOL PORT
+run() { # LABEL TOOL(wrk|h1|h2) PORT
     local out rps p99
     if [[ $2 == wrk ]]; then
-        local scheme=http
-        [[ $1 == *tls* ]] && scheme=https
-        out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "$scheme://127.0.0.1:$3/" 2>&1) ||
+        out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "http://127.0.0.1:$3/" 2>&1) ||
             die "wrk failed: $out"
         rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-        p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+        p99="p99 $(awk '$1 == "99%" {print $2}' <<<"$out")"
     else
-        # h2load's -D runs for a duration; SNI comes from the URL's host, resolved by --connect-to.
-        out=$(h2load -t2 -c"$CONNS" -m"$STREAMS" -D"$DURATION" --connect-to="127.0.0.1:$3" \
+        # TLS: h2load, which takes SNI and :authority from the URL and connects to --connect-to
+        # (wrk sends the URL's IP address as SNI, which the router refuses, having no
+        # certificate for it). -D runs for a duration; --h1 speaks HTTP/1.1, one request at a
+        # time per connection, as wrk does.
+        local proto=(-m"$STREAMS") want=h2
+        [[ $2 == h1 ]] && proto=(--h1 -m1) want=http/1.1
+        out=$(h2load -t2 -c"$CONNS" "${proto[@]}" -D"$DURATION" --connect-to="127.0.0.1:$3" \
             "https://$HOST:$3/" 2>&1) || die "h2load failed: $out"
-        grep -q 'Application protocol: h2' <<<"$out" || die "h2load did not negotiate h2: $out"
+        grep -q "Application protocol: $want" <<<"$out" || die "h2load did not negotiate $want: $out"
         rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
-        p99=$(awk '/^time for request:/ {print $3 " (max " $4 ")"}' <<<"$out")
+        # requests: N total, N started, N done, N succeeded, N failed, ...
         local failed
-        failed=$(awk '/^requests:/ {print $8}' <<<"$out")
+        failed=$(awk '/^requests:/ {print $10}' <<<"$out")
         [[ $failed == 0 ]] || log "$1: $failed failed requests"
+        p99=$(awk '/^time for request:/ {print "mean " $6 ", max " $5}' <<<"$out")
     fi
     printf '%s\t%s\t%s\n' "$1" "$rps" "$p99" >>"$RES"
-    log "$1: $rps req/s, p99 $p99"
+    log "$1: $rps req/s, $p99"
 }
 for r in $(seq 1 "$RUNS"); do
     log "run $r/$RUNS"
     run router-http wrk "$ROUTER_PORT"
     run nginx-http wrk "$PROXY_PORT"
-    run router-tls-h1 wrk "$ROUTER_TLS_PORT"
-    run nginx-tls-h1 wrk "$PROXY_TLS_PORT"
-    run router-h2 h2load "$ROUTER_TLS_PORT"
-    run nginx-h2 h2load "$PROXY_TLS_PORT"
+    run router-tls-h1 h1 "$ROUTER_TLS_PORT"
+    run nginx-tls-h1 h1 "$PROXY_TLS_PORT"
+    run router-h2 h2 "$ROUTER_TLS_PORT"
+    run nginx-h2 h2 "$PROXY_TLS_PORT"
 done
 
 # ----- report ------------------------------------------------------------------------------------
@@ -255,10 +258,11 @@ for line in open(res):
         best[label] = (rps, p99)
 print(f"### HTTPS benchmark\n")
 print(f"{version}; {nginx.replace('nginx version: ', '')}. One nginx dyno answering 13 bytes; the proxy nginx "
-      f"`worker_processes auto`, `access_log off`, `http2 on`. HTTP/1.1: `wrk -t2 -c{conns} -d{duration}s`; HTTP/2: "
-      f"`h2load -t2 -c{conns} -m{streams} -D{duration}` (h2load reports the mean and sd of request times, not a p99; "
-      f"the column shows its mean and max). Best of {runs} interleaved runs; no CPU pinning.\n")
-print("| protocol | router requests/s | nginx requests/s | router / nginx | router p99 | nginx p99 |")
+      f"`worker_processes auto`, `access_log off`, HTTP/2 on its TLS port. Plain HTTP/1.1: `wrk -t2 -c{conns} -d{duration}s` "
+      f"(latency: p99); HTTPS: `h2load -t2 -c{conns} -D{duration}`, `--h1 -m1` for HTTP/1.1 and `-m{streams}` for HTTP/2 "
+      f"(h2load reports no percentiles: latency is its mean and max request time). "
+      f"Best of {runs} interleaved runs; no CPU pinning.\n")
+print("| protocol | router requests/s | nginx requests/s | router / nginx | router latency | nginx latency |")
 print("|---|---:|---:|---:|---:|---:|")
 for name, r, n in [("plain HTTP/1.1", "router-http", "nginx-http"), ("HTTPS, HTTP/1.1", "router-tls-h1", "nginx-tls-h1"),
                    ("HTTPS, HTTP/2", "router-h2", "nginx-h2")]:

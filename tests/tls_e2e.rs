@@ -408,6 +408,8 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     // status shows the HTTPS listener.
     let json = slip.json(&["status", "--json"]);
     assert_eq!(json["router"]["https_addr"], https.as_str(), "{json}");
+    let text = slip.cmd_ok(&["status"]);
+    assert!(text.contains(&format!("HTTPS {https}")), "{text}");
 }
 
 /// A dyno for the in-process router: answers every request with `name` and its path after the

@@ -282,6 +282,10 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert!(refused.contains("UnrecognisedName") || refused.contains("UnrecognizedName"), "{refused}");
     let refused = handshake(&https, "gamma.example.com", h1.clone()).expect_err("unknown host");
     assert!(refused.contains("UnrecognisedName"), "{refused}");
+    let mut no_sni = (*h1).clone();
+    no_sni.enable_sni = false;
+    let refused = handshake(&https, "alpha.localhost", Arc::new(no_sni)).expect_err("no SNI");
+    assert!(refused.contains("UnrecognisedName"), "{refused}");
 
     // A replaced certificate is served without a restart.
     certs::write(

@@ -10,6 +10,7 @@
 //! gets no certificate (the handshake fails), never another app's.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,12 +69,22 @@ pub struct CertStore {
     snapshot: RwLock<Arc<Snapshot>>,
     /// When the stamp was last looked at, and what it was when the snapshot was read.
     checked: Mutex<(Option<Instant>, Option<Stamp>)>,
+    /// Milliseconds after `origin` before which the stamp is not looked at again: the request
+    /// path reads it without taking a lock.
+    origin: Instant,
+    due_ms: AtomicU64,
 }
 
 impl CertStore {
     /// A store reading `home`'s `certs/`; `None`: a store with no certificates.
     pub fn new(home: Option<Home>) -> CertStore {
-        CertStore { home, snapshot: RwLock::default(), checked: Mutex::new((None, None)) }
+        CertStore {
+            home,
+            snapshot: RwLock::default(),
+            checked: Mutex::new((None, None)),
+            origin: Instant::now(),
+            due_ms: AtomicU64::new(0),
+        }
     }
 
     /// The home whose certificates these are.
@@ -97,7 +108,9 @@ impl CertStore {
     /// The snapshot, re-read first when a second has passed since the last look and the stamp
     /// moved.
     fn current(&self) -> Arc<Snapshot> {
-        if let Some(home) = &self.home {
+        let elapsed_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(home) = self.home.as_ref().filter(|_| elapsed_ms >= self.due_ms.load(Ordering::Relaxed)) {
+            self.due_ms.store(elapsed_ms + RECHECK.as_millis() as u64, Ordering::Relaxed);
             let stale = {
                 let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
                 let never = checked.0.is_none();

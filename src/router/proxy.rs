@@ -81,8 +81,16 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     }
 
     async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        buf.reserve(READ_CHUNK);
-        self.read_buf(buf).await
+        if !buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            return self.read_buf(buf).await;
+        }
+        // Idle between requests: wait with a small buffer of the task's own rather than 16 KiB
+        // on the heap, so idle kept-alive connections stay cheap (rustls holds its own buffers).
+        let mut first = [0u8; 1024];
+        let n = self.read(&mut first).await?;
+        buf.extend_from_slice(&first[..n]);
+        Ok(n)
     }
 }
 

@@ -400,6 +400,17 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     let mut raw = String::new();
     plain.read_to_string(&mut raw).expect("read");
     assert!(raw.starts_with("HTTP/1.1 308 "), "{raw}");
+    // A TLS proxy in front (on loopback) that says the client came over HTTPS: no redirect loop.
+    let mut plain = TcpStream::connect(&router).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        plain,
+        "GET / HTTP/1.1\r\nHost: alpha.localhost\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    plain.read_to_string(&mut raw).expect("read");
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
     // Beta has no redirect flag; over HTTPS nothing is redirected.
     assert_eq!(router_get(&router, "beta.localhost", "/").map(|(s, _)| s), Some(200));
     assert_eq!(https_get(&https, "alpha.localhost", "/", h1.clone()).map(|(s, _, _)| s), Ok(200));

@@ -62,6 +62,9 @@ pub struct RequestHead {
     pub request_id: String,
     /// The `X-Forwarded-For` value sent on (shown as `fwd` in the router log).
     pub fwd: String,
+    /// A TLS proxy in front (a trusted peer on loopback) says the client came over HTTPS
+    /// (`X-Forwarded-Proto: https`): such a request is never redirected to HTTPS.
+    pub proxied_https: bool,
     /// The head for the dyno.
     pub upstream: Vec<u8>,
 }
@@ -152,6 +155,7 @@ pub fn parse_request_via(
         (false, None) => return Err(HeadError::NotImplemented),
     };
     let trusted_proxy = headers::trusted_proxy(client);
+    let proxied_https = trusted_proxy && forwarded.proto.as_deref() == Some(b"https");
     let upgrade = !http10 && upgrade_to.is_some() && tokens.has("upgrade");
     let keep_alive = !http10 && !tokens.has("close");
 
@@ -203,6 +207,7 @@ pub fn parse_request_via(
         keep_alive,
         request_id,
         fwd,
+        proxied_https,
         upstream,
     }))
 }
@@ -841,6 +846,23 @@ mod tests {
             );
             assert_eq!(up.matches("X-Forwarded-Proto").count(), 1, "{up}");
         }
+    }
+
+    #[test]
+    fn only_a_loopback_proxy_can_say_the_client_came_over_https() {
+        let sent = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n";
+        for (client, want) in
+            [("127.0.0.1", true), ("::1", true), ("192.0.2.1", false), ("::ffff:10.0.0.1", false)]
+        {
+            let head = parse_request(sent.as_bytes(), client.parse().unwrap(), 80).unwrap().unwrap();
+            assert_eq!(head.proxied_https, want, "{client}");
+        }
+        let plain = parse_request(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\n\r\n",
+            "127.0.0.1".parse().unwrap(),
+            80,
+        );
+        assert!(!plain.unwrap().unwrap().proxied_https);
     }
 
     #[test]

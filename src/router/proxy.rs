@@ -341,7 +341,7 @@ impl Inner {
             status: 0,
             bytes: 0,
         };
-        if via.scheme == Scheme::Http {
+        if via.scheme == Scheme::Http && !req.proxied_https {
             if let Some((app, location)) = self.redirect_location(&selection, &line) {
                 drop(selection);
                 let close = !req.keep_alive || unread_body_closes;

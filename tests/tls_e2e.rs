@@ -425,6 +425,7 @@ fn https_serves_each_app_its_certificate_over_http1_and_http2() {
     assert_eq!(json["router"]["https_addr"], https.as_str(), "{json}");
     let text = slip.cmd_ok(&["status"]);
     assert!(text.contains(&format!("HTTPS {https}")), "{text}");
+    assert!(!text.contains("nothing listens for HTTPS"), "{text}");
 }
 
 /// A dyno for the in-process router: answers every request with `name` and its path after the
@@ -712,4 +713,24 @@ async fn a_retiring_router_hands_its_https_address_over_too() {
         "connections left open"
     );
     assert_eq!(h2_fetch(https_addr, config.clone(), "/").await, (200, "new/".to_string()));
+}
+
+#[test]
+fn a_router_without_its_https_address_serves_http_and_status_says_so() {
+    let mut slip = Slipway::new();
+    // Someone else holds the HTTPS address (bound without SO_REUSEPORT, not listening).
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind(slip.https_addr.parse().expect("address")).expect("hold the HTTPS address");
+    slip.start_daemon();
+    deploy(&slip, "alpha");
+    let router = slip.router_addr.clone();
+    let served = wait_until(Duration::from_secs(20), || {
+        router_get(&router, "alpha.localhost", "/").is_some_and(|(s, _)| s == 200)
+    });
+    assert!(served, "plain HTTP is not served\n{}", slip.diagnostics());
+    let text = slip.cmd_ok(&["status"]);
+    assert!(text.contains(&format!("nothing listens for HTTPS on {}", slip.https_addr)), "{text}");
+    let log = std::fs::read_to_string(slip.home.join("logs").join("router.log")).unwrap_or_default();
+    assert!(log.contains("cannot listen for HTTPS"), "{log}");
+    drop(held);
 }

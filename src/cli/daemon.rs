@@ -264,6 +264,15 @@ fn gather(home: &Home) -> StatusReport {
             env!("CARGO_PKG_VERSION")
         ));
     }
+    // A router that could not bind its HTTPS address serves plain HTTP only (and says why in
+    // logs/router.log): nothing answering there is a problem worth a line.
+    if let (Some(_), Some(addr)) = (&announced, settings.as_ref().and_then(|s| s.https_addr)) {
+        if !listening(addr) {
+            problems.push(format!(
+                "nothing listens for HTTPS on {addr} (see logs/router.log; choose another address with: slipway settings:set https_addr=IP:PORT)"
+            ));
+        }
+    }
     let router = RouterStatus {
         addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
         https_addr: match settings.as_ref() {
@@ -448,6 +457,20 @@ fn format_duration(secs: u64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// True when something accepts TCP connections at `addr` (an unspecified address is tried on
+/// loopback).
+fn listening(addr: std::net::SocketAddr) -> bool {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
 
 #[cfg(test)]

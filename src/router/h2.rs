@@ -151,20 +151,15 @@ async fn handle(
     }
     let values = forwarded.values(peer.ip(), port, Scheme::Https);
     let request_id = values.request_id.clone();
-    let authority = match parts.uri.authority() {
-        Some(authority) => Some(authority.as_str().to_string()),
-        None => parts.headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string),
-    };
-    let Some((authority, host)) = authority.and_then(|a| normalize_host(&a).map(|h| (a, h))) else {
-        tracing::info!(%peer, "router: an HTTP/2 request without a valid host (400)");
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The request has no valid host.",
-            None,
-            &request_id,
-            head_request,
-        );
+    let hosts: Vec<&[u8]> =
+        parts.headers.get_all(hyper::header::HOST).iter().map(HeaderValue::as_bytes).collect();
+    let (authority, host) = match request_host(parts.uri.authority().map(|a| a.as_str()), &hosts) {
+        Ok(found) => found,
+        Err(why) => {
+            tracing::info!(%peer, why, "router: an HTTP/2 request without a usable host (400)");
+            let text = format!("The router cannot pass this request on: {why}.");
+            return page(StatusCode::BAD_REQUEST, "Bad request", &text, None, &request_id, head_request);
+        }
     };
     if parts.method == Method::CONNECT {
         tracing::info!(%peer, "router: an HTTP/2 CONNECT (400)");
@@ -341,6 +336,29 @@ impl Drop for ClientGone {
             inner.sink.send(&app, line);
         }
     }
+}
+
+/// The authority a request is for (`Host` for the dyno) and its normalised host (for routing):
+/// `:authority`, else the one `Host` header (RFC 9113 §8.3.1). A `Host` naming another host than
+/// `:authority`, two `Host` headers, or neither, is malformed.
+fn request_host(authority: Option<&str>, hosts: &[&[u8]]) -> Result<(String, String), &'static str> {
+    if hosts.len() > 1 {
+        return Err("more than one Host header");
+    }
+    let header = match hosts.first() {
+        Some(h) => Some(std::str::from_utf8(h).map_err(|_| "a Host header that is not text")?),
+        None => None,
+    };
+    let authority = match (authority, header) {
+        (Some(a), Some(h)) if normalize_host(a) != normalize_host(h) => {
+            return Err("a Host header naming another host than :authority")
+        }
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err("no :authority and no Host header"),
+    };
+    let host = normalize_host(authority).ok_or("an invalid host")?;
+    Ok((authority.to_string(), host))
 }
 
 /// Why no response head came from the dyno.
@@ -669,5 +687,39 @@ impl Drop for Relayed {
         // end: it is complete all the same.
         let complete = self.inner.is_end_stream();
         self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_comes_from_authority_else_host_and_they_must_agree() {
+        let ok = |a: Option<&str>, hosts: &[&str]| {
+            let hosts: Vec<&[u8]> = hosts.iter().map(|h| h.as_bytes()).collect();
+            request_host(a, &hosts)
+        };
+        for (authority, hosts, want) in [
+            (Some("App.example.com:8443"), &[][..], Ok(("App.example.com:8443", "app.example.com"))),
+            (
+                Some("app.example.com"),
+                &["APP.example.com:443"][..],
+                Ok(("app.example.com", "app.example.com")),
+            ),
+            (None, &["app.example.com"][..], Ok(("app.example.com", "app.example.com"))),
+            (
+                Some("a.example.com"),
+                &["b.example.com"][..],
+                Err("a Host header naming another host than :authority"),
+            ),
+            (None, &["a.example.com", "a.example.com"][..], Err("more than one Host header")),
+            (None, &[][..], Err("no :authority and no Host header")),
+            (Some("bad host"), &[][..], Err("an invalid host")),
+        ] {
+            let got = ok(authority, hosts);
+            let want = want.map(|(a, h)| (a.to_string(), h.to_string()));
+            assert_eq!(got, want, "{authority:?} {hosts:?}");
+        }
     }
 }

@@ -9,8 +9,8 @@
 # atomically, reports the version change and restarts the daemon only; running dynos
 # keep serving across the restart. --uninstall undoes it (see uninstall below).
 # Settings live in $HOME_DIR/slipway.toml: this script only adds or changes the
-# keys of the options it is given (and router_addr when the file has none), so
-# whatever an operator put there survives every run.
+# keys of the options it is given (and router_addr and https_addr when the file
+# has none), so whatever an operator put there survives every run.
 set -euo pipefail
 
 readonly DEFAULT_HOME=/var/lib/slipway
@@ -412,6 +412,10 @@ configure_settings() {
         if have_systemd; then ROUTER_ADDR=0.0.0.0:80; else ROUTER_ADDR=0.0.0.0:8080; fi
     fi
     if [ -n "$ROUTER_ADDR" ]; then pairs+=("router_addr=$ROUTER_ADDR"); fi
+    # HTTPS: 443 with systemd (the same capability as port 80), else 8443; kept when set.
+    if [ -z "$(setting https_addr)" ]; then
+        if have_systemd; then pairs+=("https_addr=0.0.0.0:443"); else pairs+=("https_addr=0.0.0.0:8443"); fi
+    fi
     if [ -n "$DOMAIN" ]; then pairs+=("domain=$DOMAIN"); fi
     if [ "${#pairs[@]}" -gt 0 ]; then
         say "Writing ${pairs[*]} to $HOME_DIR/slipway.toml"

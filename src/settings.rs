@@ -52,6 +52,8 @@ pub struct Settings {
     pub log_policy: LogPolicy,
     /// Where the HTTP router listens (`router_addr`, default 0.0.0.0:8080).
     pub router_addr: SocketAddr,
+    /// Where the router serves HTTPS (`https_addr`, default 0.0.0.0:8443; `off`: no HTTPS).
+    pub https_addr: Option<SocketAddr>,
     /// How long the router waits for a dyno's response head before answering 503 H12
     /// (`router_timeout`, seconds, default 30 as on Heroku).
     pub router_timeout: Duration,
@@ -122,6 +124,7 @@ const fn spec(key: &'static str, default: &'static str, kind: Kind, daemon: bool
 const SPECS: &[Spec] = &[
     spec("ports", "5000-5999", Kind::Text, true),
     spec("router_addr", "0.0.0.0:8080", Kind::Text, true),
+    spec("https_addr", "0.0.0.0:8443", Kind::Text, true),
     spec("domain", "localhost", Kind::Text, true),
     spec("router_timeout", "30", Kind::Number, true),
     spec("boot_timeout", "60", Kind::Number, true),
@@ -405,6 +408,10 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         })?,
         router_addr: check(get("router_addr"), |s| {
             s.parse::<SocketAddr>().map_err(|_| "expected IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080")
+        })?,
+        https_addr: check(get("https_addr"), |s| match s {
+            "off" => Ok(None),
+            s => s.parse::<SocketAddr>().map(Some).map_err(|_| "expected IP:PORT (e.g. 0.0.0.0:443) or off"),
         })?,
         domain: check(get("domain"), |s| Ok(s.to_string()))?,
         // Zero is refused: a router timeout of 0 would fail every request.
@@ -691,7 +698,7 @@ const HEADER: &str = "\
 # slipway settings (`slipway settings` lists every key, its value and where it comes from).
 # SLIPWAY_<KEY> in a process's environment overrides a key here. Builds and commands read this
 # file when they start; the daemon reads it at its start, so restart it to apply ports,
-# router_addr, domain, the timeouts of dynos and the log settings.
+# router_addr, https_addr, domain, the timeouts of dynos and the log settings.
 ";
 
 /// Replaces `file` by a temporary file renamed over it: readers see the old or the new file,
@@ -756,6 +763,7 @@ mod tests {
         let s = &loaded.settings;
         assert_eq!(s.ports, 5000..=5999);
         assert_eq!(s.router_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(s.https_addr, Some(SocketAddr::from(([0, 0, 0, 0], 8443))));
         assert_eq!(s.domain, "localhost");
         assert_eq!(s.boot_timeout, Duration::from_secs(60));
         assert_eq!(s.max_slug_bytes, 500 * 1024 * 1024);
@@ -783,6 +791,8 @@ mod tests {
             ("domain = \"apps.example.com\"", |s| s.domain == "apps.example.com"),
             ("ports = \"7000-7099\"", |s| s.ports == (7000..=7099)),
             ("router_addr = \"[::]:80\"", |s| s.router_addr.port() == 80),
+            ("https_addr = \"[::]:443\"", |s| s.https_addr.is_some_and(|a| a.port() == 443)),
+            ("https_addr = \"off\"", |s| s.https_addr.is_none()),
             ("log_max_mb = 0.5", |s| s.log_policy.max_bytes == 512 * 1024),
             ("log_files = 3", |s| s.log_policy.files == 3),
             ("build_config = true", |s| s.build_config),
@@ -824,6 +834,7 @@ mod tests {
             ("keep_releases = 0", "/h/slipway.toml: keep_releases = 0 is not valid: expected a whole number in range"),
             ("ports = \"80-90\"", "/h/slipway.toml: ports = \"80-90\" is not valid: expected START-END with 1024 <= START <= END <= 65535"),
             ("router_addr = \"localhost\"", "/h/slipway.toml: router_addr = \"localhost\" is not valid: expected IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080"),
+            ("https_addr = \"on\"", "/h/slipway.toml: https_addr = \"on\" is not valid: expected IP:PORT (e.g. 0.0.0.0:443) or off"),
             ("router_timeout = 0", "/h/slipway.toml: router_timeout = 0 is not valid: expected a number of seconds above 0"),
             ("boot_timeout = -3", "/h/slipway.toml: boot_timeout = -3 is not valid: expected a number of seconds"),
             ("log_max_mb = 0", "/h/slipway.toml: log_max_mb = 0 is not valid: expected megabytes, at least 0.001"),

@@ -180,3 +180,25 @@ fn the_uninstall_dry_run_mentions_the_firewall_rule() {
     assert!(out.status.success(), "dry run failed: {stderr}\n{stdout}");
     assert!(stdout.to_lowercase().contains("firewall rule for the dyno ports"), "{stdout}");
 }
+
+/// `https_addr` is written when slipway.toml has none: 443 with systemd (the unit grants the
+/// capability to bind it), 8443 without; one already in the file is kept.
+#[test]
+fn install_writes_https_addr_only_when_the_file_has_none() {
+    // `as_slipway settings` lists (KEY VALUE ORIGIN); `settings:set` does nothing; what would be
+    // written is in the `Writing …` line.
+    let run = |file_keys: &str, systemd: bool| {
+        function(&format!(
+            "migrate_unit_settings() {{ :; }}; have_systemd() {{ {}; }}; \
+             as_slipway() {{ if [ \"$1\" = settings ]; then printf '{file_keys}'; fi; }}; \
+             configure_settings",
+            if systemd { "true" } else { "false" }
+        ))
+    };
+    let fresh = run("", true);
+    assert!(fresh.contains("https_addr=0.0.0.0:443"), "{fresh}");
+    let fresh = run("", false);
+    assert!(fresh.contains("https_addr=0.0.0.0:8443"), "{fresh}");
+    let kept = run("router_addr 0.0.0.0:80 slipway.toml\\nhttps_addr off slipway.toml\\n", true);
+    assert!(!kept.contains("https_addr="), "{kept}");
+}

@@ -70,14 +70,18 @@ pub fn status(home: &Home, json: bool) -> anyhow::Result<i32> {
         out("Daemon:   not running");
     }
     let r = &report.router;
+    let https = match &r.https_addr {
+        Some(addr) => format!("HTTPS {addr}"),
+        None => "HTTPS off".to_string(),
+    };
     match r.pid {
         Some(pid) => out(&format!(
-            "Router:   up, pid {pid}, version {}, {} (apps at <app>.{})",
+            "Router:   up, pid {pid}, version {}, HTTP {}, {https} (apps at <app>.{})",
             r.version.as_deref().unwrap_or("?"),
             r.addr,
             r.domain
         )),
-        None => out(&format!("Router:   down, {} (apps at <app>.{})", r.addr, r.domain)),
+        None => out(&format!("Router:   down, HTTP {}, {https} (apps at <app>.{})", r.addr, r.domain)),
     }
     out(&format!("Home:     {}", report.home));
     match (&report.disk.free_bytes, &report.disk.total_bytes) {
@@ -154,6 +158,8 @@ struct DaemonStatus {
 #[derive(Debug, Serialize)]
 struct RouterStatus {
     addr: String,
+    /// Where HTTPS is served (`https_addr`); `None` when it is `off`.
+    https_addr: Option<String>,
     domain: String,
     /// The router process (`run/router`) is alive; it serves whether the daemon runs or not.
     running: bool,
@@ -258,8 +264,21 @@ fn gather(home: &Home) -> StatusReport {
             env!("CARGO_PKG_VERSION")
         ));
     }
+    // A router that could not bind its HTTPS address serves plain HTTP only (and says why in
+    // logs/router.log): nothing answering there is a problem worth a line.
+    if let (Some(_), Some(addr)) = (&announced, settings.as_ref().and_then(|s| s.https_addr)) {
+        if !listening(addr) {
+            problems.push(format!(
+                "nothing listens for HTTPS on {addr} (see logs/router.log; choose another address with: slipway settings:set https_addr=IP:PORT)"
+            ));
+        }
+    }
     let router = RouterStatus {
         addr: settings.as_ref().map(|s| s.router_addr.to_string()).unwrap_or_else(|| "?".into()),
+        https_addr: match settings.as_ref() {
+            Some(s) => s.https_addr.map(|a| a.to_string()),
+            None => Some("?".into()),
+        },
         domain,
         running: announced.is_some(),
         pid: announced.as_ref().map(|a| a.pid),
@@ -438,6 +457,20 @@ fn format_duration(secs: u64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// True when something accepts TCP connections at `addr` (an unspecified address is tried on
+/// loopback).
+fn listening(addr: std::net::SocketAddr) -> bool {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
 
 #[cfg(test)]

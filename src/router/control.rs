@@ -98,12 +98,13 @@ impl Announcement {
     }
 }
 
-/// The settings a running router cannot change without a restart, as one word: its address,
-/// its response timeout and the app logs' rotation policy. A daemon adopts a router only when
+/// The settings a running router cannot change without a restart, as one word: its addresses
+/// (HTTP and HTTPS), its response timeout and the app logs' rotation policy. A daemon adopts a router only when
 /// they match its own.
 pub fn config_key(settings: &Settings) -> String {
+    let https = settings.https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     format!(
-        "addr={},timeout_ms={},log={}x{}",
+        "addr={},https={https},timeout_ms={},log={}x{}",
         settings.router_addr,
         settings.router_timeout.as_millis(),
         settings.log_policy.max_bytes,

@@ -202,25 +202,70 @@ impl Forwarded {
 
     /// Appends the four headers (`Name: value\r\n` each) to `out`. Returns the
     /// `X-Forwarded-For` value (the router log shows it as `fwd`) and the request id.
-    pub fn write(&self, out: &mut Vec<u8>, client: IpAddr, listen_port: u16) -> (String, String) {
+    ///
+    /// Over HTTPS (`scheme`), the router is the TLS end itself: `X-Forwarded-Proto: https` and
+    /// its own port, whatever the client claims.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        client: IpAddr,
+        listen_port: u16,
+        scheme: Scheme,
+    ) -> (String, String) {
+        let values = self.values(client, listen_port, scheme);
+        header(out, "X-Forwarded-For", values.fwd.as_bytes());
+        header(out, "X-Forwarded-Proto", &values.proto);
+        header(out, "X-Forwarded-Port", &values.port);
+        header(out, "X-Request-Id", values.request_id.as_bytes());
+        (values.fwd, values.request_id)
+    }
+
+    /// The values of the four headers (see [`write`](Self::write)).
+    pub fn values(&self, client: IpAddr, listen_port: u16, scheme: Scheme) -> ForwardedValues {
         let client = client.to_canonical();
         let earlier = self.earlier_for.join(", ");
         let earlier = earlier.trim().trim_matches(',').trim();
         let fwd = if earlier.is_empty() { client.to_string() } else { format!("{earlier}, {client}") };
-        let local_proxy = trusted_proxy(client);
+        let local_proxy = trusted_proxy(client) && scheme == Scheme::Http;
         let proto = self.proto.as_deref().filter(|p| local_proxy && (*p == b"http" || *p == b"https"));
         let port = proto
             .and(self.port.as_deref())
             .filter(|p| std::str::from_utf8(p).ok().and_then(|p| p.parse::<u16>().ok()).is_some());
-        let request_id = request_id(self.request_id.as_deref());
-        header(out, "X-Forwarded-For", fwd.as_bytes());
-        header(out, "X-Forwarded-Proto", proto.unwrap_or(b"http"));
-        match port {
-            Some(port) => header(out, "X-Forwarded-Port", port),
-            None => header(out, "X-Forwarded-Port", listen_port.to_string().as_bytes()),
+        ForwardedValues {
+            fwd,
+            proto: proto.unwrap_or(scheme.as_str().as_bytes()).to_vec(),
+            port: port.map_or_else(|| listen_port.to_string().into_bytes(), <[u8]>::to_vec),
+            request_id: request_id(self.request_id.as_deref()),
         }
-        header(out, "X-Request-Id", request_id.as_bytes());
-        (fwd, request_id)
+    }
+}
+
+/// What [`Forwarded`] tells a dyno.
+#[derive(Debug)]
+pub struct ForwardedValues {
+    /// `X-Forwarded-For`.
+    pub fwd: String,
+    /// `X-Forwarded-Proto`.
+    pub proto: Vec<u8>,
+    /// `X-Forwarded-Port`.
+    pub port: Vec<u8>,
+    /// `X-Request-Id`.
+    pub request_id: String,
+}
+
+/// How the client reached the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
     }
 }
 

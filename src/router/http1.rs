@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use super::headers::{self, ConnectionTokens, Forwarded};
+use super::headers::{self, ConnectionTokens, Forwarded, Scheme};
 
 /// Largest message head (start line + headers) accepted; a larger request gets 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -62,6 +62,9 @@ pub struct RequestHead {
     pub request_id: String,
     /// The `X-Forwarded-For` value sent on (shown as `fwd` in the router log).
     pub fwd: String,
+    /// A TLS proxy in front (a trusted peer on loopback) says the client came over HTTPS
+    /// (`X-Forwarded-Proto: https`): such a request is never redirected to HTTPS.
+    pub proxied_https: bool,
     /// The head for the dyno.
     pub upstream: Vec<u8>,
 }
@@ -78,7 +81,18 @@ impl RequestHead {
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: not complete yet (read more).
+#[cfg(test)]
 pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_via(buf, client, listen_port, Scheme::Http)
+}
+
+/// [`parse_request`] for a request that came over `scheme` (HTTPS: the dyno is told so).
+pub fn parse_request_via(
+    buf: &[u8],
+    client: IpAddr,
+    listen_port: u16,
+    scheme: Scheme,
+) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, &mut slots);
@@ -141,6 +155,7 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
         (false, None) => return Err(HeadError::NotImplemented),
     };
     let trusted_proxy = headers::trusted_proxy(client);
+    let proxied_https = trusted_proxy && forwarded.proto.as_deref() == Some(b"https");
     let upgrade = !http10 && upgrade_to.is_some() && tokens.has("upgrade");
     let keep_alive = !http10 && !tokens.has("close");
 
@@ -176,7 +191,7 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
     if let Some(authority) = authority {
         headers::header(&mut upstream, "Host", authority.as_bytes());
     }
-    let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port);
+    let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port, scheme);
     upstream.extend_from_slice(b"\r\n");
 
     let host =
@@ -192,6 +207,7 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
         keep_alive,
         request_id,
         fwd,
+        proxied_https,
         upstream,
     }))
 }
@@ -644,6 +660,36 @@ pub fn page(status: u16, reason: &str, html: &str, request_id: &str, head: bool,
     out
 }
 
+/// A redirect the router answers itself (`301` or `308` to `location`), with a short HTML body
+/// (omitted for HEAD).
+pub fn redirect(
+    status: u16,
+    reason: &str,
+    location: &str,
+    request_id: &str,
+    head: bool,
+    close: bool,
+) -> Vec<u8> {
+    // Nothing of the request is echoed in the body: the client follows `Location`.
+    let html = "<!DOCTYPE html>\n<html><body><p>This app is served over HTTPS.</p></body></html>\n";
+    let mut out = Vec::with_capacity(256 + html.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    headers::header(&mut out, "Location", location.as_bytes());
+    headers::header(&mut out, "Content-Type", b"text/html; charset=utf-8");
+    headers::header(&mut out, "Content-Length", html.len().to_string().as_bytes());
+    if !request_id.is_empty() {
+        headers::header(&mut out, "X-Request-Id", request_id.as_bytes());
+    }
+    if close {
+        headers::header(&mut out, "Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(html.as_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,6 +830,60 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: host, content-length\r\n\r\n",
         );
         assert!(up.contains("\r\nHost: a\r\n") && up.contains("\r\nContent-Length: 2\r\n"), "{up}");
+    }
+
+    #[test]
+    fn over_https_the_router_says_https_and_its_port_whatever_the_client_claims() {
+        let sent = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: 80\r\n\r\n";
+        for client in ["192.0.2.1", "127.0.0.1"] {
+            let head = parse_request_via(sent.as_bytes(), client.parse().unwrap(), 8443, Scheme::Https)
+                .unwrap()
+                .unwrap();
+            let up = String::from_utf8(head.upstream).unwrap();
+            assert!(
+                up.contains("\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 8443\r\n"),
+                "{client}: {up}"
+            );
+            assert_eq!(up.matches("X-Forwarded-Proto").count(), 1, "{up}");
+        }
+    }
+
+    #[test]
+    fn only_a_loopback_proxy_can_say_the_client_came_over_https() {
+        let sent = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n";
+        for (client, want) in
+            [("127.0.0.1", true), ("::1", true), ("192.0.2.1", false), ("::ffff:10.0.0.1", false)]
+        {
+            let head = parse_request(sent.as_bytes(), client.parse().unwrap(), 80).unwrap().unwrap();
+            assert_eq!(head.proxied_https, want, "{client}");
+        }
+        let plain = parse_request(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\n\r\n",
+            "127.0.0.1".parse().unwrap(),
+            80,
+        );
+        assert!(!plain.unwrap().unwrap().proxied_https);
+    }
+
+    #[test]
+    fn redirects_carry_a_location_and_echo_nothing_else() {
+        let page = String::from_utf8(redirect(
+            301,
+            "Moved Permanently",
+            "https://a.example/x?<y>",
+            "id",
+            false,
+            false,
+        ))
+        .unwrap();
+        assert!(
+            page.starts_with("HTTP/1.1 301 Moved Permanently\r\nLocation: https://a.example/x?<y>\r\n"),
+            "{page}"
+        );
+        assert!(!page.split_once("\r\n\r\n").unwrap().1.contains("<y>"), "{page}");
+        let head =
+            String::from_utf8(redirect(308, "Permanent Redirect", "https://a/", "", true, true)).unwrap();
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct RequestLine {
     pub service: Duration,
     pub status: u16,
     pub bytes: u64,
+    /// How the client reached the router (`protocol=http` or `https`, as Heroku's).
+    pub protocol: super::headers::Scheme,
 }
 
 /// Longest `path` and `fwd` shown; a 60 KB URL would otherwise make a 60 KB log line.
@@ -84,7 +86,7 @@ impl RequestLine {
             }
         }
         m.push_str(&format!(
-            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol=http",
+            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
             quoted(&self.method),
             quoted(&self.path),
             quoted(&self.host),
@@ -95,6 +97,7 @@ impl RequestLine {
             self.service.as_millis(),
             self.status,
             self.bytes,
+            self.protocol.as_str(),
         ));
         m
     }
@@ -266,6 +269,7 @@ mod tests {
 
     fn line() -> RequestLine {
         RequestLine {
+            protocol: super::super::headers::Scheme::Http,
             error: None,
             method: "GET".into(),
             path: "/x?y=1".into(),

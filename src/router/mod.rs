@@ -51,7 +51,9 @@
 //! once, whatever the reason, and never after a timeout.
 
 pub mod acme_http01;
+mod certstore;
 pub mod control;
+mod h2;
 pub mod headers;
 mod http1;
 mod in_flight;
@@ -63,6 +65,7 @@ mod proxy;
 pub mod reuseport;
 pub mod service;
 mod table;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -72,10 +75,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use self::certstore::{choose as choose_certificate, Candidate as CertCandidate};
 pub use self::limits::{default_max_connections, raise_fd_limit, MAX_PER_IP};
 pub use self::log::RouterError;
 pub use self::table::{normalize_host, AppRoute, AppStatus, Backend, RouteTable};
+pub use self::tls::HANDSHAKE_TIMEOUT;
 
+use self::headers::Scheme;
 use self::in_flight::{InFlight, InFlightGuard};
 use self::limits::{Limits, RateLimitedLog};
 use self::log::{LogPath, LogSink, H10, H14};
@@ -111,6 +117,10 @@ pub struct RouterConfig {
     /// Client connections open at once from one address (but `127.0.0.1`/`::1`, a TLS proxy in
     /// front): [`MAX_PER_IP`].
     pub max_per_ip: usize,
+    /// Whose `certs/` the HTTPS listener serves (see [`certstore`]); `None`: no certificates.
+    pub home: Option<Home>,
+    /// The HTTPS listener's port, for redirects from plain HTTP; `None`: no redirects.
+    pub https_port: Option<u16>,
 }
 
 impl RouterConfig {
@@ -118,6 +128,7 @@ impl RouterConfig {
     /// every other writer does), and the default timeout (30 s).
     pub fn for_home(home: &Home) -> RouterConfig {
         let log_policy = LogPolicy::for_home(home);
+        let certs_home = home.clone();
         let home = home.clone();
         let log_path: LogPath = Arc::new(move |app: &str| -> Option<PathBuf> {
             app.parse::<crate::app::AppName>().ok().map(|name| home.app_log(&name))
@@ -130,13 +141,25 @@ impl RouterConfig {
             log_policy,
             max_connections: None,
             max_per_ip: MAX_PER_IP,
+            home: Some(certs_home),
+            https_port: None,
         }
     }
 
     /// The daemon's set-up: [`for_home`](Self::for_home) with `SLIPWAY_ROUTER_TIMEOUT` and the
     /// log policy from the settings.
     pub fn from_settings(home: &Home, settings: &crate::settings::Settings) -> RouterConfig {
-        RouterConfig::for_home(home).timeout(settings.router_timeout).log_policy(settings.log_policy)
+        let mut config =
+            RouterConfig::for_home(home).timeout(settings.router_timeout).log_policy(settings.log_policy);
+        config.https_port = settings.https_addr.map(|a| a.port());
+        config
+    }
+
+    /// Plain-HTTP requests to an app with the `redirect` flag and a certificate for the host are
+    /// redirected to HTTPS on `port`.
+    pub fn https_port(mut self, port: u16) -> RouterConfig {
+        self.https_port = Some(port);
+        self
     }
 
     pub fn timeout(mut self, timeout: Duration) -> RouterConfig {
@@ -178,7 +201,8 @@ pub struct Router {
 }
 
 struct Inner {
-    live: RwLock<Arc<Live>>,
+    /// Shared with the TLS certificate resolver, which looks up the app at an SNI name.
+    live: Arc<RwLock<Arc<Live>>>,
     /// In-flight counts by backend port; also serialises `update`s.
     in_flight: Mutex<HashMap<u16, Arc<InFlight>>>,
     pool: Pool,
@@ -191,9 +215,16 @@ struct Inner {
     /// Set once by [`Router::retire`]: accept loops stop, connections close after their
     /// current request.
     retire: tokio::sync::watch::Sender<bool>,
-    /// A duplicate of the listening socket given to [`Router::serve_on_threads`], to steer the
-    /// address's new connections to a successor router ([`reuseport::steer_to_newest`]).
-    listener: Mutex<Option<std::net::TcpListener>>,
+    /// Duplicates of the listening sockets given to [`Router::serve_on_threads`] (HTTP, and
+    /// HTTPS if any), to steer their addresses' new connections to a successor router
+    /// ([`reuseport::steer_to_newest`]).
+    listeners: Mutex<Vec<std::net::TcpListener>>,
+    /// The apps' certificates and `redirect` flags.
+    certs: Arc<certstore::CertStore>,
+    /// The HTTPS listener's port, for redirects.
+    https_port: Option<u16>,
+    /// The TLS set-up (certificate resolver, ALPN `h2` and `http/1.1`).
+    tls: Arc<rustls::ServerConfig>,
 }
 
 /// The table as the request path uses it: host → app, with shared counters.
@@ -229,9 +260,12 @@ impl Router {
     /// A router with an empty table (every host is unknown until [`update`](Self::update)).
     /// Starts the log writer thread; needs no runtime until [`serve`](Self::serve).
     pub fn new(config: RouterConfig) -> Router {
+        let live = Arc::new(RwLock::new(Arc::new(Live::default())));
+        let certs = Arc::new(certstore::CertStore::new(config.home.clone()));
+        let tls = tls::server_config(live.clone(), certs.clone());
         Router {
             inner: Arc::new(Inner {
-                live: RwLock::new(Arc::new(Live::default())),
+                live,
                 in_flight: Mutex::new(HashMap::new()),
                 pool: Pool::default(),
                 timeout: config.timeout,
@@ -244,7 +278,10 @@ impl Router {
                 ),
                 accept_errors: RateLimitedLog::default(),
                 retire: tokio::sync::watch::Sender::new(false),
-                listener: Mutex::new(None),
+                listeners: Mutex::new(Vec::new()),
+                certs,
+                https_port: config.https_port,
+                tls,
             }),
         }
     }
@@ -320,7 +357,35 @@ impl Router {
     /// Accepts connections forever (stop it by dropping or aborting its task; connections in
     /// progress finish on their own tasks). `X-Forwarded-Port` is the listener's port.
     pub async fn serve(&self, listener: TcpListener) {
-        let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let via = proxy::Listener {
+            port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            scheme: Scheme::Http,
+        };
+        self.accept(listener, limits::BUSY, move |inner, stream, peer| {
+            proxy::serve_connection(inner, stream, peer, via)
+        })
+        .await
+    }
+
+    /// Like [`serve`](Self::serve), for HTTPS: each connection's TLS handshake (10 s at most,
+    /// [`HANDSHAKE_TIMEOUT`]) picks the certificate by SNI, then serves HTTP/2 to a client that
+    /// offered `h2` and HTTP/1.1 to the others (see [`tls`]).
+    pub async fn serve_tls(&self, listener: TcpListener) {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        // A connection over a cap is closed unanswered: it has not even said hello yet.
+        self.accept(listener, b"", move |inner, stream, peer| {
+            tls::serve_connection(inner, stream, peer, port)
+        })
+        .await
+    }
+
+    /// The accept loop of a listener: every connection admitted by the limits gets a task
+    /// running `serve`; one over a cap gets `busy` (if not empty) and is closed.
+    async fn accept<F, Fut>(&self, listener: TcpListener, busy: &'static [u8], serve: F)
+    where
+        F: Fn(Arc<Inner>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let mut retire = self.inner.retire.subscribe();
         let accepting = async {
             loop {
@@ -344,15 +409,17 @@ impl Router {
                     Ok(guard) => guard,
                     Err(_) => {
                         // Over a cap (see `limits`): refused as cheaply as possible.
-                        let _ = stream.try_write(limits::BUSY);
+                        if !busy.is_empty() {
+                            let _ = stream.try_write(busy);
+                        }
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let inner = self.inner.clone();
+                let served = serve(self.inner.clone(), stream, peer);
                 tokio::spawn(async move {
                     let _counted = guard;
-                    proxy::serve_connection(inner, stream, peer, listen_port).await;
+                    served.await;
                 });
             }
         };
@@ -386,7 +453,7 @@ impl Router {
                 Err(err) => tracing::warn!(%err, "cannot steer new connections to the new router"),
             }
         }
-        self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.inner.retire.send_replace(true);
         let deadline = tokio::time::Instant::now() + grace;
         while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
@@ -399,11 +466,11 @@ impl Router {
     /// joined it (the second listener of its reuseport group, see [`reuseport`]); this router
     /// still accepts what was already queued for it. False when it serves no listener.
     pub fn steer_to_successor(&self) -> std::io::Result<bool> {
-        let listener = self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        match listener.as_ref() {
-            Some(listener) => reuseport::steer_to_newest(listener).map(|()| true),
-            None => Ok(false),
+        let listeners = self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        for listener in listeners.iter() {
+            reuseport::steer_to_newest(listener)?;
         }
+        Ok(!listeners.is_empty())
     }
 
     /// True once [`retire`](Self::retire) has begun closing.
@@ -417,17 +484,51 @@ impl Router {
     /// workers: on tokio's shared multi-threaded runtime, tasks woken across its two workers
     /// made each request cost ~20 % more CPU. The threads live as long as the process.
     pub fn serve_on_threads(&self, listener: std::net::TcpListener, threads: usize) -> std::io::Result<()> {
+        self.serve_with_tls_on_threads(listener, None, threads)
+    }
+
+    /// [`serve_on_threads`](Self::serve_on_threads) with an HTTPS listener as well
+    /// ([`serve_tls`](Self::serve_tls)): each thread accepts from both.
+    pub fn serve_with_tls_on_threads(
+        &self,
+        listener: std::net::TcpListener,
+        https: Option<std::net::TcpListener>,
+        threads: usize,
+    ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
-        *self.inner.listener.lock().unwrap_or_else(PoisonError::into_inner) = Some(listener.try_clone()?);
+        if let Some(https) = &https {
+            https.set_nonblocking(true)?;
+            // Certificates are read before the first handshake rather than during it.
+            self.inner.certs.load();
+        }
+        {
+            let mut kept = self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.push(listener.try_clone()?);
+            if let Some(https) = &https {
+                kept.push(https.try_clone()?);
+            }
+        }
         for index in 0..threads.max(1) {
             let listener = listener.try_clone()?;
+            let https = https.as_ref().map(std::net::TcpListener::try_clone).transpose()?;
             let router = self.clone();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::Builder::new().name(format!("router-{index}")).spawn(move || {
                 pool::set_worker(index);
                 runtime.block_on(async move {
+                    let https = async {
+                        match https.map(TcpListener::from_std) {
+                            Some(Ok(https)) => router.serve_tls(https).await,
+                            Some(Err(err)) => {
+                                tracing::error!(%err, index, "router thread cannot listen for HTTPS")
+                            }
+                            None => {}
+                        }
+                    };
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => router.serve(listener).await,
+                        Ok(listener) => {
+                            tokio::join!(router.serve(listener), https);
+                        }
                         Err(err) => tracing::error!(%err, index, "router thread cannot listen"),
                     }
                     // Retired: this runtime's connection tasks end with it, so it lives until

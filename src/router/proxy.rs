@@ -8,7 +8,8 @@
 //! rewritten, and is written out together with whatever part of the body was read with it, so
 //! a small request or response costs one `read` and one `write` on each side.
 
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::headers::Scheme;
 use super::http1::{self, BodyKind, Chunked, HeadError, RequestHead, ResponseContext, ResponseHead};
 use super::log::{RequestLine, RouterError, H10, H12, H13, H15, H27, H28};
 use super::{normalize_host, Inner, Selection};
@@ -30,6 +32,75 @@ const READ_CHUNK: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 
+/// A client connection the proxy serves: plain TCP, or TLS over it.
+pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+
+    /// Its two directions, to use at once.
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+
+    /// Reads what arrived into `buf` (`Ok(0)`: the client closed). On plain TCP the buffer is
+    /// grown only once there is something to read, so an idle kept-alive connection holds none.
+    fn read_more<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+impl ClientIo for TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+
+    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                read => return read,
+            }
+        }
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    type Reader<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Writer<'a> = tokio::io::WriteHalf<&'a mut Self>;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        tokio::io::split(self)
+    }
+
+    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            return self.read_buf(buf).await;
+        }
+        // Idle between requests: wait with a small buffer of the task's own rather than 16 KiB
+        // on the heap, so idle kept-alive connections stay cheap (rustls holds its own buffers).
+        let mut first = [0u8; 1024];
+        let n = self.read(&mut first).await?;
+        buf.extend_from_slice(&first[..n]);
+        Ok(n)
+    }
+}
+
+/// Where a connection came in: its listener's port (`X-Forwarded-Port`) and scheme.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Listener {
+    pub port: u16,
+    pub scheme: Scheme,
+}
+
 /// Whether the client's connection carries another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
@@ -38,11 +109,11 @@ enum Next {
 }
 
 /// Serves one client connection until it closes, errs, idles out or asks to close.
-pub(super) async fn serve_connection(
+pub(super) async fn serve_connection<S: ClientIo>(
     inner: Arc<Inner>,
-    mut client: TcpStream,
+    mut client: S,
     peer: SocketAddr,
-    listen_port: u16,
+    via: Listener,
 ) {
     let mut buf = BytesMut::new();
     let mut dyno_buf = BytesMut::new();
@@ -54,10 +125,7 @@ pub(super) async fn serve_connection(
             return finish(client, &[]).await;
         }
         let idle = buf.is_empty();
-        let read = tokio::time::timeout(
-            inner.head_timeout,
-            read_request(&mut client, &mut buf, peer.ip(), listen_port),
-        );
+        let read = tokio::time::timeout(inner.head_timeout, read_request(&mut client, &mut buf, peer, via));
         let read = async {
             tokio::select! {
                 read = read => Some(read),
@@ -122,7 +190,7 @@ pub(super) async fn serve_connection(
             }
         };
         buf.advance(req.len);
-        if inner.exchange(&mut client, &mut buf, &mut dyno_buf, req, peer).await == Next::Close {
+        if inner.exchange(&mut client, &mut buf, &mut dyno_buf, req, peer, via).await == Next::Close {
             return finish(client, &[]).await;
         }
         // Between requests a connection keeps no buffers: thousands of idle kept-alive clients
@@ -137,7 +205,7 @@ pub(super) async fn serve_connection(
 /// Writes `last`, then closes the connection gently: the write side first, then whatever the
 /// client still sends is read and dropped for a moment, so the client reads the answer instead
 /// of a reset (closing a socket with unread data in it resets the connection).
-async fn finish(mut client: TcpStream, last: &[u8]) {
+async fn finish<S: ClientIo>(mut client: S, last: &[u8]) {
     if !last.is_empty() && client.write_all(last).await.is_err() {
         return;
     }
@@ -164,29 +232,26 @@ enum ReadError {
     Io,
 }
 
-async fn read_request(
-    client: &mut TcpStream,
+async fn read_request<S: ClientIo>(
+    client: &mut S,
     buf: &mut BytesMut,
-    ip: IpAddr,
-    port: u16,
+    peer: SocketAddr,
+    via: Listener,
 ) -> Result<Option<RequestHead>, ReadError> {
     loop {
         if !buf.is_empty() {
-            if let Some(req) = http1::parse_request(buf, ip, port).map_err(ReadError::Head)? {
+            let parsed =
+                http1::parse_request_via(buf, peer.ip(), via.port, via.scheme).map_err(ReadError::Head)?;
+            if let Some(req) = parsed {
                 return Ok(Some(req));
             }
         }
-        // The buffer is allocated only once the client has sent something: an idle kept-alive
-        // connection holds no buffer (see `serve_connection`).
-        if client.readable().await.is_err() {
-            return Err(ReadError::Io);
-        }
-        buf.reserve(READ_CHUNK);
-        match client.try_read_buf(buf) {
+        // On plain TCP the buffer is allocated only once the client has sent something: an idle
+        // kept-alive connection holds no buffer (see `serve_connection`).
+        match client.read_more(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(ReadError::Truncated),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(ReadError::Io),
         }
     }
@@ -195,22 +260,22 @@ async fn read_request(
 /// When the request body last moved towards the dyno: the response timeout counts from the end
 /// of a slow upload rather than from its start (as Heroku's does). Kept as microseconds after
 /// the request started, in an atomic only because the connection's future must be `Send`.
-struct Progress {
+pub(super) struct Progress {
     origin: Instant,
     last: AtomicU64,
 }
 
 impl Progress {
-    fn new(origin: Instant) -> Progress {
+    pub(super) fn new(origin: Instant) -> Progress {
         Progress { origin, last: AtomicU64::new(0) }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let micros = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.last.store(micros, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
+    pub(super) fn last(&self) -> Instant {
         self.origin + Duration::from_micros(self.last.load(Ordering::Relaxed))
     }
 }
@@ -234,13 +299,14 @@ enum Attempt {
 
 impl Inner {
     /// Routes and answers one request; the router line goes to the app's log.
-    async fn exchange(
+    async fn exchange<S: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut S,
         buf: &mut BytesMut,
         dyno_buf: &mut BytesMut,
         mut req: RequestHead,
         peer: SocketAddr,
+        via: Listener,
     ) -> Next {
         if let Some((page, close)) = super::acme_http01::respond(&req) {
             return answer(client, &page, close).await;
@@ -265,6 +331,7 @@ impl Inner {
         }
         let host = host.unwrap_or_default();
         let mut line = RequestLine {
+            protocol: via.scheme,
             error: None,
             method: req.method.clone(),
             path: std::mem::take(&mut req.path),
@@ -277,6 +344,13 @@ impl Inner {
             status: 0,
             bytes: 0,
         };
+        if via.scheme == Scheme::Http && !req.proxied_https {
+            if let Some((app, location)) = self.redirect_location(&selection, &line) {
+                drop(selection);
+                let close = !req.keep_alive || unread_body_closes;
+                return self.redirect(client, &app, location, line, started, head_request, close).await;
+            }
+        }
 
         let mut retried = false;
         loop {
@@ -378,7 +452,7 @@ impl Inner {
     }
 
     /// A pooled connection to the dyno on `port`, or a new one.
-    async fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+    pub(super) async fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
         if let Some(stream) = self.pool.checkout(port) {
             return Ok(stream);
         }
@@ -392,9 +466,9 @@ impl Inner {
 
     /// Sends the request to one dyno and relays its answer; see [`Attempt`].
     #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    async fn attempt<S: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut S,
         buf: &mut BytesMut,
         dyno_buf: &mut BytesMut,
         mut backend: TcpStream,
@@ -412,7 +486,7 @@ impl Inner {
             upgrade: req.upgrade,
         };
         let progress = Progress::new(started);
-        let (mut client_r, mut client_w) = client.split();
+        let (mut client_r, mut client_w) = client.halves();
         let (mut dyno_r, mut dyno_w) = backend.split();
 
         // The head goes out at once (with the part of the body read along with it); the rest of
@@ -477,6 +551,7 @@ impl Inner {
             if client_w.write_all(&head.client).await.is_err() {
                 return Attempt::Answered(Next::Close);
             }
+            drop((client_r, client_w));
             return Attempt::Answered(tunnel(client, buf, backend, dyno_buf).await);
         }
 
@@ -506,11 +581,49 @@ impl Inner {
         }
     }
 
+    /// Where a plain-HTTP request is redirected to, if its app has the `redirect` flag and a
+    /// certificate for the host (both cached, see [`super::certstore`]).
+    fn redirect_location(&self, selection: &Selection, line: &RequestLine) -> Option<(Arc<str>, String)> {
+        let https_port = self.https_port?;
+        let app = match selection {
+            Selection::Backend { app, .. } | Selection::Unavailable(app, _) => app,
+            Selection::UnknownHost => return None,
+        };
+        if !self.certs.redirects(app, &line.host) {
+            return None;
+        }
+        Some((app.clone(), https_location(&line.host, https_port, &line.path)))
+    }
+
+    /// A redirect to HTTPS: 301 for GET and HEAD, 308 (the method and body kept) for the rest;
+    /// with its router line in the app's log.
+    #[allow(clippy::too_many_arguments)]
+    async fn redirect<S: ClientIo>(
+        &self,
+        client: &mut S,
+        app: &Arc<str>,
+        location: String,
+        mut line: RequestLine,
+        started: Instant,
+        head_request: bool,
+        close: bool,
+    ) -> Next {
+        let (status, reason) = match line.method.as_str() {
+            "GET" | "HEAD" => (301, "Moved Permanently"),
+            _ => (308, "Permanent Redirect"),
+        };
+        line.status = status;
+        line.service = started.elapsed();
+        let page = http1::redirect(status, reason, &location, &line.request_id, head_request, close);
+        self.sink.send(app, line);
+        answer(client, &page, close).await
+    }
+
     /// A 503 error page for `error`, with its router line in the app's log.
     #[allow(clippy::too_many_arguments)]
-    async fn fail(
+    async fn fail<S: ClientIo>(
         &self,
-        client: &mut TcpStream,
+        client: &mut S,
         app: &Arc<str>,
         mut line: RequestLine,
         error: RouterError,
@@ -537,7 +650,7 @@ impl Inner {
 }
 
 /// Writes a page the router made; the connection continues unless `close`.
-async fn answer(client: &mut TcpStream, page: &[u8], close: bool) -> Next {
+async fn answer<S: ClientIo>(client: &mut S, page: &[u8], close: bool) -> Next {
     match client.write_all(page).await {
         Ok(()) if !close => Next::KeepAlive,
         _ => Next::Close,
@@ -720,8 +833,8 @@ where
 
 /// After a `101`: whatever each side sent past the handshake goes across, then both
 /// connections are spliced until either side closes. The client's connection ends with it.
-async fn tunnel(
-    client: &mut TcpStream,
+async fn tunnel<S: ClientIo>(
+    client: &mut S,
     client_buf: &mut BytesMut,
     mut dyno: TcpStream,
     dyno_buf: &mut BytesMut,
@@ -740,13 +853,37 @@ async fn tunnel(
     Next::Close
 }
 
+/// `https://host[:port]/path?query`: the port left out when it is 443; a target that is not a
+/// path (`*`) becomes `/`.
+pub(super) fn https_location(host: &str, port: u16, target: &str) -> String {
+    let port = if port == 443 { String::new() } else { format!(":{port}") };
+    let target = if target.starts_with('/') { target } else { "/" };
+    format!("https://{host}{port}{target}")
+}
+
 /// A small HTML error page. Nothing from the request is echoed but the (validated or generated)
 /// request id.
-fn page_html(title: &str, text: &str, error: Option<RouterError>, request_id: &str) -> String {
+pub(super) fn page_html(title: &str, text: &str, error: Option<RouterError>, request_id: &str) -> String {
     let code = error.map(|e| format!("{} {} &middot; ", e.code, e.desc)).unwrap_or_default();
     let id = if request_id.is_empty() { String::new() } else { format!("{code}request id {request_id}") };
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
          <body><h1>{title}</h1>\n<p>{text}</p>\n<p><small>{id}</small></p></body></html>\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_locations_leave_out_port_443() {
+        for (host, port, target, want) in [
+            ("a.example.com", 443, "/x?y=1", "https://a.example.com/x?y=1"),
+            ("a.example.com", 8443, "/", "https://a.example.com:8443/"),
+            ("a.example.com", 443, "*", "https://a.example.com/"),
+        ] {
+            assert_eq!(https_location(host, port, target), want);
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! it outlives a daemon that is killed, stopped or upgraded; see [`super::keeper`] for the
 //! daemon's side and [`super::control`] for what they share.
 //!
-//! At start it listens on `router_addr` with `SO_REUSEPORT` ([`super::reuseport`]), loads the
+//! At start it listens on `router_addr` and (unless `off`) `https_addr` with `SO_REUSEPORT`
+//! ([`super::reuseport`]; HTTPS that cannot be bound is logged and left out), loads the
 //! last table from `run/routes.json` (so it serves what was last known even when no daemon
 //! runs), starts its threads, takes over `run/router.sock` (bound under a temporary name,
 //! renamed into place) and announces itself in `run/router`. Then it follows what the daemon
@@ -47,6 +48,17 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
     let listener = super::reuseport::bind(addr).with_context(|| {
         format!("the router cannot listen on {addr} (choose another with: slipway settings:set router_addr=IP:PORT)")
     })?;
+    // HTTPS is served when its address can be had; plain HTTP is served either way.
+    let https = match settings.https_addr {
+        Some(addr) => match super::reuseport::bind(addr) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!(%addr, %err, "the router cannot listen for HTTPS; serving plain HTTP only (choose another address with: slipway settings:set https_addr=IP:PORT)");
+                None
+            }
+        },
+        None => None,
+    };
     let router = Router::new(RouterConfig::from_settings(home, &settings));
     super::acme_http01::serve_from(crate::certs::http01_dir(home));
     let routes = control::routes_file(home);
@@ -62,7 +74,8 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(path = %routes.display(), %err, "router: cannot read the last routes"),
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    router.serve_on_threads(listener, threads).context("starting the router's threads")?;
+    let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
+    router.serve_with_tls_on_threads(listener, https, threads).context("starting the router's threads")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -79,7 +92,8 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         };
         control::write_replacing(&control::announcement(home), announced.line().as_bytes())
             .with_context(|| format!("writing {}", control::announcement(home).display()))?;
-        tracing::info!(%addr, threads, pid = me, version = %announced.version, "router listening");
+        let https = https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(%addr, %https, threads, pid = me, version = %announced.version, "router listening");
         let stop = follow(home, &router, control).await;
         anyhow::Ok((stop, socket_ino, announced))
     });

@@ -515,6 +515,8 @@ pub struct Slipway {
     pub ports: (u16, u16),
     /// `SLIPWAY_ROUTER_ADDR` (127.0.0.1 and a free port, so parallel daemons do not clash on 8080).
     pub router_addr: String,
+    /// `SLIPWAY_HTTPS_ADDR` (127.0.0.1 and a free port, so parallel routers do not clash on 8443).
+    pub https_addr: String,
     /// Extra environment for every slipway command and the daemon (e.g. a short boot timeout).
     pub env: Vec<(String, String)>,
     daemon: Option<Child>,
@@ -522,9 +524,16 @@ pub struct Slipway {
     tmp: tempfile::TempDir,
 }
 
-/// `slipway --home HOME ARGS...` with `SLIPWAY_HOME`, `SLIPWAY_PORTS` and `SLIPWAY_ROUTER_ADDR`
-/// set and `cwd` as working directory.
-fn slipway_command(home: &Path, ports: (u16, u16), router_addr: &str, cwd: &Path, args: &[&str]) -> Command {
+/// `slipway --home HOME ARGS...` with `SLIPWAY_HOME`, `SLIPWAY_PORTS`, `SLIPWAY_ROUTER_ADDR` and
+/// `SLIPWAY_HTTPS_ADDR` set and `cwd` as working directory.
+fn slipway_command(
+    home: &Path,
+    ports: (u16, u16),
+    addrs: (&str, &str),
+    cwd: &Path,
+    args: &[&str],
+) -> Command {
+    let (router_addr, https_addr) = addrs;
     let mut cmd = Command::new(BIN);
     cmd.arg("--home")
         .arg(home)
@@ -532,6 +541,7 @@ fn slipway_command(home: &Path, ports: (u16, u16), router_addr: &str, cwd: &Path
         .env("SLIPWAY_HOME", home)
         .env("SLIPWAY_PORTS", format!("{}-{}", ports.0, ports.1))
         .env("SLIPWAY_ROUTER_ADDR", router_addr)
+        .env("SLIPWAY_HTTPS_ADDR", https_addr)
         .current_dir(cwd);
     cmd
 }
@@ -569,6 +579,7 @@ impl Slipway {
             home,
             ports: choose_port_range(),
             router_addr: format!("127.0.0.1:{}", free_port()),
+            https_addr: format!("127.0.0.1:{}", free_port()),
             env: Vec::new(),
             daemon: None,
             tmp,
@@ -598,7 +609,13 @@ impl Slipway {
     /// A `Command` for `slipway --home HOME ARGS...` with this environment's variables set and
     /// the temp dir as working directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = slipway_command(&self.home, self.ports, &self.router_addr, self.tmp.path(), args);
+        let mut cmd = slipway_command(
+            &self.home,
+            self.ports,
+            (&self.router_addr, &self.https_addr),
+            self.tmp.path(),
+            args,
+        );
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
@@ -679,7 +696,8 @@ impl Slipway {
             .expect("spawn slipway daemon --foreground");
         self.daemon = Some(child);
         let mut exited = None;
-        let (home, ports, router, root) = (&self.home, self.ports, &self.router_addr, self.tmp.path());
+        let (home, ports, root) = (&self.home, self.ports, self.tmp.path());
+        let router = (self.router_addr.as_str(), self.https_addr.as_str());
         let daemon = &mut self.daemon;
         let ready = wait_until(DAEMON_READY_TIMEOUT, || {
             if let Some(child) = daemon.as_mut() {

@@ -26,3 +26,4 @@ pub mod sandbox;
 pub mod settings;
 pub mod store;
 pub mod timefmt;
+pub mod users;

@@ -83,6 +83,9 @@ pub struct Settings {
     pub dyno_max_pids: u32,
     /// Memory quota of a build and its release phase (`build_memory`, 2G; killed at twice it).
     pub build_memory: u64,
+    /// The uids (and gids) apps run as when the daemon runs as root (`app_uids`,
+    /// `200000-299999`; see `crate::users`).
+    pub app_uids: crate::users::UidRange,
 }
 
 /// One sentence naming the file or variable and the key; printed as is.
@@ -136,6 +139,7 @@ const SPECS: &[Spec] = &[
     spec("dyno_memory", "512M", Kind::Text, true),
     spec("dyno_max_pids", "256", Kind::Number, true),
     spec("build_memory", "2G", Kind::Text, false),
+    spec("app_uids", "200000-299999", Kind::Text, true),
 ];
 
 fn index_of(key: &str) -> Option<usize> {
@@ -433,6 +437,7 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
         dyno_memory: check(get("dyno_memory"), memory_size)?,
         dyno_max_pids: check(get("dyno_max_pids"), |s| count(s, 8..=1_000_000).ok_or(IN_RANGE))? as u32,
         build_memory: check(get("build_memory"), memory_size)?,
+        app_uids: check(get("app_uids"), str::parse)?,
     })
 }
 

@@ -36,13 +36,18 @@ pub fn list(home: &Home, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Creates the app's row and bare repo together: the row is committed only once the repo exists.
+/// Creates the app's row (with its uid, `users`) and bare repo together: the row is committed
+/// only once the repo exists.
 pub fn ensure_app(home: &Home, store: &mut Store, app: &AppName, must_be_new: bool) -> anyhow::Result<()> {
     if !must_be_new && store::apps::get(store.conn(), app)?.is_some() {
         return Ok(());
     }
+    let range = crate::settings::Settings::load(home)?.app_uids;
     let tx = store.transaction()?;
     store::apps::create(&tx, app)?;
+    // Its uid for per-app users (used when the daemon runs as root; see `users`).
+    let system = crate::users::system_ids();
+    store::app_uids::ensure(&tx, app, range, &|uid| system.contains(&uid))?;
     let repo = home.repo(app);
     let binary = std::env::current_exe().context("locating the slipway binary")?;
     if let Err(e) = crate::git::create_bare(&repo, &binary) {

@@ -333,6 +333,9 @@ pub enum Command {
         memory: Option<u64>,
         #[arg(long)]
         max_pids: Option<u32>,
+        /// The app's uid (and gid) the dyno drops to (privileged mode: the daemon runs as root).
+        #[arg(long)]
+        uid: Option<u32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -425,6 +428,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
             cgroup,
             memory,
             max_pids,
+            uid,
             command,
         } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
@@ -447,6 +451,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 limits: cgroup
                     .zip(memory.zip(max_pids))
                     .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
+                uid,
             }))
         }
     }

@@ -95,16 +95,24 @@ pub struct AppUser {
     pub name: String,
 }
 
-/// The one line `slipway status` prints about users, for a daemon of `daemon_uid` (its user's
-/// name `daemon_user`).
-pub fn status_line(daemon_uid: u32, daemon_user: &str, range: UidRange) -> String {
-    if daemon_uid == 0 {
+/// The one line `slipway status` prints about who apps run as, for a daemon of `daemon_uid`
+/// (its user's name `daemon_user`), on a kernel with or without Landlock.
+pub fn status_line(daemon_uid: u32, daemon_user: &str, range: UidRange, landlock: bool) -> String {
+    let mut line = if daemon_uid == 0 {
         format!("per-app users: each app runs as its own uid from app_uids {range} (the daemon runs as root)")
     } else {
         format!(
             "single-user mode: apps run as {daemon_user}, like the daemon (run it as root for per-app users)"
         )
+    };
+    if !landlock {
+        line.push_str(if daemon_uid == 0 {
+            "; Landlock missing: only file modes keep apps from slipway's files"
+        } else {
+            "; Landlock missing: apps are not isolated from each other nor from slipway"
+        });
     }
+    line
 }
 
 /// `app`'s user when this process is privileged (its uid allocated now if it had none), None
@@ -125,6 +133,51 @@ pub fn for_app(
         );
     }
     Ok(Some(AppUser { uid, gid: uid, name: app.to_string() }))
+}
+
+/// Who the router runs as after binding its sockets, when started as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    /// The home's owner (install.sh's platform user): it may write `run/` and `logs/` as a
+    /// router always did. Otherwise (a root-owned home) it is `nobody`, which may write
+    /// nothing of the home: the daemon keeps `run/routes.json` for it, its log is not rotated.
+    pub owns_home: bool,
+}
+
+/// The router's user for a home owned by `owner` (`owner_user`: its name and primary gid,
+/// when it has a passwd entry), `nobody` being `nobody`'s (uid, gid) when known. Pure: see
+/// [`router_user`].
+pub fn choose_router_user(
+    owner: u32,
+    owner_user: Option<(String, u32)>,
+    nobody: Option<(u32, u32)>,
+) -> RouterUser {
+    match owner_user {
+        Some((name, gid)) if owner != 0 => RouterUser { uid: owner, gid, name, owns_home: true },
+        _ if owner != 0 => {
+            RouterUser { uid: owner, gid: owner, name: format!("uid {owner}"), owns_home: true }
+        }
+        _ => {
+            let (uid, gid) = nobody.unwrap_or((65534, 65534));
+            RouterUser { uid, gid, name: "nobody".into(), owns_home: false }
+        }
+    }
+}
+
+/// Who the router drops to when this process is root: the home's owner, or `nobody` for a
+/// root-owned home. None when not root (the router runs as the daemon's user, as it is).
+pub fn router_user(home: &Path) -> Option<RouterUser> {
+    use nix::unistd::{Uid, User};
+    if !privileged() {
+        return None;
+    }
+    let owner = std::fs::metadata(home).map(|m| m.uid()).unwrap_or(0);
+    let owner_user = User::from_uid(Uid::from_raw(owner)).ok().flatten().map(|u| (u.name, u.gid.as_raw()));
+    let nobody = User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
+    Some(choose_router_user(owner, owner_user, nobody))
 }
 
 /// Between fork and exec: no supplementary groups, then `gid`, then `uid` (real, effective and
@@ -299,12 +352,27 @@ mod tests {
     }
 
     #[test]
+    fn the_router_drops_to_the_homes_owner_else_nobody() {
+        let owner = choose_router_user(998, Some(("slipway".into(), 997)), Some((65534, 65534)));
+        assert_eq!(owner, RouterUser { uid: 998, gid: 997, name: "slipway".into(), owns_home: true });
+        let unnamed = choose_router_user(4242, None, Some((65534, 65534)));
+        assert_eq!((unnamed.uid, unnamed.gid, unnamed.owns_home), (4242, 4242, true));
+        let root_home = choose_router_user(0, Some(("root".into(), 0)), Some((65534, 65534)));
+        assert_eq!(root_home, RouterUser { uid: 65534, gid: 65534, name: "nobody".into(), owns_home: false });
+        assert_eq!(choose_router_user(0, None, None).uid, 65534);
+    }
+
+    #[test]
     fn status_names_the_mode() {
         let range = UidRange { first: 200_000, last: 299_999 };
         assert_eq!(
-            status_line(0, "root", range),
+            status_line(0, "root", range, true),
             "per-app users: each app runs as its own uid from app_uids 200000-299999 (the daemon runs as root)"
         );
-        assert!(status_line(1000, "alice", range).starts_with("single-user mode: apps run as alice"));
+        assert!(status_line(1000, "alice", range, true).starts_with("single-user mode: apps run as alice"));
+        assert!(status_line(0, "root", range, false)
+            .ends_with("; Landlock missing: only file modes keep apps from slipway's files"));
+        assert!(status_line(1000, "alice", range, false)
+            .ends_with("not isolated from each other nor from slipway"));
     }
 }

@@ -141,6 +141,8 @@ struct AppInfo {
     web_url: String,
     formation: std::collections::BTreeMap<String, u32>,
     dynos: Vec<super::ps::DynoView>,
+    /// The unix uid (= gid) its processes run as when the daemon runs as root (`users`).
+    uid: Option<u32>,
 }
 
 pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
@@ -155,6 +157,7 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         web_url: web_url(home, name.as_str())?,
         formation: store::formation::get(store.conn(), &name)?,
         dynos: super::ps::views(home, &store, &name)?,
+        uid: store::app_uids::get(store.conn(), &name)?,
     };
     if json {
         return print_json(&info);
@@ -168,6 +171,8 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     out(&format!("Formation: {}", if formation.is_empty() { "-".into() } else { formation.join(" ") }));
     let dynos: Vec<String> = info.dynos.iter().map(|d| format!("{} {}", d.name, d.state)).collect();
     out(&format!("Dynos:     {}", if dynos.is_empty() { "-".into() } else { dynos.join(", ") }));
+    let uid = info.uid.map(|u| format!("uid {u} (its dynos run as it when the daemon runs as root)"));
+    out(&format!("User:      {}", uid.as_deref().unwrap_or("none yet (given at its first dyno's start)")));
     Ok(0)
 }
 

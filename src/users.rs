@@ -252,18 +252,15 @@ pub fn release_mode(mode: u32) -> u32 {
 }
 
 /// Lets app group `gid` read (never write) `release_dir` of `releases` (`releases/<app>`): the
-/// home, `releases/` traversable, `releases/<app>` and the tree of `release_dir` given to the
-/// group with [`release_mode`]. Done once per release (a release dir already of that group is
-/// left alone). The files stay the platform's: the app cannot change them. Never follows a link.
+/// home and `releases/` traversable, `releases/<app>` and every entry of the release tree given
+/// to the group with [`release_mode`]. Walked at each dyno start (a rename rewrites a release's
+/// venv, a restore makes release dirs), changing only what differs. The files stay the
+/// platform's: the app cannot change them. Never follows a link.
 pub fn open_release(home: &Path, releases: &Path, release_dir: &Path, gid: u32) -> io::Result<()> {
     for dir in [home, releases.parent().unwrap_or(home)] {
         open_passage(dir)?;
     }
     give_to_group(releases, gid, false)?;
-    let meta = std::fs::symlink_metadata(release_dir)?;
-    if meta.gid() == gid && meta.mode() & 0o050 == 0o050 {
-        return Ok(());
-    }
     give_to_group(release_dir, gid, true)
 }
 
@@ -272,8 +269,13 @@ fn give_to_group(path: &Path, gid: u32, recursive: bool) -> io::Result<()> {
     if meta.file_type().is_symlink() {
         return Ok(());
     }
-    std::os::unix::fs::lchown(path, None, Some(gid))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(release_mode(meta.mode() & 0o7777)))?;
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    let mode = release_mode(meta.mode() & 0o7777);
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     if recursive && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             give_to_group(&entry?.path(), gid, true)?;

@@ -116,8 +116,13 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     slip.cmd_ok(&["apps:create", "probe"]);
     slip.cmd_ok(&["config:set", "probe", &format!("VICTIM_PID={victim_pid}")]);
     let repo = GitRepo::init(&slip.root().join("probe"));
+    // A Python app: its dynos run the release's virtualenv, which apps:rename rewrites below.
     repo.commit_files(
-        &[("probe.py", PROBE.to_string()), ("Procfile", "web: python3 probe.py\n".into())],
+        &[
+            ("probe.py", PROBE.to_string()),
+            ("Procfile", "web: python probe.py\n".into()),
+            ("requirements.txt", REQUIREMENTS.into()),
+        ],
         "p",
     );
     let (ok, out) = slip.push_local(&repo, "probe");
@@ -194,7 +199,8 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     let router = uids(router_pid);
     assert!(!router.is_empty() && !router.contains(&0), "router uids {router:?}");
 
-    // A rename keeps the uid; a destroy frees it for the next app.
+    // A rename keeps the uid (and the rewritten venv stays readable to it); a destroy frees it
+    // for the next app.
     slip.cmd_ok(&["apps:rename", "probe", "probe2"]);
     assert_eq!(app_uid(&slip, "probe2"), probe_uid);
     let (renamed_pid, _) = wait_web(&slip, "probe2");

@@ -93,9 +93,16 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
             eprintln!("warning: the daemon was not told {name} is gone ({e}); it forgets it when it restarts")
         }
     }
-    for dir in
-        [home.repo(&name), home.releases(&name), home.slugs(&name), home.cache(&name), home.app_logs(&name)]
-    {
+    // Its dynos' dir goes too (with a root daemon it is open to the app's group, whose uid the
+    // next new app may get).
+    for dir in [
+        home.repo(&name),
+        home.releases(&name),
+        home.slugs(&name),
+        home.cache(&name),
+        home.app_logs(&name),
+        home.app_dynos(&name),
+    ] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("warning: could not remove {}: {e}", dir.display());

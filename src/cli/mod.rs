@@ -307,6 +307,9 @@ pub enum Command {
     /// Internal: the HTTP router process, started and kept by the daemon.
     #[command(name = "router", hide = true)]
     Router,
+    /// Internal: writes the app log lines of a router that dropped root (its stdin).
+    #[command(name = "router-log", hide = true)]
+    RouterLog,
     /// Internal: the per-dyno output shim started by the daemon.
     #[command(name = "dyno-shim", hide = true)]
     DynoShim {
@@ -361,6 +364,7 @@ impl Command {
                 | Command::SshServe { .. }
                 | Command::DynoShim { .. }
                 | Command::Router
+                | Command::RouterLog
         )
     }
 }
@@ -417,6 +421,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::Router => crate::router::service::run(home).map(|()| 0),
+        Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
         Command::DynoShim {
             log,
             log_max_bytes,

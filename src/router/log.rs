@@ -234,6 +234,87 @@ fn write_lines(
     }
 }
 
+/// Where a router that dropped to `nobody` sends its app log lines: a `SOCK_SEQPACKET` socket
+/// to its log helper (`slipway router-log`, [`run_helper`]), which stays root and appends them.
+static RELAY: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Most bytes of lines in one relayed packet (`APP\n` and whole lines).
+const RELAY_PACKET: usize = 64 * 1024;
+
+/// From now on app log lines go through `socket` to the log helper instead of to the files.
+pub fn relay_through(socket: std::os::fd::OwnedFd) {
+    if RELAY.set(socket).is_err() {
+        tracing::warn!("the router's log relay was set twice; keeping the first");
+    }
+}
+
+/// Sends `text` (whole lines) for `app` to the log helper, in packets of at most
+/// [`RELAY_PACKET`] bytes of lines. Blocks while the helper's queue is full (only this writer
+/// thread waits, never a request).
+fn relay(socket: &std::os::fd::OwnedFd, app: &str, text: &str) {
+    use std::os::fd::AsRawFd;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(RELAY_PACKET);
+        if cut < rest.len() {
+            // At a line's end when there is one in the packet; else a cut mid-line.
+            cut = rest[..cut].rfind('\n').map_or(cut, |i| i + 1);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+        }
+        let packet = format!("{app}\n{}", &rest[..cut]);
+        // SAFETY: send reads `packet` for its length.
+        let sent = unsafe {
+            libc::send(socket.as_raw_fd(), packet.as_ptr().cast(), packet.len(), libc::MSG_NOSIGNAL)
+        };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(%err, app, "relaying router lines to the log helper; dropping them");
+            return;
+        }
+        rest = &rest[cut..];
+    }
+}
+
+/// `slipway router-log` (hidden): the root helper of a router that dropped to `nobody` (a root
+/// daemon on a root-owned home, where `nobody` may not write `logs/`). It reads packets
+/// `APP\nLINES` from the socket on its stdin and appends LINES to that app's log (the name is
+/// validated; nothing else is ever written), until the router closes the socket.
+pub fn run_helper(home: &crate::home::Home) -> anyhow::Result<()> {
+    let policy = crate::settings::Settings::load(home)?.log_policy;
+    let mut writers: HashMap<String, LogWriter> = HashMap::new();
+    let mut buf = vec![0u8; RELAY_PACKET + 256];
+    loop {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::recv(0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n == 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err.into());
+        }
+        let packet = String::from_utf8_lossy(&buf[..n as usize]);
+        let Some((app, text)) = packet.split_once('\n') else { continue };
+        let Ok(name) = app.parse::<crate::app::AppName>() else { continue };
+        let writer = writers
+            .entry(name.to_string())
+            .or_insert_with(|| LogWriter::deferred(&home.app_log(&name), policy).named("router"));
+        if let Err(err) = writer.write_raw(text.as_bytes()) {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                writers.remove(name.as_str());
+            }
+        }
+    }
+}
+
 /// Appends `text` to the app's log. A write that fails (full disk…) drops and counts the
 /// lines in the app's [`LogWriter`], which writes `slipway[router]: N log lines dropped (disk
 /// full)` ahead of its next lines that get through; the daemon's log hears once per outage.
@@ -244,6 +325,9 @@ fn write_app(
     app: &Arc<str>,
     text: &str,
 ) {
+    if let Some(socket) = RELAY.get() {
+        return relay(socket, app, text);
+    }
     if !writers.contains_key(app) {
         let Some(path) = log_path(app) else { return };
         writers.insert(app.clone(), LogWriter::deferred(&path, policy).named("router"));

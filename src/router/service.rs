@@ -149,10 +149,43 @@ fn take_over_socket(home: &Home) -> anyhow::Result<(std::os::unix::net::UnixList
 /// home's `run/` (false as `nobody`: then the daemon keeps `run/routes.json`).
 fn drop_privileges(home: &Home) -> anyhow::Result<bool> {
     let Some(user) = crate::users::router_user(home.root()) else { return Ok(true) };
+    if !user.owns_home {
+        start_log_helper(home)?;
+    }
     crate::users::drop_to(user.uid, user.gid)
         .with_context(|| format!("the router cannot become {} (uid {})", user.name, user.uid))?;
     tracing::info!(user = %user.name, uid = user.uid, "router: dropped root after binding its sockets");
     Ok(user.owns_home)
+}
+
+/// For a router about to become `nobody`: starts its log helper (`slipway router-log`, root,
+/// in the router's process group, so whatever kills the router's group kills it too; it ends
+/// when the router's end of the socket closes) and relays app log lines through it.
+fn start_log_helper(home: &Home) -> anyhow::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
+        != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("making the log helper's socket");
+    }
+    // SAFETY: both descriptors were just made and are owned here only.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // After an upgrade replaced the file, Linux names the running one "PATH (deleted)".
+    let exe = std::env::current_exe().context("locating the slipway binary")?;
+    let exe = exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")).map_or(exe.clone(), Into::into);
+    std::process::Command::new(exe)
+        .arg("--home")
+        .arg(home.root())
+        .arg("router-log")
+        .current_dir(home.root())
+        .stdin(std::process::Stdio::from(theirs))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the router's log helper")?;
+    super::log::relay_through(ours);
+    Ok(())
 }
 
 /// Serves control connections until told to retire or signalled.

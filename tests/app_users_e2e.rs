@@ -135,6 +135,8 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     assert_eq!(uids(victim_pid), vec![victim_uid; 4], "victim web.1");
     assert_eq!(uids(probe_pid), vec![probe_uid; 4], "probe web.1");
     assert_ne!(victim_uid, probe_uid);
+    let shown = slip.ps_json("probe").into_iter().find(|d| d["name"] == "web.1").map(|d| d["uid"].clone());
+    assert_eq!(shown, Some(Value::from(probe_uid)), "ps --json shows the dyno's uid");
     for uid in [victim_uid, probe_uid] {
         assert!(uid != 0 && !uids(daemon_pid).contains(&uid), "uid {uid}");
         assert!((range[0]..=range[1]).contains(&uid), "uid {uid} outside app_uids {range:?}");

@@ -165,8 +165,9 @@ fn start_log_helper(home: &Home) -> anyhow::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let mut fds = [-1; 2];
     // SAFETY: socketpair writes two descriptors into `fds`.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
-        != 0
+    if unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    } != 0
     {
         return Err(std::io::Error::last_os_error()).context("making the log helper's socket");
     }

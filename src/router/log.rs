@@ -255,14 +255,7 @@ fn relay(socket: &std::os::fd::OwnedFd, app: &str, text: &str) {
     use std::os::fd::AsRawFd;
     let mut rest = text;
     while !rest.is_empty() {
-        let mut cut = rest.len().min(RELAY_PACKET);
-        if cut < rest.len() {
-            // At a line's end when there is one in the packet; else a cut mid-line.
-            cut = rest[..cut].rfind('\n').map_or(cut, |i| i + 1);
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
-        }
+        let cut = packet_cut(rest, RELAY_PACKET);
         let packet = format!("{app}\n{}", &rest[..cut]);
         // SAFETY: send reads `packet` for its length.
         let sent = unsafe {
@@ -278,6 +271,23 @@ fn relay(socket: &std::os::fd::OwnedFd, app: &str, text: &str) {
         }
         rest = &rest[cut..];
     }
+}
+
+/// How many bytes of `rest` the next relayed packet takes: all of it when it fits in `max`,
+/// else up to the last line end within `max`, else `max` cut back to a character boundary.
+fn packet_cut(rest: &str, max: usize) -> usize {
+    if rest.len() <= max {
+        return rest.len();
+    }
+    let mut cut = max;
+    while cut > 0 && !rest.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut == 0 {
+        // A cap smaller than the first character: that character alone.
+        return rest.chars().next().map_or(rest.len(), char::len_utf8);
+    }
+    rest[..cut].rfind('\n').map_or(cut, |i| i + 1)
 }
 
 /// `slipway router-log` (hidden): the root helper of a router that dropped to `nobody` (a root
@@ -347,6 +357,19 @@ fn write_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_packets_end_at_line_ends_within_the_cap() {
+        for (text, max, want) in [
+            ("a\nb\n", 10, 4),      // fits whole
+            ("aa\nbb\ncc\n", 7, 6), // up to the last line end in the cap
+            ("abcdef\n", 4, 4),     // one long line: cut at the cap
+            ("ab\u{e9}cd", 3, 2),   // never inside a character
+            ("\u{e9}x", 1, 2),      // nor empty
+        ] {
+            assert_eq!(packet_cut(text, max), want, "{text:?} {max}");
+        }
+    }
 
     fn line() -> RequestLine {
         RequestLine {

@@ -362,9 +362,10 @@ pub struct Sshd {
 
 impl Sshd {
     /// Starts sshd with its files in `dir` (created if needed), reading keys from
-    /// `authorized_keys` (must be absolute; need not exist yet). Panics with the sshd log if it
+    /// `authorized_keys` (must be absolute; need not exist yet), giving every session the
+    /// test's `SLIPWAY_APP_UIDS`. Panics with the sshd log if it
     /// does not accept connections within 10 s (after up to 3 tries on fresh ports).
-    pub fn start(dir: &Path, authorized_keys: &Path) -> Sshd {
+    pub fn start(dir: &Path, authorized_keys: &Path, app_uids: &str) -> Sshd {
         assert!(authorized_keys.is_absolute(), "AuthorizedKeysFile must be absolute");
         fs::create_dir_all(dir).expect("create sshd dir");
         // sshd's privilege-separation directory; it refuses to start as root without it.
@@ -399,7 +400,8 @@ impl Sshd {
                  PubkeyAuthentication yes\n\
                  PermitRootLogin forced-commands-only\n\
                  LogLevel ERROR\n\
-                 AllowUsers {user}\n",
+                 AllowUsers {user}\n\
+                 SetEnv SLIPWAY_APP_UIDS={app_uids}\n",
                 host_key = host_key.display(),
                 pid = dir.join("sshd.pid").display(),
                 ak = authorized_keys.display(),
@@ -641,7 +643,7 @@ impl Slipway {
 
     /// Starts an [`Sshd`] in `<root>/sshd` that reads this home's authorized_keys.
     pub fn start_sshd(&self) -> Sshd {
-        Sshd::start(&self.root().join("sshd"), &self.authorized_keys())
+        Sshd::start(&self.root().join("sshd"), &self.authorized_keys(), &app_uids(self.ports))
     }
 
     /// Generates a client key pair in `<root>/keys/<name>`.

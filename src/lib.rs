@@ -27,3 +27,4 @@ pub mod sandbox;
 pub mod settings;
 pub mod store;
 pub mod timefmt;
+pub mod users;

@@ -142,7 +142,7 @@ pub fn release_phase(
     // Confined like a dyno, in a private working dir of its own, discarded afterwards.
     let key = format!("release-{}", std::process::id());
     let private =
-        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), &key, &env.dir, None, &mut sh)
+        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), &key, &env.dir, None, None, &mut sh)
             .map_err(|e| e.to_string())?;
     let result = job::run(sh, None, Some(timeout), |line| {
         emit(line);

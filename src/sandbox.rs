@@ -260,22 +260,43 @@ pub enum SandboxError {
     Ruleset(#[from] landlock::RulesetError),
     #[error("making the dyno's private dir {path}: {source}")]
     PrivateDir { path: String, source: io::Error },
+    #[error("{0}")]
+    AppUser(io::Error),
 }
 
 /// Prepares `command` to run as a confined dyno (long-running, one-off or release phase) of
 /// `release_dir`: makes its private dir `<dynos>/<key>` (`dynos` is `home.app_dynos(app)`),
 /// runs it there (working directory and `HOME`: its `app/`; `TMPDIR`: its `tmp/`), confined by
 /// [`dyno_policy`] with `port` bindable. The caller removes the returned dir when the dyno ended.
+///
+/// With a `user` (privileged mode, see [`crate::users`]) the dyno runs as that uid: its
+/// private `app/` and `tmp/` are its own, the release dir is opened to its group read-only,
+/// `USER`/`LOGNAME` name the app, and the process drops to the uid between fork and exec
+/// (after the caller's earlier `pre_exec` steps, such as joining a cgroup; before Landlock).
 pub fn prepare_dyno(
     home: &Path,
     dynos: &Path,
     key: &str,
     release_dir: &Path,
     port: Option<u16>,
+    user: Option<&crate::users::AppUser>,
     command: &mut Command,
 ) -> Result<PrivateDir, SandboxError> {
     let private = PrivateDir::create(dynos, key, release_dir)
         .map_err(|source| SandboxError::PrivateDir { path: dynos.join(key).display().to_string(), source })?;
+    if let Some(user) = user {
+        if let Err(err) = hand_to(home, dynos, release_dir, &private, user) {
+            // Best effort: the error that matters is the one returned.
+            let _ = private.remove();
+            return Err(SandboxError::AppUser(err));
+        }
+        let (uid, gid) = (user.uid, user.gid);
+        command.env("USER", &user.name).env("LOGNAME", &user.name);
+        // SAFETY: drop_to makes raw syscalls only.
+        unsafe {
+            command.pre_exec(move || crate::users::drop_to(uid, gid));
+        }
+    }
     command.current_dir(private.app_dir()).env("HOME", private.app_dir()).env("TMPDIR", private.tmp());
     let paths = DynoPaths {
         home: canonical(home),
@@ -290,6 +311,40 @@ pub fn prepare_dyno(
         return Err(e);
     }
     Ok(private)
+}
+
+/// Gives a dyno's private dir to its app's uid (`app/`, `tmp/`; the dir itself and
+/// `dynos/<app>` stay root's, open to the app's group to pass through) and lets its group read
+/// the release. The home and `dynos/` become traversable (`o+x`).
+fn hand_to(
+    home: &Path,
+    dynos: &Path,
+    release_dir: &Path,
+    private: &PrivateDir,
+    user: &crate::users::AppUser,
+) -> io::Result<()> {
+    use crate::users::{chown_tree, open_passage};
+    // The interpreter the release's venv was made from must be reachable by the app's uid
+    // (a pyenv under root's 0700 home is not): say so rather than "python: not found".
+    for dir in interpreter_dirs(release_dir) {
+        if let Some(closed) = crate::users::first_closed(&dir, user.uid, user.gid) {
+            return Err(io::Error::other(format!(
+                "the app's uid {} cannot reach its Python {} ({} is closed to other users); install Python where every user may read it (e.g. /usr/local or /opt), or open that dir with chmod o+x",
+                user.uid,
+                dir.display(),
+                closed.display()
+            )));
+        }
+    }
+    let releases = release_dir.parent().unwrap_or(release_dir);
+    crate::users::open_release(home, releases, release_dir, user.gid)?;
+    open_passage(dynos.parent().unwrap_or(home))?;
+    for dir in [dynos, private.root.as_path()] {
+        std::os::unix::fs::lchown(dir, None, Some(user.gid))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))?;
+    }
+    chown_tree(&private.app_dir(), user.uid, user.gid)?;
+    chown_tree(&private.tmp(), user.uid, user.gid)
 }
 
 /// Makes `command` run confined by `policy`: the ruleset is built here (in the parent) and

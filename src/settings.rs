@@ -93,6 +93,9 @@ pub struct Settings {
     /// An extra CA certificate (PEM) trusted for the ACME server's own HTTPS (`acme_ca_file`,
     /// absolute path; default none: the system's roots only). For test servers such as Pebble.
     pub acme_ca_file: Option<PathBuf>,
+    /// The uids (and gids) apps run as when the daemon runs as root (`app_uids`,
+    /// `200000-299999`; see `crate::users`).
+    pub app_uids: crate::users::UidRange,
 }
 
 /// One sentence naming the file or variable and the key; printed as is.
@@ -150,6 +153,7 @@ const SPECS: &[Spec] = &[
     spec("acme_directory", LETS_ENCRYPT, Kind::Text, false),
     spec("acme_email", "", Kind::Text, false),
     spec("acme_ca_file", "", Kind::Text, false),
+    spec("app_uids", "200000-299999", Kind::Text, true),
 ];
 
 /// Let's Encrypt's production ACME directory, `acme_directory`'s default.
@@ -473,6 +477,7 @@ fn from_given(given: &[Option<Given>]) -> Result<Settings, SettingsError> {
             s if Path::new(s).is_absolute() => Ok(Some(PathBuf::from(s))),
             _ => Err("expected an absolute path to a PEM file"),
         })?,
+        app_uids: check(get("app_uids"), str::parse)?,
     })
 }
 

@@ -57,7 +57,9 @@ exit 0
 "#;
 
 /// The same for a one-off dyno: its main process (the shell) finds itself in a cgroup.
-const FIND_CGROUP: &str = r#"for f in /sys/fs/cgroup/pids/slipway-*/*/*/cgroup.procs /sys/fs/cgroup/slipway-*/*/*/cgroup.procs; do [ -r "$f" ] && grep -qx "$$" "$f" && echo "cgroup: ${f%/cgroup.procs}"; done; echo DYNO_RAM=$DYNO_RAM"#;
+/// A one-off of an app with a uid of its own (root) cannot look into the daemon's cgroup dirs,
+/// but may read its own shell's `/proc/$$/cgroup`; elsewhere the member lists under /sys say.
+const FIND_CGROUP: &str = r#"while read -r l; do echo "cgroup: $l"; done < /proc/$$/cgroup; for f in /sys/fs/cgroup/pids/slipway-*/*/*/cgroup.procs /sys/fs/cgroup/slipway-*/*/*/cgroup.procs; do [ -r "$f" ] && grep -qx "$$" "$f" && echo "cgroup: ${f%/cgroup.procs}"; done; echo DYNO_RAM=$DYNO_RAM"#;
 
 /// Where this home's cgroups would be, per hierarchy, or None (with the reason printed) when
 /// this machine cannot run the test.

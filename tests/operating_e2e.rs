@@ -47,7 +47,8 @@ fn status_shows_the_server_and_exits_1_without_the_daemon() {
         assert!(text.contains(needle), "no {needle:?} in status:\n{text}");
     }
     assert!(
-        text.contains("single-user mode: apps run as ") || text.contains("root: apps run as root"),
+        text.contains("single-user mode: apps run as ")
+            || text.contains("per-app users: each app runs as its own uid"),
         "no mode line:\n{text}"
     );
 

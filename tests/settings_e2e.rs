@@ -106,7 +106,7 @@ fn the_environment_overrides_the_file_and_settings_shows_the_source() {
     assert_eq!(setting(&json, "boot_timeout"), ("12".into(), "slipway.toml".into()));
     assert_eq!(setting(&json, "log_max_mb"), ("0.5".into(), "slipway.toml".into()));
     assert_eq!(setting(&json, "max_slug_mb"), ("500".into(), "default".into()));
-    assert_eq!(json["settings"].as_object().map(|o| o.len()), Some(28), "{json}");
+    assert_eq!(json["settings"].as_object().map(|o| o.len()), Some(29), "{json}");
 
     // The table has the same content.
     let table = slip.cmd_ok(&["settings"]);

@@ -36,13 +36,18 @@ pub fn list(home: &Home, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Creates the app's row and bare repo together: the row is committed only once the repo exists.
+/// Creates the app's row (with its uid, `users`) and bare repo together: the row is committed
+/// only once the repo exists.
 pub fn ensure_app(home: &Home, store: &mut Store, app: &AppName, must_be_new: bool) -> anyhow::Result<()> {
     if !must_be_new && store::apps::get(store.conn(), app)?.is_some() {
         return Ok(());
     }
+    let range = crate::settings::Settings::load(home)?.app_uids;
     let tx = store.transaction()?;
     store::apps::create(&tx, app)?;
+    // Its uid for per-app users (used when the daemon runs as root; see `users`).
+    let system = crate::users::system_ids();
+    store::app_uids::ensure(&tx, app, range, &|uid| system.contains(&uid))?;
     let repo = home.repo(app);
     let binary = std::env::current_exe().context("locating the slipway binary")?;
     if let Err(e) = crate::git::create_bare(&repo, &binary) {
@@ -88,6 +93,8 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
             eprintln!("warning: the daemon was not told {name} is gone ({e}); it forgets it when it restarts")
         }
     }
+    // Its dynos' dir goes too (with a root daemon it is open to the app's group, whose uid the
+    // next new app may get).
     for dir in [
         home.repo(&name),
         home.releases(&name),
@@ -95,6 +102,7 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
         home.cache(&name),
         home.app_logs(&name),
         crate::certs::app_dir(home, &name),
+        home.app_dynos(&name),
     ] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -144,6 +152,8 @@ struct AppInfo {
     web_url: String,
     formation: std::collections::BTreeMap<String, u32>,
     dynos: Vec<super::ps::DynoView>,
+    /// The unix uid (= gid) its processes run as when the daemon runs as root (`users`).
+    uid: Option<u32>,
 }
 
 pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
@@ -158,6 +168,7 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
         web_url: web_url(home, name.as_str())?,
         formation: store::formation::get(store.conn(), &name)?,
         dynos: super::ps::views(home, &store, &name)?,
+        uid: store::app_uids::get(store.conn(), &name)?,
     };
     if json {
         return print_json(&info);
@@ -171,6 +182,8 @@ pub fn info(home: &Home, app: &str, json: bool) -> anyhow::Result<i32> {
     out(&format!("Formation: {}", if formation.is_empty() { "-".into() } else { formation.join(" ") }));
     let dynos: Vec<String> = info.dynos.iter().map(|d| format!("{} {}", d.name, d.state)).collect();
     out(&format!("Dynos:     {}", if dynos.is_empty() { "-".into() } else { dynos.join(", ") }));
+    let uid = info.uid.map(|u| format!("uid {u} (its dynos run as it when the daemon runs as root)"));
+    out(&format!("User:      {}", uid.as_deref().unwrap_or("none yet (given at its first dyno's start)")));
     Ok(0)
 }
 

@@ -335,8 +335,8 @@ fn gather(home: &Home) -> StatusReport {
         },
     };
 
-    // Dynos run as the daemon's user: the running daemon's, else whoever runs this (the home's
-    // owner, see Home::become_owner).
+    // Dynos run as the daemon's user, or as their app's uid when that is root: the running
+    // daemon's, else whoever runs this (the home's owner, see Home::become_owner).
     let uid = daemon
         .pid
         .filter(|_| daemon.running)
@@ -349,11 +349,14 @@ fn gather(home: &Home) -> StatusReport {
         .map(|u| u.name)
         .unwrap_or_else(|| format!("uid {uid}"));
     let root = uid == 0;
-    let description = if root {
-        "root: apps run as root, not isolated from each other nor from slipway".to_string()
-    } else {
-        format!("single-user mode: apps run as {user}, not isolated")
+    let range = match crate::settings::Settings::load(home) {
+        Ok(settings) => settings.app_uids,
+        Err(e) => {
+            problems.push(e.to_string());
+            crate::users::UidRange { first: 200_000, last: 299_999 }
+        }
     };
+    let description = crate::users::status_line(uid, &user, range, kernel.landlock);
 
     StatusReport {
         daemon,

@@ -336,6 +336,9 @@ pub enum Command {
     /// Internal: the HTTP router process, started and kept by the daemon.
     #[command(name = "router", hide = true)]
     Router,
+    /// Internal: writes the app log lines of a router that dropped root (its stdin).
+    #[command(name = "router-log", hide = true)]
+    RouterLog,
     /// Internal: the per-dyno output shim started by the daemon.
     #[command(name = "dyno-shim", hide = true)]
     DynoShim {
@@ -362,6 +365,9 @@ pub enum Command {
         memory: Option<u64>,
         #[arg(long)]
         max_pids: Option<u32>,
+        /// The app's uid (and gid) the dyno drops to (privileged mode: the daemon runs as root).
+        #[arg(long)]
+        uid: Option<u32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -387,6 +393,7 @@ impl Command {
                 | Command::SshServe { .. }
                 | Command::DynoShim { .. }
                 | Command::Router
+                | Command::RouterLog
         )
     }
 }
@@ -450,6 +457,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::Router => crate::router::service::run(home).map(|()| 0),
+        Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
         Command::DynoShim {
             log,
             log_max_bytes,
@@ -461,6 +469,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
             cgroup,
             memory,
             max_pids,
+            uid,
             command,
         } => {
             // Rotation policy: given by the daemon, else the home's settings (a daemon older
@@ -483,6 +492,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
                 limits: cgroup
                     .zip(memory.zip(max_pids))
                     .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
+                uid,
             }))
         }
     }

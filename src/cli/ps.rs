@@ -35,6 +35,14 @@ pub struct DynoView {
     pub memory_kib: Option<u64>,
     /// The memory quota of its process type (`ps:resize`, else `dyno_memory`), in bytes.
     pub quota_bytes: u64,
+    /// The uid its main process runs as (its app's own with a root daemon), while it runs.
+    pub uid: Option<u32>,
+}
+
+/// The effective uid of process `pid` (`Uid:` in its /proc status, second field).
+fn effective_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
 }
 
 pub fn views(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<Vec<DynoView>> {
@@ -57,6 +65,7 @@ pub fn views(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<Vec<Dy
             };
             DynoView {
                 memory_kib,
+                uid: d.pid.filter(|_| alive).and_then(effective_uid),
                 quota_bytes: quotas.get(&d.process_type).copied().unwrap_or(settings.dyno_memory),
                 name: d.name(),
                 process_type: d.process_type.clone(),

@@ -39,6 +39,8 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     let quota =
         store::formation::memory(store.conn(), &name)?.get("run").copied().unwrap_or(settings.dyno_memory);
     let env = DynoEnv::for_release(home, store.conn(), &name, release)?.with_ram_mb(quota >> 20);
+    // Run by root (privileged mode), the one-off runs as the app's own uid like its dynos.
+    let user = crate::users::for_app(store.conn(), &name, settings.app_uids)?;
     drop(store);
     // With a daemon, the one-off is a dyno it knows (`ps` lists it, `ps:stop` stops it) and gets
     // a PORT; without one it runs all the same, unlisted.
@@ -61,7 +63,7 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     let cgroup = recorded.as_ref().and_then(|(id, _, _)| contain(home, &name, *id, limits, &log, &dyno));
     let join = cgroup.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
     let key = format!("{dyno}-{}", std::process::id());
-    let spawned = spawn(home, &name, &key, &env, &dyno, port, command, join);
+    let spawned = spawn(home, &name, &key, &env, &dyno, port, user.as_ref(), command, join);
     let cgroup = cgroup.map(|(cgroup, _files)| cgroup);
     let _remove = cgroup.map(|cgroup| RemoveOnDrop { cgroup, log: log.clone(), dyno: dyno.clone() });
     let one_off = spawned?;
@@ -187,7 +189,7 @@ pub struct Ended {
 /// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
 /// group when stdin is our controlling terminal), in the cgroups whose `cgroup.procs` are open
 /// as `join` (none: no cgroup), confined like every dyno in a private working dir of its own
-/// (`dynos/<app>/<key>`).
+/// (`dynos/<app>/<key>`), as `user` when given (privileged mode).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     home: &Home,
@@ -196,6 +198,7 @@ pub fn spawn(
     env: &DynoEnv,
     name: &str,
     port: Option<u16>,
+    user: Option<&crate::users::AppUser>,
     command: &[String],
     join: Vec<std::os::fd::RawFd>,
 ) -> anyhow::Result<OneOff> {
@@ -224,7 +227,7 @@ pub fn spawn(
         });
     }
     let private =
-        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), key, &env.dir, port, &mut cmd)?;
+        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), key, &env.dir, port, user, &mut cmd)?;
     let child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -124,12 +124,13 @@ pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
         // SAFETY: the kernel just gave us this descriptor; we own it.
         unsafe { OwnedFd::from_raw_fd(pidfd) }
     });
-    let pid = match &pidfd {
-        Some(fd) => std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-            .ok()
-            .and_then(|info| info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse::<i32>().ok())),
-        None => stream.peer_cred().ok().and_then(|c| c.pid()),
-    };
+    // A router that dropped root cannot read its own /proc/self/fdinfo (no longer dumpable):
+    // the peer's credentials name the same process, which the pidfd then vouches for.
+    let pid = pidfd
+        .as_ref()
+        .and_then(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok())
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse::<i32>().ok()))
+        .or_else(|| stream.peer_cred().ok().and_then(|c| c.pid()));
     let Some(pid) = pid.filter(|p| *p > 0) else { return Some(GONE) };
     let confined = match crate::sandbox::is_confined(pid) {
         Ok(confined) => confined,
@@ -138,9 +139,12 @@ pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
     if let Some(fd) = &pidfd {
         // Still the same process (signal 0 only checks)? Then the status read was its own.
         // SAFETY: pidfd_send_signal with signal 0 and no info sends nothing.
-        let alive = unsafe {
+        let sent = unsafe {
             libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0)
-        } == 0;
+        };
+        // EPERM: alive, but not ours to signal (the root daemon, seen by a router that dropped
+        // root); ESRCH: gone.
+        let alive = sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             return Some(GONE);
         }

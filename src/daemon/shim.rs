@@ -77,6 +77,9 @@ pub struct ShimArgs {
     /// The dyno's cgroup (relative to the cgroup roots) and its limits, when the daemon found
     /// cgroups usable.
     pub limits: Option<(PathBuf, crate::cgroup::Limits)>,
+    /// The app's uid (= gid) the dyno runs as (privileged mode, see [`crate::users`]); the
+    /// shim itself stays the daemon's user, so it can signal and reap the dyno.
+    pub uid: Option<u32>,
 }
 
 /// Runs the shim; returns the exit code for the shim process itself.
@@ -384,7 +387,7 @@ fn queue_events(queue: &Queue, dyno: &str, messages: &[&str]) {
 
 /// The dyno runs confined (`sandbox::prepare_dyno`) in a private working dir of its own,
 /// `<home>/dynos/<app>/<dyno id>` (home and app from the log's path `<home>/logs/<app>/app.log`,
-/// the id from the announcement's name), bound to its `PORT`.
+/// the id from the announcement's name), bound to its `PORT`, as `--uid` when given.
 fn confine(
     args: &ShimArgs,
     command: &mut std::process::Command,
@@ -399,7 +402,10 @@ fn confine(
     };
     let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok());
     let dynos = home.join("dynos").join(app);
-    crate::sandbox::prepare_dyno(home, &dynos, &key, &args.dir, port, command).map_err(|e| e.to_string())
+    let user =
+        args.uid.map(|uid| crate::users::AppUser { uid, gid: uid, name: app.to_string_lossy().into_owned() });
+    crate::sandbox::prepare_dyno(home, &dynos, &key, &args.dir, port, user.as_ref(), command)
+        .map_err(|e| e.to_string())
 }
 
 /// Removes the dyno's private dir once nothing of it runs; a failure is logged (the daemon

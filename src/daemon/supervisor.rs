@@ -468,6 +468,12 @@ impl Supervisor {
             Ok(env) => env,
             Err(err) => return Some(Input::SpawnFailed { dyno: id, message: err.to_string() }),
         };
+        // Privileged mode: the dyno runs as its app's own uid (allocated now for an app that
+        // predates per-app users).
+        let uid_args = match crate::users::for_app(self.store.conn(), &app, self.settings.app_uids) {
+            Ok(user) => user.map(|u| vec!["--uid".to_string(), u.uid.to_string()]).unwrap_or_default(),
+            Err(err) => return Some(Input::SpawnFailed { dyno: id, message: err.to_string() }),
+        };
         let quota = self.quota(&app, &dyno.process_type);
         let env = env.with_ram_mb(quota >> 20);
         let vars = env.vars(&name, dyno.port);
@@ -496,6 +502,7 @@ impl Supervisor {
             .arg("--stop-timeout")
             .arg(self.settings.stop_timeout.as_secs_f64().to_string())
             .args(self.limit_args(&app, quota, id))
+            .args(uid_args)
             .arg("--")
             .arg(&dyno.command)
             .env_clear()

@@ -386,6 +386,9 @@ impl Inner {
     fn reopen_if_moved(&mut self) -> io::Result<()> {
         match std::fs::metadata(&self.path) {
             Ok(m) if self.file.is_some() && m.ino() == self.inode => Ok(()),
+            // A router that dropped root may no longer look into `logs/`: it keeps writing
+            // the file it opened (which is then never rotated).
+            Err(e) if self.file.is_some() && e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
             _ => {
                 let file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
                 self.inode = file.metadata()?.ino();

@@ -223,6 +223,20 @@ async fn spawn_and_wait(home: &Home, previous: Option<i32>) -> anyhow::Result<An
 fn link_task(home: Home, latest: Arc<Mutex<Option<RouteTable>>>) -> mpsc::UnboundedSender<Command> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
     let table = move || latest.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    // A router that runs as `nobody` (root daemon, root-owned home) cannot write `run/`: the
+    // daemon keeps the table it sends in `run/routes.json` for the next router's start.
+    let keep_for_router = crate::users::router_user(home.root()).is_some_and(|u| !u.owns_home);
+    let persist = move |home: &Home, table: &RouteTable| {
+        if !keep_for_router {
+            return;
+        }
+        let written = serde_json::to_vec(table)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| control::write_replacing(&control::routes_file(home), &bytes));
+        if let Err(err) = written {
+            tracing::warn!(%err, path = %control::routes_file(home).display(), "cannot keep the routes");
+        }
+    };
     tokio::spawn(async move {
         let mut next_id = 0u64;
         let mut warned = false;
@@ -246,7 +260,10 @@ fn link_task(home: Home, latest: Arc<Mutex<Option<RouteTable>>>) -> mpsc::Unboun
             let mut lines = BufReader::new(read).lines();
             let mut pending: HashMap<u64, oneshot::Sender<bool>> = HashMap::new();
             let mut connected = match table() {
-                Some(table) => send(&mut write, &ToRouter::Routes { table }).await.is_ok(),
+                Some(table) => {
+                    persist(&home, &table);
+                    send(&mut write, &ToRouter::Routes { table }).await.is_ok()
+                }
                 None => true,
             };
             while connected {
@@ -255,7 +272,10 @@ fn link_task(home: Home, latest: Arc<Mutex<Option<RouteTable>>>) -> mpsc::Unboun
                         let Some(command) = command else { return };
                         let message = match command {
                             Command::Routes => match table() {
-                                Some(table) => ToRouter::Routes { table },
+                                Some(table) => {
+                                    persist(&home, &table);
+                                    ToRouter::Routes { table }
+                                }
                                 None => continue,
                             },
                             Command::Drain { port, grace, reply } => {

@@ -237,6 +237,97 @@ fn write_lines(
     }
 }
 
+/// Where a router that dropped to `nobody` sends its app log lines: a `SOCK_SEQPACKET` socket
+/// to its log helper (`slipway router-log`, [`run_helper`]), which stays root and appends them.
+static RELAY: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Most bytes of lines in one relayed packet (`APP\n` and whole lines).
+const RELAY_PACKET: usize = 64 * 1024;
+
+/// From now on app log lines go through `socket` to the log helper instead of to the files.
+pub fn relay_through(socket: std::os::fd::OwnedFd) {
+    if RELAY.set(socket).is_err() {
+        tracing::warn!("the router's log relay was set twice; keeping the first");
+    }
+}
+
+/// Sends `text` (whole lines) for `app` to the log helper, in packets of at most
+/// [`RELAY_PACKET`] bytes of lines. Blocks while the helper's queue is full (only this writer
+/// thread waits, never a request).
+fn relay(socket: &std::os::fd::OwnedFd, app: &str, text: &str) {
+    use std::os::fd::AsRawFd;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let cut = packet_cut(rest, RELAY_PACKET);
+        let packet = format!("{app}\n{}", &rest[..cut]);
+        // SAFETY: send reads `packet` for its length.
+        let sent = unsafe {
+            libc::send(socket.as_raw_fd(), packet.as_ptr().cast(), packet.len(), libc::MSG_NOSIGNAL)
+        };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(%err, app, "relaying router lines to the log helper; dropping them");
+            return;
+        }
+        rest = &rest[cut..];
+    }
+}
+
+/// How many bytes of `rest` the next relayed packet takes: all of it when it fits in `max`,
+/// else up to the last line end within `max`, else `max` cut back to a character boundary.
+fn packet_cut(rest: &str, max: usize) -> usize {
+    if rest.len() <= max {
+        return rest.len();
+    }
+    let mut cut = max;
+    while cut > 0 && !rest.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut == 0 {
+        // A cap smaller than the first character: that character alone.
+        return rest.chars().next().map_or(rest.len(), char::len_utf8);
+    }
+    rest[..cut].rfind('\n').map_or(cut, |i| i + 1)
+}
+
+/// `slipway router-log` (hidden): the root helper of a router that dropped to `nobody` (a root
+/// daemon on a root-owned home, where `nobody` may not write `logs/`). It reads packets
+/// `APP\nLINES` from the socket on its stdin and appends LINES to that app's log (the name is
+/// validated; nothing else is ever written), until the router closes the socket.
+pub fn run_helper(home: &crate::home::Home) -> anyhow::Result<()> {
+    let policy = crate::settings::Settings::load(home)?.log_policy;
+    let mut writers: HashMap<String, LogWriter> = HashMap::new();
+    let mut buf = vec![0u8; RELAY_PACKET + 256];
+    loop {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::recv(0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n == 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err.into());
+        }
+        let packet = String::from_utf8_lossy(&buf[..n as usize]);
+        let Some((app, text)) = packet.split_once('\n') else { continue };
+        let Ok(name) = app.parse::<crate::app::AppName>() else { continue };
+        let writer = writers
+            .entry(name.to_string())
+            .or_insert_with(|| LogWriter::deferred(&home.app_log(&name), policy).named("router"));
+        if let Err(err) = writer.write_raw(text.as_bytes()) {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                writers.remove(name.as_str());
+            }
+        }
+    }
+}
+
 /// Appends `text` to the app's log. A write that fails (full disk…) drops and counts the
 /// lines in the app's [`LogWriter`], which writes `slipway[router]: N log lines dropped (disk
 /// full)` ahead of its next lines that get through; the daemon's log hears once per outage.
@@ -247,6 +338,9 @@ fn write_app(
     app: &Arc<str>,
     text: &str,
 ) {
+    if let Some(socket) = RELAY.get() {
+        return relay(socket, app, text);
+    }
     if !writers.contains_key(app) {
         let Some(path) = log_path(app) else { return };
         writers.insert(app.clone(), LogWriter::deferred(&path, policy).named("router"));
@@ -266,6 +360,19 @@ fn write_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_packets_end_at_line_ends_within_the_cap() {
+        for (text, max, want) in [
+            ("a\nb\n", 10, 4),      // fits whole
+            ("aa\nbb\ncc\n", 7, 6), // up to the last line end in the cap
+            ("abcdef\n", 4, 4),     // one long line: cut at the cap
+            ("ab\u{e9}cd", 3, 2),   // never inside a character
+            ("\u{e9}x", 1, 2),      // nor empty
+        ] {
+            assert_eq!(packet_cut(text, max), want, "{text:?} {max}");
+        }
+    }
 
     fn line() -> RequestLine {
         RequestLine {

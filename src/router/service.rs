@@ -75,28 +75,32 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
-    router.serve_with_tls_on_threads(listener, https, threads).context("starting the router's threads")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let (control, socket_ino) = take_over_socket(home)?;
+    let me = std::process::id() as i32;
+    let start = crate::daemon::process::start_time(me).context("reading this process's start time")?;
+    let announced = Announcement {
+        pid: me,
+        start,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config: control::config_key(&settings),
+    };
+    control::write_replacing(&control::announcement(home), announced.line().as_bytes())
+        .with_context(|| format!("writing {}", control::announcement(home).display()))?;
+    // Started by a root daemon: every socket is bound, so drop to an unprivileged user before
+    // the first request is read (the threads start below).
+    let keeps_state = drop_privileges(home)?;
+    router.serve_with_tls_on_threads(listener, https, threads).context("starting the router's threads")?;
     let stop = runtime.block_on(async {
-        let (control, socket_ino) = take_over_socket(home)?;
-        let me = std::process::id() as i32;
-        let start = crate::daemon::process::start_time(me).context("reading this process's start time")?;
-        let announced = Announcement {
-            pid: me,
-            start,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            config: control::config_key(&settings),
-        };
-        control::write_replacing(&control::announcement(home), announced.line().as_bytes())
-            .with_context(|| format!("writing {}", control::announcement(home).display()))?;
         let https = https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let control = UnixListener::from_std(control).context("registering the control socket")?;
         tracing::info!(%addr, %https, threads, pid = me, version = %announced.version, "router listening");
-        let stop = follow(home, &router, control).await;
-        anyhow::Ok((stop, socket_ino, announced))
+        anyhow::Ok(follow(home, &router, control, keeps_state).await)
     });
+    let stop = stop.map(|stop| (stop, socket_ino, announced));
     let (stop, socket_ino, announced) = stop?;
     let (steer, grace) = match stop {
         Stop::Retire(grace) => {
@@ -116,13 +120,24 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         );
     }
     // What names this process only: a successor has put its own socket and announcement there.
+    // A router that runs as `nobody` (root-owned home) cannot remove them; the announcement of
+    // a dead router is ignored (pid and start time) and the next router renames over the socket.
+    let mut leftovers = Vec::new();
     if Announcement::read(home).is_some_and(|a| a == announced) {
-        crate::home::remove_if_present(&control::announcement(home))
-            .with_context(|| format!("removing {}", control::announcement(home).display()))?;
+        leftovers.push(control::announcement(home));
     }
     let socket = control::socket(home);
     if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.ino() == socket_ino) {
-        crate::home::remove_if_present(&socket).with_context(|| format!("removing {}", socket.display()))?;
+        leftovers.push(socket);
+    }
+    for path in leftovers {
+        match crate::home::remove_if_present(&path) {
+            Ok(()) => {}
+            Err(err) if !keeps_state => {
+                tracing::info!(path = %path.display(), %err, "router: left for the next router")
+            }
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+        }
     }
     tracing::info!("router stopped");
     Ok(())
@@ -131,19 +146,66 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
 /// Binds the control socket under a temporary name and renames it over `run/router.sock`, so
 /// the daemon's next connection reaches this router while a predecessor's open connections
 /// still reach the predecessor. Returns it and its inode.
-fn take_over_socket(home: &Home) -> anyhow::Result<(UnixListener, u64)> {
+fn take_over_socket(home: &Home) -> anyhow::Result<(std::os::unix::net::UnixListener, u64)> {
     let path = control::socket(home);
     let tmp = home.run_dir().join(format!(".router.sock.{}", std::process::id()));
     crate::home::remove_if_present(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    let listener = UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("binding {}", tmp.display()))?;
     let ino = std::fs::symlink_metadata(&tmp).with_context(|| format!("reading {}", tmp.display()))?.ino();
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok((listener, ino))
 }
 
+/// Started as root (by a root daemon), becomes the router's user ([`crate::users::router_user`]):
+/// no supplementary groups, its gid, its uid. Returns whether the router may still write the
+/// home's `run/` (false as `nobody`: then the daemon keeps `run/routes.json`).
+fn drop_privileges(home: &Home) -> anyhow::Result<bool> {
+    let Some(user) = crate::users::router_user(home.root()) else { return Ok(true) };
+    if !user.owns_home {
+        start_log_helper(home)?;
+    }
+    crate::users::drop_to(user.uid, user.gid)
+        .with_context(|| format!("the router cannot become {} (uid {})", user.name, user.uid))?;
+    tracing::info!(user = %user.name, uid = user.uid, "router: dropped root after binding its sockets");
+    Ok(user.owns_home)
+}
+
+/// For a router about to become `nobody`: starts its log helper (`slipway router-log`, root,
+/// in the router's process group, so whatever kills the router's group kills it too; it ends
+/// when the router's end of the socket closes) and relays app log lines through it.
+fn start_log_helper(home: &Home) -> anyhow::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    if unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("making the log helper's socket");
+    }
+    // SAFETY: both descriptors were just made and are owned here only.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // After an upgrade replaced the file, Linux names the running one "PATH (deleted)".
+    let exe = std::env::current_exe().context("locating the slipway binary")?;
+    let exe = exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")).map_or(exe.clone(), Into::into);
+    std::process::Command::new(exe)
+        .arg("--home")
+        .arg(home.root())
+        .arg("router-log")
+        .current_dir(home.root())
+        .stdin(std::process::Stdio::from(theirs))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the router's log helper")?;
+    super::log::relay_through(ours);
+    Ok(())
+}
+
 /// Serves control connections until told to retire or signalled.
-async fn follow(home: &Home, router: &Router, control: UnixListener) -> Stop {
+async fn follow(home: &Home, router: &Router, control: UnixListener, keeps_routes: bool) -> Stop {
     let (retire_tx, mut retire_rx) = mpsc::unbounded_channel::<Duration>();
     let (Ok(mut term), Ok(mut int)) = (
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
@@ -163,7 +225,7 @@ async fn follow(home: &Home, router: &Router, control: UnixListener) -> Stop {
                         continue;
                     }
                     let (home, router, retire) = (home.clone(), router.clone(), retire_tx.clone());
-                    tokio::spawn(async move { connection(home, router, stream, retire).await });
+                    tokio::spawn(async move { connection(home, router, stream, retire, keeps_routes).await });
                 }
                 Err(err) => {
                     tracing::warn!(%err, "router: control socket accept failed");
@@ -179,7 +241,13 @@ async fn follow(home: &Home, router: &Router, control: UnixListener) -> Stop {
 
 /// One daemon connection: tables are applied in the order they come, and before anything that
 /// follows them on the connection (a drain waits for requests the table it follows dropped).
-async fn connection(home: Home, router: Router, stream: UnixStream, retire: mpsc::UnboundedSender<Duration>) {
+async fn connection(
+    home: Home,
+    router: Router,
+    stream: UnixStream,
+    retire: mpsc::UnboundedSender<Duration>,
+    keeps_routes: bool,
+) {
     let (read, mut write) = stream.into_split();
     let (replies, mut outbox) = mpsc::unbounded_channel::<FromRouter>();
     let writer = tokio::spawn(async move {
@@ -194,6 +262,7 @@ async fn connection(home: Home, router: Router, stream: UnixStream, retire: mpsc
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<ToRouter>(&line) {
+            Ok(ToRouter::Routes { table }) if !keeps_routes => router.update(table),
             Ok(ToRouter::Routes { table }) => {
                 let persisted = serde_json::to_vec(&table)
                     .map_err(std::io::Error::other)

@@ -109,6 +109,15 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE formation ADD COLUMN memory INTEGER CHECK (memory IS NULL OR memory > 0);
     "#,
+    // v8: one unix uid (= gid) per app, from the `app_uids` range; used when the daemon runs as
+    // root. A table of its own (not a column of `apps`): `apps:rename` moves the row like any
+    // other referencing row, and `apps:destroy` frees the uid through the cascade.
+    r#"
+    CREATE TABLE app_uids (
+        app TEXT PRIMARY KEY REFERENCES apps(name) ON DELETE CASCADE,
+        uid INTEGER NOT NULL UNIQUE CHECK (uid > 0)
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. The version is read first without any write lock:
@@ -155,7 +164,7 @@ mod tests {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(tables, 7);
+        assert_eq!(tables, 8);
     }
 
     #[test]

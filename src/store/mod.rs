@@ -6,6 +6,7 @@
 //! One file per table's queries; they take `&Connection` so callers can group several into one
 //! transaction (`Store::transaction`).
 
+pub mod app_uids;
 pub mod apps;
 pub mod domains;
 pub mod dynos;

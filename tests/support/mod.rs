@@ -16,6 +16,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -191,6 +192,38 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// The current user's name (`id -un`); sshd's `AllowUsers` and the SSH URLs use it.
+/// Whether the tests run as root (then apps run as uids of their own: per-app users).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run as root, apps run as uids of their own, which must reach the Python their venvs were
+/// made from. A pyenv under root's home (`/root/.pyenv`, /root being 0700) is out of their
+/// reach; the dirs on the way to the build's `python3` are opened for passing through
+/// (`o+x`, never listing or reading), once per test process.
+fn open_the_way_to_python() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !running_as_root() {
+            return;
+        }
+        let Ok(out) = Command::new("python3").args(["-c", "import sys; print(sys.base_prefix)"]).output()
+        else {
+            return;
+        };
+        let prefix = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        for dir in prefix.ancestors() {
+            let Ok(meta) = fs::metadata(dir) else { continue };
+            let mode = meta.permissions().mode();
+            if mode & 0o001 == 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o001))
+                    .unwrap_or_else(|e| panic!("chmod o+x {}: {e}", dir.display()));
+            }
+        }
+    });
+}
+
 pub fn current_user() -> String {
     let out = Command::new("id").arg("-un").output().expect("run id -un");
     assert!(out.status.success(), "id -un failed");
@@ -329,9 +362,10 @@ pub struct Sshd {
 
 impl Sshd {
     /// Starts sshd with its files in `dir` (created if needed), reading keys from
-    /// `authorized_keys` (must be absolute; need not exist yet). Panics with the sshd log if it
+    /// `authorized_keys` (must be absolute; need not exist yet), giving every session the
+    /// test's `SLIPWAY_APP_UIDS`. Panics with the sshd log if it
     /// does not accept connections within 10 s (after up to 3 tries on fresh ports).
-    pub fn start(dir: &Path, authorized_keys: &Path) -> Sshd {
+    pub fn start(dir: &Path, authorized_keys: &Path, app_uids: &str) -> Sshd {
         assert!(authorized_keys.is_absolute(), "AuthorizedKeysFile must be absolute");
         fs::create_dir_all(dir).expect("create sshd dir");
         // sshd's privilege-separation directory; it refuses to start as root without it.
@@ -366,7 +400,8 @@ impl Sshd {
                  PubkeyAuthentication yes\n\
                  PermitRootLogin forced-commands-only\n\
                  LogLevel ERROR\n\
-                 AllowUsers {user}\n",
+                 AllowUsers {user}\n\
+                 SetEnv SLIPWAY_APP_UIDS={app_uids}\n",
                 host_key = host_key.display(),
                 pid = dir.join("sshd.pid").display(),
                 ak = authorized_keys.display(),
@@ -542,9 +577,21 @@ fn slipway_command(
         .env("SLIPWAY_PORTS", format!("{}-{}", ports.0, ports.1))
         .env("SLIPWAY_ROUTER_ADDR", router_addr)
         .env("SLIPWAY_HTTPS_ADDR", https_addr)
+        .env("SLIPWAY_APP_UIDS", app_uids(ports))
         .current_dir(cwd);
     cmd
 }
+
+/// The test's own 100 app uids (`app_uids`), derived from its dyno port range's slot, so
+/// parallel test homes never share a uid (apps run as them when the tests run as root).
+pub fn app_uids(ports: (u16, u16)) -> String {
+    let slot = (u32::from(ports.0).saturating_sub(PORT_BASE)) / PORT_WIDTH;
+    let first = 200_000 + slot * 100;
+    format!("{first}-{}", first + 99)
+}
+
+const PORT_BASE: u32 = 20000;
+const PORT_WIDTH: u32 = 40;
 
 static NEXT_PORT_SLOT: AtomicU32 = AtomicU32::new(0);
 
@@ -553,8 +600,8 @@ static NEXT_PORT_SLOT: AtomicU32 = AtomicU32::new(0);
 /// right now. Ranges of tests in one process never overlap (a shared counter); other processes
 /// start at a pid-dependent slot.
 fn choose_port_range() -> (u16, u16) {
-    const BASE: u32 = 20000;
-    const WIDTH: u32 = 40;
+    const BASE: u32 = PORT_BASE;
+    const WIDTH: u32 = PORT_WIDTH;
     const SLOTS: u32 = 300; // 20000 + 300 * 40 = 32000
     let first = std::process::id().wrapping_mul(37) % SLOTS;
     for _ in 0..SLOTS {
@@ -575,9 +622,18 @@ impl Slipway {
         let tmp = tempfile::Builder::new().prefix("slipway-test-").tempdir().expect("create temp dir");
         let home = tmp.path().join("home");
         fs::create_dir_all(&home).expect("create home");
+        open_the_way_to_python();
+        // Run as root, apps run as uids of their own, which must pass through the temp dir
+        // (0700 from tempfile) to reach their release and working dirs.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o711)).expect("chmod the temp dir");
+        let ports = choose_port_range();
+        // In the settings file too: processes started by sshd (a push, `apps:create` over SSH)
+        // do not get the test's environment.
+        fs::write(home.join("slipway.toml"), format!("app_uids = \"{}\"\n", app_uids(ports)))
+            .expect("write slipway.toml");
         Slipway {
             home,
-            ports: choose_port_range(),
+            ports,
             router_addr: format!("127.0.0.1:{}", free_port()),
             https_addr: format!("127.0.0.1:{}", free_port()),
             env: Vec::new(),
@@ -598,7 +654,7 @@ impl Slipway {
 
     /// Starts an [`Sshd`] in `<root>/sshd` that reads this home's authorized_keys.
     pub fn start_sshd(&self) -> Sshd {
-        Sshd::start(&self.root().join("sshd"), &self.authorized_keys())
+        Sshd::start(&self.root().join("sshd"), &self.authorized_keys(), &app_uids(self.ports))
     }
 
     /// Generates a client key pair in `<root>/keys/<name>`.
@@ -731,7 +787,9 @@ impl Slipway {
         let path = self.home.join("repos").join(format!("{app}.git"));
         let mut cmd = repo.command(&["push", &path.to_string_lossy(), "HEAD:main"]);
         // The hook inherits git's environment: this test's settings reach the build.
-        cmd.env("SLIPWAY_HOME", &self.home).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("SLIPWAY_HOME", &self.home)
+            .env("SLIPWAY_APP_UIDS", app_uids(self.ports))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         run_combined(&mut cmd, PUSH_TIMEOUT)
     }
 

@@ -1,14 +1,14 @@
-//! The Python buildpack. The virtualenv lives inside the release dir (`.slipway/venv`, first on
-//! the dynos' PATH) and is built at its final path. Dependencies are installed by the package
+//! The Python buildpack. The release dir's `.slipway/venv` (first on the dynos' PATH) is a link
+//! to the app's shared environment of the dependency key, built at its final path. Dependencies are installed by the package
 //! manager the app chose — exactly one of `requirements.txt` (pip, or uv when the server has
 //! it), `uv.lock` (uv), `poetry.lock` (poetry), `Pipfile.lock` (converted to a hashed
 //! requirements file for pip/uv) — or, for a `pyproject.toml` with a build backend and no lock,
 //! the project itself. Downloads go through per-app caches (`cache/<app>/pip`, `.../uv`).
 //!
 //! The dependency environment has a key: a hash of the dependency files, the interpreter
-//! version and the installer. When the previous release's key is the same, its venv is cloned
-//! (hard links, paths rewritten; see `venv`) and nothing is installed: a code-only redeploy
-//! never runs pip.
+//! version and the installer. The venv is built once per app and key at `envs/<app>/<key>`,
+//! sealed read-only, and every release with that key links its `.slipway/venv` to it (see
+//! `envs`): a code-only redeploy neither runs pip nor copies a file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,13 +54,24 @@ const PIP_INSTALL: [&str; 7] =
 const DEPENDENCY_FILES: &[&str] =
     &["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock", "pyproject.toml"];
 
-/// Builds the venv and returns the dependency-environment key.
+/// The dependency environment a Python build uses (see `envs`).
+pub struct DepsEnv {
+    pub key: String,
+    /// `envs/<app>/<key>`, the release's `.slipway/venv` links to it.
+    pub path: PathBuf,
+    /// Made by this build (not sealed yet: the build seals it when it succeeded, and removes it
+    /// when it failed); false when an earlier build's sealed environment is reused.
+    pub fresh: bool,
+}
+
+/// Links the release to the environment of its dependency key, building it first when the app
+/// has none for that key yet.
 pub fn build(
     req: &BuildRequest<'_>,
     dir: &Path,
     deadline: Instant,
     jail: &Jail,
-) -> Result<String, BuildError> {
+) -> Result<DepsEnv, BuildError> {
     output::step("Python app detected");
     let mut python_dirs = req.settings.python_dirs.clone();
     python_dirs.push(python_install_dir(req));
@@ -103,20 +114,28 @@ pub fn build(
         check_pipfile_lock(dir)?;
     }
 
-    let venv_dir = dir.join(VENV);
-    if let Some(previous) = req.previous.filter(|p| p.deps_key.as_deref() == Some(key.as_str())) {
-        let old_venv = previous.dir.join(VENV);
-        if old_venv.is_dir() {
-            venv::clone(&old_venv, &venv_dir, &previous.dir, dir).map_err(|source| BuildError::Io {
-                action: "reusing the dependency environment".into(),
-                source,
-            })?;
-            output::step(&format!("Using cached dependencies (key {key})"));
-            nltk::run(req, dir, deadline, jail)?;
-            collectstatic(req, dir, deadline, jail)?;
-            return Ok(key);
-        }
+    let env_path = req.home.env(req.app, &key);
+    let io = |action: &str| {
+        let action = format!("{action} {}", env_path.display());
+        move |source| BuildError::Io { action, source }
+    };
+    if crate::envs::is_sealed(&env_path) {
+        // O(1): the release links to the environment; nothing is copied or installed.
+        crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+        output::step(&format!("Using cached dependencies (key {key})"));
+        let jail = &jail.with(&env_path, crate::sandbox::Access::Read);
+        nltk::run(req, dir, deadline, jail)?;
+        collectstatic(req, dir, deadline, jail)?;
+        return Ok(DepsEnv { key, path: env_path, fresh: false });
     }
+    // A new environment, built in place at its final path (a venv records it); only this
+    // build may write it, and only until it is sealed.
+    crate::envs::prepare(&env_path).map_err(io("clearing"))?;
+    std::fs::create_dir(&env_path).map_err(io("creating"))?;
+    let made = DepsEnv { key: key.clone(), path: env_path.clone(), fresh: true };
+    crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+    let jail = &jail.with(&env_path, crate::sandbox::Access::ReadWrite);
+    let venv_dir = env_path.clone();
 
     let cache = req.home.cache(req.app);
     std::fs::create_dir_all(cache.join("home"))
@@ -261,7 +280,7 @@ pub fn build(
     }
     nltk::run(req, dir, deadline, jail)?;
     collectstatic(req, dir, deadline, jail)?;
-    Ok(key)
+    Ok(made)
 }
 
 /// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python

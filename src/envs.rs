@@ -364,6 +364,43 @@ mod tests {
     }
 
     #[test]
+    fn a_slug_made_in_another_home_gives_back_its_environment_here() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path().join("new"));
+        let app: AppName = "hello".parse().unwrap();
+        let key = "0123456789abcdef";
+        let recorded = t.path().join("old/envs/hello").join(key);
+        // What unpacking the slug left: the environment's files, naming the old home's path.
+        let release = home.release_dir(&app, "b1");
+        let venv = release.join(crate::build::python::VENV);
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(venv.join("bin/activate"), format!("VIRTUAL_ENV=\"{}\"\n", recorded.display()))
+            .unwrap();
+        std::fs::write(venv.join("bin/pip"), format!("#!{}/bin/python\n", recorded.display())).unwrap();
+        std::fs::write(venv.join(SEALED), "").unwrap();
+        adopt(&home, &app, &release).unwrap();
+        let env = home.env(&app, key);
+        assert!(is_sealed(&env));
+        let pip = std::fs::read_to_string(env.join("bin/pip")).unwrap();
+        assert_eq!(pip, format!("#!{}/bin/python\n", env.display()));
+        assert_eq!(std::fs::read_link(&venv).unwrap(), link_target(&app, key));
+        // Once more (the environment is there now): the release just links to it.
+        std::fs::remove_file(&venv).unwrap();
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(venv.join("bin/activate"), format!("VIRTUAL_ENV={}\n", recorded.display())).unwrap();
+        adopt(&home, &app, &release).unwrap();
+        assert_eq!(std::fs::read_link(&venv).unwrap(), link_target(&app, key));
+        // A venv of the release's own (an older slug) stays where it is.
+        let old_style = home.release_dir(&app, "b0");
+        let own = old_style.join(crate::build::python::VENV);
+        std::fs::create_dir_all(own.join("bin")).unwrap();
+        std::fs::write(own.join("bin/activate"), format!("VIRTUAL_ENV={}\n", own.display())).unwrap();
+        adopt(&home, &app, &old_style).unwrap();
+        assert!(std::fs::symlink_metadata(&own).unwrap().is_dir());
+        remove_all(&home, &app).unwrap();
+    }
+
+    #[test]
     fn sealed_modes() {
         assert_eq!(sealed_mode(true, 0o755), 0o555);
         assert_eq!(sealed_mode(false, 0o755), 0o555);

@@ -218,6 +218,30 @@ mod tests {
     }
 
     #[test]
+    fn the_venv_link_is_packed_as_the_environment_it_points_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join("envs/hello/k1");
+        std::fs::create_dir_all(env.join("bin")).unwrap();
+        std::fs::write(env.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", env.join("bin/python")).unwrap();
+        let release = tmp.path().join("releases/hello/b1");
+        std::fs::create_dir_all(release.join(".slipway")).unwrap();
+        std::fs::write(release.join("app.py"), "print(1)\n").unwrap();
+        std::os::unix::fs::symlink("../../../../envs/hello/k1", release.join(".slipway/venv")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", release.join("other-link")).unwrap();
+        let slug = tmp.path().join("b1.tar.gz");
+        let size = pack(&release, &slug).unwrap();
+        assert!(packed_size_bound(&release).unwrap() >= size);
+        let out = tmp.path().join("out");
+        unpack(&slug, &out).unwrap();
+        let venv = out.join(".slipway/venv");
+        assert!(std::fs::symlink_metadata(&venv).unwrap().is_dir(), "the venv was stored as a link");
+        assert_eq!(std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap(), "home = /usr/bin\n");
+        assert_eq!(std::fs::read_link(venv.join("bin/python")).unwrap(), Path::new("/usr/bin/python3"));
+        assert_eq!(std::fs::read_link(out.join("other-link")).unwrap(), Path::new("/etc/passwd"));
+    }
+
+    #[test]
     fn the_bound_is_never_below_the_packed_size() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");

@@ -119,6 +119,9 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
 fn assert_sealed(slip: &Slipway, key: &str) {
     let env = slip.home.join("envs/hello").join(key);
     assert!(env.join(".slipway-sealed").is_file(), "{} is not sealed", env.display());
+    // What it provides (nltk, django: neither here) was asked once, before sealing.
+    let modules = std::fs::read_to_string(env.join(".slipway-modules")).expect("the modules record");
+    assert_eq!(modules, "", "{}", env.display());
     for path in list_tree(&env) {
         let meta = std::fs::symlink_metadata(&path).expect("reading the test home");
         if !meta.file_type().is_symlink() {

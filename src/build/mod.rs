@@ -183,7 +183,10 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
     });
     compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline, hook_jail.as_ref().unwrap_or(&jail))?;
     if let Some(env) = deps.as_ref().filter(|e| e.fresh) {
-        crate::envs::seal(&env.path).map_err(io_err(format!("sealing {}", env.path.display())))?;
+        let env_jail = jail.with(&env.path, crate::sandbox::Access::ReadWrite);
+        python::Modules::record(&env.path, &env_jail)
+            .and_then(|()| crate::envs::seal(&env.path))
+            .map_err(io_err(format!("sealing {}", env.path.display())))?;
     }
     let deps_key = deps.map(|e| e.key);
     inputs::check_commands(&dir, &procfile).map_err(BuildError::Input)?;

@@ -124,8 +124,9 @@ pub fn build(
         crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
         output::step(&format!("Using cached dependencies (key {key})"));
         let jail = &jail.with(&env_path, crate::sandbox::Access::Read);
-        nltk::run(req, dir, deadline, jail)?;
-        collectstatic(req, dir, deadline, jail)?;
+        let modules = Modules::of_sealed(&env_path, dir, jail);
+        nltk::run(req, dir, modules.nltk, deadline, jail)?;
+        collectstatic(req, dir, modules.django, deadline, jail)?;
         return Ok(DepsEnv { key, path: env_path, fresh: false });
     }
     // A new environment, built in place at its final path (a venv records it); only this
@@ -278,9 +279,101 @@ pub fn build(
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
-    nltk::run(req, dir, deadline, jail)?;
-    collectstatic(req, dir, deadline, jail)?;
+    let modules = Modules::probe(&venv_python, dir, jail);
+    nltk::run(req, dir, modules.nltk, deadline, jail)?;
+    collectstatic(req, dir, modules.django, deadline, jail)?;
     Ok(made)
+}
+
+/// Whether the build can import the modules its later steps depend on: `nltk` (NLTK corpora)
+/// and `django` (collectstatic). Asking Python costs a start of the interpreter (~50 ms, more on
+/// a busy machine), which a warm deploy would pay on every push; but a sealed environment
+/// never changes, so what it provides is asked once, when it is sealed, and kept in it
+/// ([`MODULES`]). Only the app's own top-level files can still shadow it (Python looks in the
+/// working directory first): [`shadowed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modules {
+    pub nltk: bool,
+    pub django: bool,
+}
+
+/// The file in a sealed environment that says which of [`Modules`] it provides, one name a line.
+pub const MODULES: &str = ".slipway-modules";
+
+const PROBED: [&str; 2] = ["nltk", "django"];
+
+impl Modules {
+    fn from_names(names: &[&str]) -> Modules {
+        Modules { nltk: names.contains(&"nltk"), django: names.contains(&"django") }
+    }
+
+    /// Runs `python` once from `dir` (as the steps will) and asks it for every module.
+    pub fn probe(python: &Path, dir: &Path, jail: &Jail) -> Modules {
+        let mut probe = Command::new(python);
+        probe
+            .args([
+                "-c",
+                "import importlib.util, sys\n\
+                 print('\\n'.join(n for n in sys.argv[1:] if importlib.util.find_spec(n) is not None))",
+            ])
+            .args(PROBED)
+            .env_clear()
+            .current_dir(dir);
+        // The venv is the build's own making: anything it runs is confined like the build.
+        if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
+            return Modules::default();
+        }
+        match probe.output() {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                Modules::from_names(&text.lines().collect::<Vec<_>>())
+            }
+            _ => Modules::default(),
+        }
+    }
+
+    /// For a sealed environment: what it recorded, plus what the app's files in `dir` shadow.
+    /// One sealed without the record is asked as [`Modules::probe`] does.
+    pub fn of_sealed(env: &Path, dir: &Path, jail: &Jail) -> Modules {
+        let Ok(text) = std::fs::read_to_string(env.join(MODULES)) else {
+            return Modules::probe(&env.join("bin/python"), dir, jail);
+        };
+        let recorded: Vec<&str> = text.lines().collect();
+        let has = |name: &str| recorded.contains(&name) || shadowed(dir, name);
+        Modules { nltk: has("nltk"), django: has("django") }
+    }
+
+    /// Asks the finished environment `env` (from inside it, so no app file counts) and writes
+    /// the record; called just before the environment is sealed.
+    pub fn record(env: &Path, jail: &Jail) -> std::io::Result<()> {
+        let found = Modules::probe(&env.join("bin/python"), env, jail);
+        let names: Vec<&str> = PROBED
+            .iter()
+            .copied()
+            .filter(|n| (*n == "nltk" && found.nltk) || (*n == "django" && found.django))
+            .collect();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        crate::fsutil::write_atomic(&env.join(MODULES), text.as_bytes(), 0o444)
+    }
+}
+
+/// Whether the app's top level has something Python would import as `name` before looking in
+/// the environment: a package dir (namespace packages included), `name.py`, `name.pyc`, or an
+/// extension module (`name.*.so`, `name.so`).
+pub fn shadowed(dir: &Path, name: &str) -> bool {
+    if dir.join(name).is_dir()
+        || dir.join(format!("{name}.py")).is_file()
+        || dir.join(format!("{name}.pyc")).is_file()
+    {
+        return true;
+    }
+    let prefix = format!("{name}.");
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.starts_with(&prefix) && file.ends_with(".so")
+        })
+    })
 }
 
 /// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python
@@ -392,6 +485,7 @@ fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
 fn collectstatic(
     req: &BuildRequest<'_>,
     dir: &Path,
+    django: bool,
     deadline: Instant,
     jail: &Jail,
 ) -> Result<(), BuildError> {
@@ -409,7 +503,7 @@ fn collectstatic(
     }
     let venv_bin = dir.join(VENV).join("bin");
     let python = venv_bin.join("python");
-    if !module_available(&python, dir, "django", jail) {
+    if !django {
         return Ok(());
     }
     let Some(manage) = find_manage_py(dir) else {
@@ -434,24 +528,6 @@ fn collectstatic(
         )),
         other => other,
     })
-}
-
-/// Whether `python` can import the top-level module `name` (not importing it: `find_spec`).
-pub fn module_available(python: &Path, dir: &Path, name: &str, jail: &Jail) -> bool {
-    let mut probe = Command::new(python);
-    probe
-        .args([
-            "-c",
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
-            name,
-        ])
-        .env_clear()
-        .current_dir(dir);
-    // The venv is the build's own making: anything it runs is confined like the build.
-    if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
-        return false;
-    }
-    probe.output().is_ok_and(|o| o.status.success())
 }
 
 /// Where Heroku looks for `manage.py`: the app's root and up to two directories below it
@@ -617,6 +693,28 @@ mod tests {
                 std::fs::write(path, "").unwrap();
             }
             assert_eq!(find_manage_py(d.path()).as_deref(), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn app_files_that_shadow_a_module() {
+        let cases: &[(&str, &[&str], &[&str], bool)] = &[
+            ("nothing", &["app.py"], &[], false),
+            ("a package", &[], &["django"], true),
+            ("a module", &["django.py"], &[], true),
+            ("bytecode", &["django.pyc"], &[], true),
+            ("an extension", &["django.cpython-313-x86_64-linux-gnu.so"], &[], true),
+            ("a longer name", &["djangoish.py", "django_app.py"], &["djangox"], false),
+        ];
+        for (what, files, dirs, want) in cases {
+            let d = tempfile::tempdir().unwrap();
+            for f in *files {
+                std::fs::write(d.path().join(f), "").unwrap();
+            }
+            for sub in *dirs {
+                std::fs::create_dir(d.path().join(sub)).unwrap();
+            }
+            assert_eq!(shadowed(d.path(), "django"), *want, "{what}");
         }
     }
 

@@ -107,6 +107,11 @@ pub fn remove(env: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(env) {
         Ok(meta) if meta.is_dir() => {
             open_up(env)?;
+            // The marker first: a removal cut short leaves garbage, never a "sealed" torso.
+            match std::fs::remove_file(env.join(SEALED)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             std::fs::remove_dir_all(env)
         }
         Ok(_) => std::fs::remove_file(env),
@@ -128,13 +133,22 @@ pub fn remove_all(home: &Home, app: &AppName) -> io::Result<()> {
     }
 }
 
-/// Points `release_dir`'s venv (`.slipway/venv`) at the app's environment `key`.
+/// Points `release_dir`'s venv (`.slipway/venv`) at the app's environment `key`. The app's
+/// files may hold a `.slipway`: it must be a real dir (a link could lead the new link out of
+/// the release dir, and this runs unconfined).
 pub fn link(release_dir: &Path, app: &AppName, key: &str) -> io::Result<()> {
-    let venv = release_dir.join(crate::build::python::VENV);
-    if let Some(parent) = venv.parent() {
-        std::fs::create_dir_all(parent)?;
+    let dot = release_dir.join(".slipway");
+    match std::fs::symlink_metadata(&dot) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::other(
+                "the app's '.slipway' is not a directory (slipway keeps its own files there); remove it from the app",
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dot)?,
+        Err(e) => return Err(e),
     }
-    std::os::unix::fs::symlink(link_target(app, key), venv)
+    std::os::unix::fs::symlink(link_target(app, key), release_dir.join(crate::build::python::VENV))
 }
 
 /// After a slug was unpacked into `release_dir` (a rollback to a pruned dir, a restore): the
@@ -452,5 +466,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(cfg).unwrap(), "home = /usr/bin\n");
         remove_all(&home, &app).unwrap();
         assert!(!home.envs(&app).exists());
+        // An app's `.slipway` link is never followed.
+        let planted = home.release_dir(&app, "b2");
+        std::fs::create_dir_all(&planted).unwrap();
+        std::os::unix::fs::symlink(t.path(), planted.join(".slipway")).unwrap();
+        assert!(link(&planted, &app, "k1").is_err());
+        assert!(!t.path().join("venv").exists());
     }
 }

@@ -21,6 +21,9 @@
 #   cold pip      first push of a new Flask + gunicorn app (its own, empty package cache;
 #                 downloads from the package index) until the router serves it
 #   cold uv       the same when `uv` is on the PATH of sshd's sessions (else the row says so)
+#   uv alone      with uv: `uv venv` + `uv pip install flask gunicorn` of the cold app's
+#                 requirements, by hand, with the interpreter the cold push used and an empty
+#                 cache of its own (what issue 15's uv target compares the cold uv push with)
 # Each row is measured with the default readiness settle (`boot_settle = 3`: a release is live
 # only after its web dynos stayed up that long) and with `boot_settle = 0`; the daemon is
 # restarted between the two (it reads the setting at start). The cold rows run once per settle
@@ -39,6 +42,9 @@
 #   BENCH_SETTLES        the boot_settle values to measure (default "3 0")
 #   BENCH_COLD           1 (default) runs the cold rows; 0 skips them (no network needed)
 #   BENCH_OUTPUT         a file (outside the temp dir) to append every push's output to
+#   BENCH_UV_DIR         a dir holding a `uv` executable: put first on the PATH of the bench's
+#                        sshd sessions (sshd_config SetEnv), so builds install with uv (the
+#                        cold uv row); without it, uv is used when it is on this PATH already
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -105,6 +111,13 @@ PermitRootLogin forced-commands-only
 LogLevel ERROR
 AllowUsers $USER_NAME
 EOF
+if [[ -n ${BENCH_UV_DIR:-} ]]; then
+    [[ -x $BENCH_UV_DIR/uv ]] || die "BENCH_UV_DIR: no executable uv in $BENCH_UV_DIR"
+    # sshd's own default PATH (root's, else a user's), with uv's dir first.
+    default=/usr/local/bin:/usr/bin:/bin
+    [[ $(id -u) != 0 ]] || default=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    printf 'SetEnv PATH=%s:%s\n' "$BENCH_UV_DIR" "$default" >>"$WORK/sshd/sshd_config"
+fi
 /usr/sbin/sshd -D -e -f "$WORK/sshd/sshd_config" 2>"$WORK/sshd/log" &
 SSHD_PID=$!
 for ((i = 0; i < 100; i++)); do
@@ -126,7 +139,7 @@ ssh_cmd() { # KEY
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || REV="$REV + uncommitted src changes"
 VERSION="$("$BIN" --version) (binary built $(date -u -r "$SRC_BIN" '+%Y-%m-%d %H:%M UTC'), checkout $REV)"
-UV=$(command -v uv || true)
+if [[ -n ${BENCH_UV_DIR:-} ]]; then UV=$BENCH_UV_DIR/uv; else UV=$(command -v uv || true); fi
 
 cat >"$PY" <<'PYEOF'
 import json, os, re, shutil, statistics, subprocess, sys, time, urllib.request
@@ -302,6 +315,19 @@ def cmd_round(settle, cold):
         t0, _, output = push(repo, slipway_url(app), SSH_BENCH)
         record(f"cold {kind}|{tag}", served(app, "c", t0), phases_of(output))
         sw("apps:destroy", app, "--confirm", app, timeout=120)
+        m = re.search(r"Using Python \S+ \((.+)\)", output)
+        if E.get("B_UV") and m:
+            # uv by itself, as the build would run it: a venv and the requirements, cold cache.
+            scratch = os.path.join(WORK, f"uv-alone-{n}")
+            env = dict(os.environ, UV_CACHE_DIR=os.path.join(scratch, "cache"))
+            t0 = time.monotonic()
+            for args in (["venv", "--quiet", "--python", m.group(1), os.path.join(scratch, "venv")],
+                         ["pip", "install", "--quiet", "--python", os.path.join(scratch, "venv/bin/python"), "flask", "gunicorn"]):
+                out = subprocess.run([E["B_UV"], *args], capture_output=True, text=True, env=env, timeout=600)
+                if out.returncode != 0:
+                    raise RuntimeError(f"uv {' '.join(args)}: {out.stderr}")
+            record(f"uv alone|{tag}", time.monotonic() - t0)
+            shutil.rmtree(scratch)
 
     if E.get("PIKU_REMOTE") and E.get("PIKU_URL"):
         app = "bench-piku"
@@ -333,7 +359,7 @@ def cmd_report():
     w()
     w("| what | boot_settle | min | median | max | median / floor | median phases of the push's `Done in` line |")
     w("|---|---|---|---|---|---|---|")
-    order = ["floor", "ssh", "warm stdlib", "warm flask", "config:set", "cold pip", "cold uv", "piku warm stdlib"]
+    order = ["floor", "ssh", "warm stdlib", "warm flask", "config:set", "cold pip", "cold uv", "uv alone", "piku warm stdlib"]
     keys = sorted(rows, key=lambda k: (order.index(k.split("|")[0]) if k.split("|")[0] in order else 99, k))
     for key in keys:
         what, tag = key.split("|")

@@ -64,6 +64,13 @@ impl Home {
     pub fn slug(&self, app: &AppName, build_id: &str) -> PathBuf {
         self.slugs(app).join(format!("{build_id}.tar.gz"))
     }
+    /// The app's shared dependency environments (`envs::`), one dir per dependency key.
+    pub fn envs(&self, app: &AppName) -> PathBuf {
+        self.root.join("envs").join(app.as_str())
+    }
+    pub fn env(&self, app: &AppName, key: &str) -> PathBuf {
+        self.envs(app).join(key)
+    }
     pub fn cache(&self, app: &AppName) -> PathBuf {
         self.root.join("cache").join(app.as_str())
     }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod daemon;
 pub mod deploy;
 pub mod dyno;
+pub mod envs;
 pub mod fsutil;
 pub mod git;
 pub mod healthcheck;

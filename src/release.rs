@@ -249,14 +249,26 @@ fn last_output(home: &Home, app: &AppName, dyno: &str, since: &str, n: usize) ->
     recent
 }
 
+/// The releases whose slugs and release dirs are kept besides the current one: the newest
+/// `keep` of `versions` (newest first, as `store::releases::list` gives them).
+pub fn retained(versions: &[i64], keep: usize) -> Vec<i64> {
+    versions.iter().take(keep).copied().collect()
+}
+
 /// Keeps the slugs and release dirs of the newest `keep` releases and of the current one;
 /// removes the others' (their rows stay, and rolling back to them says why it cannot).
 pub fn prune(home: &Home, store: &Store, app: &AppName, keep: usize) -> Vec<String> {
     let conn = store.conn();
     let Ok(releases) = store::releases::list(conn, app) else { return Vec::new() };
     let current = store::apps::get(conn, app).ok().flatten().and_then(|a| a.current_release);
-    let mut kept: Vec<&str> = releases.iter().take(keep).filter_map(|r| r.build_id.as_deref()).collect();
-    kept.extend(releases.iter().filter(|r| Some(r.version) == current).filter_map(|r| r.build_id.as_deref()));
+    let versions: Vec<i64> = releases.iter().map(|r| r.version).collect();
+    let mut kept_versions = retained(&versions, keep);
+    kept_versions.extend(current);
+    let kept: Vec<&str> = releases
+        .iter()
+        .filter(|r| kept_versions.contains(&r.version))
+        .filter_map(|r| r.build_id.as_deref())
+        .collect();
     let Ok(all) = store::releases::build_ids(conn, app) else { return Vec::new() };
     let mut removed = Vec::new();
     for id in all.iter().filter(|id| !kept.contains(&id.as_str())) {
@@ -272,7 +284,8 @@ pub fn prune(home: &Home, store: &Store, app: &AppName, keep: usize) -> Vec<Stri
 }
 
 /// Makes sure a kept build's release dir exists, unpacking it from its slug if needed (the slug
-/// unpacks to exactly the dir it came from). Errors when neither is left.
+/// unpacks to exactly the dir it came from; its venv goes back to the app's shared environment,
+/// `envs::adopt`). Errors when neither is left.
 pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i64) -> Result<(), String> {
     let dir = home.release_dir(app, build_id);
     if dir.is_dir() {
@@ -284,8 +297,8 @@ pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i
             "v{version}'s slug was removed by the retention policy (SLIPWAY_KEEP_RELEASES); it cannot be brought back"
         ));
     }
-    crate::build::slug::unpack(&slug, &dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&dir);
+    crate::build::slug::unpack(&slug, &dir).and_then(|()| crate::envs::adopt(home, app, &dir)).map_err(|e| {
+        let _ = crate::envs::remove(&dir);
         format!("unpacking v{version}'s slug: {e}")
     })
 }
@@ -408,6 +421,10 @@ pub fn finish(
         (Vec::new(), None)
     };
     prune(home, store, app, settings.keep_releases);
+    if let Err(e) = crate::envs::collect(home, store, app, settings.keep_releases) {
+        // What is left is removed by the next release's collection.
+        emit(&format!("Removing unused dependency environments: {e}"));
+    }
     Ok(Published { version, web, url, daemon_running, boot: rollout.0, switch: rollout.1 })
 }
 

@@ -8,8 +8,11 @@
 //!   the system-wide entries of `/proc`), the interpreters and the tools; reads and writes its build dir, the app's cache
 //!   and a tmp dir of its own (`TMPDIR`); reads its `ENV_DIR`. It binds no TCP port but an
 //!   ephemeral one.
-//! - A dyno (and a one-off `run` dyno, and the release phase) reads the system, its interpreter
-//!   and its release dir (`.slipway/` and the venv included), and reads and writes only its
+//!   A build also reads the app's shared environment it reuses (`envs/<app>/<key>`), or reads
+//!   and writes the one it makes, until it is sealed (rules added by `build::Jail::with`).
+//! - A dyno (and a one-off `run` dyno, and the release phase) reads the system, its interpreter,
+//!   the shared environment its `.slipway/venv` links to ([`interpreter_dirs`]: that one only)
+//!   and its release dir, and reads and writes only its
 //!   private dir (`dynos/<app>/<key>/`: `app/`, a copy of the release's files that is its
 //!   working directory and `HOME`, and `tmp/`, its `TMPDIR`), discarded when it ends. A web
 //!   dyno binds only its `PORT`; any dyno may bind an ephemeral port.
@@ -736,6 +739,34 @@ mod tests {
         }
         assert_eq!(p.bind_ports, vec![0, 5001]);
         assert_eq!(dyno("/var/lib/slipway", None).bind_ports, vec![0], "a worker binds no fixed port");
+    }
+
+    #[test]
+    fn a_dyno_reads_only_the_environment_its_release_links_to() {
+        let t = tempfile::tempdir().unwrap();
+        let home = canonical(t.path());
+        let env = home.join("envs/hello/k1");
+        std::fs::create_dir_all(&env).unwrap();
+        std::fs::create_dir_all(home.join("envs/hello/k2")).unwrap();
+        std::fs::write(env.join("pyvenv.cfg"), "home = /root/.pyenv/versions/3.12.1/bin\n").unwrap();
+        let release = home.join("releases/hello/b1");
+        std::fs::create_dir_all(release.join(".slipway")).unwrap();
+        std::os::unix::fs::symlink("../../../../envs/hello/k1", release.join(".slipway/venv")).unwrap();
+        let interpreter = interpreter_dirs(&release);
+        assert_eq!(interpreter, vec![env.clone(), PathBuf::from("/root/.pyenv/versions/3.12.1")]);
+        let p = dyno_policy(
+            &DynoPaths {
+                home: home.clone(),
+                release_dir: release,
+                private_dir: home.join("dynos/hello/7"),
+                interpreter,
+                port: None,
+            },
+            &no_children,
+        );
+        assert_eq!(access(&p, &env.join("lib/site.py")), Some(Access::Read));
+        assert_eq!(access(&p, &home.join("envs/hello/k2/pyvenv.cfg")), None);
+        assert_eq!(access(&p, &home.join("envs/other/k1/pyvenv.cfg")), None);
     }
 
     #[test]

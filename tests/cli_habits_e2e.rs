@@ -235,7 +235,7 @@ fn rename_moves_a_deployed_app_everywhere() {
     assert!(out.contains("Renamed hello to hi-there"), "{out}");
     let out = slip.cmd(&["ps", "hello"]);
     assert!(!out.status.success() && stderr(&out).contains("'hello' does not exist"), "{}", describe(&out));
-    for dir in ["repos/hello.git", "releases/hello", "slugs/hello", "logs/hello"] {
+    for dir in ["repos/hello.git", "releases/hello", "slugs/hello", "logs/hello", "envs/hello"] {
         assert!(!slip.home.join(dir).exists(), "{dir} is still there");
     }
     assert!(wait_until(Duration::from_secs(60), || web_up(slip, "hi-there")), "{}", slip.diagnostics());
@@ -249,9 +249,9 @@ fn rename_moves_a_deployed_app_everywhere() {
     let releases = slip.cmd_ok(&["releases", "hi-there"]);
     assert!(releases.contains("v1") && releases.contains("v2"), "{releases}");
     assert!(slip.cmd_ok(&["logs", "hi-there", "-n", "200"]).contains("Listening on"));
-    // The virtualenv knows its new path.
+    // The shared environment was copied under the new name and knows its new path.
     let shebang = slip.cmd_ok(&["run", "hi-there", "head", "-n", "1", ".slipway/venv/bin/pip"]);
-    assert!(shebang.contains("/releases/hi-there/"), "{shebang}");
+    assert!(shebang.contains("/envs/hi-there/"), "{shebang}");
 
     // A redeploy to the new remote, and a restart, work.
     repo.commit_files(&python_app("second"), "second");

@@ -113,6 +113,8 @@ pub struct Built {
 /// of a failed build cleans up after itself.
 struct Cleanup {
     paths: Vec<PathBuf>,
+    /// Dependency environments this build made (`envs`: possibly sealed already).
+    envs: Vec<PathBuf>,
     keep: bool,
 }
 
@@ -121,6 +123,12 @@ impl Drop for Cleanup {
         if !self.keep {
             for p in &self.paths {
                 let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+            }
+            for env in &self.envs {
+                if let Err(e) = crate::envs::remove(env) {
+                    // Unsealed, it is garbage the app's next build of that key removes.
+                    output::warn(&format!("removing {}: {e}", env.display()));
+                }
             }
         }
     }
@@ -136,7 +144,7 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
     let dir = req.home.release_dir(req.app, &id);
     let slug_path = req.home.slug(req.app, &id);
     std::fs::create_dir_all(req.home.releases(req.app)).map_err(io_err("creating the releases dir"))?;
-    let mut cleanup = Cleanup { paths: vec![dir.clone(), slug_path.clone()], keep: false };
+    let mut cleanup = Cleanup { paths: vec![dir.clone(), slug_path.clone()], envs: Vec::new(), keep: false };
     std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
     git::export_commit(req.repo, req.commit, &dir, git::ExportLimits::new(req.settings.max_build_bytes))?;
@@ -154,14 +162,33 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
             return Err(BuildError::Detect(why));
         }
     }
-    let deps_key = match stack {
-        Stack::Python => Some(python::build(req, &dir, deadline, &jail)?),
+    let deps = match stack {
+        Stack::Python => {
+            let env = python::build(req, &dir, deadline, &jail)?;
+            if env.fresh {
+                cleanup.envs.push(env.path.clone());
+            }
+            Some(env)
+        }
         Stack::Generic => {
             output::step("No Python files found: building a generic app (code only)");
             None
         }
     };
-    compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline, &jail)?;
+    // post_compile may add to an environment this build made (as on Heroku), never to a
+    // shared one.
+    let hook_jail = deps.as_ref().map(|env| {
+        let access = if env.fresh { crate::sandbox::Access::ReadWrite } else { crate::sandbox::Access::Read };
+        jail.with(&env.path, access)
+    });
+    compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline, hook_jail.as_ref().unwrap_or(&jail))?;
+    if let Some(env) = deps.as_ref().filter(|e| e.fresh) {
+        let env_jail = jail.with(&env.path, crate::sandbox::Access::ReadWrite);
+        python::Modules::record(&env.path, &env_jail)
+            .and_then(|()| crate::envs::seal(&env.path))
+            .map_err(io_err(format!("sealing {}", env.path.display())))?;
+    }
+    let deps_key = deps.map(|e| e.key);
     inputs::check_commands(&dir, &procfile).map_err(BuildError::Input)?;
 
     output::step("Discovering process types");

@@ -1,14 +1,14 @@
-//! The Python buildpack. The virtualenv lives inside the release dir (`.slipway/venv`, first on
-//! the dynos' PATH) and is built at its final path. Dependencies are installed by the package
+//! The Python buildpack. The release dir's `.slipway/venv` (first on the dynos' PATH) is a link
+//! to the app's shared environment of the dependency key, built at its final path. Dependencies are installed by the package
 //! manager the app chose — exactly one of `requirements.txt` (pip, or uv when the server has
 //! it), `uv.lock` (uv), `poetry.lock` (poetry), `Pipfile.lock` (converted to a hashed
 //! requirements file for pip/uv) — or, for a `pyproject.toml` with a build backend and no lock,
 //! the project itself. Downloads go through per-app caches (`cache/<app>/pip`, `.../uv`).
 //!
 //! The dependency environment has a key: a hash of the dependency files, the interpreter
-//! version and the installer. When the previous release's key is the same, its venv is cloned
-//! (hard links, paths rewritten; see `venv`) and nothing is installed: a code-only redeploy
-//! never runs pip.
+//! version and the installer. The venv is built once per app and key at `envs/<app>/<key>`,
+//! sealed read-only, and every release with that key links its `.slipway/venv` to it (see
+//! `envs`): a code-only redeploy neither runs pip nor copies a file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,13 +54,24 @@ const PIP_INSTALL: [&str; 7] =
 const DEPENDENCY_FILES: &[&str] =
     &["requirements.txt", "uv.lock", "poetry.lock", "Pipfile.lock", "pyproject.toml"];
 
-/// Builds the venv and returns the dependency-environment key.
+/// The dependency environment a Python build uses (see `envs`).
+pub struct DepsEnv {
+    pub key: String,
+    /// `envs/<app>/<key>`, the release's `.slipway/venv` links to it.
+    pub path: PathBuf,
+    /// Made by this build (not sealed yet: the build seals it when it succeeded, and removes it
+    /// when it failed); false when an earlier build's sealed environment is reused.
+    pub fresh: bool,
+}
+
+/// Links the release to the environment of its dependency key, building it first when the app
+/// has none for that key yet.
 pub fn build(
     req: &BuildRequest<'_>,
     dir: &Path,
     deadline: Instant,
     jail: &Jail,
-) -> Result<String, BuildError> {
+) -> Result<DepsEnv, BuildError> {
     output::step("Python app detected");
     let mut python_dirs = req.settings.python_dirs.clone();
     python_dirs.push(python_install_dir(req));
@@ -103,20 +114,29 @@ pub fn build(
         check_pipfile_lock(dir)?;
     }
 
-    let venv_dir = dir.join(VENV);
-    if let Some(previous) = req.previous.filter(|p| p.deps_key.as_deref() == Some(key.as_str())) {
-        let old_venv = previous.dir.join(VENV);
-        if old_venv.is_dir() {
-            venv::clone(&old_venv, &venv_dir, &previous.dir, dir).map_err(|source| BuildError::Io {
-                action: "reusing the dependency environment".into(),
-                source,
-            })?;
-            output::step(&format!("Using cached dependencies (key {key})"));
-            nltk::run(req, dir, deadline, jail)?;
-            collectstatic(req, dir, deadline, jail)?;
-            return Ok(key);
-        }
+    let env_path = req.home.env(req.app, &key);
+    let io = |action: &str| {
+        let action = format!("{action} {}", env_path.display());
+        move |source| BuildError::Io { action, source }
+    };
+    if crate::envs::is_sealed(&env_path) {
+        // O(1): the release links to the environment; nothing is copied or installed.
+        crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+        output::step(&format!("Using cached dependencies (key {key})"));
+        let jail = &jail.with(&env_path, crate::sandbox::Access::Read);
+        let modules = Modules::of_sealed(&env_path, dir, jail);
+        nltk::run(req, dir, modules.nltk, deadline, jail)?;
+        collectstatic(req, dir, modules.django, deadline, jail)?;
+        return Ok(DepsEnv { key, path: env_path, fresh: false });
     }
+    // A new environment, built in place at its final path (a venv records it); only this
+    // build may write it, and only until it is sealed.
+    crate::envs::prepare(&env_path).map_err(io("clearing"))?;
+    std::fs::create_dir(&env_path).map_err(io("creating"))?;
+    let made = DepsEnv { key: key.clone(), path: env_path.clone(), fresh: true };
+    crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+    let jail = &jail.with(&env_path, crate::sandbox::Access::ReadWrite);
+    let venv_dir = env_path.clone();
 
     let cache = req.home.cache(req.app);
     std::fs::create_dir_all(cache.join("home"))
@@ -259,9 +279,101 @@ pub fn build(
         }
         Installer::Nothing => output::step("No dependencies to install"),
     }
-    nltk::run(req, dir, deadline, jail)?;
-    collectstatic(req, dir, deadline, jail)?;
-    Ok(key)
+    let modules = Modules::probe(&venv_python, dir, jail);
+    nltk::run(req, dir, modules.nltk, deadline, jail)?;
+    collectstatic(req, dir, modules.django, deadline, jail)?;
+    Ok(made)
+}
+
+/// Whether the build can import the modules its later steps depend on: `nltk` (NLTK corpora)
+/// and `django` (collectstatic). Asking Python costs a start of the interpreter (~50 ms, more on
+/// a busy machine), which a warm deploy would pay on every push; but a sealed environment
+/// never changes, so what it provides is asked once, when it is sealed, and kept in it
+/// ([`MODULES`]). Only the app's own top-level files can still shadow it (Python looks in the
+/// working directory first): [`shadowed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modules {
+    pub nltk: bool,
+    pub django: bool,
+}
+
+/// The file in a sealed environment that says which of [`Modules`] it provides, one name a line.
+pub const MODULES: &str = ".slipway-modules";
+
+const PROBED: [&str; 2] = ["nltk", "django"];
+
+impl Modules {
+    fn from_names(names: &[&str]) -> Modules {
+        Modules { nltk: names.contains(&"nltk"), django: names.contains(&"django") }
+    }
+
+    /// Runs `python` once from `dir` (as the steps will) and asks it for every module.
+    pub fn probe(python: &Path, dir: &Path, jail: &Jail) -> Modules {
+        let mut probe = Command::new(python);
+        probe
+            .args([
+                "-c",
+                "import importlib.util, sys\n\
+                 print('\\n'.join(n for n in sys.argv[1:] if importlib.util.find_spec(n) is not None))",
+            ])
+            .args(PROBED)
+            .env_clear()
+            .current_dir(dir);
+        // The venv is the build's own making: anything it runs is confined like the build.
+        if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
+            return Modules::default();
+        }
+        match probe.output() {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                Modules::from_names(&text.lines().collect::<Vec<_>>())
+            }
+            _ => Modules::default(),
+        }
+    }
+
+    /// For a sealed environment: what it recorded, plus what the app's files in `dir` shadow.
+    /// One sealed without the record is asked as [`Modules::probe`] does.
+    pub fn of_sealed(env: &Path, dir: &Path, jail: &Jail) -> Modules {
+        let Ok(text) = std::fs::read_to_string(env.join(MODULES)) else {
+            return Modules::probe(&env.join("bin/python"), dir, jail);
+        };
+        let recorded: Vec<&str> = text.lines().collect();
+        let has = |name: &str| recorded.contains(&name) || shadowed(dir, name);
+        Modules { nltk: has("nltk"), django: has("django") }
+    }
+
+    /// Asks the finished environment `env` (from inside it, so no app file counts) and writes
+    /// the record; called just before the environment is sealed.
+    pub fn record(env: &Path, jail: &Jail) -> std::io::Result<()> {
+        let found = Modules::probe(&env.join("bin/python"), env, jail);
+        let names: Vec<&str> = PROBED
+            .iter()
+            .copied()
+            .filter(|n| (*n == "nltk" && found.nltk) || (*n == "django" && found.django))
+            .collect();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        crate::fsutil::write_atomic(&env.join(MODULES), text.as_bytes(), 0o444)
+    }
+}
+
+/// Whether the app's top level has something Python would import as `name` before looking in
+/// the environment: a package dir (namespace packages included), `name.py`, `name.pyc`, or an
+/// extension module (`name.*.so`, `name.so`).
+pub fn shadowed(dir: &Path, name: &str) -> bool {
+    if dir.join(name).is_dir()
+        || dir.join(format!("{name}.py")).is_file()
+        || dir.join(format!("{name}.pyc")).is_file()
+    {
+        return true;
+    }
+    let prefix = format!("{name}.");
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.starts_with(&prefix) && file.ends_with(".so")
+        })
+    })
 }
 
 /// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python
@@ -373,6 +485,7 @@ fn choose_installer(dir: &Path, uv_available: bool) -> Installer {
 fn collectstatic(
     req: &BuildRequest<'_>,
     dir: &Path,
+    django: bool,
     deadline: Instant,
     jail: &Jail,
 ) -> Result<(), BuildError> {
@@ -390,7 +503,7 @@ fn collectstatic(
     }
     let venv_bin = dir.join(VENV).join("bin");
     let python = venv_bin.join("python");
-    if !module_available(&python, dir, "django", jail) {
+    if !django {
         return Ok(());
     }
     let Some(manage) = find_manage_py(dir) else {
@@ -415,24 +528,6 @@ fn collectstatic(
         )),
         other => other,
     })
-}
-
-/// Whether `python` can import the top-level module `name` (not importing it: `find_spec`).
-pub fn module_available(python: &Path, dir: &Path, name: &str, jail: &Jail) -> bool {
-    let mut probe = Command::new(python);
-    probe
-        .args([
-            "-c",
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
-            name,
-        ])
-        .env_clear()
-        .current_dir(dir);
-    // The venv is the build's own making: anything it runs is confined like the build.
-    if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
-        return false;
-    }
-    probe.output().is_ok_and(|o| o.status.success())
 }
 
 /// Where Heroku looks for `manage.py`: the app's root and up to two directories below it
@@ -598,6 +693,28 @@ mod tests {
                 std::fs::write(path, "").unwrap();
             }
             assert_eq!(find_manage_py(d.path()).as_deref(), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn app_files_that_shadow_a_module() {
+        let cases: &[(&str, &[&str], &[&str], bool)] = &[
+            ("nothing", &["app.py"], &[], false),
+            ("a package", &[], &["django"], true),
+            ("a module", &["django.py"], &[], true),
+            ("bytecode", &["django.pyc"], &[], true),
+            ("an extension", &["django.cpython-313-x86_64-linux-gnu.so"], &[], true),
+            ("a longer name", &["djangoish.py", "django_app.py"], &["djangox"], false),
+        ];
+        for (what, files, dirs, want) in cases {
+            let d = tempfile::tempdir().unwrap();
+            for f in *files {
+                std::fs::write(d.path().join(f), "").unwrap();
+            }
+            for sub in *dirs {
+                std::fs::create_dir(d.path().join(sub)).unwrap();
+            }
+            assert_eq!(shadowed(d.path(), "django"), *want, "{what}");
         }
     }
 

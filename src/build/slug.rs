@@ -1,5 +1,8 @@
 //! Slugs: a release dir packed as `slugs/<app>/<build>.tar.gz`, which unpacks to exactly that
-//! dir. Symlinks are stored as symlinks (a virtualenv's `bin/python` is one), never followed.
+//! dir. Symlinks are stored as symlinks (a virtualenv's `bin/python` is one), never followed,
+//! but for one: the release's `.slipway/venv`, a link to the app's shared dependency
+//! environment (`envs`), whose files the slug holds at `.slipway/venv/` (so a slug alone,
+//! restored from a backup, still has its dependencies; `envs::adopt` puts them back).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -24,7 +27,7 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
         let mut builder = tar::Builder::new(encoder);
         builder.follow_symlinks(false);
         builder.mode(tar::HeaderMode::Complete);
-        builder.append_dir_all(".", dir)?;
+        append_tree(&mut builder, Path::new("."), dir)?;
         let mut file = builder.into_inner()?.finish()?;
         file.flush()?;
         file.get_ref().sync_all()?;
@@ -36,6 +39,36 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
     }
     std::fs::rename(&tmp, slug)?;
     Ok(std::fs::metadata(slug)?.len())
+}
+
+/// The release dir's path of the venv link the slug follows (see the module's doc).
+const VENV_LINK: &str = "./.slipway/venv";
+
+/// Where the slug takes the entry `path` (named `name` in the slug) from: the link's target
+/// for the venv link, else the entry itself (never followed).
+fn followed(name: &Path, path: &Path, meta: &std::fs::Metadata) -> Option<PathBuf> {
+    (meta.file_type().is_symlink() && name == Path::new(VENV_LINK))
+        .then(|| std::fs::canonicalize(path).ok().filter(|t| t.is_dir()))
+        .flatten()
+}
+
+/// `tar`'s `append_dir_all`, in name order, following only the venv link.
+fn append_tree<W: Write>(builder: &mut tar::Builder<W>, name: &Path, dir: &Path) -> io::Result<()> {
+    builder.append_dir(name, dir)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let (path, rel) = (entry.path(), name.join(entry.file_name()));
+        let meta = path.symlink_metadata()?;
+        if let Some(target) = followed(&rel, &path, &meta) {
+            append_tree(builder, &rel, &target)?;
+        } else if meta.is_dir() {
+            append_tree(builder, &rel, &path)?;
+        } else {
+            builder.append_path_with_name(&path, &rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// A slug being packed on a thread of its own, so that the push does not wait for tar and gzip
@@ -93,11 +126,17 @@ impl Drop for Packing {
 /// incompressible data stored in blocks). When it is within `SLIPWAY_MAX_SLUG_MB`, the slug
 /// cannot be over the limit and may be packed while the release goes live.
 pub fn packed_size_bound(dir: &Path) -> io::Result<u64> {
-    fn walk(dir: &Path, rel_len: usize, total: &mut u64) -> io::Result<()> {
+    fn walk(dir: &Path, rel: &Path, total: &mut u64) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
+            let name = rel.join(entry.file_name());
             let meta = entry.path().symlink_metadata()?;
-            let name_len = rel_len + entry.file_name().len() + 1;
+            if let Some(target) = followed(&name, &entry.path(), &meta) {
+                *total += tar_entry_bound(name.as_os_str().len(), 0, 0);
+                walk(&target, &name, total)?;
+                continue;
+            }
+            let name_len = name.as_os_str().len();
             let link_len = if meta.file_type().is_symlink() {
                 std::fs::read_link(entry.path())?.as_os_str().len()
             } else {
@@ -106,13 +145,13 @@ pub fn packed_size_bound(dir: &Path) -> io::Result<u64> {
             let size = if meta.is_file() { meta.len() } else { 0 };
             *total += tar_entry_bound(name_len, link_len, size);
             if meta.is_dir() {
-                walk(&entry.path(), name_len, total)?;
+                walk(&entry.path(), &name, total)?;
             }
         }
         Ok(())
     }
-    let mut tar = 0;
-    walk(dir, 1, &mut tar)?;
+    let mut tar = tar_entry_bound(1, 0, 0);
+    walk(dir, Path::new("."), &mut tar)?;
     Ok(gzip_bound(tar + 2 * BLOCK))
 }
 
@@ -176,6 +215,30 @@ mod tests {
         let mode = std::fs::metadata(out.join("bin/run")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(std::fs::read_link(out.join("bin/python")).unwrap(), Path::new("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn the_venv_link_is_packed_as_the_environment_it_points_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join("envs/hello/k1");
+        std::fs::create_dir_all(env.join("bin")).unwrap();
+        std::fs::write(env.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", env.join("bin/python")).unwrap();
+        let release = tmp.path().join("releases/hello/b1");
+        std::fs::create_dir_all(release.join(".slipway")).unwrap();
+        std::fs::write(release.join("app.py"), "print(1)\n").unwrap();
+        std::os::unix::fs::symlink("../../../../envs/hello/k1", release.join(".slipway/venv")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", release.join("other-link")).unwrap();
+        let slug = tmp.path().join("b1.tar.gz");
+        let size = pack(&release, &slug).unwrap();
+        assert!(packed_size_bound(&release).unwrap() >= size);
+        let out = tmp.path().join("out");
+        unpack(&slug, &out).unwrap();
+        let venv = out.join(".slipway/venv");
+        assert!(std::fs::symlink_metadata(&venv).unwrap().is_dir(), "the venv was stored as a link");
+        assert_eq!(std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap(), "home = /usr/bin\n");
+        assert_eq!(std::fs::read_link(venv.join("bin/python")).unwrap(), Path::new("/usr/bin/python3"));
+        assert_eq!(std::fs::read_link(out.join("other-link")).unwrap(), Path::new("/etc/passwd"));
     }
 
     #[test]

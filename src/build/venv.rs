@@ -56,9 +56,11 @@ fn copy_dir(
     share: Share,
 ) -> io::Result<()> {
     std::fs::create_dir_all(to)?;
-    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        if entry.file_name() == crate::envs::SEALED {
+            continue; // a copy is sealed, if ever, by its own maker, once it is whole
+        }
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         let kind = entry.file_type()?;
         if kind.is_dir() {
@@ -80,7 +82,8 @@ fn copy_dir(
             link_or_copy(&src, &dst, share)?;
         }
     }
-    Ok(())
+    // Last: a read-only source dir (a sealed environment) gives a read-only copy.
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())
 }
 
 /// Where the seed of `python` (its path and version) lives under `tools` (`cache/.tools`): a

@@ -113,6 +113,9 @@ pub fn destroy(home: &Home, app: &str, confirm: Option<&str>) -> anyhow::Result<
     if let Err(e) = crate::certs::mark_changed(home) {
         eprintln!("warning: the router was not told {name}'s certificates are gone ({e}); it notices when it restarts");
     }
+    if let Err(e) = crate::envs::remove_all(home, &name) {
+        eprintln!("warning: could not remove {}: {e}", home.envs(&name).display());
+    }
     out(&format!("Destroyed {name}"));
     Ok(0)
 }
@@ -210,7 +213,8 @@ pub fn open(home: &Home, app: &str) -> anyhow::Result<i32> {
 /// them, and the daemon's dynos run from those dirs under the old name, so a rename is not done
 /// under running dynos: they are stopped first (through the daemon, gracefully), everything
 /// moves, each kept release's venv is rewritten for its new path (as a reused venv is, see
-/// `build::venv`), and the daemon then starts the formation under the new name and routes the
+/// `build::venv`; a shared environment is copied to `envs/<new>/` rewritten, see
+/// `envs::stage_rename`), and the daemon then starts the formation under the new name and routes the
 /// new host. The app is down for that while.
 pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
     let old = app_name(app)?;
@@ -245,6 +249,13 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
             bail!("{old} was not renamed: {e:#}");
         }
     };
+    if let Err(e) = crate::envs::stage_rename(home, &old, &new) {
+        for venv in &staged {
+            let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
+        }
+        restart_after_failed_rename(home, &old);
+        bail!("{old} was not renamed: copying its dependency environments: {e}");
+    }
     let moves: Vec<(std::path::PathBuf, std::path::PathBuf)> = vec![
         (home.repo(&old), home.repo(&new)),
         (home.releases(&old), home.releases(&new)),
@@ -280,8 +291,14 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
         for venv in &staged {
             let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
         }
+        if let Err(e) = crate::envs::remove_all(home, &new) {
+            eprintln!("warning: could not remove {}: {e}", home.envs(&new).display());
+        }
         restart_after_failed_rename(home, &old);
         bail!("{old} was not renamed: {e:#}");
+    }
+    if let Err(e) = crate::envs::finish_rename(home, &old, &new) {
+        eprintln!("warning: the releases of {new} were not all linked to their renamed environments: {e}");
     }
     for build_id in &staged {
         let dir = home.release_dir(&new, build_id);
@@ -349,7 +366,8 @@ fn stage_venvs(home: &Home, old: &AppName, new: &AppName) -> anyhow::Result<Vec<
             let build_id = entry?.file_name().to_string_lossy().into_owned();
             let dir = home.release_dir(old, &build_id);
             let venv = dir.join(crate::build::python::VENV);
-            if !venv.is_dir() {
+            // A link to a shared environment is re-pointed after the rename (`envs::rename`).
+            if !std::fs::symlink_metadata(&venv).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
             let copy = dir.join(STAGED_VENV);

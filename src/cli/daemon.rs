@@ -405,7 +405,8 @@ fn disk_usage(home: &Home) -> DiskUsage {
     let mut du = |name: &str| walk_size(&root.join(name), &mut seen);
     let mut usage = DiskUsage {
         slugs: du("slugs"),
-        releases: du("releases"),
+        // Release dirs and the shared environments they link to (once inside them).
+        releases: du("releases") + du("envs"),
         repos: du("repos"),
         cache: du("cache"),
         logs: du("logs"),

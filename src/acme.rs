@@ -8,9 +8,9 @@
 //! due ([`decide`]) when no certificate of the app covers it or the one that does expires within
 //! 30 days, unless an earlier failure's backoff ([`backoff`]: 1 minute doubling to 1 day) is
 //! still running. For a due host the loop orders a certificate for that one name, answers the
-//! HTTP-01 challenge (the key authorization in `run/acme/http-01/<token>`, which the router
+//! HTTP-01 challenge (the key authorization in `certs/.challenges/http-01/<token>`, which the router
 //! serves on the plain HTTP port) and, when that fails, TLS-ALPN-01 in a new order (a challenge
-//! certificate in `run/acme/tls-alpn-01/<host>.pem`, which the router presents on the TLS port
+//! certificate in `certs/.challenges/tls-alpn-01/<host>.pem`, which the router presents on the TLS port
 //! to a client asking for `acme-tls/1`); challenge files are removed afterwards. The certificate
 //! and its fresh key are written as `certs/<app>/acme-<host>.pem` (0600).
 //!
@@ -608,9 +608,8 @@ async fn answer_and_finish(
                         return Err("the server sent a malformed token".into());
                     }
                     let dir = certs::http01_dir(home);
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let file = dir.join(&challenge.token);
-                    crate::fsutil::write_atomic(&file, key_auth.as_str().as_bytes(), 0o600)
+                    certs::write_file(home, &file, key_auth.as_str().as_bytes())
                         .map_err(|e| format!("writing {}: {e}", file.display()))?;
                     file
                 }
@@ -618,9 +617,8 @@ async fn answer_and_finish(
                     let host = challenge.identifier().to_string();
                     let pem = alpn_certificate(&host, key_auth.digest().as_ref())?;
                     let dir = certs::tls_alpn01_dir(home);
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let file = dir.join(format!("{host}.pem"));
-                    crate::fsutil::write_atomic(&file, pem.as_bytes(), 0o600)
+                    certs::write_file(home, &file, pem.as_bytes())
                         .map_err(|e| format!("writing {}: {e}", file.display()))?;
                     file
                 }

@@ -16,7 +16,11 @@
 //! ends with [`mark_changed`], which rewrites `certs/.changed`; the router re-reads the
 //! directory when that file's stamp ([`changed_stamp`]) moved.
 //!
-//! ACME challenges being answered live under `run/acme/`: `http-01/<token>` holds the key
+//! Run as root on a root-owned home, the router runs as a uid of its own (the last of
+//! `app_uids`), so what it reads here is 0750/0640 and of its group ([`router_group`]); the
+//! ACME account (`.acme/`) and state files stay 0700/0600, root's alone.
+//!
+//! ACME challenges being answered live under `certs/.challenges/`: `http-01/<token>` holds the key
 //! authorization the router answers `GET /.well-known/acme-challenge/<token>` with, on the HTTP
 //! port and before any app routing; `tls-alpn-01/<host>.pem` is the challenge certificate (key
 //! and certificate, as above) the router presents for `<host>` to a client offering only the
@@ -61,14 +65,68 @@ pub fn app_dir(home: &Home, app: &AppName) -> PathBuf {
     dir(home).join(app.as_str())
 }
 
-/// `run/acme/http-01/`: one file per pending HTTP-01 token, holding its key authorization.
+/// `certs/.challenges/http-01/`: one file per pending HTTP-01 token, holding its key
+/// authorization.
 pub fn http01_dir(home: &Home) -> PathBuf {
-    home.run_dir().join("acme").join("http-01")
+    dir(home).join(".challenges").join("http-01")
 }
 
-/// `run/acme/tls-alpn-01/`: one `<host>.pem` per pending TLS-ALPN-01 challenge.
+/// `certs/.challenges/tls-alpn-01/`: one `<host>.pem` per pending TLS-ALPN-01 challenge.
 pub fn tls_alpn01_dir(home: &Home) -> PathBuf {
-    home.run_dir().join("acme").join("tls-alpn-01")
+    dir(home).join(".challenges").join("tls-alpn-01")
+}
+
+/// The group that must read what the router reads here, when it is not the files' owner: the
+/// router's own gid when this process is root on a root-owned home (the router then runs as
+/// the reserved last uid of `app_uids`, see `crate::users::router_user`). `None` otherwise: the
+/// router runs as the files' owner, and everything stays private to it (0700/0600).
+pub fn router_group(home: &Home) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() || std::fs::metadata(home.root()).map_or(true, |m| m.uid() != 0) {
+        return None;
+    }
+    crate::settings::Settings::load(home).ok().map(|s| crate::users::router_id(s.app_uids))
+}
+
+/// Makes `dir` (and its parents up to the home) a directory the router may read: 0750 and the
+/// router's group when there is one ([`router_group`]), else 0700; never through a symbolic
+/// link. An existing one gets the mode and group too.
+pub fn ensure_dir(home: &Home, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let group = router_group(home);
+    let rel = dir
+        .strip_prefix(home.root())
+        .map_err(|_| io::Error::other(format!("{} is outside the home", dir.display())))?;
+    let mut at = home.root().to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::DirBuilder::new().mode(0o700).create(&at) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        if !std::fs::symlink_metadata(&at)?.is_dir() {
+            return Err(io::Error::other(format!("{} is not a directory", at.display())));
+        }
+        if at.starts_with(self::dir(home)) {
+            if let Some(gid) = group {
+                std::os::unix::fs::lchown(&at, None, Some(gid))?;
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o750))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file the router reads (a certificate, a flag, a challenge) into `dir` (made with
+/// [`ensure_dir`]): 0640 and the router's group when there is one, else 0600.
+pub fn write_file(home: &Home, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("a file needs a directory"))?;
+    ensure_dir(home, dir)?;
+    match router_group(home) {
+        Some(gid) => crate::fsutil::write_atomic_owned(path, contents, 0o640, Some((0, gid))),
+        None => crate::fsutil::write_atomic(path, contents, 0o600),
+    }
 }
 
 /// The file name of a certificate for `host` (its first DNS name): `manual-www.example.com.pem`,
@@ -77,28 +135,17 @@ pub fn file_name(source: Source, host: &str) -> String {
     format!("{}-{}.pem", source.as_str(), host.replace('*', "_"))
 }
 
-/// Makes `certs/<app>/` (0700) when missing; never through a symbolic link.
+/// Makes `certs/<app>/` when missing ([`ensure_dir`]: 0700, or 0750 for the router's group);
+/// never through a symbolic link.
 pub fn ensure_app_dir(home: &Home, app: &AppName) -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    for dir in [dir(home), app_dir(home, app)] {
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                if !std::fs::symlink_metadata(&dir)?.is_dir() {
-                    return Err(io::Error::other(format!("{} is not a directory", dir.display())));
-                }
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    ensure_dir(home, &app_dir(home, app))?;
     Ok(app_dir(home, app))
 }
 
-/// Writes `pem` (key and chain) as the app's certificate `name` (a [`file_name`]), 0600, and
-/// tells the router.
+/// Writes `pem` (key and chain) as the app's certificate `name` (a [`file_name`]), 0600 (0640
+/// for the router's group, [`write_file`]), and tells the router.
 pub fn write(home: &Home, app: &AppName, name: &str, pem: &[u8]) -> io::Result<()> {
-    let dir = ensure_app_dir(home, app)?;
-    crate::fsutil::write_atomic(&dir.join(name), pem, 0o600)?;
+    write_file(home, &app_dir(home, app).join(name), pem)?;
     mark_changed(home)
 }
 
@@ -124,9 +171,8 @@ pub fn flag(home: &Home, app: &AppName, flag: &str) -> bool {
 
 /// Rewrites `certs/.changed`, whose stamp the router watches.
 pub fn mark_changed(home: &Home) -> io::Result<()> {
-    std::fs::create_dir_all(dir(home))?;
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    crate::fsutil::write_atomic(&dir(home).join(".changed"), now.as_nanos().to_string().as_bytes(), 0o600)
+    write_file(home, &dir(home).join(".changed"), now.as_nanos().to_string().as_bytes())
 }
 
 /// What identifies the last [`mark_changed`]: the inode and modification time of

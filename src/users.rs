@@ -56,9 +56,10 @@ impl std::str::FromStr for UidRange {
     }
 }
 
-/// The lowest uid of `range` not in `taken` and not `refused`; None when there is none.
+/// The lowest uid of `range` not in `taken` and not `refused`; None when there is none. The last
+/// uid of the range is the router's ([`router_id`]), never an app's.
 pub fn pick(range: UidRange, taken: &BTreeSet<u32>, refused: &dyn Fn(u32) -> bool) -> Option<u32> {
-    (range.first..=range.last).find(|uid| !taken.contains(uid) && !refused(*uid))
+    (range.first..range.last).find(|uid| !taken.contains(uid) && !refused(*uid))
 }
 
 /// The ids (third field) of an `/etc/passwd` or `/etc/group` text.
@@ -142,42 +143,42 @@ pub struct RouterUser {
     pub gid: u32,
     pub name: String,
     /// The home's owner (install.sh's platform user): it may write `run/` and `logs/` as a
-    /// router always did. Otherwise (a root-owned home) it is `nobody`, which may write
-    /// nothing of the home: the daemon keeps `run/routes.json` for it, its log is not rotated.
+    /// router always did. Otherwise (a root-owned home) it is the router's own uid
+    /// ([`router_id`]), which may write nothing of the home and read only `certs/` (its group):
+    /// the daemon keeps `run/routes.json` for it, its log is not rotated.
     pub owns_home: bool,
 }
 
 /// The router's user for a home owned by `owner` (`owner_user`: its name and primary gid,
-/// when it has a passwd entry), `nobody` being `nobody`'s (uid, gid) when known. Pure: see
-/// [`router_user`].
-pub fn choose_router_user(
-    owner: u32,
-    owner_user: Option<(String, u32)>,
-    nobody: Option<(u32, u32)>,
-) -> RouterUser {
+/// when it has a passwd entry); `own` is the router's own uid for a root-owned home
+/// ([`router_id`]). Pure: see [`router_user`].
+pub fn choose_router_user(owner: u32, owner_user: Option<(String, u32)>, own: u32) -> RouterUser {
     match owner_user {
         Some((name, gid)) if owner != 0 => RouterUser { uid: owner, gid, name, owns_home: true },
         _ if owner != 0 => {
             RouterUser { uid: owner, gid: owner, name: format!("uid {owner}"), owns_home: true }
         }
-        _ => {
-            let (uid, gid) = nobody.unwrap_or((65534, 65534));
-            RouterUser { uid, gid, name: "nobody".into(), owns_home: false }
-        }
+        _ => RouterUser { uid: own, gid: own, name: format!("uid {own}"), owns_home: false },
     }
 }
 
-/// Who the router drops to when this process is root: the home's owner, or `nobody` for a
-/// root-owned home. None when not root (the router runs as the daemon's user, as it is).
-pub fn router_user(home: &Path) -> Option<RouterUser> {
+/// Who the router drops to when this process is root: the home's owner, or its own uid (the
+/// last of `app_uids`) for a root-owned home. None when not root (the router runs as the daemon's user, as it is).
+pub fn router_user(home: &Path, range: UidRange) -> Option<RouterUser> {
     use nix::unistd::{Uid, User};
     if !privileged() {
         return None;
     }
     let owner = std::fs::metadata(home).map(|m| m.uid()).unwrap_or(0);
     let owner_user = User::from_uid(Uid::from_raw(owner)).ok().flatten().map(|u| (u.name, u.gid.as_raw()));
-    let nobody = User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
-    Some(choose_router_user(owner, owner_user, nobody))
+    Some(choose_router_user(owner, owner_user, router_id(range)))
+}
+
+/// The uid (and gid) the router runs as on a root-owned home: the last of `app_uids`, which is
+/// never given to an app ([`pick`]). A uid of its own rather than `nobody`'s, so the files it
+/// must read (`certs/`, see `crate::certs::router_group`) can be of its group and no one else's.
+pub fn router_id(range: UidRange) -> u32 {
+    range.last
 }
 
 /// Between fork and exec: no supplementary groups, then `gid`, then `uid` (real, effective and
@@ -307,7 +308,8 @@ mod tests {
 
     #[test]
     fn the_lowest_free_uid_not_of_the_system_is_picked() {
-        let range = UidRange { first: 10, last: 14 };
+        // 15: the router's, never an app's.
+        let range = UidRange { first: 10, last: 15 };
         let taken: BTreeSet<u32> = [10, 12].into();
         let system = |uid: u32| uid == 11;
         assert_eq!(pick(range, &taken, &system), Some(13));
@@ -354,14 +356,17 @@ mod tests {
     }
 
     #[test]
-    fn the_router_drops_to_the_homes_owner_else_nobody() {
-        let owner = choose_router_user(998, Some(("slipway".into(), 997)), Some((65534, 65534)));
+    fn the_router_drops_to_the_homes_owner_else_its_own_uid() {
+        let owner = choose_router_user(998, Some(("slipway".into(), 997)), 299_999);
         assert_eq!(owner, RouterUser { uid: 998, gid: 997, name: "slipway".into(), owns_home: true });
-        let unnamed = choose_router_user(4242, None, Some((65534, 65534)));
+        let unnamed = choose_router_user(4242, None, 299_999);
         assert_eq!((unnamed.uid, unnamed.gid, unnamed.owns_home), (4242, 4242, true));
-        let root_home = choose_router_user(0, Some(("root".into(), 0)), Some((65534, 65534)));
-        assert_eq!(root_home, RouterUser { uid: 65534, gid: 65534, name: "nobody".into(), owns_home: false });
-        assert_eq!(choose_router_user(0, None, None).uid, 65534);
+        let root_home = choose_router_user(0, Some(("root".into(), 0)), 299_999);
+        assert_eq!(
+            root_home,
+            RouterUser { uid: 299_999, gid: 299_999, name: "uid 299999".into(), owns_home: false }
+        );
+        assert_eq!(router_id(UidRange { first: 200_000, last: 299_999 }), 299_999);
     }
 
     #[test]

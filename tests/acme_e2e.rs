@@ -23,8 +23,8 @@ struct Pebble {
     ca_file: PathBuf,
     /// challtestsrv's management port.
     challtest: u16,
-    /// Where pebble validates TLS-ALPN-01 (the port the router's HTTPS listener would be on).
-    tls_port: u16,
+    /// pebble's management port (its roots: `/roots/0`).
+    management: u16,
     log: PathBuf,
 }
 
@@ -52,15 +52,14 @@ fn listener_cert() -> (String, String, String) {
     (ca_cert.pem(), leaf.pem(), key.serialize_pem())
 }
 
-fn start_pebble(dir: &Path, http_port: u16, validity_secs: u64) -> Pebble {
+fn start_pebble(dir: &Path, http_port: u16, tls: u16, validity_secs: u64) -> Pebble {
     std::fs::create_dir_all(dir).expect("pebble dir");
     let (ca, leaf, key) = listener_cert();
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca).expect("ca");
     std::fs::write(dir.join("cert.pem"), leaf).expect("cert");
     std::fs::write(dir.join("key.pem"), key).expect("key");
-    let (listen, management, tls, dns, challtest) =
-        (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (listen, management, dns, challtest) = (free_port(), free_port(), free_port(), free_port());
     let config = serde_json::json!({
         "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
@@ -110,7 +109,7 @@ fn start_pebble(dir: &Path, http_port: u16, validity_secs: u64) -> Pebble {
         directory: format!("https://127.0.0.1:{listen}/dir"),
         ca_file,
         challtest,
-        tls_port: tls,
+        management,
         log,
     };
     let up = wait_until(Duration::from_secs(20), || {
@@ -121,55 +120,6 @@ fn start_pebble(dir: &Path, http_port: u16, validity_secs: u64) -> Pebble {
     pebble
 }
 
-/// Stands in for the router's TLS-ALPN-01 answer (the HTTPS listener is not part of this
-/// test): on `port`, a client offering `acme-tls/1` gets the challenge certificate the ACME loop
-/// wrote to `run/acme/tls-alpn-01/<sni>.pem`. Runs until the test process ends.
-fn serve_tls_alpn(port: u16, dir: PathBuf) {
-    #[derive(Debug)]
-    struct FromFiles(PathBuf);
-    impl rustls::server::ResolvesServerCert for FromFiles {
-        fn resolve(
-            &self,
-            hello: rustls::server::ClientHello<'_>,
-        ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
-            use rustls::pki_types::pem::PemObject;
-            let pem = std::fs::read(self.0.join(format!("{}.pem", hello.server_name()?))).ok()?;
-            let chain: Vec<_> =
-                rustls::pki_types::CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().ok()?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).ok()?;
-            let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).ok()?;
-            Some(std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_no_client_auth()
-        .with_cert_resolver(std::sync::Arc::new(FromFiles(dir)));
-    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    let config = std::sync::Arc::new(config);
-    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the TLS-ALPN stand-in");
-    std::thread::spawn(move || {
-        for mut tcp in listener.incoming().flatten() {
-            let Ok(mut conn) = rustls::ServerConnection::new(config.clone()) else { continue };
-            if tcp.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
-                continue;
-            }
-            while conn.is_handshaking() {
-                if conn.complete_io(&mut tcp).is_err() {
-                    break;
-                }
-            }
-            conn.send_close_notify();
-            if conn.complete_io(&mut tcp).is_err() {
-                continue;
-            }
-        }
-    });
-}
-
-/// POSTs `body` to challtestsrv's management API.
 fn challtest(port: u16, path: &str, body: &str) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("challtestsrv");
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -210,8 +160,12 @@ fn pebble_issues_renews_and_failures_back_off() {
     let mut slip = Slipway::new();
     let router_port: u16 =
         slip.router_addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("router port");
+    // The router's HTTPS listener on every address (its HTTP one stays on 127.0.0.1), so a host
+    // resolving to 127.0.0.2 can only be validated over TLS-ALPN-01, by the router.
+    let https_port = free_port();
+    slip.https_addr = format!("0.0.0.0:{https_port}");
     // Certificates valid 60 s, renewed 45 s before expiry: each is renewed ~15 s after issue.
-    let pebble = start_pebble(&slip.root().join("pebble"), router_port, 60);
+    let pebble = start_pebble(&slip.root().join("pebble"), router_port, https_port, 60);
     slip.env.extend([
         ("SLIPWAY_DOMAIN".to_string(), "apps.test".to_string()),
         ("SLIPWAY_ACME_DIRECTORY".to_string(), pebble.directory.clone()),
@@ -236,14 +190,14 @@ fn pebble_issues_renews_and_failures_back_off() {
     // A host whose DNS fails: its orders fail, and it backs off.
     challtest(pebble.challtest, "/set-servfail", r#"{"host":"bad.web.test"}"#);
     slip.cmd_ok(&["domains:add", "web", "bad.web.test"]);
-    // A host whose HTTP port does not answer (127.0.0.2: the router listens on 127.0.0.1 only):
-    // HTTP-01 fails, TLS-ALPN-01 takes over.
+    // A host whose HTTP port does not answer (127.0.0.2: the router's HTTP listener is on
+    // 127.0.0.1 only): HTTP-01 fails, TLS-ALPN-01 takes over, answered by the router's HTTPS
+    // listener.
     challtest(pebble.challtest, "/add-a", r#"{"host":"alpn.web.test","addresses":["127.0.0.2"]}"#);
     slip.cmd_ok(&["domains:add", "web", "alpn.web.test"]);
-    serve_tls_alpn(pebble.tls_port, slip.home.join("run/acme/tls-alpn-01"));
 
     // The router answers a pending HTTP-01 token before any app routing, on any host.
-    let http01 = slip.home.join("run/acme/http-01");
+    let http01 = slip.home.join("certs/.challenges/http-01");
     std::fs::create_dir_all(&http01).expect("dir");
     std::fs::write(http01.join("planted_Token-1"), "planted_Token-1.thumbprint").expect("token");
     let response = get_with_host(router_port, "nowhere.test", "/.well-known/acme-challenge/planted_Token-1");
@@ -272,8 +226,34 @@ fn pebble_issues_renews_and_failures_back_off() {
         tail_file(&pebble.log, 30)
     );
     eprintln!("three certificates (one through TLS-ALPN-01) {:?} after certs:auto:enable", enabled.elapsed());
+    // The router serves them: curl trusting only pebble's root gets the app over HTTPS, by SNI.
+    let root = slip.root().join("pebble-root.pem");
+    let fetched = Command::new("curl")
+        .args(["-sSk", "-o"])
+        .arg(&root)
+        .arg(format!("https://127.0.0.1:{}/roots/0", pebble.management))
+        .status()
+        .expect("curl");
+    assert!(fetched.success(), "pebble's root");
+    let served = wait_until(Duration::from_secs(20), || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(&root)
+            .args(["--resolve", &format!("www.web.test:{https_port}:127.0.0.1")])
+            .arg(format!("https://www.web.test:{https_port}/"))
+            .output()
+            .expect("curl");
+        out.status.success() && out.stdout == b"from-web"
+    });
+    assert!(
+        served,
+        "the router does not serve pebble's certificate for www.web.test:\n{}",
+        slip.diagnostics()
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&www).expect("cert").permissions().mode() & 0o777, 0o600);
+    // Private to the router: of its group when it runs as a uid of its own (root, root-owned home).
+    let private = if nix::unistd::geteuid().is_root() { 0o640 } else { 0o600 };
+    assert_eq!(std::fs::metadata(&www).expect("cert").permissions().mode() & 0o777, private);
     let accounts: Vec<PathBuf> = std::fs::read_dir(slip.home.join("certs/.acme"))
         .expect("account dir")
         .flatten()
@@ -294,7 +274,7 @@ fn pebble_issues_renews_and_failures_back_off() {
     assert_eq!(host_entry(&json, "www.web.test")["certificate"], "acme-www.web.test.pem", "{json}");
     // No challenge file is left behind.
     assert!(!dir_has_entries(&http01), "{:?}", list_tree(&http01));
-    let alpn_dir = slip.home.join("run/acme/tls-alpn-01");
+    let alpn_dir = slip.home.join("certs/.challenges/tls-alpn-01");
     assert!(!dir_has_entries(&alpn_dir), "{:?}", list_tree(&alpn_dir));
 
     // The failing host: its status, reason and next attempt, one minute after the failure.

@@ -102,9 +102,18 @@ fn certs_add_validates_bundles_and_certs_remove_removes_them() {
     assert!(text.contains("Note: it does not cover shop.apps.test"), "{text}");
     let file = slip.home.join("certs/shop/manual-www.shop.test.pem");
     let mode = std::fs::metadata(&file).expect("written").permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    let dir_mode = std::fs::metadata(slip.home.join("certs/shop")).unwrap().permissions().mode() & 0o777;
-    assert_eq!(dir_mode, 0o700);
+    // Private to the router: of its own group (the last uid of app_uids) when it runs as one
+    // (root, root-owned home), else to the home's owner alone.
+    let root = nix::unistd::geteuid().is_root();
+    assert_eq!(mode, if root { 0o640 } else { 0o600 });
+    let dir = std::fs::metadata(slip.home.join("certs/shop")).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, if root { 0o750 } else { 0o700 });
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        let last: u32 =
+            support::app_uids(slip.ports).split('-').nth(1).and_then(|n| n.parse().ok()).expect("app_uids");
+        assert_eq!((dir.gid(), std::fs::metadata(&file).unwrap().gid()), (last, last));
+    }
 
     let json = certs_json(&slip, "shop");
     let cert = &json["certificates"][0];

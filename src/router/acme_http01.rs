@@ -1,6 +1,6 @@
 //! The ACME HTTP-01 responder: on the plain HTTP port, before any app routing,
 //! `GET /.well-known/acme-challenge/<token>` (token `[A-Za-z0-9_-]+`) is answered 200 with the
-//! key authorization in `run/acme/http-01/<token>`, which the daemon's ACME loop (`crate::acme`)
+//! key authorization in `certs/.challenges/http-01/<token>`, which the daemon's ACME loop (`crate::acme`)
 //! writes while a challenge is pending. Without such a file the request goes to the app as
 //! usual (an app may answer its own challenges). The file is read beneath the challenge dir
 //! (`fsutil::read_beneath`: no link out of it is followed).
@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use super::http1::{BodyKind, RequestHead};
 
-/// `run/acme/http-01/` of the home this router serves; unset (no responder) in routers built
+/// `certs/.challenges/http-01/` of the home this router serves; unset (no responder) in routers built
 /// without a home (tests of the proxy alone).
 static DIR: OnceLock<PathBuf> = OnceLock::new();
 

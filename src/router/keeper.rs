@@ -223,9 +223,12 @@ async fn spawn_and_wait(home: &Home, previous: Option<i32>) -> anyhow::Result<An
 fn link_task(home: Home, latest: Arc<Mutex<Option<RouteTable>>>) -> mpsc::UnboundedSender<Command> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
     let table = move || latest.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    // A router that runs as `nobody` (root daemon, root-owned home) cannot write `run/`: the
+    // A router that runs as its own uid (root daemon, root-owned home) cannot write `run/`: the
     // daemon keeps the table it sends in `run/routes.json` for the next router's start.
-    let keep_for_router = crate::users::router_user(home.root()).is_some_and(|u| !u.owns_home);
+    let keep_for_router = crate::settings::Settings::load(&home)
+        .ok()
+        .and_then(|s| crate::users::router_user(home.root(), s.app_uids))
+        .is_some_and(|u| !u.owns_home);
     let persist = move |home: &Home, table: &RouteTable| {
         if !keep_for_router {
             return;

@@ -237,7 +237,7 @@ fn write_lines(
     }
 }
 
-/// Where a router that dropped to `nobody` sends its app log lines: a `SOCK_SEQPACKET` socket
+/// Where a router that dropped to its own uid sends its app log lines: a `SOCK_SEQPACKET` socket
 /// to its log helper (`slipway router-log`, [`run_helper`]), which stays root and appends them.
 static RELAY: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
 
@@ -293,8 +293,8 @@ fn packet_cut(rest: &str, max: usize) -> usize {
     rest[..cut].rfind('\n').map_or(cut, |i| i + 1)
 }
 
-/// `slipway router-log` (hidden): the root helper of a router that dropped to `nobody` (a root
-/// daemon on a root-owned home, where `nobody` may not write `logs/`). It reads packets
+/// `slipway router-log` (hidden): the root helper of a router that dropped to its own uid (a root
+/// daemon on a root-owned home, where that uid may not write `logs/`). It reads packets
 /// `APP\nLINES` from the socket on its stdin and appends LINES to that app's log (the name is
 /// validated; nothing else is ever written), until the router closes the socket.
 pub fn run_helper(home: &crate::home::Home) -> anyhow::Result<()> {

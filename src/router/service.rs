@@ -92,7 +92,7 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", control::announcement(home).display()))?;
     // Started by a root daemon: every socket is bound, so drop to an unprivileged user before
     // the first request is read (the threads start below).
-    let keeps_state = drop_privileges(home)?;
+    let keeps_state = drop_privileges(home, settings.app_uids)?;
     router.serve_with_tls_on_threads(listener, https, threads).context("starting the router's threads")?;
     let stop = runtime.block_on(async {
         let https = https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -120,7 +120,7 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
         );
     }
     // What names this process only: a successor has put its own socket and announcement there.
-    // A router that runs as `nobody` (root-owned home) cannot remove them; the announcement of
+    // A router that runs as its own uid (root-owned home) cannot remove them; the announcement of
     // a dead router is ignored (pid and start time) and the next router renames over the socket.
     let mut leftovers = Vec::new();
     if Announcement::read(home).is_some_and(|a| a == announced) {
@@ -161,9 +161,10 @@ fn take_over_socket(home: &Home) -> anyhow::Result<(std::os::unix::net::UnixList
 
 /// Started as root (by a root daemon), becomes the router's user ([`crate::users::router_user`]):
 /// no supplementary groups, its gid, its uid. Returns whether the router may still write the
-/// home's `run/` (false as `nobody`: then the daemon keeps `run/routes.json`).
-fn drop_privileges(home: &Home) -> anyhow::Result<bool> {
-    let Some(user) = crate::users::router_user(home.root()) else { return Ok(true) };
+/// home's `run/` (false as its own uid on a root-owned home: then the daemon keeps
+/// `run/routes.json`).
+fn drop_privileges(home: &Home, range: crate::users::UidRange) -> anyhow::Result<bool> {
+    let Some(user) = crate::users::router_user(home.root(), range) else { return Ok(true) };
     if !user.owns_home {
         start_log_helper(home)?;
     }
@@ -173,7 +174,7 @@ fn drop_privileges(home: &Home) -> anyhow::Result<bool> {
     Ok(user.owns_home)
 }
 
-/// For a router about to become `nobody`: starts its log helper (`slipway router-log`, root,
+/// For a router about to become its own uid (root-owned home): starts its log helper (`slipway router-log`, root,
 /// in the router's process group, so whatever kills the router's group kills it too; it ends
 /// when the router's end of the socket closes) and relays app log lines through it.
 fn start_log_helper(home: &Home) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 //! - It has [`HANDSHAKE_TIMEOUT`] from the connection's accept to the end of the handshake.
 //! - The ClientHello is read first. A client offering the single ALPN protocol `acme-tls/1`
 //!   is an ACME server validating a TLS-ALPN-01 challenge (RFC 8737): it gets the challenge
-//!   certificate `run/acme/tls-alpn-01/<host>.pem` with `acme-tls/1` negotiated, and the
+//!   certificate `certs/.challenges/tls-alpn-01/<host>.pem` with `acme-tls/1` negotiated, and the
 //!   connection is closed once the handshake is done.
 //! - Otherwise the SNI name picks the certificate ([`SniResolver`], [`super::certstore`]). A
 //!   ClientHello without SNI, or for a name no app has a certificate for, is answered with the
@@ -176,13 +176,30 @@ fn challenge_config(inner: &Inner, name: &str) -> Option<Arc<ServerConfig>> {
             return None;
         }
     };
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    // Not `with_single_cert`: it checks the certificate with webpki, which refuses the critical
+    // acmeIdentifier extension every TLS-ALPN-01 certificate carries (RFC 8737 §3).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = provider
+        .key_provider
+        .load_private_key(loaded.key)
+        .map_err(|err| tracing::warn!(file = %file.display(), %err, "router: cannot use a TLS-ALPN-01 challenge key"))
+        .ok()?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(loaded.chain, key));
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
         .with_no_client_auth()
-        .with_single_cert(loaded.chain, loaded.key)
-        .map_err(|err| tracing::warn!(file = %file.display(), %err, "router: cannot use a TLS-ALPN-01 challenge certificate"))
-        .ok()?;
+        .with_cert_resolver(Arc::new(Challenge(certified)));
     config.alpn_protocols = vec![ACME_TLS.to_vec()];
     Some(Arc::new(config))
+}
+
+/// Presents one TLS-ALPN-01 challenge certificate, whatever the ClientHello says.
+#[derive(Debug)]
+struct Challenge(Arc<rustls::sign::CertifiedKey>);
+
+impl ResolvesServerCert for Challenge {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }

@@ -56,7 +56,7 @@ mod tests {
     fn uids_are_allocated_once_kept_on_rename_and_freed_on_destroy() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("t.db")).unwrap();
-        let range = UidRange { first: 500, last: 503 };
+        let range = UidRange { first: 500, last: 504 }; // 504: the router's
         let names: Vec<AppName> = ["app-a", "app-b", "app-c"].iter().map(|n| n.parse().unwrap()).collect();
         for app in &names {
             crate::store::apps::create(store.conn(), app).unwrap();
@@ -70,7 +70,7 @@ mod tests {
         let d: AppName = "app-d".parse().unwrap();
         crate::store::apps::create(store.conn(), &d).unwrap();
         let full = ensure(store.conn(), &d, range, &refused).unwrap_err();
-        assert!(full.to_string().contains("no free uid left in app_uids 500-503"), "{full}");
+        assert!(full.to_string().contains("no free uid left in app_uids 500-504"), "{full}");
         // Renamed: the uid goes with the app.
         let renamed: AppName = "app-a2".parse().unwrap();
         let tx = store.transaction().unwrap();

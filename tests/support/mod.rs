@@ -916,6 +916,13 @@ impl Slipway {
         let mut s = format!("--- daemon.log (tail) ---\n{}\n", tail_file(&self.daemon_log_path(), 60));
         if let Ok(rd) = fs::read_dir(self.home.join("logs")) {
             for e in rd.flatten() {
+                if e.file_name() == "router.log" {
+                    s.push_str(&format!("--- router.log (tail) ---\n{}\n", tail_file(&e.path(), 30)));
+                    continue;
+                }
+                if !e.path().is_dir() {
+                    continue;
+                }
                 let log = e.path().join("app.log");
                 s.push_str(&format!("--- {} (tail) ---\n{}\n", log.display(), tail_file(&log, 40)));
             }

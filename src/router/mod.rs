@@ -52,6 +52,8 @@
 
 pub mod control;
 pub mod headers;
+#[doc(hidden)]
+pub mod differential;
 mod http1;
 mod in_flight;
 pub mod keeper;

@@ -235,6 +235,12 @@ const ALLOWED: &[Allowed] = &[
               the dyno one plain value); hyper parses each Content-Length line as one number",
     },
     Allowed {
+        name: "over 100 header lines once the router's own are added (431)",
+        rfc: "RFC 6585 §5 (431 for header fields too large): the router adds X-Forwarded-For, \
+              -Proto, -Port and X-Request-Id, and the dyno's parser (hyper's, gunicorn's \
+              limit_request_fields) takes 100 header lines at most",
+    },
+    Allowed {
         name: "router stops at an HTTP/1.0 request or an upgrade (connection closes or tunnels)",
         rfc: "RFC 9112 §9.3: persistence for HTTP/1.0 is optional; after an Upgrade request the \
               bytes belong to the dyno's answer (101 or not), so the router reads no further",
@@ -412,7 +418,9 @@ fn compare(input: &[u8], router: &Reading, hyper: &HyperReading) -> Verdict {
             };
             same.then_some("chunk extension, trailer field or chunk size outside the grammar (400)")
         }
-        End::Head(HeadError::TooLarge) | End::Clean | End::TruncatedHead | End::TruncatedBody => None,
+        End::Head(HeadError::TooLarge) => (h.headers.len() + 4 > 100)
+            .then_some("over 100 header lines once the router's own are added (431)"),
+        End::Clean | End::TruncatedHead | End::TruncatedBody => None,
     };
     match why {
         Some(name) => Verdict::Allowed(allowed(name).name),
@@ -752,9 +760,9 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         framing(),
         prop::collection::vec(any::<u8>(), 0..24),
         chunks(),
-        any::<bool>(),
+        (any::<bool>(), prop_oneof![20 => Just(0usize), 1 => 96usize..104]),
     )
-        .prop_map(|((method, target, version, line_end), hosts, others, framing, data, chunked, hosts_last)| {
+        .prop_map(|((method, target, version, line_end), hosts, others, framing, data, chunked, (hosts_last, filler))| {
             let mut head = format!("{method} {target} {version}{line_end}").into_bytes();
             let mut lines: Vec<String> = Vec::new();
             let (length, te): (Option<&str>, Vec<&str>) = match &framing {
@@ -772,6 +780,8 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
                 lines.push(format!("Transfer-Encoding: {t}"));
             }
             lines.extend(others.iter().map(|s| s.to_string()));
+            // Around the limit of 100 header lines both parsers have.
+            lines.extend((0..filler).map(|i| format!("X-Filler-{i}: {i}")));
             let hosts = hosts.iter().map(|s| s.to_string());
             if hosts_last {
                 lines.extend(hosts);

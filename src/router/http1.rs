@@ -183,6 +183,12 @@ pub fn parse_request(buf: &[u8], client: IpAddr, listen_port: u16) -> Result<Opt
     }
     let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port);
     upstream.extend_from_slice(b"\r\n");
+    // The dyno's parser has a limit too (hyper's and gunicorn's: 100 header lines): with the
+    // router's own headers added, the head must still be within it. (Header values hold no
+    // LF, so the LFs count the request line, the header lines and the empty line.)
+    if upstream.iter().filter(|&&b| b == b'\n').count() > MAX_HEADERS + 2 {
+        return Err(HeadError::TooLarge);
+    }
 
     let host =
         authority.map(str::to_owned).or_else(|| host_header.map(|h| String::from_utf8_lossy(h).into_owned()));
@@ -804,6 +810,13 @@ mod tests {
         assert_eq!(request(&huge[..66 * 1024]).unwrap_err(), HeadError::TooLarge, "still incomplete");
         let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(request(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(), HeadError::TooLarge);
+        // The router adds 4 headers of its own (X-Forwarded-For, -Proto, -Port, X-Request-Id):
+        // the dyno must not get more than 100 either.
+        let lines = |n: usize| (0..n).map(|i| format!("X-{i}: 1\r\n")).collect::<String>();
+        let head = request(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", lines(95))).unwrap().unwrap();
+        assert_eq!(String::from_utf8(head.upstream).unwrap().matches("\r\n").count(), 100 + 2);
+        let over = request(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", lines(96)));
+        assert_eq!(over.unwrap_err(), HeadError::TooLarge);
     }
 
     #[test]

@@ -535,6 +535,23 @@ fn check_upstream(r: &differential::Request, dyno: &HyperReading) -> Option<Verd
     if dyno.end != HyperEnd::Clean || dyno.requests.len() != 1 {
         return bad("not exactly one request");
     }
+    // Unambiguous framing: at most one of Content-Length and Transfer-Encoding, once, plain.
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut head = httparse::Request::new(&mut headers);
+    if !matches!(head.parse(&r.upstream), Ok(httparse::Status::Complete(_))) {
+        return bad("a head httparse cannot read");
+    }
+    let framing: Vec<_> = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .collect();
+    let plain = |h: &&httparse::Header| {
+        h.value == b"chunked" || (!h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit))
+    };
+    if framing.len() > 1 || !framing.iter().all(plain) {
+        return bad("ambiguous framing");
+    }
     let h = &dyno.requests[0];
     let hosts = h.header_values("host");
     if h.method != r.method || h.uri.to_string() != r.path {

@@ -267,9 +267,8 @@ async fn connect_and_targets_no_uri_can_have_get_400_and_a_fragment_is_cut_off()
         assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{raw:?} → {answer}");
     }
     assert_eq!(dyno.received(), "");
-    let answer = env
-        .exchange(b"GET /p?q=1#frag HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n")
-        .await;
+    let answer =
+        env.exchange(b"GET /p?q=1#frag HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     let received = dyno.received();
     assert!(received.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{received}");

@@ -7,8 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::http1::{self, BodyKind, Chunked};
 pub use super::http1::HeadError;
+use super::http1::{self, BodyKind, Chunked};
 
 /// The peer the bytes come from: a remote client (TEST-NET-1), so no forwarding header of its
 /// own is trusted.
@@ -42,8 +42,9 @@ pub enum End {
     Clean,
     /// The input ended inside a head (the router closes without an answer).
     TruncatedHead,
-    /// The input ended inside a body (`H27`, or the dyno's timeout).
-    TruncatedBody,
+    /// The input ended inside the body of the request whose head starts at `head_at` (`H27`,
+    /// or the dyno's timeout).
+    TruncatedBody { head_at: usize },
     /// The last request ends the connection (`Connection: close`, HTTP/1.0) or turns it into a
     /// tunnel (`Upgrade`): what follows is not read as requests.
     Closed,
@@ -91,7 +92,7 @@ pub fn read_stream(input: &[u8]) -> Reading {
             BodyKind::Length(n) => {
                 let want = usize::try_from(n).unwrap_or(usize::MAX);
                 if input.len() - at < want {
-                    return Reading { requests, end: End::TruncatedBody };
+                    return Reading { requests, end: End::TruncatedBody { head_at } };
                 }
                 body.extend_from_slice(&input[at..at + want]);
                 upstream.extend_from_slice(&body);
@@ -103,7 +104,7 @@ pub fn read_stream(input: &[u8]) -> Reading {
                 let mut chunks = Chunked::default();
                 while !chunks.done() {
                     let Some(byte) = input.get(at) else {
-                        return Reading { requests, end: End::TruncatedBody };
+                        return Reading { requests, end: End::TruncatedBody { head_at } };
                     };
                     let fed = chunks.feed(std::slice::from_ref(byte), |piece| body.extend_from_slice(piece));
                     if fed.is_err() {

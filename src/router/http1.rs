@@ -283,7 +283,9 @@ fn valid_authority(authority: &str) -> bool {
     let userinfo_ok = userinfo.bytes().all(|b| is_uri_plain(b) || b == b':' || b == b'%');
     let (host, port) = match host_port.strip_prefix('[') {
         Some(literal) => match literal.split_once(']') {
-            Some((ip, after)) if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)) => {
+            Some((ip, after))
+                if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)) =>
+            {
                 match after.strip_prefix(':') {
                     Some(port) => ("[]", port),
                     None if after.is_empty() => ("[]", ""),
@@ -868,9 +870,23 @@ mod tests {
             assert_eq!(split_target(target), Ok((authority, path)), "{target:?}");
         }
         for bad in [
-            "/a<b", "/a>b", "/a`b", "/a\x7fb", "/a\x01b", "/q?a=\"b\"", "/q?a<b", "http://a\"b/", "http://a%41/",
-            "http://a:b:c/", "http://a:x/", "http://[::1/", "http://[zz]/", "http://[::1]x/", "http://a{b}/",
-            "http://a/p`", "http://@/",
+            "/a<b",
+            "/a>b",
+            "/a`b",
+            "/a\x7fb",
+            "/a\x01b",
+            "/q?a=\"b\"",
+            "/q?a<b",
+            "http://a\"b/",
+            "http://a%41/",
+            "http://a:b:c/",
+            "http://a:x/",
+            "http://[::1/",
+            "http://[zz]/",
+            "http://[::1]x/",
+            "http://a{b}/",
+            "http://a/p`",
+            "http://@/",
         ] {
             assert!(split_target(bad).is_err(), "{bad:?}");
         }

@@ -51,9 +51,9 @@
 //! once, whatever the reason, and never after a timeout.
 
 pub mod control;
-pub mod headers;
 #[doc(hidden)]
 pub mod differential;
+pub mod headers;
 mod http1;
 mod in_flight;
 pub mod keeper;

@@ -29,7 +29,7 @@
 #
 # Knobs (environment):
 #   SLIPWAY_BIN          binary to test (default: target/release/slipway of this checkout)
-#   SLIPWAY_BENCH_PORTS  port range (default 25000-25999): its last port is the router's HTTP,
+#   SLIPWAY_BENCH_PORTS  port range (default 27000-27999): its last port is the router's HTTP,
 #                        the one before it the router's HTTPS, the two before those nginx's
 #                        plain and TLS ports; the rest the dynos' PORT range
 #   BENCH_MODES          "shared pinned" (default), as in bench/router.sh: pinned puts h2load
@@ -47,7 +47,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SRC_BIN=${SLIPWAY_BIN:-$ROOT/target/release/slipway}
-PORTS=${SLIPWAY_BENCH_PORTS:-25000-25999}
+PORTS=${SLIPWAY_BENCH_PORTS:-27000-27999}
 MODES=${BENCH_MODES:-shared pinned}
 DURATION=${BENCH_DURATION:-8}
 WARMUP=${BENCH_WARMUP:-1}
@@ -538,12 +538,13 @@ mv "$H/certs/$APP/manual-$HOST.pem.tmp" "$H/certs/$APP/manual-$HOST.pem"
 
 want=$'Hello, world\n'
 ROUTER_TLS=0
-for i in $(seq 1 50); do
+deadline=$(($(date +%s) + 5))
+while (($(date +%s) <= deadline)); do
     if [[ $(https_get "$ROUTER_TLS_PORT" 2>/dev/null; echo x) == "${want}x" ]]; then
         ROUTER_TLS=1
         break
     fi
-    sleep 0.1
+    sleep 0.2
 done
 if ((ROUTER_TLS == 0)); then
     ((REQUIRE_ROUTER_TLS == 0)) || die "the router does not answer HTTPS on $SLIPWAY_HTTPS_ADDR"

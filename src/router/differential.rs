@@ -3,7 +3,8 @@
 //! API: it only strings [`super::http1`] together the way [`super::proxy`] does on a connection
 //! (a head, then its body by `Content-Length` or followed chunk by chunk, then the next head),
 //! and builds what the dyno would get: the rewritten head and the body re-chunked without
-//! extensions or trailers, as `proxy` writes it.
+//! extensions or trailers, as `proxy` writes it (here in one chunk; `proxy` writes one per
+//! read, which a dyno decodes to the same bytes).
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -229,7 +229,7 @@ const ALLOWED: &[Allowed] = &[
         name: "absolute-form authority outside RFC 3986 (400)",
         rfc: "RFC 3986 §3.2: a userinfo without `@`, host = IP-literal / reg-name, then \
               optionally \":\" and a port of digits; hyper takes `u@v@host`, `host:name` \
-              (dropping the port) and `[::1]80`",
+              (dropping the port), `[::1]80` and `[:,1]`",
     },
     Allowed {
         name: "router takes a Content-Length list of one repeated value",
@@ -475,7 +475,10 @@ fn rfc3986_host_port(host_port: &str) -> bool {
     };
     let port_ok =
         rest.is_empty() || rest.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
-    !host.is_empty() && port_ok
+    // An IPv6 literal is hex digits, `:` and (for an embedded IPv4 address) `.`.
+    let literal_ok =
+        !host_port.starts_with('[') || host.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    !host.is_empty() && port_ok && literal_ok
 }
 
 /// A head with a `Content-Length` line that is a list (`5, 5`).
@@ -1037,6 +1040,10 @@ fn the_oracle_agrees_allows_and_finds() {
         ),
         (b"GET http://a:b/ HTTP/1.1\r\nHost: a\r\n\r\n", "absolute-form authority outside RFC 3986 (400)"),
         (b"GET http://u@v@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "absolute-form authority outside RFC 3986 (400)"),
+        (
+            b"GET http://[:,1]:80/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "absolute-form authority outside RFC 3986 (400)",
+        ),
         (
             b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3,3\r\n\r\nab",
             "router takes a Content-Length list of one repeated value",

@@ -342,7 +342,7 @@ def cmd_report():
     explain = {
         "shared": "no CPU pinning: wrk, the dyno, the daemon and the proxy share both cores; the proxy nginx has "
                   "`worker_processes auto` (2 workers)",
-        "pinned": "wrk (1 thread) pinned to CPU 0; the dyno's nginx, the slipway daemon (all threads) and the "
+        "pinned": "wrk (1 thread) pinned to CPU 0; the dyno's nginx, the slipway daemon and router (all threads) and the "
                   "proxy nginx (1 worker) pinned to CPU 1, so whatever answers has exactly one core",
     }
     out = []
@@ -457,8 +457,8 @@ def cmd_report():
       f"{sum(r['non2xx'] for r in every)} / {sum(r['socket_errors'] for r in every)}. "
       f"WARN/ERROR lines in the daemon's own log: {d.get('daemon_log_warnings', '?')}. "
       f"*Server-side CPU* is the `/proc/PID/task/*/schedstat` delta over the run of every process answering: "
-      f"the dyno's nginx (master and worker) plus, on the proxied paths, the proxy — the whole slipway daemon "
-      f"(all threads, the router's log writer included) or the proxy nginx's master and workers — divided by "
+      f"the dyno's nginx (master and worker) plus, on the proxied paths, the proxy — the slipway router process "
+      f"(all threads, its log writer included) or the proxy nginx's master and workers — divided by "
       f"the requests wrk counted (kernel work done in softirq context is not in it). "
       f"Load average (1 min) before / after: {d['load_before']} / {d['load_after']}.")
     print("\n".join(out))

@@ -247,6 +247,55 @@ async fn duplicate_or_missing_host_gets_400() {
     assert_eq!(dyno.received(), "");
 }
 
+/// Found by the differential fuzzer (tests/router_differential.rs): targets hyper refuses went to
+/// the dyno as they were (`<`, a backtick, a port that is no number, a fragment), and `CONNECT`
+/// was relayed although a dyno's 2xx to it opens a tunnel the router does not follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_targets_no_uri_can_have_get_400_and_a_fragment_is_cut_off() {
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start(&dyno).await;
+    for raw in [
+        "CONNECT /x HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "CONNECT alpha.localhost:443 HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "GET /a<b> HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "GET /a`b HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "GET /a?q=\"x\" HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "GET http://alpha.localhost:x/ HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+        "GET http://alpha\"localhost/ HTTP/1.1\r\nHost: alpha.localhost\r\n\r\n",
+    ] {
+        let answer = env.exchange(raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{raw:?} → {answer}");
+    }
+    assert_eq!(dyno.received(), "");
+    let answer =
+        env.exchange(b"GET /p?q=1#frag HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let received = dyno.received();
+    assert!(received.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{received}");
+}
+
+/// Found by the differential fuzzer: 96 to 100 header lines passed the router's limit of 100,
+/// and with the router's own four (X-Forwarded-For, -Proto, -Port, X-Request-Id) the dyno got
+/// more than its parser takes (hyper's and gunicorn's limit is 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_the_dyno_would_get_with_over_100_header_lines_gets_431() {
+    let dyno = Dyno::start(OK).await;
+    let env = Env::start(&dyno).await;
+    let head = |n: usize| {
+        let lines: String = (0..n).map(|i| format!("X-Line-{i}: {i}\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n{lines}\r\n")
+    };
+    let answer = env.exchange(head(96).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{answer}");
+    assert_eq!(dyno.received(), "");
+    // Connection is hop-by-hop: 95 lines of the client's, Host, and the router's four.
+    let answer = env.exchange(head(95).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let received = dyno.received();
+    let (sent, _) = received.split_once("\r\n\r\n").expect("a head");
+    assert_eq!(sent.lines().count(), 1 + 100, "{sent}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_target_replaces_host_and_reaches_the_dyno_in_origin_form() {
     let dyno = Dyno::start(OK).await;

@@ -100,6 +100,11 @@ pub fn parse_request_via(
         return Ok(None);
     };
     let method = req.method.unwrap_or("GET").to_string();
+    if method == "CONNECT" {
+        // A tunnel through a forward proxy (RFC 9110 §9.3.6): not for a gateway to apps; a
+        // dyno's 2xx to it would turn the connection into a tunnel the router does not follow.
+        return Err(HeadError::Invalid("a CONNECT request"));
+    }
     let http10 = req.version == Some(0);
     let target = req.path.unwrap_or("/");
     let (authority, path) = split_target(target)?;
@@ -193,6 +198,12 @@ pub fn parse_request_via(
     }
     let (fwd, request_id) = forwarded.write(&mut upstream, client, listen_port, scheme);
     upstream.extend_from_slice(b"\r\n");
+    // The dyno's parser has a limit too (hyper's and gunicorn's: 100 header lines): with the
+    // router's own headers added, the head must still be within it. (Header values hold no
+    // LF, so the LFs count the request line, the header lines and the empty line.)
+    if upstream.iter().filter(|&&b| b == b'\n').count() > MAX_HEADERS + 2 {
+        return Err(HeadError::TooLarge);
+    }
 
     let host =
         authority.map(str::to_owned).or_else(|| host_header.map(|h| String::from_utf8_lossy(h).into_owned()));
@@ -230,9 +241,17 @@ fn head_len(
 }
 
 /// `/path?q` → (None, `/path?q`); `http://host:1/path` → (Some(`host:1`), `/path`); `*` stays.
+/// The target must be made of the characters RFC 3986 allows plus those clients send as they
+/// are (as hyper's `http` crate and the WHATWG URL rules take them, see [`valid_path`]); a
+/// fragment (`#…`, never part of a request target, RFC 9112 §3.2) is cut off, as hyper does.
 fn split_target(target: &str) -> Result<(Option<&str>, &str), HeadError> {
-    if target.starts_with('/') || target == "*" {
+    const BAD: HeadError = HeadError::Invalid("a request target with characters a URI cannot have");
+    if target == "*" {
         return Ok((None, target));
+    }
+    if target.starts_with('/') {
+        let path = target.split_once('#').map_or(target, |(path, _)| path);
+        return if valid_path(path) { Ok((None, path)) } else { Err(BAD) };
     }
     let rest = ["http://", "https://"]
         .iter()
@@ -242,14 +261,61 @@ fn split_target(target: &str) -> Result<(Option<&str>, &str), HeadError> {
         })
         .map(|scheme| &target[scheme.len()..])
         .ok_or(HeadError::Invalid("a request target the router cannot route"))?;
+    let rest = rest.split_once('#').map_or(rest, |(rest, _)| rest);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
+    if !valid_authority(authority) {
+        return Err(BAD);
+    }
     let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     match path {
         "" => Ok((Some(authority), "/")),
         p if p.starts_with('?') => Err(HeadError::Invalid("an absolute target without a path")),
-        p => Ok((Some(authority), p)),
+        p if valid_path(p) => Ok((Some(authority), p)),
+        _ => Err(BAD),
     }
+}
+
+/// RFC 3986 `unreserved` and `sub-delims`.
+fn is_uri_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
+/// `/path?query` (no fragment): RFC 3986 `pchar`s, `/` and `%`, plus what clients send
+/// unencoded and hyper takes (in the path `[ \ ] ^ |` and `" { }`, in the query any visible
+/// character), and any non-ASCII UTF-8. Refused, as by hyper: controls, space, DEL, `<` and
+/// `>`, a backtick in the path, `"` in the query.
+fn valid_path(p: &str) -> bool {
+    let (path, query) = p.split_once('?').map_or((p, ""), |(path, query)| (path, query));
+    let in_path = |b: u8| is_uri_plain(b) || b >= 0x80 || b":@/%[\\]^|\"{}".contains(&b);
+    let in_query = |b: u8| ((0x21..0x7f).contains(&b) && !b"\"<>".contains(&b)) || b >= 0x80;
+    path.bytes().all(in_path) && query.bytes().all(in_query)
+}
+
+/// RFC 3986 §3.2 `[ userinfo "@" ] host [ ":" port ]`, the host a `reg-name`, an IPv4 address or
+/// a bracketed IP literal, the port digits. Not empty.
+fn valid_authority(authority: &str) -> bool {
+    let (userinfo, host_port) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let userinfo_ok = userinfo.bytes().all(|b| is_uri_plain(b) || b == b':' || b == b'%');
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((ip, after))
+                if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)) =>
+            {
+                match after.strip_prefix(':') {
+                    Some(port) => ("[]", port),
+                    None if after.is_empty() => ("[]", ""),
+                    None => return false,
+                }
+            }
+            _ => return false,
+        },
+        None => host_port.rsplit_once(':').unwrap_or((host_port, "")),
+    };
+    userinfo_ok
+        && !host.is_empty()
+        && (host == "[]" || host.bytes().all(is_uri_plain))
+        && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `Content-Length` values seen so far: every one (and every item of a list) must agree.
@@ -792,6 +858,13 @@ mod tests {
         assert_eq!(request(&huge[..66 * 1024]).unwrap_err(), HeadError::TooLarge, "still incomplete");
         let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(request(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(), HeadError::TooLarge);
+        // The router adds 4 headers of its own (X-Forwarded-For, -Proto, -Port, X-Request-Id):
+        // the dyno must not get more than 100 either.
+        let lines = |n: usize| (0..n).map(|i| format!("X-{i}: 1\r\n")).collect::<String>();
+        let head = request(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", lines(95))).unwrap().unwrap();
+        assert_eq!(String::from_utf8(head.upstream).unwrap().matches("\r\n").count(), 100 + 2);
+        let over = request(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", lines(96)));
+        assert_eq!(over.unwrap_err(), HeadError::TooLarge);
     }
 
     #[test]
@@ -822,6 +895,49 @@ mod tests {
         assert!(String::from_utf8(old.upstream).unwrap().starts_with("GET / HTTP/1.1\r\n"));
         let closing = request("GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").unwrap().unwrap();
         assert!(!closing.keep_alive);
+    }
+
+    #[test]
+    fn targets_are_uris_and_lose_their_fragment() {
+        for (target, authority, path) in [
+            ("/", None, "/"),
+            ("*", None, "*"),
+            ("/a/b;c=d?x=1&y=%20", None, "/a/b;c=d?x=1&y=%20"),
+            ("/a#frag", None, "/a"),
+            ("/p?q#f?g", None, "/p?q"),
+            ("/{\"json\"}|^[x]\\", None, "/{\"json\"}|^[x]\\"),
+            ("/q?a=`|{}^", None, "/q?a=`|{}^"),
+            ("/\u{e9}t\u{e9}", None, "/\u{e9}t\u{e9}"),
+            ("http://a.localhost:8080/p#f", Some("a.localhost:8080"), "/p"),
+            ("http://u:p%20@a.localhost/p", Some("a.localhost"), "/p"),
+            ("http://[::1]:80/v6", Some("[::1]:80"), "/v6"),
+            ("HTTPS://A.localhost", Some("A.localhost"), "/"),
+        ] {
+            assert_eq!(split_target(target), Ok((authority, path)), "{target:?}");
+        }
+        for bad in [
+            "/a<b",
+            "/a>b",
+            "/a`b",
+            "/a\x7fb",
+            "/a\x01b",
+            "/q?a=\"b\"",
+            "/q?a<b",
+            "http://a\"b/",
+            "http://a%41/",
+            "http://a:b:c/",
+            "http://a:x/",
+            "http://[::1/",
+            "http://[zz]/",
+            "http://[::1]x/",
+            "http://a{b}/",
+            "http://a/p`",
+            "http://@/",
+        ] {
+            assert!(split_target(bad).is_err(), "{bad:?}");
+        }
+        let connect = request("CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(connect.unwrap_err(), HeadError::Invalid("a CONNECT request"));
     }
 
     #[test]

@@ -40,8 +40,8 @@
 //! | the client went away before the response head | (499, logged only) | `H27` Client Request Interrupted |
 //! | the client's request body stalled for 55 s ([`IDLE_TIMEOUT`]) | (499, logged only; connection closed) | `H28` Client Connection Idle |
 //! | the dyno's response body stalled for 55 s (the status already went out) | (connection closed) | `H15` Idle connection |
-//! | request head (request line + headers) over 64 KiB, or more than 100 headers | 431 | – |
-//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, `CONNECT`, a malformed chunked body), or with no `Host` (HTTP/1.1) or two | 400 | – |
+//! | request head (request line + headers) over 64 KiB, or more than 100 header lines in the head the dyno would get (the router adds four) | 431 | – |
+//! | a request the router cannot frame safely (both `Content-Length` and `Transfer-Encoding`, conflicting lengths, any `CONNECT`, a malformed chunked body), a target with characters no URI has or an authority RFC 3986 does not allow, or with no `Host` (HTTP/1.1) or two | 400 | – |
 //! | a `Transfer-Encoding` other than `chunked` alone (`gzip, chunked` too), as nginx | 501 | – |
 //!
 //! A refused connection is reported as `H10`: a web dyno that does not accept on its port is,
@@ -53,6 +53,8 @@
 pub mod acme_http01;
 mod certstore;
 pub mod control;
+#[doc(hidden)]
+pub mod differential;
 mod h2;
 pub mod headers;
 mod http1;

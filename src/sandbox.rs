@@ -327,6 +327,17 @@ fn hand_to(
     user: &crate::users::AppUser,
 ) -> io::Result<()> {
     use crate::users::{chown_tree, open_passage};
+    // The app's sealed environments (`envs/<app>/`, read-only to everyone who may pass; see
+    // `crate::envs`): `envs/` passable, `envs/<app>` open to the app's group only.
+    let releases = release_dir.parent().unwrap_or(release_dir);
+    if let Some(app) = releases.file_name() {
+        let envs = home.join("envs").join(app);
+        if std::fs::symlink_metadata(&envs).is_ok_and(|m| m.is_dir()) {
+            open_passage(&home.join("envs"))?;
+            std::os::unix::fs::lchown(&envs, None, Some(user.gid))?;
+            std::fs::set_permissions(&envs, std::fs::Permissions::from_mode(0o750))?;
+        }
+    }
     // The interpreter the release's venv was made from must be reachable by the app's uid
     // (a pyenv under root's 0700 home is not): say so rather than "python: not found".
     for dir in interpreter_dirs(release_dir) {
@@ -339,7 +350,6 @@ fn hand_to(
             )));
         }
     }
-    let releases = release_dir.parent().unwrap_or(release_dir);
     crate::users::open_release(home, releases, release_dir, user.gid)?;
     open_passage(dynos.parent().unwrap_or(home))?;
     for dir in [dynos, private.root.as_path()] {

@@ -19,6 +19,9 @@ alive() { # PID: exists and is not a zombie
 bench_workdir() {
     BENCH_START=$(date +%s)
     WORK=$(mktemp -d /tmp/slipway-bench.XXXXXX)
+    # Run as root, apps run as uids of their own, which must pass through the work dir (0700
+    # from mktemp) to reach their release and working dirs.
+    chmod 711 "$WORK"
     H=$WORK/home
     BIN=$WORK/bin/slipway
     PY=$WORK/bench.py

@@ -14,9 +14,9 @@
 # nginx proxy (plain and TLS ports, `access_log off`), all torn down on exit.
 #
 # The certificate: a self-signed ECDSA P-256 certificate for APP.localhost made with `openssl
-# req -x509`, given to nginx as cert + key and to the router as `certs/APP/manual-APP.localhost.pem`
-# (private key, then the chain; mode 0600 in a 0700 directory, then `certs/.changed` rewritten so
-# a running router re-reads its certificates), as `slipway certs:add` stores it.
+# req -x509`, given to nginx as cert + key and to the router with `slipway certs:add` (which stores
+# it as `certs/APP/manual-APP.localhost.pem` and rewrites `certs/.changed` so a running router
+# re-reads its certificates).
 # The router's half is measured only if the router answers HTTPS there (a build without
 # `https_addr` does not): otherwise those paths are left out of the report, which says so, unless
 # BENCH_REQUIRE_ROUTER_TLS=1 (then the script fails).
@@ -530,11 +530,9 @@ DYNO_PIDFILE=$(find "$H" -path "*/nginx-web.1/nginx.pid" -print -quit)
 [[ -n $DYNO_PIDFILE ]] || die "no nginx pid file of web.1 under $H"
 DYNO_PIDS=$(pids_of_nginx "$DYNO_PIDFILE" 1)
 
-# The certificate as `certs:add` stores it: key then chain, 0600, in certs/<app>/ (0700).
-install -d -m 0700 "$H/certs" "$H/certs/$APP"
-(umask 077 && cat "$WORK/tls/key.pem" "$WORK/tls/cert.pem" >"$H/certs/$APP/manual-$HOST.pem.tmp")
-mv "$H/certs/$APP/manual-$HOST.pem.tmp" "$H/certs/$APP/manual-$HOST.pem"
-(umask 077 && date +%s%N >"$H/certs/.changed.tmp") && mv "$H/certs/.changed.tmp" "$H/certs/.changed"
+# The certificate through `certs:add`, as an operator adds one (it stores it where the router
+# reads it, with the modes and group the router needs, and tells the router).
+sw certs:add "$APP" "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >&2 || die "certs:add refused the bench's certificate"
 
 want=$'Hello, world\n'
 ROUTER_TLS=0

@@ -145,8 +145,8 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         Err(e) => {
             // The slug's thread must be done before its file can be removed.
             drop(packing);
-            let _ = std::fs::remove_dir_all(&built.dir);
-            let _ = std::fs::remove_file(&built.slug);
+            crate::home::remove_or_warn(&built.dir);
+            crate::home::remove_or_warn(&built.slug);
             return Err(format!("recording the release: {e}"));
         }
     };
@@ -272,7 +272,7 @@ fn remove_abandoned_builds(home: &Home, store: &Store, app: &AppName) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if !known.contains(&name) {
-                let _ = std::fs::remove_dir_all(entry.path());
+                crate::home::remove_or_warn(&entry.path());
             }
         }
     }
@@ -281,7 +281,7 @@ fn remove_abandoned_builds(home: &Home, store: &Store, app: &AppName) {
             let name = entry.file_name().to_string_lossy().to_string();
             let id = name.strip_suffix(".tar.gz").unwrap_or(&name);
             if !known.iter().any(|k| k == id) {
-                let _ = std::fs::remove_file(entry.path());
+                crate::home::remove_or_warn(&entry.path());
             }
         }
     }

@@ -217,6 +217,14 @@ pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// [`remove_if_present`] for clean-up after something already failed: what cannot be removed
+/// is reported on stderr (one `warning:` line naming it) rather than hiding the first error.
+pub fn remove_or_warn(path: &Path) {
+    if let Err(e) = remove_if_present(path) {
+        eprintln!("warning: could not remove {}: {e}", path.display());
+    }
+}
+
 fn user_home() -> Option<PathBuf> {
     nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()

@@ -275,8 +275,8 @@ pub fn prune(home: &Home, store: &Store, app: &AppName, keep: usize) -> Vec<Stri
         let dir = home.release_dir(app, id);
         let slug = home.slug(app, id);
         if dir.exists() || slug.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_file(&slug);
+            crate::home::remove_or_warn(&dir);
+            crate::home::remove_or_warn(&slug);
             removed.push(id.clone());
         }
     }

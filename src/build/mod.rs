@@ -122,7 +122,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if !self.keep {
             for p in &self.paths {
-                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+                crate::home::remove_or_warn(p);
             }
             for env in &self.envs {
                 if let Err(e) = crate::envs::remove(env) {
@@ -291,7 +291,7 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
     let prefix = format!("env-{}.", req.app.as_str());
     for stale in std::fs::read_dir(&tmp)?.filter_map(Result::ok) {
         if stale.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(stale.path());
+            crate::home::remove_or_warn(&stale.path());
         }
     }
     let path = tmp.join(format!("{prefix}{id}"));
@@ -398,7 +398,7 @@ pub fn python_prefix(exe: &Path) -> Option<PathBuf> {
 
 impl Drop for EnvDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        crate::home::remove_or_warn(&self.0);
     }
 }
 

@@ -62,7 +62,7 @@ impl Probes {
             std::fs::rename(&tmp, &path)
         })();
         if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            crate::home::remove_or_warn(&tmp);
         }
         written
     }

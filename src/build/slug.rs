@@ -34,7 +34,7 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
         Ok::<_, io::Error>(())
     })();
     if let Err(err) = result {
-        let _ = std::fs::remove_file(&tmp);
+        crate::home::remove_or_warn(&tmp);
         return Err(err);
     }
     std::fs::rename(&tmp, slug)?;

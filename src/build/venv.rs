@@ -103,7 +103,7 @@ pub fn from_seed(seed: &Path, venv: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     if let Err(e) = clone_with(seed, venv, seed, venv, Share::Nothing) {
-        let _ = std::fs::remove_dir_all(venv);
+        crate::home::remove_or_warn(&venv);
         return Err(e);
     }
     Ok(true)

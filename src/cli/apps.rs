@@ -51,7 +51,7 @@ pub fn ensure_app(home: &Home, store: &mut Store, app: &AppName, must_be_new: bo
     let repo = home.repo(app);
     let binary = std::env::current_exe().context("locating the slipway binary")?;
     if let Err(e) = crate::git::create_bare(&repo, &binary) {
-        let _ = std::fs::remove_dir_all(&repo);
+        crate::home::remove_or_warn(&repo);
         return Err(e.into());
     }
     tx.commit()?;
@@ -251,7 +251,7 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
     };
     if let Err(e) = crate::envs::stage_rename(home, &old, &new) {
         for venv in &staged {
-            let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
+            crate::home::remove_or_warn(&home.release_dir(&old, venv).join(STAGED_VENV));
         }
         restart_after_failed_rename(home, &old);
         bail!("{old} was not renamed: copying its dependency environments: {e}");
@@ -289,7 +289,7 @@ pub fn rename(home: &Home, app: &str, new: &str) -> anyhow::Result<i32> {
             }
         }
         for venv in &staged {
-            let _ = std::fs::remove_dir_all(home.release_dir(&old, venv).join(STAGED_VENV));
+            crate::home::remove_or_warn(&home.release_dir(&old, venv).join(STAGED_VENV));
         }
         if let Err(e) = crate::envs::remove_all(home, &new) {
             eprintln!("warning: could not remove {}: {e}", home.envs(&new).display());
@@ -371,7 +371,7 @@ fn stage_venvs(home: &Home, old: &AppName, new: &AppName) -> anyhow::Result<Vec<
                 continue;
             }
             let copy = dir.join(STAGED_VENV);
-            let _ = std::fs::remove_dir_all(&copy);
+            crate::home::remove_or_warn(&copy);
             staged.push(build_id.clone());
             crate::build::venv::clone(&venv, &copy, &dir, &home.release_dir(new, &build_id))
                 .with_context(|| format!("rewriting the virtualenv in {}", dir.display()))?;
@@ -380,7 +380,7 @@ fn stage_venvs(home: &Home, old: &AppName, new: &AppName) -> anyhow::Result<Vec<
     })();
     if let Err(e) = result {
         for build_id in &staged {
-            let _ = std::fs::remove_dir_all(home.release_dir(old, build_id).join(STAGED_VENV));
+            crate::home::remove_or_warn(&home.release_dir(old, build_id).join(STAGED_VENV));
         }
         return Err(e);
     }

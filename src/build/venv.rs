@@ -103,7 +103,7 @@ pub fn from_seed(seed: &Path, venv: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     if let Err(e) = clone_with(seed, venv, seed, venv, Share::Nothing) {
-        crate::home::remove_or_warn(&venv);
+        crate::home::remove_or_warn(venv);
         return Err(e);
     }
     Ok(true)

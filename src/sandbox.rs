@@ -94,7 +94,15 @@ pub struct DynoPaths {
     pub interpreter: Vec<PathBuf>,
     /// `PORT` for web and one-off dynos.
     pub port: Option<u16>,
+    /// `/dev/shm` read-write (POSIX shared memory and semaphores: Python's `multiprocessing`
+    /// locks, gunicorn's `--worker-tmp-dir /dev/shm`): only for a dyno running as its app's own
+    /// uid, where the mode bits of what it creates there (0600) keep other apps out. Run as the
+    /// daemon's user, every app shares one uid and /dev/shm would be a channel between them.
+    pub shm: bool,
 }
+
+/// Shared memory, for dynos with a uid of their own ([`DynoPaths::shm`]).
+pub const SHM: &str = "/dev/shm";
 
 fn rule(path: impl Into<PathBuf>, access: Access) -> Rule {
     Rule { path: path.into(), access }
@@ -124,6 +132,9 @@ pub fn dyno_policy(p: &DynoPaths, children: &dyn Fn(&Path) -> Vec<PathBuf>) -> P
     rules.extend(p.interpreter.iter().map(|t| rule(t, Access::Read)));
     rules.push(rule(&p.release_dir, Access::Read));
     rules.push(rule(&p.private_dir, Access::ReadWrite));
+    if p.shm && Path::new(SHM).is_dir() {
+        rules.push(rule(SHM, Access::ReadWrite));
+    }
     let mut bind_ports = vec![0];
     bind_ports.extend(p.port);
     Policy { rules: guard_home(rules, &p.home, children), bind_ports }
@@ -307,6 +318,7 @@ pub fn prepare_dyno(
         private_dir: canonical(&private.root),
         interpreter: interpreter_dirs(release_dir),
         port,
+        shm: user.is_some(),
     };
     if let Err(e) = confine(command, &dyno_policy(&paths, &list_dir)) {
         // Best effort: the error that matters is the one returned.
@@ -669,6 +681,10 @@ mod tests {
     }
 
     fn dyno(home: &str, port: Option<u16>) -> Policy {
+        dyno_with(home, port, false)
+    }
+
+    fn dyno_with(home: &str, port: Option<u16>, shm: bool) -> Policy {
         let h = PathBuf::from(home);
         dyno_policy(
             &DynoPaths {
@@ -677,9 +693,20 @@ mod tests {
                 private_dir: h.join("dynos/hello/7"),
                 interpreter: vec![PathBuf::from("/root/.pyenv/versions/3.12.1")],
                 port,
+                shm,
             },
             &no_children,
         )
+    }
+
+    #[test]
+    fn shared_memory_only_for_dynos_with_a_uid_of_their_own() {
+        if !Path::new(SHM).is_dir() {
+            return;
+        }
+        let shm = Path::new("/dev/shm/sem.mp-1234");
+        assert_eq!(access(&dyno_with("/var/lib/slipway", None, false), shm), None, "shared uid: no");
+        assert_eq!(access(&dyno_with("/var/lib/slipway", None, true), shm), Some(Access::ReadWrite));
     }
 
     #[test]
@@ -771,6 +798,7 @@ mod tests {
                 private_dir: home.join("dynos/hello/7"),
                 interpreter,
                 port: None,
+                shm: false,
             },
             &no_children,
         );
@@ -796,6 +824,7 @@ mod tests {
                 private_dir: h.join("dynos/hello/7"),
                 interpreter: vec![],
                 port: None,
+                shm: false,
             },
             &tree,
         );

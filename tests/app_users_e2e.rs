@@ -44,6 +44,12 @@ attempt("write own release dir", lambda: create(release / "probe-was-here"))
 attempt("read slipway.db", lambda: read(home / "slipway.db"))
 attempt("write cwd", lambda: create("written-by-probe"))
 attempt("write TMPDIR", lambda: create(os.path.join(os.environ["TMPDIR"], "x")))
+def lock():
+    import multiprocessing
+    lock = multiprocessing.Lock()
+    with lock:
+        return "locked"
+attempt("take a multiprocessing lock (/dev/shm)", lock)
 who = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
        "user": os.environ.get("USER"), "cwd": os.getcwd(), "release": str(release)}
 
@@ -167,6 +173,7 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
         ("read slipway.db", "denied"),
         ("write cwd", "ALLOWED"),
         ("write TMPDIR", "ALLOWED"),
+        ("take a multiprocessing lock (/dev/shm)", "ALLOWED"),
     ] {
         let got = results.get(name).unwrap_or_else(|| panic!("no {name}: {body}"));
         assert!(got.starts_with(want), "{name}: {got} (want {want})\n{body}");

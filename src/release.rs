@@ -298,7 +298,10 @@ pub fn ensure_release_dir(home: &Home, app: &AppName, build_id: &str, version: i
         ));
     }
     crate::build::slug::unpack(&slug, &dir).and_then(|()| crate::envs::adopt(home, app, &dir)).map_err(|e| {
-        let _ = crate::envs::remove(&dir);
+        // The half-unpacked dir must not pass for a release: say so when it stays.
+        if let Err(left) = crate::envs::remove(&dir) {
+            eprintln!("warning: could not remove {}: {left}", dir.display());
+        }
         format!("unpacking v{version}'s slug: {e}")
     })
 }

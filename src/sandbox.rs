@@ -300,8 +300,7 @@ pub fn prepare_dyno(
         .map_err(|source| SandboxError::PrivateDir { path: dynos.join(key).display().to_string(), source })?;
     if let Some(user) = user {
         if let Err(err) = hand_to(home, dynos, release_dir, &private, user) {
-            // Best effort: the error that matters is the one returned.
-            let _ = private.remove();
+            discard(private);
             return Err(SandboxError::AppUser(err));
         }
         let (uid, gid) = (user.uid, user.gid);
@@ -321,11 +320,20 @@ pub fn prepare_dyno(
         shm: user.is_some(),
     };
     if let Err(e) = confine(command, &dyno_policy(&paths, &list_dir)) {
-        // Best effort: the error that matters is the one returned.
-        let _ = private.remove();
+        discard(private);
         return Err(e);
     }
     Ok(private)
+}
+
+/// Removes the private dir of a dyno that will not start; the error that matters is the one the
+/// caller returns, so one that stays is only reported (the daemon's `remove_dead` collects it at
+/// its next start).
+fn discard(private: PrivateDir) {
+    let root = private.root.clone();
+    if let Err(e) = private.remove() {
+        eprintln!("warning: could not remove {}: {e}", root.display());
+    }
 }
 
 /// Gives a dyno's private dir to its app's uid (`app/`, `tmp/`; the dir itself and

@@ -708,22 +708,7 @@ fn hex_value(b: u8) -> u8 {
 /// A page the router answers itself: `status` and reason, an HTML body (omitted for HEAD), and
 /// `Connection: close` when the connection ends after it.
 pub fn page(status: u16, reason: &str, html: &str, request_id: &str, head: bool, close: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + html.len());
-    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    headers::header(&mut out, "Content-Type", b"text/html; charset=utf-8");
-    headers::header(&mut out, "Content-Length", html.len().to_string().as_bytes());
-    headers::header(&mut out, "Cache-Control", b"no-cache, no-store");
-    if !request_id.is_empty() {
-        headers::header(&mut out, "X-Request-Id", request_id.as_bytes());
-    }
-    if close {
-        headers::header(&mut out, "Connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head {
-        out.extend_from_slice(html.as_bytes());
-    }
-    out
+    own_response(status, reason, None, html, request_id, head, close)
 }
 
 /// A redirect the router answers itself (`301` or `308` to `location`), with a short HTML body
@@ -738,11 +723,30 @@ pub fn redirect(
 ) -> Vec<u8> {
     // Nothing of the request is echoed in the body: the client follows `Location`.
     let html = "<!DOCTYPE html>\n<html><body><p>This app is served over HTTPS.</p></body></html>\n";
+    own_response(status, reason, Some(location), html, request_id, head, close)
+}
+
+/// What [`page`] and [`redirect`] write: a redirect carries `Location` first and may be cached
+/// (as a `301` is meant to be); an error page is never cached.
+fn own_response(
+    status: u16,
+    reason: &str,
+    location: Option<&str>,
+    html: &str,
+    request_id: &str,
+    head: bool,
+    close: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + html.len());
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    headers::header(&mut out, "Location", location.as_bytes());
+    if let Some(location) = location {
+        headers::header(&mut out, "Location", location.as_bytes());
+    }
     headers::header(&mut out, "Content-Type", b"text/html; charset=utf-8");
     headers::header(&mut out, "Content-Length", html.len().to_string().as_bytes());
+    if location.is_none() {
+        headers::header(&mut out, "Cache-Control", b"no-cache, no-store");
+    }
     if !request_id.is_empty() {
         headers::header(&mut out, "X-Request-Id", request_id.as_bytes());
     }

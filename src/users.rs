@@ -82,9 +82,34 @@ pub fn system_ids() -> BTreeSet<u32> {
     ids
 }
 
-/// Whether this process runs apps under per-app uids: it is root.
+/// Whether this process runs apps under per-app uids: root is within its reach. Either it is
+/// root, or it is a worker the root daemon started for the home's owner: effective (and real)
+/// uid the owner's, so everything it writes is the owner's as in single-user mode, and saved
+/// uid 0, so it can still become root for the few steps that need it ([`with_root`]) and in
+/// the child of every app command ([`drop_to`]). A child keeps nothing of it: exec copies the
+/// effective uid into the saved one.
 pub fn privileged() -> bool {
-    nix::unistd::geteuid().is_root()
+    nix::unistd::getresuid().is_ok_and(|ids| ids.effective.is_root() || ids.saved.is_root())
+}
+
+/// Runs `f` with effective uid and gid 0 and returns to the effective ids this process had
+/// (nothing to do when it is root already). For a worker with a saved uid 0 ([`privileged`]):
+/// chowning a build's dirs to its app, making a cgroup. glibc applies `seteuid` to every
+/// thread of the process. Fails when root is out of reach.
+pub fn with_root<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if uid.is_root() {
+        return Ok(f());
+    }
+    nix::unistd::seteuid(nix::unistd::Uid::from_raw(0)).map_err(io::Error::from)?;
+    if let Err(err) = nix::unistd::setegid(nix::unistd::Gid::from_raw(0)) {
+        nix::unistd::seteuid(uid).map_err(io::Error::from)?;
+        return Err(err.into());
+    }
+    let out = f();
+    nix::unistd::setegid(gid).map_err(io::Error::from)?;
+    nix::unistd::seteuid(uid).map_err(io::Error::from)?;
+    Ok(out)
 }
 
 /// Who an app's processes run as in privileged mode.
@@ -181,11 +206,16 @@ pub fn router_id(range: UidRange) -> u32 {
     range.last
 }
 
-/// Between fork and exec: no supplementary groups, then `gid`, then `uid` (real, effective and
+/// Between fork and exec: root again first when only the saved uid is root (a worker, see
+/// [`privileged`]), then no supplementary groups, then `gid`, then `uid` (real, effective and
 /// saved), so nothing of root is left. Raw syscalls only (async-signal-safe).
 pub fn drop_to(uid: u32, gid: u32) -> io::Result<()> {
+    const KEEP: libc::uid_t = libc::uid_t::MAX;
     // SAFETY: plain syscalls with integer arguments (setgroups with an empty list).
     unsafe {
+        if libc::geteuid() != 0 && libc::setresuid(KEEP, 0, KEEP) != 0 {
+            return Err(io::Error::last_os_error());
+        }
         if libc::setgroups(0, std::ptr::null()) != 0
             || libc::setresgid(gid, gid, gid) != 0
             || libc::setresuid(uid, uid, uid) != 0

@@ -89,3 +89,23 @@ def cmd_set(key, value):
     except ValueError:
         pass
     save(**{key: value})
+
+
+def cmd_wait_web(app, deadline_s, out_path):
+    """Waits (bounded) until APP has exactly one dyno, web.1, `up`; writes `PORT PID` to out_path."""
+    t0 = time.monotonic()
+    while True:
+        rows = ps(app)
+        if len(rows) == 1 and rows[0]["name"] == "web.1" and rows[0]["state"] == "up" and rows[0]["port"]:
+            with open(out_path, "w") as f:
+                f.write(f"{rows[0]['port']} {rows[0]['pid']}\n")
+            say(f"{app}/web.1 up on port {rows[0]['port']} (pid {rows[0]['pid']}) after {time.monotonic() - t0:.1f} s")
+            return
+        if time.monotonic() - t0 > float(deadline_s):
+            say(f"timed out waiting for {app}/web.1 to be up: {[(r['name'], r['state']) for r in rows]}")
+            sys.exit(1)
+        time.sleep(0.2)
+
+
+def cpu_ns(pids):
+    return sum(sum(run_ns(p).values()) for p in pids)

@@ -122,79 +122,18 @@ bench_workdir
 export SLIPWAY_STOP_TIMEOUT=5 SLIPWAY_LOG_MAX_MB=100000 SLIPWAY_LOG_FILES=5
 unset SLIPWAY_HOME SLIPWAY_DOMAIN SLIPWAY_ROUTER_TIMEOUT
 
-PROXY_MASTERS=()
-
-nginx_pids() { # masters (and their children) of every nginx pid file under $WORK
-    local f pid
-    while IFS= read -r -d '' f; do
-        pid=$(tr -dc 0-9 <"$f" 2>/dev/null || true)
-        [[ -n $pid ]] && printf '%s\n' "$pid" && pgrep -P "$pid" || true
-    done < <(find "$WORK" -name nginx.pid -print0 2>/dev/null)
-}
-
-stop_proxies() {
-    local pid i left
-    for pid in "${PROXY_MASTERS[@]}"; do kill -QUIT "$pid" 2>/dev/null || true; done
-    for i in $(seq 1 50); do
-        left=0
-        for pid in "${PROXY_MASTERS[@]}"; do
-            if alive "$pid"; then left=1; fi
-        done
-        ((left)) || break
-        sleep 0.1
-    done
-    for pid in "${PROXY_MASTERS[@]}"; do
-        if alive "$pid"; then
-            log "nginx $pid did not quit within 5 s: SIGKILL"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    PROXY_MASTERS=()
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    local ngx pid nginxes=()
-    ngx=$(nginx_pids | sort -u)
-    ((${#PROXY_MASTERS[@]} == 0)) || stop_proxies
-    for pid in $ngx; do
-        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == nginx ]] && nginxes+=("$pid")
-    done
-    bench_cleanup 1 "${nginxes[@]}"
-    exit "$rc"
-}
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
 bench_prepare
 
 # ----- the Python half: h2load runs with CPU sampling, the report ---------------------------------
 cat >"$PY" <<'PYEOF'
 import json, os, re, subprocess, sys, time
 
-from benchlib import cmd_ports_free, cmd_set, load, ps, run_ns, save, say
+from benchlib import cmd_wait_web, cpu_ns, cmd_ports_free, cmd_set, load, ps, run_ns, save, say
 
 BIN, HOME, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3]
 CMD, ARGS = sys.argv[4], sys.argv[5:]
-
-
-def cpu_ns(pids):
-    return sum(sum(run_ns(p).values()) for p in pids)
-
-
-def cmd_wait_web(app, deadline_s, out_path):
-    t0 = time.monotonic()
-    while True:
-        rows = ps(app)
-        if len(rows) == 1 and rows[0]["name"] == "web.1" and rows[0]["state"] == "up" and rows[0]["port"]:
-            with open(out_path, "w") as f:
-                f.write(f"{rows[0]['port']} {rows[0]['pid']}\n")
-            say(f"{app}/web.1 up on port {rows[0]['port']} (pid {rows[0]['pid']})")
-            return
-        if time.monotonic() - t0 > float(deadline_s):
-            say(f"timed out waiting for {app}/web.1 to be up: {[(r['name'], r['state']) for r in rows]}")
-            sys.exit(1)
-        time.sleep(0.2)
 
 
 def percentile(sorted_us, p):
@@ -330,10 +269,6 @@ COMMANDS = {"ports-free": cmd_ports_free, "wait-web": cmd_wait_web, "h2load": cm
 COMMANDS[CMD](*ARGS)
 PYEOF
 
-py() { python3 "$PY" "$BIN" "$H" "$RESULTS" "$@" & wait "$!"; }
-sw() { timeout 60 "$BIN" --home "$H" "$@"; }
-set_result() { py set "$1" "$2"; }
-json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 
 # ----- preflight ---------------------------------------------------------------------------------
 [[ $PORTS =~ ^([0-9]+)-([0-9]+)$ ]] || die "SLIPWAY_BENCH_PORTS must be START-END"
@@ -375,43 +310,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" -subj "/CN=$HOST" \
     -addext "subjectAltName=DNS:$HOST" 2>/dev/null || die "openssl could not make a certificate"
 
-# ----- the app: nginx as the web dyno ------------------------------------------------------------
-(
-    cd "$WORK/src"
-    git init -q -b main
-    cat >dyno.sh <<'DYNOEOF'
-#!/bin/sh
-# slipway TLS benchmark dyno: nginx answering 13 bytes on $PORT.
-set -e
-d="$HOME/nginx-$DYNO"
-mkdir -p "$d"
-cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-pid $d/nginx.pid;
-error_log stderr warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/client_body;
-    proxy_temp_path $d/proxy;
-    fastcgi_temp_path $d/fastcgi;
-    uwsgi_temp_path $d/uwsgi;
-    scgi_temp_path $d/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    server {
-        listen 127.0.0.1:$PORT;
-        default_type text/plain;
-        location / { return 200 "Hello, world\n"; }
-    }
-}
-EOF
-exec /usr/sbin/nginx -p "$d" -e stderr -c "$d/nginx.conf" -g 'daemon off;'
-DYNOEOF
-    printf 'web: sh dyno.sh\n' >Procfile
-    git add Procfile dyno.sh
-    git -c user.name=bench -c user.email=bench@localhost commit -q -m 'tls bench app'
-)
+# ----- the app: nginx as the web dyno (bench/nginx.sh) -------------------------------------------
+nginx_dyno_app
 
 # ----- the nginx proxy: plain and TLS, HTTP/1.1 and h2 ---------------------------------------------
 proxy_conf() { # DIR WORKERS DYNO_PORT
@@ -472,17 +372,6 @@ start_proxy() { # DIR CPUS
     [[ $(tr -dc 0-9 <"$1/nginx.pid") == "$!" ]] || die "nginx in $1: pid file does not name the process started"
 }
 
-pids_of_nginx() { # PIDFILE WORKERS -> master,worker,...
-    local m i workers=""
-    m=$(tr -dc 0-9 <"$1")
-    for i in $(seq 1 50); do
-        workers=$(pgrep -P "$m" || true)
-        (($(wc -w <<<"$workers") >= $2)) && break
-        sleep 0.1
-    done
-    (($(wc -w <<<"$workers") == $2)) || die "nginx $m ($1): expected $2 workers, found: ${workers:-none}"
-    { echo "$m"; echo "$workers"; } | paste -sd, -
-}
 
 https_get() { # PORT: the body of GET https://$HOST:PORT/ (SNI $HOST, certificate not checked), or fails
     python3 - "$HOST" "$1" <<'EOF'
@@ -504,31 +393,9 @@ sys.stdout.write(r.read().decode())
 EOF
 }
 
-http_get() { # URL [HOST]
-    python3 - "$@" <<'EOF'
-import sys, urllib.request
-req = urllib.request.Request(sys.argv[1], headers={"Host": sys.argv[2]} if len(sys.argv) > 2 else {})
-with urllib.request.urlopen(req, timeout=5) as r:
-    assert r.status == 200, r.status
-    sys.stdout.write(r.read().decode())
-EOF
-}
 
 # ----- daemon, app, dyno, the router's certificate -----------------------------------------------
-sw daemon >/dev/null
-[[ -s $H/run/slipway.pid ]] || die "daemon did not write $H/run/slipway.pid"
-DAEMON_PID=$(awk 'NR == 1 {print $1}' "$H/run/slipway.pid")
-[[ -s $H/run/router ]] || die "the daemon did not start a router ($H/run/router)"
-ROUTER_PID=$(awk 'NR == 1 {print $1}' "$H/run/router")
-[[ -d /proc/$ROUTER_PID ]] || die "no router process $ROUTER_PID"
-sw apps:create "$APP" >/dev/null
-out=$(cd "$WORK/src" && timeout 120 git push -q "$H/repos/$APP.git" main 2>&1) || { printf '%s\n' "$out" >&2; die "push failed"; }
-grep -q 'Launching... done, v1' <<<"$out" || { printf '%s\n' "$out" >&2; die "push: no 'Launching... done, v1'"; }
-py wait-web "$APP" 30 "$WORK/web"
-read -r DYNO_PORT DYNO_PID <"$WORK/web"
-DYNO_PIDFILE=$(find "$H" -path "*/nginx-web.1/nginx.pid" -print -quit)
-[[ -n $DYNO_PIDFILE ]] || die "no nginx pid file of web.1 under $H"
-DYNO_PIDS=$(pids_of_nginx "$DYNO_PIDFILE" 1)
+start_nginx_app
 
 # The certificate through `certs:add`, as an operator adds one (it stores it where the router
 # reads it, with the modes and group the router needs, and tells the router).
@@ -552,13 +419,6 @@ if ((ROUTER_TLS == 0)); then
 fi
 
 ALL_CPUS=0-$(($(nproc) - 1))
-set_affinity() {
-    local cpus=$1 pid
-    shift
-    for pid in "$@"; do
-        taskset -a -p -c "$cpus" "$pid" >/dev/null || die "taskset -a -p -c $cpus $pid failed"
-    done
-}
 
 run_path() { # MODE LABEL
     local args=() proxies="" threads=$H2_THREADS

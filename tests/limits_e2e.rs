@@ -321,3 +321,77 @@ fn without_cgroups_dynos_run_unlimited_ps_counts_the_tree_and_status_says_why() 
         assert!(!mine.exists(), "a cgroup was made with cgroups turned off");
     }
 }
+
+/// The cgroup v2 delegation path, on this machine's v2 hierarchy (it has no controllers here,
+/// so no limits are set): a process in a cgroup carrying systemd's `Delegate=yes` marker
+/// (`trusted.delegate`) gets that cgroup as the base of slipway's cgroups and is moved, with
+/// everything else there, into its `daemon` leaf; once there it stays. Needs root and a cgroup2
+/// mount.
+#[test]
+fn a_process_in_a_delegated_v2_cgroup_moves_into_its_daemon_leaf() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: writing cgroups needs root here");
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let Some(mount) = slipway::cgroup::parse_mountinfo(&mountinfo).v2 else {
+        eprintln!("skipped: no cgroup2 hierarchy is mounted");
+        return;
+    };
+    let rel = PathBuf::from(format!("slipway-test-delegated-{}", std::process::id()));
+    let dir = mount.join(&rel);
+    std::fs::create_dir(&dir).expect("mkdir in the cgroup2 hierarchy");
+    let sleeper = std::process::Command::new("sleep").arg("1000").spawn().expect("spawn sleep");
+    let pid = sleeper.id() as i32;
+    let guard = Cleanup { dirs: vec![dir.join("daemon"), dir.clone()], child: sleeper };
+
+    let path = std::ffi::CString::new(dir.to_str().expect("utf-8").as_bytes()).expect("path");
+    // SAFETY: both strings are NUL-terminated and the value is 1 byte long.
+    let set =
+        unsafe { libc::setxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(set, 0, "setting trusted.delegate: {}", std::io::Error::last_os_error());
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("moving the sleeper in");
+
+    let (found_mount, place) = slipway::cgroup::v2_place_of(pid).expect("a v2 place");
+    assert_eq!(found_mount, mount);
+    assert_eq!(place.base, rel);
+    assert_eq!(place.leaf, Some(rel.join("daemon")));
+
+    slipway::cgroup::enter_leaf(&dir, &dir.join("daemon")).expect("entering the leaf");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
+    assert_eq!(slipway::cgroup::v2_path(&own), Some(format!("/{}/daemon", rel.display()).as_str()));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cgroup.procs")).expect("procs"),
+        "",
+        "the base is empty now"
+    );
+    let (_, again) = slipway::cgroup::v2_place_of(pid).expect("a v2 place");
+    assert_eq!(again, slipway::cgroup::V2Place { base: rel.clone(), leaf: None });
+
+    // Not marked: this test process's own cgroup is no base; the mount point is.
+    let (_, own_place) = slipway::cgroup::v2_place_of(std::process::id() as i32).expect("a v2 place");
+    assert_eq!(own_place.base, PathBuf::new());
+    drop(guard);
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+/// Kills the child and removes the cgroup dirs (innermost first) when the test ends, passed or not.
+struct Cleanup {
+    dirs: Vec<PathBuf>,
+    child: std::process::Child,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("stopping the sleeper: {e}");
+        }
+        for dir in &self.dirs {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("removing {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}

@@ -487,8 +487,7 @@ render_unit() {
     tmp="$dest.new.$$"
     TMP_FILES+=("$tmp")
     # Safe with sed: the values were validated above and contain no '|', '&' or '\'.
-    sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$SLIPWAY_USER|g" \
-        "$template" >"$tmp"
+    sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" "$template" >"$tmp"
     if grep -q '@[A-Z]*@' "$tmp"; then die "unsubstituted placeholder left in $template."; fi
     chmod 0644 "$tmp"
     mv -f "$tmp" "$dest"

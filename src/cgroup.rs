@@ -130,8 +130,9 @@ pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
 }
 
 /// Where slipway makes its v2 cgroups: `base`, relative to the cgroup2 mount point (empty: the
-/// mount point itself), and the leaf (relative too) the calling process must move into first,
-/// with every other process in `base`, before controllers can be enabled in `base`.
+/// mount point itself), and for a delegated base the leaf (relative too) that whatever runs in
+/// `base` itself must move into before controllers can be enabled in `base`: the daemon when
+/// systemd started it there, and the dynos and router of an install whose daemon was not root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V2Place {
     pub base: PathBuf,
@@ -141,10 +142,9 @@ pub struct V2Place {
 /// Decides [`V2Place`] from the cgroup2 mount's root (`Mounts::v2_mount_root`), the caller's
 /// `/proc/self/cgroup` text and `delegated`, which says whether a cgroup (relative to the mount
 /// point) carries systemd's delegation marker:
-/// - inside a delegated cgroup (the nearest one, walking up from the caller's own): that one is
-///   the base; a caller in the base itself (a daemon systemd started without
-///   `DelegateSubgroup=`) moves into `<base>/daemon`; one below it (the daemon's leaf, the
-///   unit's `.control`, a dyno or a build, the router) stays where it is;
+/// - inside a delegated cgroup (the nearest one, walking up from the caller's own: the daemon in
+///   its unit's cgroup or in the leaf `<unit>/daemon`, the unit's `.control`, a dyno, a build):
+///   that one is the base, and `<base>/daemon` the leaf;
 /// - anywhere else (no systemd, a root shell's session, a container's root, a cgroup outside
 ///   the mount's view): the mount point, as without delegation.
 pub fn v2_place(mount_root: &str, proc_cgroup: &str, delegated: &dyn Fn(&Path) -> bool) -> V2Place {
@@ -160,8 +160,7 @@ pub fn v2_place(mount_root: &str, proc_cgroup: &str, delegated: &dyn Fn(&Path) -
     let Some(base) = rel.ancestors().filter(|a| !a.as_os_str().is_empty()).find(|a| delegated(a)) else {
         return top;
     };
-    let leaf = (base == rel).then(|| base.join(DAEMON_LEAF));
-    V2Place { base: base.to_path_buf(), leaf }
+    V2Place { base: base.to_path_buf(), leaf: Some(base.join(DAEMON_LEAF)) }
 }
 
 impl Layout {
@@ -464,9 +463,10 @@ fn is_delegated(dir: &Path) -> bool {
     })
 }
 
-/// Whether this process can put dynos into cgroups, and why not. On v2, a process in the very
-/// cgroup systemd delegated (the daemon) first moves into `<delegated>/daemon`, with anything
-/// else there (the router it started), so that controllers can be enabled for the subtree.
+/// Whether this process can put dynos into cgroups, and why not. On v2 below a cgroup systemd
+/// delegated, whatever runs in that cgroup itself (the daemon, the router it started, dynos of
+/// a daemon that was not root) first moves into `<delegated>/daemon`, so that controllers can
+/// be enabled for the subtree.
 pub fn detect() -> Result<Layout, String> {
     if std::env::var("SLIPWAY_CGROUPS").is_ok_and(|v| v == "0") {
         return Err("turned off by SLIPWAY_CGROUPS=0".into());
@@ -485,11 +485,16 @@ pub fn detect() -> Result<Layout, String> {
     Ok(layout)
 }
 
-/// Moves every process of v2 cgroup `base` into its child `leaf` (made if missing).
+/// Moves every process of v2 cgroup `base` into its child `leaf` (made if missing); nothing to
+/// do when `base` holds none.
 pub fn enter_leaf(base: &Path, leaf: &Path) -> io::Result<()> {
-    mkdir(leaf)?;
     let procs = std::fs::read_to_string(base.join("cgroup.procs"))?;
-    for pid in procs.lines().map(str::trim).filter(|p| !p.is_empty()) {
+    let pids: Vec<&str> = procs.lines().map(str::trim).filter(|p| !p.is_empty()).collect();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    mkdir(leaf)?;
+    for pid in pids {
         match std::fs::write(leaf.join("cgroup.procs"), pid) {
             // Exited meanwhile.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -858,59 +863,51 @@ mod tests {
     #[test]
     fn v2_cgroups_go_below_the_subtree_systemd_delegated() {
         let unit = "system.slice/slipway.service";
-        let delegated_units = [unit, "user.slice/user-1000.slice/user@1000.service"];
+        let user_manager = "user.slice/user-1000.slice/user@1000.service";
+        let user_unit = "user.slice/user-1000.slice/user@1000.service/app.slice/slipway.service";
+        let delegated_units = [unit, user_manager, user_unit];
         let delegated = |rel: &Path| delegated_units.iter().any(|d| rel == Path::new(d));
         let proc_cgroup = |path: &str| format!("0::{path}\n");
-        let place =
-            |base: &str, leaf: Option<&str>| V2Place { base: base.into(), leaf: leaf.map(PathBuf::from) };
-        let cases: &[(&str, String, V2Place)] = &[
-            // The daemon as systemd starts it (Delegate=yes): moves into <unit>/daemon.
-            (
-                "/",
-                proc_cgroup("/system.slice/slipway.service"),
-                place(unit, Some("system.slice/slipway.service/daemon")),
-            ),
-            // ... already there (DelegateSubgroup=daemon, or moved before): stays.
-            ("/", proc_cgroup("/system.slice/slipway.service/daemon"), place(unit, None)),
-            // ExecStartPre in the unit's .control, a dyno, a build: the same base, no move.
-            ("/", proc_cgroup("/system.slice/slipway.service/.control"), place(unit, None)),
+        let under = |base: &str| V2Place { base: base.into(), leaf: Some(Path::new(base).join("daemon")) };
+        let top = V2Place { base: PathBuf::new(), leaf: None };
+        let cases: &[(&str, String, &V2Place)] = &[
+            // The daemon as systemd starts it (Delegate=yes): the unit is the base; whatever runs
+            // in the unit's cgroup itself is to move into <unit>/daemon.
+            ("/", proc_cgroup("/system.slice/slipway.service"), &under(unit)),
+            // ... already there (DelegateSubgroup=daemon, or moved before).
+            ("/", proc_cgroup("/system.slice/slipway.service/daemon"), &under(unit)),
+            // ExecStartPre in the unit's .control, a dyno, a build: the same base.
+            ("/", proc_cgroup("/system.slice/slipway.service/.control"), &under(unit)),
             (
                 "/",
                 proc_cgroup("/system.slice/slipway.service/slipway-0123456789abcdef/hello/7"),
-                place(unit, None),
+                &under(unit),
             ),
             // A unit without Delegate=yes, a root shell's session: the root, as before.
-            ("/", proc_cgroup("/system.slice/other.service"), place("", None)),
-            ("/", proc_cgroup("/user.slice/user-0.slice/session-3.scope"), place("", None)),
+            ("/", proc_cgroup("/system.slice/other.service"), &top),
+            ("/", proc_cgroup("/user.slice/user-0.slice/session-3.scope"), &top),
             // No systemd (a container's own root, or init scripts).
-            ("/", proc_cgroup("/"), place("", None)),
-            // Nested: a user manager delegates to its own units; the nearest marker wins.
-            (
-                "/",
-                proc_cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/slipway.service"),
-                place("user.slice/user-1000.slice/user@1000.service", None),
-            ),
+            ("/", proc_cgroup("/"), &top),
+            // Nested delegation (a user manager's own unit): the nearest marker wins.
+            ("/", proc_cgroup(&format!("/{user_unit}/daemon")), &under(user_unit)),
+            ("/", proc_cgroup(&format!("/{user_manager}/app.slice/other.service")), &under(user_manager)),
             // A hybrid host: v1 lines around the v2 one.
             (
                 "/",
                 format!("12:pids:/system.slice/slipway.service\n0::/{unit}\n1:name=systemd:/x\n"),
-                place(unit, Some("system.slice/slipway.service/daemon")),
+                &under(unit),
             ),
             // A mount whose view starts lower (a container without a cgroup namespace).
-            (
-                "/docker/abc",
-                proc_cgroup("/docker/abc/system.slice/slipway.service"),
-                place(unit, Some("system.slice/slipway.service/daemon")),
-            ),
+            ("/docker/abc", proc_cgroup("/docker/abc/system.slice/slipway.service"), &under(unit)),
             // The caller's cgroup is outside what the mount shows, or odd: the mount point.
-            ("/docker/abc", proc_cgroup("/docker/abcd/system.slice/slipway.service"), place("", None)),
-            ("/", proc_cgroup("/system.slice/../system.slice/slipway.service"), place("", None)),
+            ("/docker/abc", proc_cgroup("/docker/abcd/system.slice/slipway.service"), &top),
+            ("/", proc_cgroup("/system.slice/../system.slice/slipway.service"), &top),
             // v1 only (this machine): no 0:: line.
-            ("/", "4:memory:/x\n1:cpu:/\n".to_string(), place("", None)),
-            ("/", String::new(), place("", None)),
+            ("/", "4:memory:/x\n1:cpu:/\n".to_string(), &top),
+            ("/", String::new(), &top),
         ];
         for (mount_root, text, want) in cases {
-            assert_eq!(&v2_place(mount_root, text, &delegated), want, "{mount_root} {text:?}");
+            assert_eq!(&&v2_place(mount_root, text, &delegated), want, "{mount_root} {text:?}");
         }
         assert_eq!(v2_path("1:cpu:/\n0::/a/b\n"), Some("/a/b"));
         assert_eq!(v2_path("1:cpu:/\n"), None);

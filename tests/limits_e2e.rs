@@ -325,8 +325,8 @@ fn without_cgroups_dynos_run_unlimited_ps_counts_the_tree_and_status_says_why() 
 /// The cgroup v2 delegation path, on this machine's v2 hierarchy (it has no controllers here,
 /// so no limits are set): a process in a cgroup carrying systemd's `Delegate=yes` marker
 /// (`trusted.delegate`) gets that cgroup as the base of slipway's cgroups and is moved, with
-/// everything else there, into its `daemon` leaf; once there it stays. Needs root and a cgroup2
-/// mount.
+/// everything else there, into its `daemon` leaf; once there it stays (moving again moves
+/// nothing). Needs root and a cgroup2 mount.
 #[test]
 fn a_process_in_a_delegated_v2_cgroup_moves_into_its_daemon_leaf() {
     if !nix::unistd::geteuid().is_root() {
@@ -366,7 +366,10 @@ fn a_process_in_a_delegated_v2_cgroup_moves_into_its_daemon_leaf() {
         "the base is empty now"
     );
     let (_, again) = slipway::cgroup::v2_place_of(pid).expect("a v2 place");
-    assert_eq!(again, slipway::cgroup::V2Place { base: rel.clone(), leaf: None });
+    assert_eq!(again, place, "from the leaf, the same base");
+    slipway::cgroup::enter_leaf(&dir, &dir.join("daemon")).expect("entering the leaf again");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
+    assert_eq!(slipway::cgroup::v2_path(&own), Some(format!("/{}/daemon", rel.display()).as_str()));
 
     // Not marked: this test process's own cgroup is no base; the mount point is.
     let (_, own_place) = slipway::cgroup::v2_place_of(std::process::id() as i32).expect("a v2 place");

@@ -1,6 +1,8 @@
 //! install.sh without installing anything: its syntax, --help, the uninstall plan printed by
-//! `--uninstall --dry-run` (which must change nothing), and the version line of an upgrade.
-//! A real install or uninstall is never run here: it would change the machine.
+//! `--uninstall --dry-run` (which must change nothing), the version line of an upgrade, the
+//! systemd unit it renders and who it starts the daemon as. A real install or uninstall is never
+//! run here: it would change the machine. The firewall rule (`slipway firewall`) is loaded for
+//! real, but only in network namespaces of the tests' own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -288,6 +290,92 @@ ip6tables -S
             rules.matches("-A SLIPWAY-DYNOS ! -i lo -p tcp -m tcp --dport 6000:6099 -j DROP").count(),
             1,
             "{name}:\n{rules}"
+        );
+    }
+}
+
+/// What the rule does, for real, with each tool: in a network namespace of its own (the
+/// machine's firewall is left alone) with a veth link to a second one, a server on a dyno port
+/// (6000) and one outside the range (7000): from the other namespace, 7000 answers and 6000 is
+/// dropped; over loopback 6000 answers (the router's way in).
+#[test]
+fn the_firewall_rule_drops_outside_traffic_and_keeps_loopback() {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(home.path().join("slipway.toml"), "ports = \"6000-6099\"\n").expect("write");
+    // Fixed words only; the binary, the home and the tool come as positional parameters. The
+    // helpers (the peer namespace's sleep, the servers) are killed on exit.
+    let script = r#"set -euo pipefail
+export PATH=/usr/sbin:/sbin:$PATH
+"$1" --home "$2" firewall --tool "$3"
+ip link set lo up
+ip link add veth0 type veth peer name veth1
+unshare --net sleep 1000 &
+peer=$!
+trap 'kill $peer' EXIT
+mine=$(readlink /proc/self/ns/net)
+for _ in $(seq 1 500); do
+    [ "$(readlink /proc/$peer/ns/net 2>/dev/null)" != "$mine" ] && break
+    sleep 0.01
+done
+ip link set veth1 netns "$peer"
+ip addr add 10.231.0.1/24 dev veth0
+ip link set veth0 up
+nsenter -t "$peer" -n ip addr add 10.231.0.2/24 dev veth1
+nsenter -t "$peer" -n ip link set veth1 up
+python3 -c '
+import socket, threading, time
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        c.close()
+for p in (6000, 7000):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+time.sleep(1000)
+' &
+server=$!
+trap 'kill $peer $server' EXIT
+# "open" once a connection is accepted (refusals are retried while the servers start, for 5 s);
+# "dropped" when the SYN goes unanswered for 1 s.
+probe='
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 5
+while True:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        print("open", port)
+        break
+    except ConnectionRefusedError:
+        if time.time() > deadline:
+            print("refused", port)
+            break
+        time.sleep(0.05)
+    except OSError:
+        print("dropped", port)
+        break
+'
+echo "loopback $(python3 -c "$probe" 127.0.0.1 6000)"
+echo "outside $(nsenter -t "$peer" -n python3 -c "$probe" 10.231.0.1 7000)"
+echo "outside $(nsenter -t "$peer" -n python3 -c "$probe" 10.231.0.1 6000)"
+"#;
+    for tool in ["nft", "iptables"] {
+        let out = Command::new("unshare")
+            .args(["--net", "bash", "-c", script, "bash", env!("CARGO_BIN_EXE_slipway")])
+            .arg(home.path())
+            .arg(tool)
+            .output()
+            .expect("run unshare");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{tool}: {stderr}\n{stdout}");
+        let lines: Vec<&str> = stdout.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            ["loopback open 6000", "outside open 7000", "outside dropped 6000"],
+            "{tool}: {stdout}\n{stderr}"
         );
     }
 }

@@ -126,7 +126,7 @@ pub fn sshd_ports(sshd_t: &str) -> Vec<u16> {
             let mut w = line.split_whitespace();
             match (w.next()?, w.next()?) {
                 ("port", p) => p.parse().ok(),
-                ("listenaddress", addr) => addr.rsplit_once(':')?.1.parse().ok(),
+                ("listenaddress", addr) => listen_port(addr),
                 _ => None,
             }
         })
@@ -137,6 +137,17 @@ pub fn sshd_ports(sshd_t: &str) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// The port of a `ListenAddress` value: `HOST:PORT` or `[V6]:PORT`; None for a bare host (the
+/// `Port` lines apply to it).
+fn listen_port(addr: &str) -> Option<u16> {
+    let port = match addr.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:")?.1,
+        None if addr.matches(':').count() == 1 => addr.split_once(':')?.1,
+        None => return None,
+    };
+    port.parse().ok()
 }
 
 /// Refuses a range that would drop what must stay reachable: `protected` is (port, what).
@@ -164,14 +175,83 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// sshd's ports on this machine (22 when `sshd -T` cannot say).
+/// The `Port` and `ListenAddress` ports of an `sshd_config` text (keywords are
+/// case-insensitive, `Port=2222` is allowed), and the patterns of its `Include` lines.
+pub fn sshd_config_ports(text: &str) -> (Vec<u16>, Vec<String>) {
+    let (mut ports, mut includes) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let (keyword, rest) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+            Some((k, r)) => {
+                (k.to_ascii_lowercase(), r.trim_start_matches(|c: char| c.is_whitespace() || c == '='))
+            }
+            None => continue,
+        };
+        match keyword.as_str() {
+            "port" => ports.extend(rest.split_whitespace().filter_map(|p| p.parse::<u16>().ok())),
+            "listenaddress" => ports.extend(rest.split_whitespace().next().and_then(listen_port)),
+            "include" => includes.extend(rest.split_whitespace().map(str::to_string)),
+            _ => {}
+        }
+    }
+    (ports, includes)
+}
+
+/// Files an sshd `Include` pattern names: a path, or a `*` in its last component (Debian's
+/// `/etc/ssh/sshd_config.d/*.conf`); relative paths are under /etc/ssh.
+fn include_files(pattern: &str) -> Vec<PathBuf> {
+    let path =
+        if pattern.starts_with('/') { PathBuf::from(pattern) } else { Path::new("/etc/ssh").join(pattern) };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some((prefix, suffix)) = name.split_once('*') else { return vec![path] };
+    let Some(dir) = path.parent() else { return Vec::new() };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().map(|n| n.to_string_lossy().into_owned()).is_some_and(|n| {
+                        n.len() >= prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// sshd's ports on this machine: what `sshd -T` says (it fails before sshd's runtime dir exists,
+/// early at boot), with every port its configuration files name, and 22.
 fn this_sshd_ports() -> Vec<u16> {
     let text = find_program("sshd")
-        .and_then(|sshd| std::process::Command::new(sshd).arg("-T").output().ok())
+        .and_then(|sshd| {
+            std::process::Command::new(sshd).arg("-T").stderr(std::process::Stdio::null()).output().ok()
+        })
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .unwrap_or_default();
-    sshd_ports(&text)
+    let mut ports = sshd_ports(&text);
+    let mut files = vec![PathBuf::from("/etc/ssh/sshd_config")];
+    let mut seen = 0;
+    while let Some(file) = files.get(seen).cloned() {
+        seen += 1;
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let (found, includes) = sshd_config_ports(&text);
+        ports.extend(found);
+        for pattern in includes {
+            for included in include_files(&pattern) {
+                // At most 64 files: an Include loop stops here.
+                if files.len() < 64 && !files.contains(&included) {
+                    files.push(included);
+                }
+            }
+        }
+    }
+    ports.push(22);
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Runs one step; Err is one line naming the command.
@@ -328,6 +408,24 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(sshd_ports(text), *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn sshd_ports_from_its_configuration_files() {
+        let cases: &[(&str, &[u16], &[&str])] = &[
+            ("Port 2222\n", &[2222], &[]),
+            ("port=2200\nPORT 2201 # second\n", &[2200, 2201], &[]),
+            ("#Port 2222\n  # Port 2300\n", &[], &[]),
+            ("ListenAddress 10.0.0.1:5022\nListenAddress [::1]:5023\nListenAddress ::1\nListenAddress 10.0.0.2\n", &[5022, 5023], &[]),
+            ("Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n", &[22], &["/etc/ssh/sshd_config.d/*.conf"]),
+            ("Match User git\n    PasswordAuthentication no\n", &[], &[]),
+            ("Port nonsense\n", &[], &[]),
+        ];
+        for (text, ports, includes) in cases {
+            let (got_ports, got_includes) = sshd_config_ports(text);
+            assert_eq!(got_ports, *ports, "{text:?}");
+            assert_eq!(got_includes, *includes, "{text:?}");
         }
     }
 

@@ -43,7 +43,9 @@ Usage: $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
        $0 --uninstall [--purge] [--dry-run] [--force] [--home DIR] [--user NAME]
 
 Run as root. Install slipway on this machine: system packages, the slipway binary
-($BIN), the system user, sshd, and the slipway daemon.
+($BIN), the system user, sshd, the firewall rule that keeps the dyno
+ports for the router ('slipway firewall', reloaded at every start of the daemon under
+systemd), and the slipway daemon, which runs as root.
 Safe to run again; that is also how you upgrade: the binary is replaced, the
 version change is reported and only the daemon restarts (apps keep running).
 
@@ -65,8 +67,9 @@ every other setting can be added too; keys already there are kept.
 
 Uninstall:
   --uninstall   stop every dyno ('slipway ps:stop --all') and the daemon, then remove
-                what install.sh added: $BIN and the systemd unit
-                ($UNIT). The home (apps, releases, logs, keys,
+                what install.sh added: $BIN, the systemd unit
+                ($UNIT) and the firewall rule for the dyno
+                ports. The home (apps, releases, logs, keys,
                 slipway.toml) and the user are kept. System packages, sshd and its
                 host keys are left alone. Running it again says nothing is left.
   --purge       with --uninstall: also delete the user and the home DIR

@@ -406,6 +406,45 @@ fn the_unit_runs_the_daemon_as_root_and_reloads_the_firewall() {
     assert!(!unit.contains('@'), "a placeholder is left:\n{unit}");
 }
 
+/// systemd's own check of the unit (`systemd-analyze verify`, which needs no running systemd):
+/// every line is understood, except `DelegateSubgroup=` on a systemd older than 254, which
+/// ignores it (the daemon then moves itself into the leaf).
+#[test]
+fn systemd_accepts_the_unit() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let version: u32 = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .expect("systemd's version");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/slipway.service"))
+            .expect("read the template");
+    let unit = template
+        .replace("@BIN@", env!("CARGO_BIN_EXE_slipway"))
+        .replace("@HOME@", dir.path().to_str().expect("utf-8"));
+    let path = dir.path().join("slipway.service");
+    std::fs::write(&path, unit).expect("write");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    let (stdout, stderr) = text(&out);
+    let about_the_unit: Vec<&str> =
+        stdout.lines().chain(stderr.lines()).filter(|l| l.contains("slipway.service")).collect();
+    let expected: Vec<&str> = if version < 254 {
+        about_the_unit.iter().copied().filter(|l| l.contains("Unknown key 'DelegateSubgroup'")).collect()
+    } else {
+        Vec::new()
+    };
+    assert_eq!(about_the_unit, expected, "systemd {version}:\n{stdout}{stderr}");
+}
+
 /// Installing (with or without systemd) starts and stops the daemon as root, never as the
 /// slipway user; the status check still runs as that user (what sshd's git pushes see).
 #[test]

@@ -5,12 +5,10 @@
 //! (and parallel tests) apart. Two layouts are supported:
 //! - cgroup v2 (production boxes): one hierarchy; the `memory`, `pids` and `cpu` controllers
 //!   are enabled down the path in `cgroup.subtree_control`. `<root>` is the subtree systemd
-//!   delegated to the daemon (its unit has `Delegate=yes`: the nearest cgroup of the daemon's
-//!   own, from `/proc/self/cgroup`, that carries systemd's `trusted.delegate` or
-//!   `user.delegate` marker), else the mount point. v2 lets a cgroup with controllers enabled
-//!   for its children hold no processes, so a daemon that finds itself in the delegated
-//!   cgroup itself first moves (with whatever else runs there) into the leaf `<root>/daemon`;
-//!   systemd's `DelegateSubgroup=daemon` puts it there directly. See [`v2_place`].
+//!   delegated to the daemon's unit (`Delegate=yes`; the nearest cgroup above the daemon's own,
+//!   from `/proc/self/cgroup`, that carries systemd's `trusted.delegate` or `user.delegate`
+//!   marker) when systemd started the daemon in a leaf of it (`DelegateSubgroup=daemon`), else
+//!   the mount point. See [`v2_place`].
 //! - cgroup v1, where only v1 has the memory and pids controllers: one directory per controller
 //!   hierarchy (`memory`, `pids`, and `cpu` if mounted), each at that hierarchy's mount point.
 //!
@@ -130,9 +128,10 @@ pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
 }
 
 /// Where slipway makes its v2 cgroups: `base`, relative to the cgroup2 mount point (empty: the
-/// mount point itself), and for a delegated base the leaf (relative too) that whatever runs in
-/// `base` itself must move into before controllers can be enabled in `base`: the daemon when
-/// systemd started it there, and the dynos and router of an install whose daemon was not root.
+/// mount point itself), and for a delegated base the leaf (relative too) that whatever still
+/// runs in `base` itself must move into before controllers can be enabled in `base` (v2's "no
+/// internal processes" rule): after an upgrade, the dynos and router of the daemon that ran as
+/// the platform user, which systemd had started there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V2Place {
     pub base: PathBuf,
@@ -141,12 +140,16 @@ pub struct V2Place {
 
 /// Decides [`V2Place`] from the cgroup2 mount's root (`Mounts::v2_mount_root`), the caller's
 /// `/proc/self/cgroup` text and `delegated`, which says whether a cgroup (relative to the mount
-/// point) carries systemd's delegation marker:
-/// - inside a delegated cgroup (the nearest one, walking up from the caller's own: the daemon in
-///   its unit's cgroup or in the leaf `<unit>/daemon`, the unit's `.control`, a dyno, a build):
-///   that one is the base, and `<base>/daemon` the leaf;
-/// - anywhere else (no systemd, a root shell's session, a container's root, a cgroup outside
-///   the mount's view): the mount point, as without delegation.
+/// point) carries systemd's delegation marker. The nearest marked cgroup, walking up from the
+/// caller's own:
+/// - above it (the daemon in `<unit>/daemon`, where `DelegateSubgroup=daemon` starts it, a shim
+///   or build it started, a dyno, the unit's `.control`): that one is the base, `<base>/daemon`
+///   the leaf;
+/// - the caller's own cgroup (a systemd without `DelegateSubgroup=`, before 254, starts the
+///   daemon in the unit's cgroup itself, and would start the next one there too, which v2
+///   refuses once controllers are enabled there for the dynos: the daemon could not restart
+///   while dynos run), or none (no systemd, a root shell's session, a container's root, a
+///   cgroup outside the mount's view): the mount point, as without delegation.
 pub fn v2_place(mount_root: &str, proc_cgroup: &str, delegated: &dyn Fn(&Path) -> bool) -> V2Place {
     let top = V2Place { base: PathBuf::new(), leaf: None };
     let Some(own) = v2_path(proc_cgroup) else { return top };
@@ -160,6 +163,9 @@ pub fn v2_place(mount_root: &str, proc_cgroup: &str, delegated: &dyn Fn(&Path) -
     let Some(base) = rel.ancestors().filter(|a| !a.as_os_str().is_empty()).find(|a| delegated(a)) else {
         return top;
     };
+    if base == rel {
+        return top;
+    }
     V2Place { base: base.to_path_buf(), leaf: Some(base.join(DAEMON_LEAF)) }
 }
 
@@ -464,9 +470,9 @@ fn is_delegated(dir: &Path) -> bool {
 }
 
 /// Whether this process can put dynos into cgroups, and why not. On v2 below a cgroup systemd
-/// delegated, whatever runs in that cgroup itself (the daemon, the router it started, dynos of
-/// a daemon that was not root) first moves into `<delegated>/daemon`, so that controllers can
-/// be enabled for the subtree.
+/// delegated, whatever still runs in that cgroup itself (after an upgrade, the dynos and router
+/// of a daemon that was not root) first moves into `<delegated>/daemon`, so that controllers
+/// can be enabled for the subtree.
 pub fn detect() -> Result<Layout, String> {
     if std::env::var("SLIPWAY_CGROUPS").is_ok_and(|v| v == "0") {
         return Err("turned off by SLIPWAY_CGROUPS=0".into());
@@ -871,37 +877,38 @@ mod tests {
         let under = |base: &str| V2Place { base: base.into(), leaf: Some(Path::new(base).join("daemon")) };
         let top = V2Place { base: PathBuf::new(), leaf: None };
         let cases: &[(&str, String, &V2Place)] = &[
-            // The daemon as systemd starts it (Delegate=yes): the unit is the base; whatever runs
-            // in the unit's cgroup itself is to move into <unit>/daemon.
-            ("/", proc_cgroup("/system.slice/slipway.service"), &under(unit)),
-            // ... already there (DelegateSubgroup=daemon, or moved before).
+            // The daemon where DelegateSubgroup=daemon starts it: the unit is the base.
             ("/", proc_cgroup("/system.slice/slipway.service/daemon"), &under(unit)),
-            // ExecStartPre in the unit's .control, a dyno, a build: the same base.
+            // A shim or build it started, a dyno, ExecStartPre in the unit's .control: the same.
             ("/", proc_cgroup("/system.slice/slipway.service/.control"), &under(unit)),
             (
                 "/",
                 proc_cgroup("/system.slice/slipway.service/slipway-0123456789abcdef/hello/7"),
                 &under(unit),
             ),
+            // The daemon in the unit's cgroup itself (systemd before 254): the root, as before,
+            // or systemd could not start the next daemon there while dynos run.
+            ("/", proc_cgroup("/system.slice/slipway.service"), &top),
             // A unit without Delegate=yes, a root shell's session: the root, as before.
-            ("/", proc_cgroup("/system.slice/other.service"), &top),
+            ("/", proc_cgroup("/system.slice/other.service/daemon"), &top),
             ("/", proc_cgroup("/user.slice/user-0.slice/session-3.scope"), &top),
             // No systemd (a container's own root, or init scripts).
             ("/", proc_cgroup("/"), &top),
             // Nested delegation (a user manager's own unit): the nearest marker wins.
             ("/", proc_cgroup(&format!("/{user_unit}/daemon")), &under(user_unit)),
             ("/", proc_cgroup(&format!("/{user_manager}/app.slice/other.service")), &under(user_manager)),
+            ("/", proc_cgroup(&format!("/{user_unit}")), &top),
             // A hybrid host: v1 lines around the v2 one.
             (
                 "/",
-                format!("12:pids:/system.slice/slipway.service\n0::/{unit}\n1:name=systemd:/x\n"),
+                format!("12:pids:/system.slice/slipway.service\n0::/{unit}/daemon\n1:name=systemd:/x\n"),
                 &under(unit),
             ),
             // A mount whose view starts lower (a container without a cgroup namespace).
-            ("/docker/abc", proc_cgroup("/docker/abc/system.slice/slipway.service"), &under(unit)),
+            ("/docker/abc", proc_cgroup("/docker/abc/system.slice/slipway.service/daemon"), &under(unit)),
             // The caller's cgroup is outside what the mount shows, or odd: the mount point.
-            ("/docker/abc", proc_cgroup("/docker/abcd/system.slice/slipway.service"), &top),
-            ("/", proc_cgroup("/system.slice/../system.slice/slipway.service"), &top),
+            ("/docker/abc", proc_cgroup("/docker/abcd/system.slice/slipway.service/daemon"), &top),
+            ("/", proc_cgroup("/system.slice/../system.slice/slipway.service/daemon"), &top),
             // v1 only (this machine): no 0:: line.
             ("/", "4:memory:/x\n1:cpu:/\n".to_string(), &top),
             ("/", String::new(), &top),

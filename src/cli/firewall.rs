@@ -292,7 +292,8 @@ pub fn apply(home: &Home, dry_run: bool, tool: Option<&str>) -> anyhow::Result<i
     let ports = settings.ports.clone();
     let tool = match tool {
         Some("nft") => Tool::Nft,
-        Some("iptables") => Tool::Iptables { v6: true },
+        // A dry run shows both; a real one uses ip6tables where it is installed.
+        Some("iptables") => Tool::Iptables { v6: dry_run || find_program("ip6tables").is_some() },
         Some("none") => Tool::None,
         Some(other) => anyhow::bail!("--tool '{other}' is not nft, iptables or none"),
         None => pick_tool(

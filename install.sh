@@ -8,6 +8,9 @@
 # it again (for example after `git pull`, to upgrade) rebuilds, replaces the binary
 # atomically, reports the version change and restarts the daemon only; running dynos
 # keep serving across the restart. --uninstall undoes it (see uninstall below).
+# The daemon runs as root (it gives every app a uid of its own); the home belongs to
+# the slipway user, which sshd logs in as for git pushes. An install whose unit ran the
+# daemon as that user is switched over by running this script again.
 # Settings live in $HOME_DIR/slipway.toml: this script only adds or changes the
 # keys of the options it is given (and router_addr and https_addr when the file
 # has none), so whatever an operator put there survives every run.
@@ -40,13 +43,16 @@ Usage: $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
        $0 --uninstall [--purge] [--dry-run] [--force] [--home DIR] [--user NAME]
 
 Run as root. Install slipway on this machine: system packages, the slipway binary
-($BIN), the system user, sshd, and the slipway daemon.
+($BIN), the system user, sshd, the firewall rule that keeps the dyno
+ports for the router ('slipway firewall', reloaded at every start of the daemon under
+systemd), and the slipway daemon, which runs as root.
 Safe to run again; that is also how you upgrade: the binary is replaced, the
 version change is reported and only the daemon restarts (apps keep running).
 
 Options:
   --home DIR    SLIPWAY_HOME, which is also the user's home (default: $DEFAULT_HOME)
-  --user NAME   system user that owns the data and runs the daemon (default: $DEFAULT_USER)
+  --user NAME   system user that owns the data and that git pushes log in as over SSH
+                (default: $DEFAULT_USER); the daemon itself runs as root
   --router-addr ADDR
                 where the HTTP router listens (default: the router_addr already in
                 DIR/slipway.toml, else 0.0.0.0:80 with systemd, which grants the
@@ -61,8 +67,9 @@ every other setting can be added too; keys already there are kept.
 
 Uninstall:
   --uninstall   stop every dyno ('slipway ps:stop --all') and the daemon, then remove
-                what install.sh added: $BIN and the systemd unit
-                ($UNIT). The home (apps, releases, logs, keys,
+                what install.sh added: $BIN, the systemd unit
+                ($UNIT) and the firewall rule for the dyno
+                ports. The home (apps, releases, logs, keys,
                 slipway.toml) and the user are kept. System packages, sshd and its
                 host keys are left alone. Running it again says nothing is left.
   --purge       with --uninstall: also delete the user and the home DIR
@@ -112,7 +119,7 @@ parse_args() {
     if ! [[ $SLIPWAY_USER =~ ^[a-z_][a-z0-9_-]*$ ]] || [ "${#SLIPWAY_USER}" -gt 32 ]; then
         die "--user '$SLIPWAY_USER' is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)."
     fi
-    [ "$SLIPWAY_USER" != root ] || die "--user root is refused: slipway must run as an unprivileged user."
+    [ "$SLIPWAY_USER" != root ] || die "--user root is refused: the platform user (which owns the home and which sshd logs in as) must be unprivileged."
     local addr_re='^[][0-9a-fA-F.:]+:[0-9]+$'   # IPv4:port or [IPv6]:port
     if [ -n "$ROUTER_ADDR" ] && ! [[ $ROUTER_ADDR =~ $addr_re ]]; then
         die "--router-addr '$ROUTER_ADDR' is not HOST:PORT."
@@ -258,7 +265,7 @@ build_and_install_binary() {
 check_existing_user() {
     local entry current_home
     entry=$(getent passwd "$SLIPWAY_USER") || return 0
-    [ "$(id -u "$SLIPWAY_USER")" != 0 ] || die "user '$SLIPWAY_USER' has uid 0; refusing to run slipway as root."
+    [ "$(id -u "$SLIPWAY_USER")" != 0 ] || die "user '$SLIPWAY_USER' has uid 0; the platform user must be unprivileged."
     # sshd reads keys from the account's home, while slipway writes them to
     # $SLIPWAY_HOME/.ssh: the two must be the same directory.
     current_home=$(printf '%s\n' "$entry" | cut -d: -f6)
@@ -289,7 +296,7 @@ setup_user() {
             "${group_opt[@]}" "$SLIPWAY_USER"
     fi
     getent group "$SLIPWAY_USER" >/dev/null ||
-        die "group '$SLIPWAY_USER' does not exist; the daemon runs as $SLIPWAY_USER:$SLIPWAY_USER (create it with groupadd --system $SLIPWAY_USER)."
+        die "group '$SLIPWAY_USER' does not exist; the home is owned by $SLIPWAY_USER:$SLIPWAY_USER (create it with groupadd --system $SLIPWAY_USER)."
 
     # useradd leaves the password as "!" (locked). With UsePAM off, OpenSSH refuses
     # locked accounts even for public keys; "*" means "no password" but not locked.
@@ -441,6 +448,16 @@ as_slipway() {
         "$BIN" --home "$HOME_DIR" "$@")
 }
 
+# Run slipway as root with the clean environment systemd gives the unit: for `daemon`
+# (the daemon runs as root; `daemon --stop` must be able to signal it, and also stops a
+# daemon an older install started as the slipway user) and `firewall`.
+as_root() {
+    (cd "$HOME_DIR" && env -i \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        USER=root LOGNAME=root LANG=C.UTF-8 SLIPWAY_HOME="$HOME_DIR" \
+        "$BIN" --home "$HOME_DIR" "$@")
+}
+
 daemon_up() { as_slipway status >/dev/null 2>&1; }
 
 # wait_for up|down: poll `slipway status` for at most WAIT_SECONDS.
@@ -473,8 +490,7 @@ render_unit() {
     tmp="$dest.new.$$"
     TMP_FILES+=("$tmp")
     # Safe with sed: the values were validated above and contain no '|', '&' or '\'.
-    sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$SLIPWAY_USER|g" \
-        "$template" >"$tmp"
+    sed -e "s|@BIN@|$BIN|g" -e "s|@HOME@|$HOME_DIR|g" "$template" >"$tmp"
     if grep -q '@[A-Z]*@' "$tmp"; then die "unsubstituted placeholder left in $template."; fi
     chmod 0644 "$tmp"
     mv -f "$tmp" "$dest"
@@ -485,7 +501,7 @@ start_daemon_systemd() {
     render_unit "$UNIT"
     # A daemon started by hand (before systemd managed it) would hold the control
     # socket and make the unit fail: stop it first. Dynos keep running.
-    if ! systemctl is-active --quiet slipway && as_slipway daemon --stop >/dev/null 2>&1; then
+    if ! systemctl is-active --quiet slipway && as_root daemon --stop >/dev/null 2>&1; then
         say "Stopped the slipway daemon started outside systemd (apps keep running)"
     fi
     systemctl daemon-reload
@@ -504,7 +520,7 @@ start_daemon_plain() {
     # Restart so the new binary takes over; --stop leaves the dynos running and the new
     # daemon re-adopts them. --stop finds the daemon by its pid-file lock, so it also stops
     # one too old to answer this binary's `status` (a protocol change).
-    if as_slipway daemon --stop >/dev/null 2>&1; then
+    if as_root daemon --stop >/dev/null 2>&1; then
         say "Stopped the running slipway daemon (apps keep running)"
     fi
     say "Starting the slipway daemon"
@@ -513,7 +529,7 @@ start_daemon_plain() {
     # The daemon detaches itself. Keep its inherited stdio off our terminal/pipe
     # (a pipe held open by it would hang `./install.sh | tee log`), but keep the
     # startup messages for the error report.
-    as_slipway daemon </dev/null >"$out" 2>&1 || {
+    as_root daemon </dev/null >"$out" 2>&1 || {
         cat "$out" >&2
         die "'slipway daemon' failed to start (output above)."
     }
@@ -534,8 +550,8 @@ next_steps() {
 
 slipway is installed and running ($(version_change "$OLD_VERSION" "$NEW_VERSION"); home $HOME_DIR, user $SLIPWAY_USER).
 
-Next steps (as root, 'slipway ...' switches to the $SLIPWAY_USER user by itself; from
-another account use: runuser -u $SLIPWAY_USER -- slipway ...):
+Next steps (as root, 'slipway ...' switches to the $SLIPWAY_USER user by itself, except
+'slipway daemon', which stays root; from another account use: runuser -u $SLIPWAY_USER -- slipway ...):
   1. Authorize a developer's SSH public key (copy alice's ~/.ssh/id_ed25519.pub
      to this server first), on this server:
        slipway $(home_flag)keys:add alice < id_ed25519.pub
@@ -557,8 +573,9 @@ EOF
         cat <<EOF
 
 This machine does not run systemd, so nothing starts sshd or the slipway daemon
-at boot: after a reboot, run install.sh again (or start /usr/sbin/sshd and
-as root, 'slipway $(home_flag)daemon').
+at boot, and nothing reloads the firewall rule for the dyno ports: after a reboot,
+run install.sh again, or as root: 'slipway $(home_flag)firewall', /usr/sbin/sshd and
+'slipway $(home_flag)daemon' (in that order; an init script or @reboot cron job may run them).
 EOF
     fi
 }
@@ -567,10 +584,12 @@ EOF
 # Firewall: dyno ports are for the router only
 # ---------------------------------------------------------------------------
 # Dynos listen on every address at a port of the `ports` setting; only the router (on
-# this machine) should reach them. One rule drops TCP to that range unless it arrives
-# on the loopback interface: an nft table `inet slipway` when nft is installed, else a
-# chain SLIPWAY-DYNOS jumped to from INPUT (iptables, and ip6tables when present).
-# Rules are not saved across reboots by this script: running it again re-adds them.
+# this machine) should reach them. `slipway firewall` (as root) loads one rule that drops
+# TCP to that range unless it arrives on the loopback interface: an nft table
+# `inet slipway` when nft is installed, else a chain SLIPWAY-DYNOS jumped to from INPUT
+# (iptables, and ip6tables when present). It is idempotent, and refuses a range holding
+# sshd's or the router's port. The systemd unit runs it before every start of the daemon
+# (ExecStartPre), so the rule comes back after a reboot and follows a changed `ports`.
 readonly FW_NFT_TABLE="inet slipway"
 readonly FW_CHAIN=SLIPWAY-DYNOS
 
@@ -583,80 +602,23 @@ firewall_tool() {
     fi
 }
 
-# port_range RANGE: "FROM TO" for a `ports` value like 5000-5999; fails otherwise.
-port_range() {
-    [[ $1 =~ ^([0-9]{1,5})-([0-9]{1,5})$ ]] || return 1
-    local from=$((10#${BASH_REMATCH[1]})) to=$((10#${BASH_REMATCH[2]}))
-    [ "$from" -ge 1 ] && [ "$to" -le 65535 ] && [ "$from" -le "$to" ] || return 1
-    echo "$from $to"
-}
-
-# firewall_nft_ruleset FROM TO: the table loaded with `nft -f -`.
-firewall_nft_ruleset() {
-    cat <<EOF
-table $FW_NFT_TABLE {
-    chain dyno_ports {
-        type filter hook input priority -10; policy accept;
-        iifname != "lo" tcp dport $1-$2 drop
-    }
-}
-EOF
-}
-
-# firewall_iptables_rule FROM TO: the rule of chain SLIPWAY-DYNOS (digits and fixed
-# words only, so it is safe to split into arguments).
-firewall_iptables_rule() {
-    echo "! -i lo -p tcp --dport $1:$2 -j DROP"
-}
-
-# dyno_ports: "FROM TO" of the daemon's `ports` setting (its default when unset).
-dyno_ports() {
-    local range
-    range=$(as_slipway settings | awk '$1 == "ports" { print $2 }')
-    port_range "${range:-5000-5999}" ||
-        die "the ports setting ($range) is not FROM-TO; fix it with 'slipway settings:set ports=5000-5999'."
-}
-
-# setup_firewall [TOOL]: add the rule (TOOL defaults to firewall_tool's answer). With
-# DRY_RUN=1 it only prints what it would load.
+# setup_firewall: load the rule now (with DRY_RUN=1, print the commands instead).
 setup_firewall() {
-    local tool=${1-$(firewall_tool)} from to ipt ports
-    ports=$(dyno_ports) || exit 1
-    read -r from to <<<"$ports"
-    case $tool in
-        nft)
-            if [ "$DRY_RUN" = 1 ]; then
-                say "Would load (nft -f -), after deleting the table $FW_NFT_TABLE if it exists:"
-                firewall_nft_ruleset "$from" "$to"
-                return 0
-            fi
-            nft delete table $FW_NFT_TABLE >/dev/null 2>&1 || true
-            firewall_nft_ruleset "$from" "$to" | nft -f - ||
-                die "could not load the firewall rule for the dyno ports (the reason is above)."
-            ;;
-        iptables)
-            for ipt in iptables ip6tables; do
-                if [ "$DRY_RUN" = 1 ]; then
-                    say "Would run: $ipt -N $FW_CHAIN; $ipt -A $FW_CHAIN $(firewall_iptables_rule "$from" "$to"); $ipt -I INPUT -j $FW_CHAIN"
-                    continue
-                fi
-                command -v "$ipt" >/dev/null 2>&1 || continue
-                "$ipt" -N "$FW_CHAIN" 2>/dev/null || "$ipt" -F "$FW_CHAIN" ||
-                    die "could not create the $ipt chain $FW_CHAIN (the reason is above)."
-                # shellcheck disable=SC2046 # digits and fixed words only
-                "$ipt" -A "$FW_CHAIN" $(firewall_iptables_rule "$from" "$to") ||
-                    die "could not add the $ipt rule for the dyno ports (the reason is above)."
-                "$ipt" -C INPUT -j "$FW_CHAIN" 2>/dev/null || "$ipt" -I INPUT -j "$FW_CHAIN" ||
-                    die "could not add $FW_CHAIN to the $ipt INPUT chain (the reason is above)."
-            done
-            [ "$DRY_RUN" = 1 ] && return 0
-            ;;
-        *)
-            warn "neither nft nor iptables is installed: the dyno ports $from-$to stay reachable from other machines; block them in your firewall (only the router, on this machine, needs them)."
-            return 0
-            ;;
-    esac
-    say "Firewall: TCP to the dyno ports $from-$to is dropped unless it comes over loopback ($tool; run install.sh again after changing the ports setting, and after a reboot unless you save the rules)"
+    local out
+    if [ "$DRY_RUN" = 1 ]; then
+        say "Would run (as root) $BIN --home $HOME_DIR firewall:"
+        as_root firewall --dry-run
+        return
+    fi
+    out=$(as_root firewall) ||
+        die "could not load the firewall rule for the dyno ports (the reason is above); nothing else was changed by this step."
+    if [ -n "$out" ]; then
+        if have_systemd; then
+            say "$out; slipway.service reloads it at every start"
+        else
+            say "$out; after a reboot, run 'slipway $(home_flag)firewall' as root (or this script again)"
+        fi
+    fi
 }
 
 # remove_firewall [TOOL]: undo setup_firewall (TOOL defaults to firewall_tool's answer).
@@ -755,7 +717,7 @@ stop_slipway() {
             if [ "$unit_there" = 1 ]; then
                 systemctl start slipway || true
             else
-                as_slipway daemon </dev/null >/dev/null 2>&1 || true
+                as_root daemon </dev/null >/dev/null 2>&1 || true
             fi
             wait_for up || true
         fi
@@ -777,8 +739,8 @@ stop_slipway() {
     # A daemon started by hand (no systemd, or before the unit existed), and the router: it
     # outlives the daemon (systemd's KillMode=process leaves it too) and stops with
     # 'daemon --stop' once no dyno is left.
-    would "stop the daemon and the router: runuser -u $SLIPWAY_USER -- $BIN --home $HOME_DIR daemon --stop" || {
-        if as_slipway daemon --stop >/dev/null 2>&1; then say "Stopped the slipway daemon and router"; fi
+    would "stop the daemon and the router: $BIN --home $HOME_DIR daemon --stop (as root)" || {
+        if as_root daemon --stop >/dev/null 2>&1; then say "Stopped the slipway daemon and router"; fi
         wait_for down || warn "the slipway daemon still answers 'slipway status'; stop it by hand (kill its pid)."
     }
 }

@@ -3,8 +3,12 @@
 //! Every dyno runs in a cgroup of its own, `<root>/slipway-<home hash>/<app>/<dyno id>`; a
 //! build in `<root>/slipway-<home hash>/<app>/build-<pid>`. The home hash keeps several homes
 //! (and parallel tests) apart. Two layouts are supported:
-//! - cgroup v2 (production boxes): one hierarchy, `<root>` is its mount point; the `memory`,
-//!   `pids` and `cpu` controllers are enabled down the path in `cgroup.subtree_control`.
+//! - cgroup v2 (production boxes): one hierarchy; the `memory`, `pids` and `cpu` controllers
+//!   are enabled down the path in `cgroup.subtree_control`. `<root>` is the subtree systemd
+//!   delegated to the daemon's unit (`Delegate=yes`; the nearest cgroup above the daemon's own,
+//!   from `/proc/self/cgroup`, that carries systemd's `trusted.delegate` or `user.delegate`
+//!   marker) when systemd started the daemon in a leaf of it (`DelegateSubgroup=daemon`), else
+//!   the mount point. See [`v2_place`].
 //! - cgroup v1, where only v1 has the memory and pids controllers: one directory per controller
 //!   hierarchy (`memory`, `pids`, and `cpu` if mounted), each at that hierarchy's mount point.
 //!
@@ -35,6 +39,9 @@ use std::time::{Duration, Instant};
 pub struct Mounts {
     /// The first cgroup2 mount.
     pub v2: Option<PathBuf>,
+    /// The cgroup that mount shows at its mount point (mountinfo's ROOT field: `/`, or the
+    /// cgroup a container's view starts at), as `/proc/self/cgroup` paths spell it.
+    pub v2_mount_root: String,
     /// v1 controller name → mount point of its hierarchy.
     pub v1: BTreeMap<String, PathBuf>,
 }
@@ -44,12 +51,16 @@ pub fn parse_mountinfo(text: &str) -> Mounts {
     let mut mounts = Mounts::default();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else { continue };
-        let Some(point) = left.split_whitespace().nth(4) else { continue };
+        let mut fields = left.split_whitespace();
+        let (Some(mount_root), Some(point)) = (fields.nth(3), fields.next()) else { continue };
         let mut right = right.split_whitespace();
         let (Some(fstype), _, Some(superopts)) = (right.next(), right.next(), right.next()) else { continue };
         let point = PathBuf::from(unescape_mount(point));
         match fstype {
-            "cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(point),
+            "cgroup2" if mounts.v2.is_none() => {
+                mounts.v2 = Some(point);
+                mounts.v2_mount_root = unescape_mount(mount_root);
+            }
             "cgroup" => {
                 for opt in superopts.split(',') {
                     if matches!(opt, "memory" | "pids" | "cpu") {
@@ -106,6 +117,56 @@ pub fn choose_layout(mounts: &Mounts, v2_controllers: Option<&str>) -> Result<La
         _ if mounts.v2.is_some() => Err("the cgroup v2 root offers no memory and pids controllers".into()),
         _ => Err("no cgroup with the memory and pids controllers is mounted".into()),
     }
+}
+
+/// The leaf a daemon in its delegated cgroup moves into (v2's "no internal processes" rule).
+pub const DAEMON_LEAF: &str = "daemon";
+
+/// The v2 cgroup path of a process, from its `/proc/PID/cgroup` text (the `0::PATH` line).
+pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::trim_end)
+}
+
+/// Where slipway makes its v2 cgroups: `base`, relative to the cgroup2 mount point (empty: the
+/// mount point itself), and for a delegated base the leaf (relative too) that whatever still
+/// runs in `base` itself must move into before controllers can be enabled in `base` (v2's "no
+/// internal processes" rule): after an upgrade, the dynos and router of the daemon that ran as
+/// the platform user, which systemd had started there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Place {
+    pub base: PathBuf,
+    pub leaf: Option<PathBuf>,
+}
+
+/// Decides [`V2Place`] from the cgroup2 mount's root (`Mounts::v2_mount_root`), the caller's
+/// `/proc/self/cgroup` text and `delegated`, which says whether a cgroup (relative to the mount
+/// point) carries systemd's delegation marker. The nearest marked cgroup, walking up from the
+/// caller's own:
+/// - above it (the daemon in `<unit>/daemon`, where `DelegateSubgroup=daemon` starts it, a shim
+///   or build it started, a dyno, the unit's `.control`): that one is the base, `<base>/daemon`
+///   the leaf;
+/// - the caller's own cgroup (a systemd without `DelegateSubgroup=`, before 254, starts the
+///   daemon in the unit's cgroup itself, and would start the next one there too, which v2
+///   refuses once controllers are enabled there for the dynos: the daemon could not restart
+///   while dynos run), or none (no systemd, a root shell's session, a container's root, a
+///   cgroup outside the mount's view): the mount point, as without delegation.
+pub fn v2_place(mount_root: &str, proc_cgroup: &str, delegated: &dyn Fn(&Path) -> bool) -> V2Place {
+    let top = V2Place { base: PathBuf::new(), leaf: None };
+    let Some(own) = v2_path(proc_cgroup) else { return top };
+    let own = own.split(" (deleted)").next().unwrap_or(own);
+    let root = mount_root.trim_end_matches('/');
+    let Some(rel) = own.strip_prefix(root).filter(|r| r.is_empty() || r.starts_with('/')) else { return top };
+    let rel = Path::new(rel.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return top;
+    }
+    let Some(base) = rel.ancestors().filter(|a| !a.as_os_str().is_empty()).find(|a| delegated(a)) else {
+        return top;
+    };
+    if base == rel {
+        return top;
+    }
+    V2Place { base: base.to_path_buf(), leaf: Some(base.join(DAEMON_LEAF)) }
 }
 
 impl Layout {
@@ -355,19 +416,68 @@ pub fn limit_writes(v2: bool, limits: Limits) -> Vec<(&'static str, &'static str
 /// The layout of this machine's cgroups (whether or not this process may write them): enough
 /// to read a dyno's memory.
 pub fn find_layout() -> Result<Layout, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
-    let mounts = parse_mountinfo(&mountinfo);
-    let controllers =
-        mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
-    choose_layout(&mounts, controllers.as_deref())
+    locate("self").map(|(layout, _)| layout)
 }
 
-/// Whether this process can put dynos into cgroups, and why not.
+/// [`find_layout`] as process `pid` (the daemon) sees it: on v2 under systemd the daemon's
+/// cgroups are below its unit's, which a command run from a shell is not in.
+pub fn find_layout_of(pid: i32) -> Result<Layout, String> {
+    locate(&pid.to_string()).map(|(layout, _)| layout)
+}
+
+/// The layout as process `pid` ("self" or a number) sees it, and on v2 the leaf (absolute) it
+/// must move into first (see [`v2_place`]).
+fn locate(pid: &str) -> Result<(Layout, Option<PathBuf>), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc: {e}"))?;
+    let mut mounts = parse_mountinfo(&mountinfo);
+    let mut leaf = None;
+    if let Some((mount, place)) = place_v2(&mounts, pid) {
+        leaf = place.leaf.map(|l| mount.join(l));
+        mounts.v2 = Some(mount.join(place.base));
+    }
+    let controllers =
+        mounts.v2.as_ref().and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
+    let layout = choose_layout(&mounts, controllers.as_deref())?;
+    Ok((layout.clone(), leaf.filter(|_| matches!(layout, Layout::V2 { .. }))))
+}
+
+/// The cgroup2 mount point and [`v2_place`] for process `pid` (a number), None without v2.
+pub fn v2_place_of(pid: i32) -> Option<(PathBuf, V2Place)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    place_v2(&parse_mountinfo(&mountinfo), &pid.to_string())
+}
+
+fn place_v2(mounts: &Mounts, pid: &str) -> Option<(PathBuf, V2Place)> {
+    let mount = mounts.v2.clone()?;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let place = v2_place(&mounts.v2_mount_root, &own, &|rel| is_delegated(&mount.join(rel)));
+    Some((mount, place))
+}
+
+/// Whether systemd delegated the cgroup at `dir` (`Delegate=yes`): the `trusted.delegate`
+/// extended attribute (readable by root), else `user.delegate`, is `1`.
+fn is_delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: getxattr writes at most value.len() bytes into value; both strings are
+        // NUL-terminated.
+        let n =
+            unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        n > 0 && value[0] == b'1'
+    })
+}
+
+/// Whether this process can put dynos into cgroups, and why not. On v2 below a cgroup systemd
+/// delegated, whatever still runs in that cgroup itself (after an upgrade, the dynos and router
+/// of a daemon that was not root) first moves into `<delegated>/daemon`, so that controllers
+/// can be enabled for the subtree.
 pub fn detect() -> Result<Layout, String> {
     if std::env::var("SLIPWAY_CGROUPS").is_ok_and(|v| v == "0") {
         return Err("turned off by SLIPWAY_CGROUPS=0".into());
     }
-    let layout = find_layout()?;
+    let (layout, leaf) = locate("self")?;
     let probe = match &layout {
         Layout::V2 { root } => root.clone(),
         Layout::V1 { memory, .. } => memory.clone(),
@@ -375,7 +485,29 @@ pub fn detect() -> Result<Layout, String> {
     if !writable(&probe) {
         return Err(format!("{} is not writable (not root, and no delegated subtree)", probe.display()));
     }
+    if let Some(leaf) = leaf {
+        enter_leaf(&probe, &leaf).map_err(|e| format!("moving into {}: {e}", leaf.display()))?;
+    }
     Ok(layout)
+}
+
+/// Moves every process of v2 cgroup `base` into its child `leaf` (made if missing); nothing to
+/// do when `base` holds none.
+pub fn enter_leaf(base: &Path, leaf: &Path) -> io::Result<()> {
+    let procs = std::fs::read_to_string(base.join("cgroup.procs"))?;
+    let pids: Vec<&str> = procs.lines().map(str::trim).filter(|p| !p.is_empty()).collect();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    mkdir(leaf)?;
+    for pid in pids {
+        match std::fs::write(leaf.join("cgroup.procs"), pid) {
+            // Exited meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 fn writable(dir: &Path) -> bool {
@@ -731,6 +863,74 @@ mod tests {
         }
         assert_eq!(parse_mountinfo(COMBINED_V1).v1["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
+    }
+
+    /// v2 hosts with systemd: where the cgroups go, for the daemon and the processes around it.
+    #[test]
+    fn v2_cgroups_go_below_the_subtree_systemd_delegated() {
+        let unit = "system.slice/slipway.service";
+        let user_manager = "user.slice/user-1000.slice/user@1000.service";
+        let user_unit = "user.slice/user-1000.slice/user@1000.service/app.slice/slipway.service";
+        let delegated_units = [unit, user_manager, user_unit];
+        let delegated = |rel: &Path| delegated_units.iter().any(|d| rel == Path::new(d));
+        let proc_cgroup = |path: &str| format!("0::{path}\n");
+        let under = |base: &str| V2Place { base: base.into(), leaf: Some(Path::new(base).join("daemon")) };
+        let top = V2Place { base: PathBuf::new(), leaf: None };
+        let cases: &[(&str, String, &V2Place)] = &[
+            // The daemon where DelegateSubgroup=daemon starts it: the unit is the base.
+            ("/", proc_cgroup("/system.slice/slipway.service/daemon"), &under(unit)),
+            // A shim or build it started, a dyno, ExecStartPre in the unit's .control: the same.
+            ("/", proc_cgroup("/system.slice/slipway.service/.control"), &under(unit)),
+            (
+                "/",
+                proc_cgroup("/system.slice/slipway.service/slipway-0123456789abcdef/hello/7"),
+                &under(unit),
+            ),
+            // The daemon in the unit's cgroup itself (systemd before 254): the root, as before,
+            // or systemd could not start the next daemon there while dynos run.
+            ("/", proc_cgroup("/system.slice/slipway.service"), &top),
+            // A unit without Delegate=yes, a root shell's session: the root, as before.
+            ("/", proc_cgroup("/system.slice/other.service/daemon"), &top),
+            ("/", proc_cgroup("/user.slice/user-0.slice/session-3.scope"), &top),
+            // No systemd (a container's own root, or init scripts).
+            ("/", proc_cgroup("/"), &top),
+            // Nested delegation (a user manager's own unit): the nearest marker wins.
+            ("/", proc_cgroup(&format!("/{user_unit}/daemon")), &under(user_unit)),
+            ("/", proc_cgroup(&format!("/{user_manager}/app.slice/other.service")), &under(user_manager)),
+            ("/", proc_cgroup(&format!("/{user_unit}")), &top),
+            // A hybrid host: v1 lines around the v2 one.
+            (
+                "/",
+                format!("12:pids:/system.slice/slipway.service\n0::/{unit}/daemon\n1:name=systemd:/x\n"),
+                &under(unit),
+            ),
+            // A mount whose view starts lower (a container without a cgroup namespace).
+            ("/docker/abc", proc_cgroup("/docker/abc/system.slice/slipway.service/daemon"), &under(unit)),
+            // The caller's cgroup is outside what the mount shows, or odd: the mount point.
+            ("/docker/abc", proc_cgroup("/docker/abcd/system.slice/slipway.service/daemon"), &top),
+            ("/", proc_cgroup("/system.slice/../system.slice/slipway.service/daemon"), &top),
+            // v1 only (this machine): no 0:: line.
+            ("/", "4:memory:/x\n1:cpu:/\n".to_string(), &top),
+            ("/", String::new(), &top),
+        ];
+        for (mount_root, text, want) in cases {
+            assert_eq!(&&v2_place(mount_root, text, &delegated), want, "{mount_root} {text:?}");
+        }
+        assert_eq!(v2_path("1:cpu:/\n0::/a/b\n"), Some("/a/b"));
+        assert_eq!(v2_path("1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn the_v2_mount_root_is_read_from_mountinfo() {
+        assert_eq!(parse_mountinfo(V2_MOUNTINFO).v2_mount_root, "/");
+        let container = "\
+1279 1271 0:25 /docker/abc /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw,nsdelegate
+";
+        let mounts = parse_mountinfo(container);
+        assert_eq!(mounts.v2.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+        assert_eq!(mounts.v2_mount_root, "/docker/abc");
+        // This machine (v1, and an empty v2 hierarchy at /sys/fs/cgroup/unified).
+        assert_eq!(parse_mountinfo(V1_MOUNTINFO).v2_mount_root, "/");
     }
 
     #[test]

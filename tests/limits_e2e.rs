@@ -321,3 +321,94 @@ fn without_cgroups_dynos_run_unlimited_ps_counts_the_tree_and_status_says_why() 
         assert!(!mine.exists(), "a cgroup was made with cgroups turned off");
     }
 }
+
+/// The cgroup v2 delegation path, on this machine's v2 hierarchy (it has no controllers here,
+/// so no limits are set), with a cgroup carrying systemd's `Delegate=yes` marker
+/// (`trusted.delegate`) as a unit's: a process in its `daemon` leaf (where
+/// `DelegateSubgroup=daemon` starts the daemon) gets it as the base of slipway's cgroups; a
+/// process left in the marked cgroup itself (a dyno of the daemon before an upgrade) is moved
+/// into the leaf, and moving again moves nothing; a process in the marked cgroup itself (a daemon
+/// a systemd without `DelegateSubgroup=` started) does not use it. Needs root and a cgroup2 mount.
+#[test]
+fn a_delegated_v2_cgroup_is_the_base_for_a_daemon_in_its_leaf() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: writing cgroups needs root here");
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let Some(mount) = slipway::cgroup::parse_mountinfo(&mountinfo).v2 else {
+        eprintln!("skipped: no cgroup2 hierarchy is mounted");
+        return;
+    };
+    let rel = PathBuf::from(format!("slipway-test-delegated-{}", std::process::id()));
+    let (dir, leaf) = (mount.join(&rel), mount.join(&rel).join("daemon"));
+    std::fs::create_dir(&dir).expect("mkdir in the cgroup2 hierarchy");
+    let mut guard = Cleanup { dirs: vec![leaf.clone(), dir.clone()], children: Vec::new() };
+    std::fs::create_dir(&leaf).expect("mkdir the leaf");
+    let mut spawn_into = |cgroup: &Path| -> i32 {
+        let child = std::process::Command::new("sleep").arg("1000").spawn().expect("spawn sleep");
+        let pid = child.id() as i32;
+        guard.children.push(child);
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).expect("moving a sleeper in");
+        pid
+    };
+    let daemon = spawn_into(&leaf);
+    let stray = spawn_into(&dir);
+    let cgroup_of = |pid: i32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
+        slipway::cgroup::v2_path(&text).expect("a v2 path").to_string()
+    };
+
+    let path = std::ffi::CString::new(dir.to_str().expect("utf-8").as_bytes()).expect("path");
+    // SAFETY: both strings are NUL-terminated and the value is 1 byte long.
+    let set =
+        unsafe { libc::setxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(set, 0, "setting trusted.delegate: {}", std::io::Error::last_os_error());
+
+    let (found_mount, place) = slipway::cgroup::v2_place_of(daemon).expect("a v2 place");
+    assert_eq!(found_mount, mount);
+    assert_eq!(place, slipway::cgroup::V2Place { base: rel.clone(), leaf: Some(rel.join("daemon")) });
+    let (_, in_the_unit) = slipway::cgroup::v2_place_of(stray).expect("a v2 place");
+    assert_eq!(in_the_unit.base, PathBuf::new(), "a process in the delegated cgroup itself uses the root");
+
+    slipway::cgroup::enter_leaf(&dir, &leaf).expect("entering the leaf");
+    assert_eq!(cgroup_of(stray), format!("/{}/daemon", rel.display()));
+    assert_eq!(cgroup_of(daemon), format!("/{}/daemon", rel.display()));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cgroup.procs")).expect("procs"),
+        "",
+        "the base is empty now"
+    );
+    slipway::cgroup::enter_leaf(&dir, &leaf).expect("entering the leaf again");
+    assert_eq!(cgroup_of(stray), format!("/{}/daemon", rel.display()));
+
+    // Not marked: this test process's own cgroup is no base; the mount point is.
+    let (_, own_place) = slipway::cgroup::v2_place_of(std::process::id() as i32).expect("a v2 place");
+    assert_eq!(own_place.base, PathBuf::new());
+    drop(guard);
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+/// Kills the children and removes the cgroup dirs (innermost first) when the test ends, passed
+/// or not.
+struct Cleanup {
+    dirs: Vec<PathBuf>,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Err(e) = child.kill().and_then(|()| child.wait().map(drop)) {
+                eprintln!("stopping a sleeper: {e}");
+            }
+        }
+        for dir in &self.dirs {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("removing {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod certs;
 mod config;
 mod daemon;
 mod domains;
+mod firewall;
 mod hook;
 mod keys;
 mod logs;
@@ -333,6 +334,17 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Internal (root): (re)loads the firewall rule that keeps the dyno ports for the router;
+    /// install.sh and the systemd unit (before every daemon start) run it.
+    #[command(name = "firewall", hide = true)]
+    Firewall {
+        /// Print the commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// nft, iptables or none (default: nft when installed, else iptables).
+        #[arg(long)]
+        tool: Option<String>,
+    },
     /// Internal: the HTTP router process, started and kept by the daemon.
     #[command(name = "router", hide = true)]
     Router,
@@ -394,6 +406,7 @@ impl Command {
                 | Command::DynoShim { .. }
                 | Command::Router
                 | Command::RouterLog
+                | Command::Firewall { .. }
         )
     }
 }
@@ -402,8 +415,9 @@ impl Command {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::resolve(cli.home);
     // As root on a home another user owns, act as that user (the home stays the one resolved
-    // here). The hook and the shim already run as whoever git or the daemon runs as.
-    if !matches!(cli.command, Command::Hook { .. } | Command::DynoShim { .. }) {
+    // here). The hook and the shim already run as whoever git or the daemon runs as; the
+    // firewall rule needs root.
+    if !matches!(cli.command, Command::Hook { .. } | Command::DynoShim { .. } | Command::Firewall { .. }) {
         home.become_owner()?;
     }
     dispatch(&home, cli.command, None)
@@ -456,6 +470,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Restore { file, force } => backup::restore(home, &file, force),
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
+        Command::Firewall { dry_run, tool } => firewall::apply(home, dry_run, tool.as_deref()),
         Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
         Command::DynoShim {

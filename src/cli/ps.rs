@@ -49,7 +49,10 @@ pub fn views(home: &Home, store: &Store, app: &AppName) -> anyhow::Result<Vec<Dy
     let now = time::OffsetDateTime::now_utc();
     let settings = crate::settings::Settings::load(home)?;
     let quotas = store::formation::memory(store.conn(), app)?;
-    let layout = crate::cgroup::find_layout().ok();
+    // The daemon's view: on cgroup v2 under systemd its dynos' cgroups are below its unit's.
+    let layout = crate::daemon::running_pid(home)
+        .map_or_else(crate::cgroup::find_layout, crate::cgroup::find_layout_of)
+        .ok();
     Ok(store::dynos::for_app(store.conn(), app)?
         .into_iter()
         .map(|d| {

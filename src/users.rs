@@ -128,7 +128,7 @@ pub fn status_line(daemon_uid: u32, daemon_user: &str, range: UidRange, landlock
         format!("per-app users: each app runs as its own uid from app_uids {range} (the daemon runs as root)")
     } else {
         format!(
-            "single-user mode: apps run as {daemon_user}, like the daemon (per-app users need a root daemon on a root-owned home)"
+            "single-user mode: apps run as {daemon_user}, like the daemon (per-app users need a root daemon)"
         )
     };
     if !landlock {

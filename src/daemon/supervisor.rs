@@ -479,7 +479,7 @@ impl Supervisor {
         let vars = env.vars(&name, dyno.port);
         let announce = self.home.dyno_announcement(id);
         if let Some(dir) = announce.parent() {
-            if let Err(err) = std::fs::create_dir_all(dir) {
+            if let Err(err) = crate::fsutil::create_dir_all_owned(dir) {
                 let message = format!("creating {}: {err}", dir.display());
                 return Some(Input::SpawnFailed { dyno: id, message });
             }
@@ -795,10 +795,7 @@ fn spawn_shim(mut command: Command) -> Result<ProcessIds, String> {
 }
 
 fn shim_stderr(home: &Home) -> Stdio {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.daemon_log())
+    crate::fsutil::open_append(&home.daemon_log())
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null())
 }

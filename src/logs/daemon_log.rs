@@ -390,7 +390,7 @@ impl Inner {
             // the file it opened (which is then never rotated).
             Err(e) if self.file.is_some() && e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
             _ => {
-                let file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
+                let file = crate::fsutil::open_append(&self.path)?;
                 self.inode = file.metadata()?.ino();
                 self.file = Some(file);
                 Ok(())

@@ -17,7 +17,7 @@ pub mod daemon_log;
 pub mod follow;
 pub mod read;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -186,7 +186,7 @@ impl LogWriter {
 
     pub fn with_policy(path: &Path, policy: LogPolicy) -> io::Result<LogWriter> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::create_dir_all_owned(dir)?;
         }
         let (file, inode) = open_append(path)?;
         Ok(LogWriter { file: Some(file), inode, ..LogWriter::unopened(path, policy) })
@@ -291,7 +291,7 @@ impl LogWriter {
 
     fn rotate(&mut self) -> io::Result<()> {
         let lock_path = self.path.with_file_name(".rotate.lock");
-        let lock_file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock_file = crate::fsutil::open_append(&lock_path)?;
         let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
         // Under the lock: someone else may have rotated already.
         let current = std::fs::metadata(&self.path)?;
@@ -329,9 +329,10 @@ pub fn ends_mid_line(file: &File) -> bool {
     len > 0 && file.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
 }
 
-/// Opened for reading too, for [`ends_mid_line`].
+/// Opened for reading too, for [`ends_mid_line`]; as root never through a link, and given to
+/// the home's owner (`fsutil::open_append`).
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let file = crate::fsutil::open_append(path)?;
     let inode = file.metadata()?.ino();
     Ok((file, inode))
 }

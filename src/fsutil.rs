@@ -140,13 +140,10 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     for part in dirs {
         dir = openat(&dir, part.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
     }
+    // O_NONBLOCK: a FIFO planted under the log's name never blocks the open (and changes
+    // nothing for a regular file). A device node the owner cannot make (CAP_MKNOD).
     let flags = libc::O_RDWR | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
     let file = File::from(openat(&dir, name.as_os_str(), flags, 0o600)?);
-    if !file.metadata()?.is_file() {
-        // A FIFO or device planted under the log's name (O_NONBLOCK kept the open from hanging).
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
-    }
-    // (O_NONBLOCK changes nothing for a regular file's reads and writes.)
     give_to_dir_owner(&file, &File::from(dir))?;
     Ok(file)
 }
@@ -154,7 +151,8 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: i32, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let c = CString::new(name.as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: valid dirfd and NUL-terminated name.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd =
+        unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -80,8 +80,10 @@ pub fn words(command: &Command) -> Option<Vec<String>> {
             w.extend(["run".into(), "--".into(), app.clone()]);
             w.extend(command.iter().cloned());
         }
-        Command::ConfigSet { app, pairs, no_restart } | Command::ConfigUnset { app, keys: pairs, no_restart } => {
-            let name = if matches!(command, Command::ConfigSet { .. }) { "config:set" } else { "config:unset" };
+        Command::ConfigSet { app, pairs, no_restart }
+        | Command::ConfigUnset { app, keys: pairs, no_restart } => {
+            let name =
+                if matches!(command, Command::ConfigSet { .. }) { "config:set" } else { "config:unset" };
             w.push(name.into());
             if *no_restart {
                 w.push("--no-restart".into());
@@ -201,10 +203,7 @@ pub fn delegate(home: &Home, words: Vec<String>, who: Option<&str>) -> anyhow::R
         return Ok(None);
     }
     let stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "the root daemon does not answer on {} (start it as root: slipway daemon)",
-            path.display()
-        )
+        format!("the root daemon does not answer on {} (start it as root: slipway daemon)", path.display())
     })?;
     let hook = words.first().is_some_and(|w| w == "hook");
     let mut env = BTreeMap::new();
@@ -225,7 +224,8 @@ pub fn delegate(home: &Home, words: Vec<String>, who: Option<&str>) -> anyhow::R
         None
     };
     let request = SpawnRequest { words, who: who.map(str::to_string), env, refs };
-    let (status_read, status_write) = nix::unistd::pipe().context("making the status pipe")?;
+    let (status_read, status_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("making the status pipe")?;
     send_with_fds(&stream, &crate::daemon::protocol::encode(&request)?, &[0, 1, 2, status_write.as_raw_fd()])
         .context("asking the daemon for a worker")?;
     drop(status_write);
@@ -273,7 +273,9 @@ fn wait_for_worker(status: OwnedFd, pidfd: &OwnedFd) -> i32 {
         if sig != 0 {
             // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo. A worker already gone
             // (ESRCH) needs nothing.
-            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0) };
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0)
+            };
         }
         let mut poll = [libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: one valid pollfd.
@@ -396,7 +398,7 @@ fn start(
         .stderr(std::process::Stdio::from(stderr));
     let feeder = match &spawn.stdin {
         Some(text) => {
-            let (read, write) = nix::unistd::pipe()?;
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             cmd.stdin(std::process::Stdio::from(read));
             drop(stdin);
             Some((std::fs::File::from(write), text.clone()))
@@ -538,7 +540,8 @@ fn recv_with_fds(conn: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let n = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let n =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..n {
                     fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
                 }
@@ -651,12 +654,20 @@ mod tests {
         for (words, env, ok, why) in [
             (&["run", "--", "hello", "id", "-u"][..], &[][..], true, ""),
             (&["config:set", "--", "hello", "A=1"], &[("TERM", "xterm")], true, ""),
-            (&["config:unset", "--no-restart", "--", "hello", "A"], &[("SLIPWAY_BUILD_TIMEOUT", "5")], true, ""),
+            (
+                &["config:unset", "--no-restart", "--", "hello", "A"],
+                &[("SLIPWAY_BUILD_TIMEOUT", "5")],
+                true,
+                "",
+            ),
             (&["rollback", "--", "hello", "v1"], &[], true, ""),
             (&hook, &[("GIT_DIR", repo), ("GIT_QUARANTINE_PATH", quarantine)], true, ""),
             (
                 &hook,
-                &[("GIT_DIR", repo), ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "/var/lib/slipway/repos/hello.git/objects:")],
+                &[
+                    ("GIT_DIR", repo),
+                    ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "/var/lib/slipway/repos/hello.git/objects:"),
+                ],
                 true,
                 "",
             ),
@@ -664,7 +675,12 @@ mod tests {
             (&["keys:add", "x"], &[], false, "only the hook"),
             (&["--home", "/tmp/x", "run", "--", "hello", "id"], &[], false, "global options"),
             (&["run", "hello", "id"], &[], false, "only the hook"), // not the words `words` makes
-            (&["run", "--", "hello", "id"], &[("LD_PRELOAD", "/tmp/x.so")], false, "LD_PRELOAD is not passed"),
+            (
+                &["run", "--", "hello", "id"],
+                &[("LD_PRELOAD", "/tmp/x.so")],
+                false,
+                "LD_PRELOAD is not passed",
+            ),
             (&["run", "--", "hello", "id"], &[("GIT_DIR", repo)], false, "only passed to the hook"),
             (&["run", "--", "hello", "id"], &[("SLIPWAY_HOME", "/tmp")], false, "not passed"),
             (&["run", "--", "hello", "id"], &[("SLIPWAY_PUSHED_BY", "a b")], false, "not a key name"),
@@ -676,7 +692,10 @@ mod tests {
             (&hook, &[("GIT_DIR", repo), ("GIT_OBJECT_DIRECTORY", "/etc")], false, "is not inside"),
             (
                 &hook,
-                &[("GIT_DIR", repo), ("GIT_QUARANTINE_PATH", "/var/lib/slipway/repos/hello.git/../other.git")],
+                &[
+                    ("GIT_DIR", repo),
+                    ("GIT_QUARANTINE_PATH", "/var/lib/slipway/repos/hello.git/../other.git"),
+                ],
                 false,
                 "is not inside",
             ),
@@ -697,7 +716,10 @@ mod tests {
         let mut pushed = request(&hook, &[("GIT_DIR", repo)]);
         pushed.refs = Some("a b refs/heads/main\n".into());
         let spawn = validate(home, &pushed).unwrap();
-        assert_eq!((spawn.cwd.as_path(), spawn.stdin.as_deref()), (Path::new(repo), Some("a b refs/heads/main\n")));
+        assert_eq!(
+            (spawn.cwd.as_path(), spawn.stdin.as_deref()),
+            (Path::new(repo), Some("a b refs/heads/main\n"))
+        );
     }
 
     #[test]
@@ -714,8 +736,9 @@ mod tests {
             let argv = std::iter::once("slipway").chain(line.split(' ')).map(str::to_string).collect();
             let cli = crate::cli::try_parse(argv).expect(line);
             let w = words(&cli.command).expect(line);
-            let again = crate::cli::try_parse(std::iter::once("slipway".to_string()).chain(w.clone()).collect())
-                .unwrap_or_else(|e| panic!("{line}: {w:?}: {e}"));
+            let again =
+                crate::cli::try_parse(std::iter::once("slipway".to_string()).chain(w.clone()).collect())
+                    .unwrap_or_else(|e| panic!("{line}: {w:?}: {e}"));
             assert_eq!(words(&again.command), Some(w), "{line}");
         }
         let argv = ["slipway", "ps", "hello"].map(str::to_string).to_vec();

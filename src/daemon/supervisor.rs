@@ -795,9 +795,7 @@ fn spawn_shim(mut command: Command) -> Result<ProcessIds, String> {
 }
 
 fn shim_stderr(home: &Home) -> Stdio {
-    crate::fsutil::open_append(&home.daemon_log())
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null())
+    crate::fsutil::open_append(&home.daemon_log()).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 /// The running binary, even after it was replaced on disk by an upgrade (Linux then reports

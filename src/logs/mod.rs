@@ -384,7 +384,7 @@ pub fn append_event_with(path: &Path, policy: LogPolicy, source: Source, dyno: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -494,13 +494,32 @@ mod tests {
         }
     }
 
+    /// Makes `path` answer every write with ENOSPC, like a full disk: `/dev/full` itself, as a
+    /// device node of its own when root (root writers never follow a link in the home:
+    /// `fsutil::open_append`), else as a link to it.
+    pub(crate) fn plant_full_disk(path: &Path) {
+        if crate::fsutil::is_root() {
+            let dev = libc::makedev(1, 7);
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path and integer arguments.
+            assert_eq!(
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) },
+                0,
+                "mknod {}",
+                path.display()
+            );
+        } else {
+            std::os::unix::fs::symlink("/dev/full", path).unwrap();
+        }
+    }
+
     /// A log on a full disk (`/dev/full` answers every write with ENOSPC) drops and counts;
     /// once the path is a writable file again, the count comes first, then the new lines.
     #[test]
     fn a_full_disk_drops_lines_and_reports_them_once_it_can_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let mut w = LogWriter::with_policy(&path, LogPolicy::default()).unwrap().named("web.1");
         for i in 0..3 {
             let err = w.event(Source::App, "web.1", &format!("lost {i}\nlost too")).unwrap_err();
@@ -522,7 +541,7 @@ mod tests {
 
         // Without new lines, flush_dropped writes the count on its own.
         std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let _ = w.event(Source::App, "web.1", "lost");
         std::fs::remove_file(&path).unwrap();
         w.flush_dropped().unwrap();
@@ -534,7 +553,7 @@ mod tests {
     fn a_recovering_writer_starts_on_a_new_line_after_another_writers_cut_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let mut w = LogWriter::with_policy(&path, LogPolicy::default()).unwrap().named("web.1");
         assert!(w.event(Source::App, "web.1", "lost").is_err());
         std::fs::remove_file(&path).unwrap();
@@ -551,7 +570,7 @@ mod tests {
     fn append_event_reports_what_it_dropped_per_dyno() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         append_event(&path, Source::Slipway, "web.1", "State changed from starting to up");
         append_event(&path, Source::Slipway, "web.1", "Stopping");
         append_event(&path, Source::Slipway, "worker.1", "Restarting");

@@ -359,6 +359,55 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
+    /// As root, logs are opened without following any link below the home (the dir holding
+    /// `logs/`), and what root creates in a dir another user owns is that user's.
+    #[test]
+    fn root_appends_never_through_a_link_and_leave_files_to_the_dirs_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !is_root() {
+            println!("skipped: needs root (not root, logs are opened as any program of the user would)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let logs = home.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        for path in [&home, &logs] {
+            std::os::unix::fs::chown(path, Some(4242), Some(4243)).unwrap();
+        }
+        assert_eq!(trusted_root(&logs.join("app/app.log")), home.as_path());
+        assert_eq!(trusted_root(&logs.join("slipway.log")), home.as_path());
+        assert_eq!(trusted_root(Path::new("/x/y/z.log")), Path::new("/x/y"));
+
+        create_dir_all_owned(&logs.join("app")).unwrap();
+        let log = logs.join("app/app.log");
+        let mut file = open_append(&log).unwrap();
+        file.write_all(b"line\n").unwrap();
+        for path in [logs.join("app"), log.clone()] {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4243), "{}", path.display());
+        }
+        assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // A link at the file, at its dir, at `logs/` itself.
+        std::fs::remove_file(&log).unwrap();
+        symlink(&victim, &log).unwrap();
+        assert_eq!(open_append(&log).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        let other = dir.path().join("elsewhere");
+        std::fs::create_dir(&other).unwrap();
+        symlink(&other, logs.join("linked")).unwrap();
+        assert!(open_append(&logs.join("linked/app.log")).is_err());
+        assert!(create_dir_all_owned(&logs.join("linked/sub")).is_err());
+        std::fs::rename(&logs, home.join("logs.real")).unwrap();
+        symlink(home.join("logs.real"), &logs).unwrap();
+        assert!(open_append(&logs.join("slipway.log")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!other.join("app.log").exists() && !other.join("sub").exists());
+        assert!(!home.join("logs.real/slipway.log").exists());
+    }
+
     #[test]
     fn writes_with_mode_and_replaces() {
         let dir = tempfile::tempdir().unwrap();

@@ -268,8 +268,16 @@ fn wait_for_worker(status: OwnedFd, pidfd: &OwnedFd) -> i32 {
     let mut file = std::fs::File::from(status);
     let mut text = Vec::new();
     let mut buf = [0u8; 64];
+    let parent = nix::unistd::getppid();
+    let mut hung_up = false;
     loop {
-        let sig = FORWARD.swap(0, Ordering::SeqCst);
+        let mut sig = FORWARD.swap(0, Ordering::SeqCst);
+        // Our caller went away (sshd, git or the shell that started us ended, or the reader of
+        // our output): the worker hears it as a hang-up, as the command would have here.
+        if !hung_up && caller_gone(parent) {
+            hung_up = true;
+            sig = libc::SIGHUP;
+        }
         if sig != 0 {
             // SAFETY: pidfd_send_signal on a pidfd we hold, no siginfo. A worker already gone
             // (ESRCH) needs nothing.
@@ -290,6 +298,15 @@ fn wait_for_worker(status: OwnedFd, pidfd: &OwnedFd) -> i32 {
         }
     }
     exit_code(&String::from_utf8_lossy(&text))
+}
+
+/// Whether the process that started this caller is gone (we were reparented) or nobody reads
+/// our stdout or stderr any more.
+fn caller_gone(parent: nix::unistd::Pid) -> bool {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: 1 and 2 stay open for the life of the process.
+    let (out, err) = unsafe { (BorrowedFd::borrow_raw(1), BorrowedFd::borrow_raw(2)) };
+    nix::unistd::getppid() != parent || crate::job::reader_gone(out) || crate::job::reader_gone(err)
 }
 
 /// The worker's code from what it wrote on its status pipe; nothing (it was killed) is 1.
@@ -367,8 +384,12 @@ fn handle(home: &Home, owner: u32, conn: UnixStream) -> anyhow::Result<()> {
     let answer = SpawnReply { pid: Some(child.id() as i32), error: None };
     let sent = send_with_fds(&conn, &crate::daemon::protocol::encode(&answer)?, &[pidfd.as_raw_fd()]);
     // Reaped here; a worker outlives the daemon (its own session), then init reaps it.
-    let waited = child.wait();
-    tracing::info!(pid = child.id(), status = ?waited, "worker ended");
+    match child.wait() {
+        Ok(status) => tracing::info!(pid = child.id(), %status, "worker ended"),
+        // The worker of a one-off is its "shim": the supervisor may reap it first.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => tracing::info!(pid = child.id(), "worker ended"),
+        Err(err) => tracing::warn!(pid = child.id(), %err, "waiting for a worker"),
+    }
     sent.map_err(Into::into)
 }
 

@@ -190,6 +190,53 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     let out = ssh(&["run", "hello", "sh", "-c", "'exit 7'"]);
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
 
+    // An SSH client that goes away stops its one-off (the worker holds the session's pipes);
+    // a signal to the caller reaches the one-off through the worker.
+    let one_off = |slip: &Slipway| {
+        slip.ps_json("hello")
+            .into_iter()
+            .find(|d| d["name"].as_str().is_some_and(|n| n.starts_with("run.")))
+            .and_then(|d| d["pid"].as_u64())
+    };
+    let mut dropped = sshd.ssh_base(&key.path, &["run", "hello", "sleep", "300"]);
+    let mut client =
+        dropped.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || one_off(&slip).is_some()), "{}", slip.diagnostics());
+    let sleeper = one_off(&slip).unwrap() as u32;
+    assert_eq!(uids(sleeper), vec![app_uid; 4], "the one-off runs as the app");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(30), || !process_alive(sleeper) && one_off(&slip).is_none());
+    assert!(gone, "the one-off outlived its SSH client\n{}", slip.diagnostics());
+
+    let mut local = Command::new("setpriv");
+    local
+        .args([
+            "--reuid",
+            &user.uid.to_string(),
+            "--regid",
+            &user.gid.to_string(),
+            "--init-groups",
+            "--",
+            BIN,
+        ])
+        .arg("--home")
+        .arg(&slip.home)
+        .args(["run", "hello", "sleep", "300"])
+        .current_dir(&slip.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let caller = local.spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || one_off(&slip).is_some()), "{}", slip.diagnostics());
+    let sleeper = one_off(&slip).unwrap() as u32;
+    assert_eq!(uids(caller.id()), vec![user.uid; 4], "the caller is the platform user");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(caller.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let out = caller.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(!process_alive(sleeper), "the one-off outlived the interrupted run");
+
     // config:set runs the release phase again, in a worker.
     let out = ssh(&["config:set", "hello", "GREETING=hi"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -71,7 +71,7 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     if let Some((id, _, _)) = recorded {
         if let Err(e) = attach(home, id, one_off.pid()) {
             // Never leave a process the daemon does not know it runs.
-            let _ = killpg(Pid::from_raw(one_off.pid()), Signal::SIGKILL);
+            signal_group(Pid::from_raw(one_off.pid()), Some(Signal::SIGKILL));
             let _ = wait(one_off, Duration::ZERO);
             logs::append_event(&log, Source::Slipway, &dyno, &format!("Stopped: {e}"));
             bail!("the daemon did not take the one-off dyno {dyno} ({e}); run it again");
@@ -93,6 +93,15 @@ fn as_root<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
         return crate::users::with_root(f).context("becoming root again for the one-off dyno");
     }
     Ok(f())
+}
+
+/// Signals the one-off's process group (`None`: only checks). A worker signals as root: the
+/// one-off runs as its app's uid, which the worker's own (the platform user's) may not signal.
+/// A group already gone needs nothing, so the outcome is not reported.
+fn signal_group(group: Pid, sig: Option<Signal>) {
+    if let Err(err) = as_root(|| killpg(group, sig)) {
+        eprintln!("warning: signalling the one-off: {err:#}");
+    }
 }
 
 /// Creates one-off dyno `id`'s cgroup and opens its `cgroup.procs` for the command to join;
@@ -282,7 +291,7 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
             sig @ (libc::SIGINT | libc::SIGQUIT) => {
                 // On a terminal the group got it from the terminal already.
                 if !one_off.foreground {
-                    let _ = killpg(group, Signal::try_from(sig).ok());
+                    signal_group(group, Signal::try_from(sig).ok());
                 }
             }
             _ => caller_gone = true,
@@ -294,11 +303,11 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
         }
         match stop_deadline {
             None if caller_gone => {
-                let _ = killpg(group, Signal::SIGTERM);
+                signal_group(group, Some(Signal::SIGTERM));
                 stop_deadline = Some(Instant::now() + grace);
             }
             Some(deadline) if Instant::now() >= deadline => {
-                let _ = killpg(group, Signal::SIGKILL);
+                signal_group(group, Some(Signal::SIGKILL));
                 stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
             }
             _ => {}
@@ -313,7 +322,7 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
     if caller_gone {
         // Whatever the command left behind in its group goes with it (the leader is not reaped
         // yet, so the group id cannot have been reused).
-        let _ = killpg(group, Signal::SIGKILL);
+        signal_group(group, Some(Signal::SIGKILL));
     }
     let status = one_off.child.wait().context("waiting for the command")?;
     if one_off.foreground {

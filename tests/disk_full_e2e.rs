@@ -287,12 +287,12 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
 /// follows a link in the home), else a link to it.
 fn plant_full_disk(path: &std::path::Path) {
     if is_root() {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
         // SAFETY: a NUL-terminated path and integer arguments.
         let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) };
         assert_eq!(made, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
     } else {
-        std::os::unix::fs::symlink("/dev/full", path).unwrap();
+        std::os::unix::fs::symlink("/dev/full", path).expect("link the log to /dev/full");
     }
 }
 

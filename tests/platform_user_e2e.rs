@@ -271,10 +271,9 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
         home.join("run/slipway.pid"),
         home.join("run/spawn.sock"),
     ] {
-        if path.ends_with("slipway.db-wal") || path.ends_with("slipway.db-shm") {
-            if !path.exists() {
-                continue; // checkpointed away
-            }
+        let sqlite_side_file = path.ends_with("slipway.db-wal") || path.ends_with("slipway.db-shm");
+        if sqlite_side_file && !path.exists() {
+            continue; // checkpointed away
         }
         assert_eq!(owner(&path), user.uid, "{} is not {}'s", path.display(), user.name);
     }

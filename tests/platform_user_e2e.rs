@@ -256,6 +256,34 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("release-uid="), "{}", describe(&out));
 
+    // The spawn socket refuses what slipway itself would never ask (the owner speaking it by
+    // hand): a command that runs no app code, and a variable that would reach a process keeping
+    // root in reserve.
+    for (words, env, why) in [
+        (r#"["apps:destroy", "hello", "--confirm", "hello"]"#, "{}", "only the hook"),
+        (r#"["run", "--", "hello", "id"]"#, r#"{"LD_PRELOAD": "/tmp/x.so"}"#, "LD_PRELOAD is not passed"),
+    ] {
+        let script = format!(
+            r#"import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = json.dumps({{"words": {words}, "who": None, "env": {env}, "refs": None}}).encode()
+r, w = os.pipe()
+socket.send_fds(s, [struct.pack(">I", len(body)) + body], [0, 1, 2, w])
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
+"#
+        );
+        let mut speak = Command::new("setpriv");
+        speak
+            .args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string(), "--init-groups", "--"])
+            .args(["python3", "-c", &script])
+            .arg(slip.home.join("run/spawn.sock"));
+        let out = run_with_timeout(&mut speak, None, Duration::from_secs(20));
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(why), "{}", describe(&out));
+    }
+    assert!(slip.app_info("hello")["name"] == "hello", "the app is still there");
+
     // What root made in the home is the owner's.
     let home = &slip.home;
     for path in [

@@ -237,6 +237,42 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
     assert!(!process_alive(sleeper), "the one-off outlived the interrupted run");
 
+    // What a worker costs: `run hello true` as the owner (through a worker) against root's own
+    // (in place), median of 5 each. Printed, not asserted.
+    let median = |mut cmd: Command| {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let out = run_with_timeout(&mut cmd, None, Duration::from_secs(60));
+                assert!(out.status.success(), "{}", describe(&out));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[2]
+    };
+    let mut as_owner = Command::new("setpriv");
+    as_owner
+        .args([
+            "--reuid",
+            &user.uid.to_string(),
+            "--regid",
+            &user.gid.to_string(),
+            "--init-groups",
+            "--",
+            BIN,
+        ])
+        .arg("--home")
+        .arg(&slip.home)
+        .args(["run", "hello", "true"])
+        .current_dir(&slip.home);
+    let mut as_root = Command::new(BIN);
+    as_root.arg("--home").arg(&slip.home).args(["run", "hello", "true"]).current_dir(&slip.home);
+    let (worker, in_place) = (median(as_owner), median(as_root));
+    // Root's own `run` needs no worker: it becomes the owner keeping root in reserve.
+    assert_eq!(slip.cmd_ok(&["run", "hello", "id", "-u"]).trim(), app_uid.to_string());
+    eprintln!("run hello true: through a worker {worker:?}, root in place {in_place:?} (medians of 5)");
+
     // config:set runs the release phase again, in a worker.
     let out = ssh(&["config:set", "hello", "GREETING=hi"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -280,7 +316,11 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
             .args(["python3", "-c", &script])
             .arg(slip.home.join("run/spawn.sock"));
         let out = run_with_timeout(&mut speak, None, Duration::from_secs(20));
-        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(why), "{}", describe(&out));
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(why),
+            "{}",
+            describe(&out)
+        );
     }
     assert!(slip.app_info("hello")["name"] == "hello", "the app is still there");
 

@@ -416,7 +416,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     // here). The hook and the shim already run as whoever git or the daemon runs as; the
     // daemon stays root (per-app users; what it creates in the home it gives to the owner) and
     // so do its root helpers; a worker becomes the owner itself, keeping root within reach.
-    if !stays_root(&cli.command) {
+    if crate::worker::words(&cli.command).is_some() && crate::daemon::home_owner(&home).is_some() {
+        // Root running app code (`run`, `config:set`...) on the owner's home: the owner too,
+        // but like a worker, keeping root in reserve for the app's uid (no worker needed).
+        crate::worker::become_worker(&home)?;
+    } else if !stays_root(&cli.command) {
         home.become_owner()?;
     }
     dispatch(&home, cli.command, None)

@@ -650,6 +650,11 @@ pub fn become_worker(home: &Home) -> anyhow::Result<()> {
     std::env::set_var("HOME", &user.dir);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
+    // root's working directory (/root) is usually closed to the owner; git and Python care.
+    if nix::unistd::access(".", nix::unistd::AccessFlags::X_OK).is_err() {
+        std::env::set_current_dir(home.root())
+            .with_context(|| format!("entering {}", home.root().display()))?;
+    }
     Ok(())
 }
 

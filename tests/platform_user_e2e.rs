@@ -398,4 +398,12 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
     slip.start_daemon();
     let out = ssh(&["run", "hello", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), app_uid.to_string(), "{}", describe(&out));
+
+    // The owner's apps:destroy removes everything, the daemon's (root's) dynos dir included.
+    let out = ssh(&["apps:destroy", "hello", "--confirm", "hello"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", describe(&out));
+    for dir in ["dynos/hello", "releases/hello", "logs/hello", "repos/hello.git"] {
+        assert!(!slip.home.join(dir).exists(), "{dir} is left:\n{}", describe(&out));
+    }
 }

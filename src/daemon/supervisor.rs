@@ -245,6 +245,23 @@ impl Supervisor {
             Request::Converge { app } => parse(&app).and_then(|app| {
                 let exists = store::apps::get(self.store.conn(), &app).map_err(|e| e.to_string())?.is_some();
                 let spec = if exists { Some(self.spec(&app, None)?) } else { None };
+                if !exists {
+                    // A destroyed app's `dynos/<app>` is the daemon's (root's when it is root),
+                    // which the owner's `apps:destroy` may not remove: its dynos are stopped, so
+                    // it is empty, or soon (a shim still removing its dir keeps it for now).
+                    let dir = self.home.app_dynos(&app);
+                    match std::fs::remove_dir(&dir) {
+                        Ok(()) => tracing::info!(dir = %dir.display(), "removed a destroyed app's dynos dir"),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                            ) => {}
+                        Err(err) => {
+                            tracing::warn!(dir = %dir.display(), %err, "removing a destroyed app's dynos dir")
+                        }
+                    }
+                }
                 Ok(Input::Converge { app, spec, reply: Some(id) })
             }),
             Request::Scale { app, types } => parse(&app).and_then(|app| {

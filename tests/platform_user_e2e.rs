@@ -399,6 +399,90 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
     let out = ssh(&["run", "hello", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), app_uid.to_string(), "{}", describe(&out));
 
+    // A push whose hook is told to stop (SIGTERM, as when the SSH session ends and sshd's
+    // children are signalled): the hook passes it to its worker, which cancels the build and
+    // kills its commands; the push is rejected and nothing of it is left running. (A client that
+    // merely vanishes is noticed only once git, which relays the build's output, fails to write
+    // it; git then keeps the hook's pipe open without reading: the same with or without workers.)
+    let slow = GitRepo::init(&slip.root().join("slow"));
+    slow.commit_files(
+        &[
+            ("server", stdlib_server("'slow'")),
+            ("Procfile", "web: python3 server\n".into()),
+            // It keeps printing, as builds do: git relays it, and notices the client is gone.
+            (
+                "bin/post_compile",
+                "#!/bin/sh\necho slow-build-started\nwhile :; do echo building; sleep 0.5; done\n".into(),
+            ),
+        ],
+        "slow",
+    );
+    slow.git_ok(&["remote", "add", "slipway", &sshd.url("slow")]);
+    let mut push = slow.command(&["push", "slipway", "main"]);
+    push.env("GIT_SSH_COMMAND", sshd.ssh_command(&key.path))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut pusher = push.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = pusher.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("slow-build-started")) {
+        let left = Duration::from_secs(120).saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the slow build never started:\n{}\n{}", seen.join("\n"), slip.diagnostics()),
+        }
+    }
+    let sleepers = || -> Vec<u32> {
+        let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(16).any(|w| w == b"bin/post_compile"))
+            })
+            .collect()
+    };
+    let building = sleepers();
+    assert_eq!(building.len(), 1, "{building:?}");
+    for pid in &building {
+        assert_ne!(uids(*pid).first(), Some(&0), "a build command runs as root");
+    }
+    let hook = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            // The platform user's hook (other tests' hooks may run meanwhile, as root).
+            uids(*pid as u32).first() == Some(&user.uid)
+                && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.windows(16).any(|w| w == b"hook\0pre-receive")
+                        && !c.windows(8).any(|w| w == b"\0worker\0")
+                })
+        })
+        .expect("the hook's process, as the platform user");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hook), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let ended = wait_until(Duration::from_secs(60), || matches!(pusher.try_wait(), Ok(Some(_))));
+    assert!(ended, "the push did not end\n{}", slip.diagnostics());
+    assert!(!pusher.wait().unwrap().success(), "the cancelled push was accepted");
+    let worker_left = || {
+        fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(15).any(|w| w == b"worker\0--\0hook\0"))
+        })
+    };
+    let cancelled = wait_until(Duration::from_secs(60), || sleepers().is_empty() && !worker_left());
+    assert!(cancelled, "the build outlived its hook: {:?}\n{}", sleepers(), slip.diagnostics());
+
     // The owner's apps:destroy removes everything, the daemon's (root's) dynos dir included.
     let out = ssh(&["apps:destroy", "hello", "--confirm", "hello"]);
     assert!(out.status.success(), "{}", describe(&out));

@@ -338,6 +338,7 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
         home.join("run/slipway.sock"),
         home.join("run/slipway.pid"),
         home.join("run/spawn.sock"),
+        home.join("dynos/hello"),
     ] {
         let sqlite_side_file = path.ends_with("slipway.db-wal") || path.ends_with("slipway.db-shm");
         if sqlite_side_file && !path.exists() {

@@ -327,6 +327,10 @@ pub fn serve(home: &Home, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
     let Some((uid, gid)) = owner else { return Ok(()) };
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
     let home = home.clone();
     std::thread::Builder::new().name("spawn".into()).spawn(move || {
         for conn in listener.incoming() {

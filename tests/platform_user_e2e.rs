@@ -292,6 +292,8 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("release-uid="), "{}", describe(&out));
 
+    let spawn_sock = fs::metadata(slip.home.join("run/spawn.sock")).unwrap();
+    assert_eq!((spawn_sock.uid(), spawn_sock.mode() & 0o777), (user.uid, 0o600), "run/spawn.sock");
     // The spawn socket refuses what slipway itself would never ask (the owner speaking it by
     // hand): a command that runs no app code, and a variable that would reach a process keeping
     // root in reserve.

@@ -138,7 +138,7 @@ pub fn load_state(home: &Home, app: &str) -> AppState {
 fn save_state(home: &Home, app: &AppName, state: &AppState) -> io::Result<()> {
     let dir = certs::ensure_app_dir(home, app)?;
     let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-    crate::fsutil::write_atomic(&dir.join(STATE_FILE), &json, 0o600)
+    crate::fsutil::write_atomic_owned(&dir.join(STATE_FILE), &json, 0o600, crate::daemon::home_owner(home))
 }
 
 /// The hidden test knobs: seconds between checks, and the renewal window.
@@ -437,16 +437,22 @@ async fn account(home: &Home, settings: &Settings) -> Result<Account, String> {
         .await
         .map_err(|e| e.to_string())?;
     let json = serde_json::to_vec_pretty(&credentials).map_err(|e| e.to_string())?;
-    make_private_dir(&certs::dir(home)).map_err(|e| format!("creating certs/: {e}"))?;
-    make_private_dir(&account_dir(home)).map_err(|e| format!("creating certs/.acme: {e}"))?;
-    crate::fsutil::write_atomic(&account_dir(home).join(&file), &json, 0o600)
+    make_private_dir(home, &certs::dir(home)).map_err(|e| format!("creating certs/: {e}"))?;
+    make_private_dir(home, &account_dir(home)).map_err(|e| format!("creating certs/.acme: {e}"))?;
+    let owner = crate::daemon::home_owner(home);
+    crate::fsutil::write_atomic_owned(&account_dir(home).join(&file), &json, 0o600, owner)
         .map_err(|e| format!("writing certs/.acme/{file}: {e}"))?;
     Ok(account)
 }
 
-fn make_private_dir(dir: &Path) -> io::Result<()> {
+/// A 0700 dir; made by a root daemon on the platform user's home, it is given to that user.
+fn make_private_dir(home: &Home, dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    let made = std::fs::DirBuilder::new().mode(0o700).create(dir);
+    if let (Ok(()), Some((uid, gid))) = (&made, crate::daemon::home_owner(home)) {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    }
+    match made {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             if std::fs::symlink_metadata(dir)?.is_dir() {
                 Ok(())

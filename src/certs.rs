@@ -92,7 +92,7 @@ pub fn router_group(home: &Home) -> Option<u32> {
 /// router's group when there is one ([`router_group`]), else 0700; never through a symbolic
 /// link. An existing one gets the mode and group too.
 pub fn ensure_dir(home: &Home, dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let group = router_group(home);
     let rel = dir
         .strip_prefix(home.root())
@@ -107,6 +107,12 @@ pub fn ensure_dir(home: &Home, dir: &Path) -> io::Result<()> {
         }
         if !std::fs::symlink_metadata(&at)?.is_dir() {
             return Err(io::Error::other(format!("{} is not a directory", at.display())));
+        }
+        if let Some((uid, gid)) = crate::daemon::home_owner(home) {
+            // A root daemon (ACME renewals) on the platform user's home: its dirs stay the user's.
+            if std::fs::symlink_metadata(&at)?.uid() == 0 {
+                std::os::unix::fs::lchown(&at, Some(uid), Some(gid))?;
+            }
         }
         if at.starts_with(self::dir(home)) {
             if let Some(gid) = group {
@@ -125,7 +131,7 @@ pub fn write_file(home: &Home, path: &Path, contents: &[u8]) -> io::Result<()> {
     ensure_dir(home, dir)?;
     match router_group(home) {
         Some(gid) => crate::fsutil::write_atomic_owned(path, contents, 0o640, Some((0, gid))),
-        None => crate::fsutil::write_atomic(path, contents, 0o600),
+        None => crate::fsutil::write_atomic_owned(path, contents, 0o600, crate::daemon::home_owner(home)),
     }
 }
 

@@ -102,6 +102,105 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .map_err(|e| with_path(e, path))
 }
 
+/// Whether this process is root: it must never follow a link in the home, whose owner (the
+/// platform user) may plant one anywhere there, nor leave a file it creates there to root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The dir from which no link is followed when a root process opens `path` with
+/// [`open_append`]: the slipway home, i.e. the parent of the nearest `logs` ancestor
+/// (`<home>/logs/<app>/app.log`, `<home>/logs/slipway.log`), else the file's own dir.
+pub fn trusted_root(path: &Path) -> &Path {
+    path.ancestors()
+        .skip(1)
+        .find(|dir| dir.file_name().is_some_and(|n| n == "logs"))
+        .and_then(Path::parent)
+        .or_else(|| path.parent())
+        .unwrap_or(Path::new("/"))
+}
+
+/// Opens `path` for appending (and reading), created 0600 when missing. As root (see
+/// [`is_root`]) no symbolic link is followed from [`trusted_root`] on: every dir below it is
+/// opened `O_DIRECTORY|O_NOFOLLOW` and the file `O_NOFOLLOW` (a link fails with `ELOOP` or
+/// `ENOTDIR`), and a file that is root's in a dir another user owns is given to that user
+/// (`fchown` on the open file), so the home's owner can still read and rotate it. Not root,
+/// it opens as any program of that user would.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if !is_root() {
+        return std::fs::OpenOptions::new().create(true).read(true).append(true).mode(0o600).open(path);
+    }
+    let root = trusted_root(path);
+    let rel = path.strip_prefix(root).map_err(|_| io::Error::other("no trusted root"))?;
+    let parts: Vec<_> = rel.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let Some((name, dirs)) = parts.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())));
+    };
+    let mut dir = OwnedFd::from(File::open(root)?);
+    for part in dirs {
+        dir = openat(&dir, part.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+    }
+    // O_NONBLOCK: a FIFO planted under the log's name never blocks the open (and changes
+    // nothing for a regular file). A device node the owner cannot make (CAP_MKNOD).
+    let flags = libc::O_RDWR | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let file = File::from(openat(&dir, name.as_os_str(), flags, 0o600)?);
+    give_to_dir_owner(&file, &File::from(dir))?;
+    Ok(file)
+}
+
+fn openat(dir: &OwnedFd, name: &std::ffi::OsStr, flags: i32, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = CString::new(name.as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: valid dirfd and NUL-terminated name.
+    let fd =
+        unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// As root: gives `file` (just opened or created in `dir`) to `dir`'s owner and group when the
+/// file is root's and the dir is not. Nothing to do otherwise.
+pub fn give_to_dir_owner(file: &File, dir: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (meta, dir_meta) = (file.metadata()?, dir.metadata()?);
+    if is_root() && meta.uid() == 0 && dir_meta.uid() != 0 {
+        std::os::unix::fs::fchown(file, Some(dir_meta.uid()), Some(dir_meta.gid()))?;
+    }
+    Ok(())
+}
+
+/// `create_dir_all`, except that as root a dir it creates inside a dir another user owns is
+/// given to that user (`lchown`, never following a link), like the files made in it.
+pub fn create_dir_all_owned(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() && is_root() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a symbolic link; refusing to create anything through it", path.display()),
+            ))
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_owned(parent)?;
+    }
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        other => other?,
+    }
+    if let (true, Some(parent)) = (is_root(), path.parent()) {
+        let owner = std::fs::symlink_metadata(parent)?;
+        if owner.uid() != 0 {
+            std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))?;
+        }
+    }
+    Ok(())
+}
+
 fn refuse_symlink(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
@@ -259,6 +358,55 @@ pub fn path_beneath(root: &Path, rel: impl AsRef<Path>) -> Result<PathBuf, Benea
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// As root, logs are opened without following any link below the home (the dir holding
+    /// `logs/`), and what root creates in a dir another user owns is that user's.
+    #[test]
+    fn root_appends_never_through_a_link_and_leave_files_to_the_dirs_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !is_root() {
+            println!("skipped: needs root (not root, logs are opened as any program of the user would)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let logs = home.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        for path in [&home, &logs] {
+            std::os::unix::fs::chown(path, Some(4242), Some(4243)).unwrap();
+        }
+        assert_eq!(trusted_root(&logs.join("app/app.log")), home.as_path());
+        assert_eq!(trusted_root(&logs.join("slipway.log")), home.as_path());
+        assert_eq!(trusted_root(Path::new("/x/y/z.log")), Path::new("/x/y"));
+
+        create_dir_all_owned(&logs.join("app")).unwrap();
+        let log = logs.join("app/app.log");
+        let mut file = open_append(&log).unwrap();
+        file.write_all(b"line\n").unwrap();
+        for path in [logs.join("app"), log.clone()] {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4243), "{}", path.display());
+        }
+        assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // A link at the file, at its dir, at `logs/` itself.
+        std::fs::remove_file(&log).unwrap();
+        symlink(&victim, &log).unwrap();
+        assert_eq!(open_append(&log).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        let other = dir.path().join("elsewhere");
+        std::fs::create_dir(&other).unwrap();
+        symlink(&other, logs.join("linked")).unwrap();
+        assert!(open_append(&logs.join("linked/app.log")).is_err());
+        assert!(create_dir_all_owned(&logs.join("linked/sub")).is_err());
+        std::fs::rename(&logs, home.join("logs.real")).unwrap();
+        symlink(home.join("logs.real"), &logs).unwrap();
+        assert!(open_append(&logs.join("slipway.log")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!other.join("app.log").exists() && !other.join("sub").exists());
+        assert!(!home.join("logs.real/slipway.log").exists());
+    }
 
     #[test]
     fn writes_with_mode_and_replaces() {

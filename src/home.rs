@@ -121,7 +121,8 @@ impl Home {
     /// Creates the top-level directories. Cheap and idempotent; every command calls it.
     pub fn ensure_layout(&self) -> std::io::Result<()> {
         for dir in [self.root.clone(), self.repos(), self.run_dir(), self.root.join("logs")] {
-            std::fs::create_dir_all(dir)?;
+            // As root on a home another user owns (a root daemon), the dirs stay that user's.
+            crate::fsutil::create_dir_all_owned(&dir)?;
         }
         // Platform state is the owner's alone, also on homes made before the umask was 077.
         for (path, mode) in [(self.run_dir(), 0o700), (self.ssh_dir(), 0o700), (self.db(), 0o600)] {

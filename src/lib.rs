@@ -29,3 +29,4 @@ pub mod settings;
 pub mod store;
 pub mod timefmt;
 pub mod users;
+pub mod worker;

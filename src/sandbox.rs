@@ -504,7 +504,9 @@ impl PrivateDir {
             // The copy would copy itself.
             return Err(io::Error::other(format!("{} is inside the release dir", dynos.display())));
         }
-        std::fs::create_dir_all(dynos)?;
+        // Made by a root daemon on the platform user's home: the user's, as when its own
+        // commands (a release phase) make it first.
+        crate::fsutil::create_dir_all_owned(dynos)?;
         let root = dynos.join(key);
         let owner = dynos.join(format!("{key}.owner"));
         let me = std::process::id() as i32;

@@ -168,6 +168,11 @@ pub fn env_name(key: &str) -> String {
     format!("SLIPWAY_{}", key.to_ascii_uppercase())
 }
 
+/// Whether `name` is the environment variable of a setting (`SLIPWAY_MAX_SLUG_MB`).
+pub fn is_setting_env(name: &str) -> bool {
+    SPECS.iter().any(|s| env_name(s.key) == name)
+}
+
 /// Whether the daemon reads `key` only at its start (ports, router, dyno timeouts, logs).
 pub fn read_by_daemon(key: &str) -> bool {
     index_of(key).is_some_and(|i| SPECS[i].daemon)

@@ -7,7 +7,11 @@
 //! numbers. A uid (or gid) that a user (group) of `/etc/passwd` (`/etc/group`) has is never
 //! handed out, and an app whose uid became one meanwhile is refused at start.
 //!
-//! A dyno (and a one-off `run` dyno started by root) drops to its app's uid between fork and
+//! The daemon is root either on a root-owned home or on the platform user's home (production);
+//! there the platform user's commands that run app code are started by the daemon as workers
+//! (`crate::worker`), privileged through their saved uid ([`privileged`]).
+//!
+//! A dyno (and a one-off `run` dyno started by root or a worker) drops to its app's uid between fork and
 //! exec, after joining its cgroup and before Landlock: no supplementary groups, gid, then uid
 //! ([`drop_to`]). Its private dir's `app/` and `tmp/` are chowned to it; the release dir stays
 //! the platform's (read-only to the app through its group: [`open_release`]); the shim that
@@ -128,7 +132,7 @@ pub fn status_line(daemon_uid: u32, daemon_user: &str, range: UidRange, landlock
         format!("per-app users: each app runs as its own uid from app_uids {range} (the daemon runs as root)")
     } else {
         format!(
-            "single-user mode: apps run as {daemon_user}, like the daemon (per-app users need a root daemon on a root-owned home)"
+            "single-user mode: apps run as {daemon_user}, like the daemon (per-app users need a root daemon)"
         )
     };
     if !landlock {

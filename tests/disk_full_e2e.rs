@@ -283,6 +283,19 @@ fn a_full_disk_kills_nothing_and_logging_comes_back_by_itself() {
     );
 }
 
+/// Makes `path` behave as `/dev/full`: a device node of its own as root (a root shim never
+/// follows a link in the home), else a link to it.
+fn plant_full_disk(path: &std::path::Path) {
+    if is_root() {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+        // SAFETY: a NUL-terminated path and integer arguments.
+        let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) };
+        assert_eq!(made, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    } else {
+        std::os::unix::fs::symlink("/dev/full", path).expect("link the log to /dev/full");
+    }
+}
+
 /// The shim alone, no root needed: its log is `/dev/full` (every write fails with ENOSPC).
 /// The dyno's 100,000 lines drain without the dyno noticing (no SIGPIPE, no blocking); once the
 /// log is a writable file again the next line is preceded by the exact count of dropped lines,
@@ -292,7 +305,7 @@ fn a_shim_whose_log_cannot_be_written_keeps_draining_and_counts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("logs/hello/app.log");
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    plant_full_disk(&log);
     // The dyno is confined to its private dir (`<home>/dynos/hello/<key>`): it writes `rc` in its
     // TMPDIR there, and only reads (stats) `go` in its release dir.
     let release = dir.path().join("release");

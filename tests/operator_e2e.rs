@@ -157,7 +157,7 @@ fn home_owned_by(user: &SystemUser) -> Slipway {
 }
 
 #[test]
-fn root_on_a_home_owned_by_another_user_acts_as_that_user() {
+fn root_on_a_home_owned_by_another_user_acts_as_that_user_and_its_daemon_stays_root() {
     if !is_root() {
         println!("skipped: needs root (creates a system user)");
         return;
@@ -180,13 +180,16 @@ fn root_on_a_home_owned_by_another_user_acts_as_that_user() {
     }
     assert!(fs::read_to_string(slip.authorized_keys()).unwrap().contains(key.blob()));
 
-    // `slipway daemon` as root starts a daemon running as the home's owner.
+    // `slipway daemon` as root starts a daemon that stays root (per-app users), whose socket,
+    // pid file and log are the home's owner's.
     let out = slip.cmd(&["daemon"]);
     assert!(out.status.success(), "slipway daemon as root:\n{}\n{}", describe(&out), slip.diagnostics());
     let pid = daemon_pid(&slip);
-    assert_eq!(proc_uid(pid), Some(user.uid), "daemon {pid} does not run as {}", user.name);
+    assert_eq!(proc_uid(pid), Some(0), "daemon {pid} does not run as root");
     let socket = slip.home.join("run").join("slipway.sock");
-    assert_eq!(fs::metadata(&socket).unwrap().uid(), user.uid, "the socket is not {}'s", user.name);
+    for path in [socket.clone(), slip.home.join("run/slipway.pid"), slip.home.join("logs/slipway.log")] {
+        assert_eq!(fs::metadata(&path).unwrap().uid(), user.uid, "{} is not {}'s", path.display(), user.name);
+    }
     let status = slip.cmd(&["status"]);
     assert!(status.status.success(), "status as root:\n{}", describe(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains(&format!("pid {pid}")), "{}", describe(&status));
@@ -211,7 +214,7 @@ fn root_on_a_home_owned_by_another_user_acts_as_that_user() {
         describe(&out)
     );
 
-    // Stopping as root works too, and leaves nothing running as the user.
+    // Stopping as root works too, and leaves nothing running as the user (nor the daemon).
     let stop = slip.cmd(&["daemon", "--stop"]);
     assert!(stop.status.success(), "daemon --stop as root:\n{}", describe(&stop));
     assert!(!process_alive(pid), "daemon {pid} still alive after --stop");

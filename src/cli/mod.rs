@@ -351,6 +351,16 @@ pub enum Command {
     /// Internal: writes the app log lines of a router that dropped root (its stdin).
     #[command(name = "router-log", hide = true)]
     RouterLog,
+    /// Internal: a command that runs app code, started by a root daemon for the home's owner
+    /// (see `crate::worker`).
+    #[command(name = "worker", hide = true)]
+    Worker {
+        /// The SSH key the command came with.
+        #[arg(long)]
+        who: Option<String>,
+        #[arg(last = true, required = true)]
+        words: Vec<String>,
+    },
     /// Internal: the per-dyno output shim started by the daemon.
     #[command(name = "dyno-shim", hide = true)]
     DynoShim {
@@ -407,6 +417,7 @@ impl Command {
                 | Command::Router
                 | Command::RouterLog
                 | Command::Firewall { .. }
+                | Command::Worker { .. }
         )
     }
 }
@@ -416,15 +427,42 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::resolve(cli.home);
     // As root on a home another user owns, act as that user (the home stays the one resolved
     // here). The hook and the shim already run as whoever git or the daemon runs as; the
-    // firewall rule needs root.
-    if !matches!(cli.command, Command::Hook { .. } | Command::DynoShim { .. } | Command::Firewall { .. }) {
+    // daemon stays root (per-app users; what it creates in the home it gives to the owner) and
+    // so do its root helpers and the firewall rule; a worker becomes the owner itself, keeping
+    // root within reach.
+    if crate::worker::words(&cli.command).is_some() && crate::daemon::home_owner(&home).is_some() {
+        // Root running app code (`run`, `config:set`...) on the owner's home: the owner too,
+        // but like a worker, keeping root in reserve for the app's uid (no worker needed).
+        crate::worker::become_worker(&home)?;
+    } else if !stays_root(&cli.command) {
         home.become_owner()?;
     }
     dispatch(&home, cli.command, None)
 }
 
+/// The commands `run` does not make the home's owner ([`Home::become_owner`]).
+fn stays_root(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Hook { .. }
+            | Command::DynoShim { .. }
+            | Command::Daemon { .. }
+            | Command::Router
+            | Command::RouterLog
+            | Command::Worker { .. }
+            | Command::Firewall { .. }
+    )
+}
+
 /// `who` is the SSH key name when the command came over SSH (used for release authorship).
 pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Result<i32> {
+    // App code runs as the app's uid: run by the platform user under a root daemon, the command
+    // becomes a worker the daemon starts (crate::worker).
+    if let Some(words) = crate::worker::words(&command) {
+        if let Some(code) = crate::worker::delegate(home, words, who)? {
+            return Ok(code);
+        }
+    }
     match command {
         Command::Apps { json } => apps::list(home, json),
         Command::AppsCreate { app } => apps::create(home, &app),
@@ -473,6 +511,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Firewall { dry_run, tool } => firewall::apply(home, dry_run, tool.as_deref()),
         Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
+        Command::Worker { who, words } => crate::worker::run(home, who.as_deref(), words),
         Command::DynoShim {
             log,
             log_max_bytes,

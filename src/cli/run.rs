@@ -60,17 +60,18 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     // A one-off the daemon knows gets a cgroup like any dyno (hard limits only: memory at twice
     // the quota, dyno_max_pids), removed when it ends.
     let limits = crate::cgroup::Limits { memory: quota, max_pids: settings.dyno_max_pids };
-    let cgroup = recorded.as_ref().and_then(|(id, _, _)| contain(home, &name, *id, limits, &log, &dyno));
+    let cgroup =
+        as_root(|| recorded.as_ref().and_then(|(id, _, _)| contain(home, &name, *id, limits, &log, &dyno)))?;
     let join = cgroup.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
     let key = format!("{dyno}-{}", std::process::id());
-    let spawned = spawn(home, &name, &key, &env, &dyno, port, user.as_ref(), command, join);
+    let spawned = as_root(|| spawn(home, &name, &key, &env, &dyno, port, user.as_ref(), command, join))?;
     let cgroup = cgroup.map(|(cgroup, _files)| cgroup);
     let _remove = cgroup.map(|cgroup| RemoveOnDrop { cgroup, log: log.clone(), dyno: dyno.clone() });
     let one_off = spawned?;
     if let Some((id, _, _)) = recorded {
         if let Err(e) = attach(home, id, one_off.pid()) {
             // Never leave a process the daemon does not know it runs.
-            let _ = killpg(Pid::from_raw(one_off.pid()), Signal::SIGKILL);
+            signal_group(Pid::from_raw(one_off.pid()), Some(Signal::SIGKILL));
             let _ = wait(one_off, Duration::ZERO);
             logs::append_event(&log, Source::Slipway, &dyno, &format!("Stopped: {e}"));
             bail!("the daemon did not take the one-off dyno {dyno} ({e}); run it again");
@@ -82,6 +83,25 @@ pub fn run(home: &Home, app: &str, command: &[String], who: Option<&str>) -> any
     }
     logs::append_event(&log, Source::Slipway, &dyno, &format!("Process exited with status {}", ended.code));
     Ok(ended.code)
+}
+
+/// Runs `f` as root when this process is a worker (root only in its saved uid, see
+/// `users::privileged`): making the one-off's cgroup and private dir (given to the app's uid),
+/// starting it (its child drops to that uid), removing both. As is otherwise.
+fn as_root<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    if crate::users::privileged() {
+        return crate::users::with_root(f).context("becoming root again for the one-off dyno");
+    }
+    Ok(f())
+}
+
+/// Signals the one-off's process group (`None`: only checks). A worker signals as root: the
+/// one-off runs as its app's uid, which the worker's own (the platform user's) may not signal.
+/// A group already gone needs nothing, so the outcome is not reported.
+fn signal_group(group: Pid, sig: Option<Signal>) {
+    if let Err(err) = as_root(|| killpg(group, sig)) {
+        eprintln!("warning: signalling the one-off: {err:#}");
+    }
 }
 
 /// Creates one-off dyno `id`'s cgroup and opens its `cgroup.procs` for the command to join;
@@ -123,7 +143,8 @@ struct RemoveOnDrop {
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        if let Err(err) = self.cgroup.remove(deadline, || {}) {
+        let removed = as_root(|| self.cgroup.remove(deadline, || {})).and_then(|r| r.map_err(Into::into));
+        if let Err(err) = removed {
             logs::append_event(
                 &self.log,
                 Source::Slipway,
@@ -270,21 +291,23 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
             sig @ (libc::SIGINT | libc::SIGQUIT) => {
                 // On a terminal the group got it from the terminal already.
                 if !one_off.foreground {
-                    let _ = killpg(group, Signal::try_from(sig).ok());
+                    signal_group(group, Signal::try_from(sig).ok());
                 }
             }
             _ => caller_gone = true,
         }
-        if !caller_gone && (hung_up(stdin_is_tty) || nix::unistd::getppid() != parent) {
+        // A worker's parent is the daemon, which may restart while its caller is still there.
+        let orphaned = !crate::worker::is_worker() && nix::unistd::getppid() != parent;
+        if !caller_gone && (hung_up(stdin_is_tty) || orphaned) {
             caller_gone = true;
         }
         match stop_deadline {
             None if caller_gone => {
-                let _ = killpg(group, Signal::SIGTERM);
+                signal_group(group, Some(Signal::SIGTERM));
                 stop_deadline = Some(Instant::now() + grace);
             }
             Some(deadline) if Instant::now() >= deadline => {
-                let _ = killpg(group, Signal::SIGKILL);
+                signal_group(group, Some(Signal::SIGKILL));
                 stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
             }
             _ => {}
@@ -299,7 +322,7 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
     if caller_gone {
         // Whatever the command left behind in its group goes with it (the leader is not reaped
         // yet, so the group id cannot have been reused).
-        let _ = killpg(group, Signal::SIGKILL);
+        signal_group(group, Some(Signal::SIGKILL));
     }
     let status = one_off.child.wait().context("waiting for the command")?;
     if one_off.foreground {
@@ -310,7 +333,7 @@ pub fn wait(mut one_off: OneOff, grace: Duration) -> anyhow::Result<Ended> {
     }
     if let Some(private) = one_off.private.take() {
         let root = private.root.clone();
-        if let Err(err) = private.remove() {
+        if let Err(err) = as_root(|| private.remove()).and_then(|r| r.map_err(Into::into)) {
             eprintln!("warning: removing {}: {err}", root.display());
         }
     }

@@ -37,6 +37,7 @@ pub fn start(home: &Home, foreground: bool) -> anyhow::Result<()> {
     }
     // Open the database and try the router's address before forking, so a broken database or
     // a port in use is reported to the operator's terminal, not only to the daemon's log.
+    give_db_to_owner(home)?;
     drop(Store::open(&home.db())?);
     // (`can_bind` succeeds while our own router, which outlives daemons, holds the address.)
     crate::router::reuseport::can_bind(settings.router_addr).with_context(|| {
@@ -93,6 +94,14 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     // We hold the home lock, so a socket file left here belongs to a dead daemon.
     remove_if_present(&socket)?;
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    // A root daemon on a home another user owns: the socket is that user's (0600), for the CLI
+    // it runs over SSH; the daemon stays root and starts its app-running commands as workers.
+    let owner = home_owner(&home);
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(&socket, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to uid {uid}", socket.display()))?;
+    }
+    crate::worker::serve(&home, owner).context("starting the worker socket")?;
     // The router is a process of its own that outlives the daemon (router/service.rs): adopt
     // the running one, start one, or hand over from one of another binary.
     let router = crate::router::keeper::start(&home, &settings).await?;
@@ -122,6 +131,35 @@ async fn run(home: Home, settings: Settings) -> anyhow::Result<()> {
     }
     remove_if_present(&socket)?;
     Ok(())
+}
+
+/// The home's owner (uid, gid) when this daemon is root on a home another user owns (install.sh's
+/// platform user): what it creates in the home is given to that user.
+pub fn home_owner(home: &Home) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(home.root()).ok()?;
+    (nix::unistd::geteuid().is_root() && meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// As root on a home another user owns: makes `slipway.db` exist as that user's (0600) before
+/// SQLite opens it, so SQLite, which gives its `-wal` and `-shm` files to the database's owner
+/// when root, keeps all three usable by the CLI the owner runs.
+fn give_db_to_owner(home: &Home) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if home_owner(home).is_none() {
+        return Ok(());
+    }
+    let path = home.db();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    crate::fsutil::give_to_dir_owner(&file, &File::open(home.root())?)
+        .with_context(|| format!("giving {} to the home's owner", path.display()))
 }
 
 fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
@@ -224,13 +262,16 @@ fn lock_exclusive(mut file: File) -> Result<Flock<File>, (File, Errno)> {
 fn open_pid_file(home: &Home) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // O_NOFOLLOW: a link planted at run/slipway.pid is refused, never written through.
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(home.pid_file())
+        .open(home.pid_file())?;
+    // A root daemon on the platform user's home leaves it that user's, like everything in run/.
+    crate::fsutil::give_to_dir_owner(&file, &File::open(home.run_dir())?)?;
+    Ok(file)
 }
 
 /// Writes this process's pid into the locked pid file, and checks every second that
@@ -322,14 +363,8 @@ fn lock_holder(file: &File) -> Option<i32> {
 }
 
 fn open_daemon_log(home: &Home) -> anyhow::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = home.daemon_log();
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
+    crate::fsutil::open_append(&path).with_context(|| format!("opening {}", path.display()))
 }
 
 fn wait_until_ready(home: &Home) -> anyhow::Result<()> {

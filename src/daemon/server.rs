@@ -104,6 +104,13 @@ async fn handle(mut stream: UnixStream, events: mpsc::UnboundedSender<Event>) ->
 /// process). The peer is held through a pidfd (`SO_PEERPIDFD`) while its status is read, so a
 /// reused pid cannot answer for it; kernels without `SO_PEERPIDFD` (before 6.5) are asked by pid.
 pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    refusal_fd(stream.as_raw_fd(), stream.peer_cred().ok().and_then(|c| c.pid()))
+}
+
+/// [`refusal`] for any connected unix socket `fd` whose peer's pid (`SO_PEERCRED`) is `peer_pid`
+/// (the spawn socket, `crate::worker`).
+pub(crate) fn refusal_fd(fd: std::os::fd::RawFd, peer_pid: Option<i32>) -> Option<&'static str> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const CONFINED: &str = "control connections from builds and dynos are refused";
     const GONE: &str = "the connecting process is gone";
@@ -113,7 +120,7 @@ pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
     // SAFETY: getsockopt writes at most `len` bytes into `pidfd`.
     let got = unsafe {
         libc::getsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             SO_PEERPIDFD,
             (&mut pidfd as *mut libc::c_int).cast(),
@@ -130,7 +137,7 @@ pub(crate) fn refusal(stream: &UnixStream) -> Option<&'static str> {
         .as_ref()
         .and_then(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok())
         .and_then(|info| info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse::<i32>().ok()))
-        .or_else(|| stream.peer_cred().ok().and_then(|c| c.pid()));
+        .or(peer_pid);
     let Some(pid) = pid.filter(|p| *p > 0) else { return Some(GONE) };
     let confined = match crate::sandbox::is_confined(pid) {
         Ok(confined) => confined,

@@ -245,6 +245,23 @@ impl Supervisor {
             Request::Converge { app } => parse(&app).and_then(|app| {
                 let exists = store::apps::get(self.store.conn(), &app).map_err(|e| e.to_string())?.is_some();
                 let spec = if exists { Some(self.spec(&app, None)?) } else { None };
+                if !exists {
+                    // A destroyed app's `dynos/<app>` is the daemon's (root's when it is root),
+                    // which the owner's `apps:destroy` may not remove: its dynos are stopped, so
+                    // it is empty, or soon (a shim still removing its dir keeps it for now).
+                    let dir = self.home.app_dynos(&app);
+                    match std::fs::remove_dir(&dir) {
+                        Ok(()) => tracing::info!(dir = %dir.display(), "removed a destroyed app's dynos dir"),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                            ) => {}
+                        Err(err) => {
+                            tracing::warn!(dir = %dir.display(), %err, "removing a destroyed app's dynos dir")
+                        }
+                    }
+                }
                 Ok(Input::Converge { app, spec, reply: Some(id) })
             }),
             Request::Scale { app, types } => parse(&app).and_then(|app| {
@@ -479,7 +496,7 @@ impl Supervisor {
         let vars = env.vars(&name, dyno.port);
         let announce = self.home.dyno_announcement(id);
         if let Some(dir) = announce.parent() {
-            if let Err(err) = std::fs::create_dir_all(dir) {
+            if let Err(err) = crate::fsutil::create_dir_all_owned(dir) {
                 let message = format!("creating {}: {err}", dir.display());
                 return Some(Input::SpawnFailed { dyno: id, message });
             }
@@ -795,12 +812,7 @@ fn spawn_shim(mut command: Command) -> Result<ProcessIds, String> {
 }
 
 fn shim_stderr(home: &Home) -> Stdio {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.daemon_log())
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null())
+    crate::fsutil::open_append(&home.daemon_log()).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 /// The running binary, even after it was replaced on disk by an upgrade (Linux then reports

@@ -390,7 +390,7 @@ impl Inner {
             // the file it opened (which is then never rotated).
             Err(e) if self.file.is_some() && e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
             _ => {
-                let file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
+                let file = crate::fsutil::open_append(&self.path)?;
                 self.inode = file.metadata()?.ino();
                 self.file = Some(file);
                 Ok(())
@@ -510,7 +510,7 @@ mod tests {
     fn a_full_disk_drops_and_counts_then_reports_and_the_file_rotates_at_its_cap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("slipway.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        crate::logs::tests::plant_full_disk(&path);
         let log = DaemonLog::with_limits(&path, false, 1000, 1000);
         for i in 0..7 {
             // Through the tracing side: never an error, never a panic.

@@ -17,7 +17,7 @@ pub mod daemon_log;
 pub mod follow;
 pub mod read;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -186,7 +186,7 @@ impl LogWriter {
 
     pub fn with_policy(path: &Path, policy: LogPolicy) -> io::Result<LogWriter> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::create_dir_all_owned(dir)?;
         }
         let (file, inode) = open_append(path)?;
         Ok(LogWriter { file: Some(file), inode, ..LogWriter::unopened(path, policy) })
@@ -291,7 +291,7 @@ impl LogWriter {
 
     fn rotate(&mut self) -> io::Result<()> {
         let lock_path = self.path.with_file_name(".rotate.lock");
-        let lock_file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock_file = crate::fsutil::open_append(&lock_path)?;
         let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
         // Under the lock: someone else may have rotated already.
         let current = std::fs::metadata(&self.path)?;
@@ -329,9 +329,10 @@ pub fn ends_mid_line(file: &File) -> bool {
     len > 0 && file.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
 }
 
-/// Opened for reading too, for [`ends_mid_line`].
+/// Opened for reading too, for [`ends_mid_line`]; as root never through a link, and given to
+/// the home's owner (`fsutil::open_append`).
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let file = crate::fsutil::open_append(path)?;
     let inode = file.metadata()?.ino();
     Ok((file, inode))
 }
@@ -383,7 +384,7 @@ pub fn append_event_with(path: &Path, policy: LogPolicy, source: Source, dyno: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -493,13 +494,32 @@ mod tests {
         }
     }
 
+    /// Makes `path` answer every write with ENOSPC, like a full disk: `/dev/full` itself, as a
+    /// device node of its own when root (root writers never follow a link in the home:
+    /// `fsutil::open_append`), else as a link to it.
+    pub(crate) fn plant_full_disk(path: &Path) {
+        if crate::fsutil::is_root() {
+            let dev = libc::makedev(1, 7);
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path and integer arguments.
+            assert_eq!(
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) },
+                0,
+                "mknod {}",
+                path.display()
+            );
+        } else {
+            std::os::unix::fs::symlink("/dev/full", path).unwrap();
+        }
+    }
+
     /// A log on a full disk (`/dev/full` answers every write with ENOSPC) drops and counts;
     /// once the path is a writable file again, the count comes first, then the new lines.
     #[test]
     fn a_full_disk_drops_lines_and_reports_them_once_it_can_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let mut w = LogWriter::with_policy(&path, LogPolicy::default()).unwrap().named("web.1");
         for i in 0..3 {
             let err = w.event(Source::App, "web.1", &format!("lost {i}\nlost too")).unwrap_err();
@@ -521,7 +541,7 @@ mod tests {
 
         // Without new lines, flush_dropped writes the count on its own.
         std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let _ = w.event(Source::App, "web.1", "lost");
         std::fs::remove_file(&path).unwrap();
         w.flush_dropped().unwrap();
@@ -533,7 +553,7 @@ mod tests {
     fn a_recovering_writer_starts_on_a_new_line_after_another_writers_cut_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         let mut w = LogWriter::with_policy(&path, LogPolicy::default()).unwrap().named("web.1");
         assert!(w.event(Source::App, "web.1", "lost").is_err());
         std::fs::remove_file(&path).unwrap();
@@ -550,7 +570,7 @@ mod tests {
     fn append_event_reports_what_it_dropped_per_dyno() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        plant_full_disk(&path);
         append_event(&path, Source::Slipway, "web.1", "State changed from starting to up");
         append_event(&path, Source::Slipway, "web.1", "Stopping");
         append_event(&path, Source::Slipway, "worker.1", "Restarting");

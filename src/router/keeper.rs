@@ -334,12 +334,7 @@ fn current_binary() -> PathBuf {
 }
 
 fn log_output(home: &Home) -> Stdio {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(control::log_file(home))
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null())
+    crate::fsutil::open_append(&control::log_file(home)).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 /// Stops the router (SIGTERM: it stops accepting, finishes its requests and exits) and waits

@@ -52,7 +52,15 @@ impl Store {
             let _ = std::fs::create_dir_all(dir);
         }
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
-        let mut conn = Connection::open(path).map_err(open_err)?;
+        // Never through a link at the database's name: the home's owner may plant one, and a
+        // root daemon opens this file (and makes its -wal and -shm next to wherever it points).
+        // The dir holding it is resolved first (a home reached through a link stays fine).
+        let resolved = match (path.parent().map(std::fs::canonicalize), path.file_name()) {
+            (Some(Ok(dir)), Some(name)) => dir.join(name),
+            _ => path.to_path_buf(),
+        };
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let mut conn = Connection::open_with_flags(&resolved, flags).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(15)).map_err(open_err)?;
         // Switching to WAL needs a write lock; asking does not. A database is switched once, so
         // later opens (every read-only command) never wait behind a writer for this.
@@ -80,6 +88,23 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_at_the_database_is_refused_a_linked_home_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(&victim, home.join("slipway.db")).unwrap();
+        assert!(Store::open(&home.join("slipway.db")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!dir.path().join("victim-wal").exists());
+        std::fs::remove_file(home.join("slipway.db")).unwrap();
+        std::os::unix::fs::symlink(&home, dir.path().join("linked-home")).unwrap();
+        Store::open(&dir.path().join("linked-home/slipway.db")).unwrap();
+        assert!(home.join("slipway.db").exists());
+    }
 
     #[test]
     fn open_does_not_wait_behind_a_writer() {

@@ -366,6 +366,11 @@ impl Sshd {
     /// test's `SLIPWAY_APP_UIDS`. Panics with the sshd log if it
     /// does not accept connections within 10 s (after up to 3 tries on fresh ports).
     pub fn start(dir: &Path, authorized_keys: &Path, app_uids: &str) -> Sshd {
+        Sshd::start_as(dir, authorized_keys, app_uids, &current_user())
+    }
+
+    /// [`Sshd::start`] letting only `user` log in (e.g. a platform user owning the home).
+    pub fn start_as(dir: &Path, authorized_keys: &Path, app_uids: &str, user: &str) -> Sshd {
         assert!(authorized_keys.is_absolute(), "AuthorizedKeysFile must be absolute");
         fs::create_dir_all(dir).expect("create sshd dir");
         // sshd's privilege-separation directory; it refuses to start as root without it.
@@ -381,7 +386,7 @@ impl Sshd {
             );
             assert!(out.status.success(), "ssh-keygen (host key) failed:\n{}", describe(&out));
         }
-        let user = current_user();
+        let user = user.to_string();
         let config = dir.join("sshd_config");
         let log_path = dir.join("sshd.log");
         let mut last_failure = String::new();

@@ -478,7 +478,7 @@ report_daemon() {
     local status
     status=$(as_slipway status 2>&1) || die "the slipway daemon stopped answering right after starting: $status"
     say "$status"
-    if [ -n "$NEW_VERSION" ] && [ "$NEW_VERSION" != unknown ] && [[ $status != *" daemon $NEW_VERSION "* ]]; then
+    if [ -n "$NEW_VERSION" ] && [ "$NEW_VERSION" != unknown ] && [[ $status != *", version $NEW_VERSION,"* ]]; then
         warn "the daemon that answers is not slipway $NEW_VERSION; restart it (systemctl restart slipway, or slipway daemon --stop then slipway daemon)."
     fi
 }

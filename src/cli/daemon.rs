@@ -324,17 +324,6 @@ fn gather(home: &Home) -> StatusReport {
         problems.push(format!("{n} dyno(s) crashed (see slipway ps APP and slipway logs APP)"));
     }
 
-    let kernel = KernelStatus {
-        landlock: matches!(crate::sandbox::support(), crate::sandbox::Support::Landlock(_)),
-        cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
-        cgroups: match crate::cgroup::detect() {
-            Ok(layout) => format!("{}: dyno memory, process and CPU limits", layout.describe()),
-            Err(why) => {
-                format!("unavailable ({why}): dynos and builds run without memory and process limits")
-            }
-        },
-    };
-
     // Dynos run as the daemon's user, or as their app's uid when that is root: the running
     // daemon's, else whoever runs this (the home's owner, see Home::become_owner).
     let uid = daemon
@@ -348,6 +337,24 @@ fn gather(home: &Home) -> StatusReport {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| format!("uid {uid}"));
+    // A root daemon's cgroups, seen from the platform user's shell: whether this process could
+    // write them says nothing; the daemon, being root, can (its layout, from its own cgroup).
+    let root_daemon = daemon.pid.filter(|_| daemon.running && uid == 0 && !nix::unistd::geteuid().is_root());
+    let cgroups = match root_daemon {
+        Some(pid) => crate::cgroup::find_layout_of(pid),
+        None => crate::cgroup::detect(),
+    };
+    let kernel = KernelStatus {
+        landlock: matches!(crate::sandbox::support(), crate::sandbox::Support::Landlock(_)),
+        cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        cgroups: match cgroups {
+            Ok(layout) => format!("{}: dyno memory, process and CPU limits", layout.describe()),
+            Err(why) => {
+                format!("unavailable ({why}): dynos and builds run without memory and process limits")
+            }
+        },
+    };
+
     let root = uid == 0;
     let range = match crate::settings::Settings::load(home) {
         Ok(settings) => settings.app_uids,

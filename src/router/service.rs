@@ -90,6 +90,14 @@ pub fn run(home: &Home) -> anyhow::Result<()> {
     };
     control::write_replacing(&control::announcement(home), announced.line().as_bytes())
         .with_context(|| format!("writing {}", control::announcement(home).display()))?;
+    // Root on the platform user's home: the announcement and the socket are the owner's, as
+    // everything else root makes there (`slipway status`, run as the owner, reads the one).
+    if let Some((uid, gid)) = crate::daemon::home_owner(home) {
+        for path in [control::announcement(home), control::socket(home)] {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
+        }
+    }
     // Started by a root daemon: every socket is bound, so drop to an unprivileged user before
     // the first request is read (the threads start below).
     let keeps_state = drop_privileges(home, settings.app_uids)?;

@@ -7,6 +7,10 @@
 //! Limits: while a [`Contained`] guard lives (the build of a push and its release phase, see
 //! [`contain`]), every job starts inside that build's cgroup (`build_memory`, killed at twice
 //! it; `dyno_max_pids` processes), joined between fork and exec.
+//!
+//! Users: a [`Job`] made with an app's user (privileged mode, see `crate::users`) drops to
+//! that uid between fork and exec, right after joining the cgroup and before anything the
+//! caller adds (Landlock comes last), so app commands never run as root nor as the platform.
 
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
@@ -23,6 +27,65 @@ static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// The `cgroup.procs` fds of the current build's cgroup (see [`contain`]).
 static CONTAINER: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// The current build's cgroup, for [`kill_strays`].
+static BUILD_CGROUP: std::sync::Mutex<Option<crate::cgroup::Cgroup>> = std::sync::Mutex::new(None);
+
+/// A command about to run as a job: it joins the build's cgroup while one is contained
+/// ([`contain`]), then, given an app's user, drops to its uid ([`crate::users::drop_to`],
+/// which regains root first in a worker whose saved uid is root). Both happen in one
+/// `pre_exec` registered first, so that what the caller adds to [`Job::command`] afterwards
+/// (a sandbox's Landlock, `sandbox::prepare_dyno`) runs after them, as the app's uid.
+pub struct Job(Command);
+
+impl Job {
+    /// `command` must have no `pre_exec` step yet.
+    pub fn new(mut command: Command, user: Option<&crate::users::AppUser>) -> Job {
+        let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
+        let ids = user.map(|u| (u.uid, u.gid));
+        if !join.is_empty() || ids.is_some() {
+            // SAFETY: join_raw only calls write(2) and drop_to makes raw syscalls only: both
+            // async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    crate::cgroup::join_raw(&join)?;
+                    match ids {
+                        Some((uid, gid)) => crate::users::drop_to(uid, gid),
+                        None => Ok(()),
+                    }
+                });
+            }
+        }
+        Job(command)
+    }
+
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.0
+    }
+
+    pub fn into_command(self) -> Command {
+        self.0
+    }
+}
+
+/// SIGKILLs whatever is left in the build's cgroup (a process an app command started in the
+/// background, out of its job's process group), waiting up to a second for it to be empty:
+/// nothing of the app may hold a file of its release open for writing once the platform takes
+/// the release back. Nothing to do without a cgroup.
+pub fn kill_strays() {
+    let Some(cgroup) = BUILD_CGROUP.lock().ok().and_then(|c| c.clone()) else { return };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if crate::users::root_if_privileged(|| cgroup.kill_all()).is_err() || cgroup.procs().is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("processes of the build's cgroup survived SIGKILL for a second");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// A build's cgroup; jobs started while it lives run in it. Dropping it kills what is left
 /// in the cgroup and removes it.
@@ -41,19 +104,27 @@ pub fn contain(
     settings: &crate::settings::Settings,
     warn: impl Fn(&str),
 ) -> Option<Contained> {
-    let layout = crate::cgroup::detect().ok()?;
+    // Root's in a worker whose saved uid is root (`users::privileged`); a no-op for root.
+    let root = |f: &dyn Fn() -> io::Result<()>| crate::users::root_if_privileged(f).and_then(|r| r);
+    let layout = crate::users::root_if_privileged(crate::cgroup::detect).ok()?.ok()?;
     let cgroup = layout.group(&crate::cgroup::build_rel(home.root(), app.as_str(), std::process::id()));
     let limits = crate::cgroup::Limits { memory: settings.build_memory, max_pids: settings.dyno_max_pids };
-    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+    let opened =
+        crate::users::root_if_privileged(|| cgroup.create(limits).and_then(|()| cgroup.open_procs()))
+            .and_then(|r| r);
+    match opened {
         Ok(procs) => {
             if let Ok(mut fds) = CONTAINER.lock() {
                 *fds = crate::cgroup::raw_fds(&procs);
+            }
+            if let Ok(mut current) = BUILD_CGROUP.lock() {
+                *current = Some(cgroup.clone());
             }
             Some(Contained { cgroup, _procs: procs })
         }
         Err(err) => {
             warn(&format!("building without memory and process limits: creating the cgroup: {err}"));
-            if let Err(e) = cgroup.remove(Instant::now(), || {}) {
+            if let Err(e) = root(&|| cgroup.remove(Instant::now(), || {})) {
                 warn(&e.to_string());
             }
             None
@@ -66,7 +137,13 @@ impl Drop for Contained {
         if let Ok(mut fds) = CONTAINER.lock() {
             fds.clear();
         }
-        if let Err(err) = self.cgroup.remove(Instant::now() + Duration::from_secs(5), || {}) {
+        if let Ok(mut current) = BUILD_CGROUP.lock() {
+            *current = None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let removed =
+            crate::users::root_if_privileged(|| self.cgroup.remove(deadline, || {})).and_then(|r| r);
+        if let Err(err) = removed {
             use std::io::Write;
             if writeln!(io::stderr(), "warning: the build's cgroup stays: {err}").is_err() {
                 tracing::warn!(%err, "removing the build's cgroup");
@@ -131,28 +208,22 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Runs `command` (stdin closed, stdout and stderr merged), confined by `sandbox` when given
-/// (enforced between fork and exec, see `sandbox::confine`), and hands each output line to
-/// `on_line` as it arrives.
+/// Runs `job` (stdin closed, stdout and stderr merged), confined by `sandbox` when given
+/// (enforced between fork and exec, see `sandbox::confine`, after the job's own steps: see
+/// [`Job`]), and hands each output line to `on_line` as it arrives.
 pub fn run(
-    mut command: Command,
+    job: Job,
     sandbox: Option<&crate::sandbox::Policy>,
     timeout: Option<Duration>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), JobError> {
+    let mut command = job.into_command();
     if let Some(policy) = sandbox {
         crate::sandbox::confine(&mut command, policy)?;
     }
     let (reader, writer) = io::pipe().map_err(JobError::Spawn)?;
     let writer2 = writer.try_clone().map_err(JobError::Spawn)?;
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
-    let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
-    if !join.is_empty() {
-        // SAFETY: join_raw only calls write(2), which is async-signal-safe.
-        unsafe {
-            command.pre_exec(move || crate::cgroup::join_raw(&join));
-        }
-    }
     let mut child = command.spawn().map_err(JobError::Spawn)?;
     drop(command); // holds the write ends; the reader sees EOF only once they are closed
     let group = Pid::from_raw(child.id() as i32);
@@ -216,10 +287,10 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn sh(script: &str) -> Command {
+    fn sh(script: &str) -> Job {
         let mut c = Command::new("sh");
         c.arg("-c").arg(script);
-        c
+        Job::new(c, None)
     }
 
     #[test]

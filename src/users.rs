@@ -112,6 +112,16 @@ pub fn with_root<T>(f: impl FnOnce() -> T) -> io::Result<T> {
     Ok(out)
 }
 
+/// [`with_root`] when this process is [`privileged`], else `f` as it is (single-user mode,
+/// where a delegated cgroup subtree or the user's own files need no root).
+pub fn root_if_privileged<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    if privileged() {
+        with_root(f)
+    } else {
+        Ok(f())
+    }
+}
+
 /// Who an app's processes run as in privileged mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppUser {
@@ -227,16 +237,89 @@ pub fn drop_to(uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// Changes the owner of `path` and everything under it to `uid:gid`, never following a link
-/// (links themselves are changed, with `lchown`).
+/// (links themselves are changed, with `lchown`). `path` itself last, so a tree whose top has
+/// the new owner was changed whole (a walk cut short is redone next time: see [`hand_tree`]).
 pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             chown_tree(&entry?.path(), uid, gid)?;
         }
     }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// [`chown_tree`] unless `path` is owned by `uid:gid` already (its top is changed last, so
+/// then all of it is): the app's build cache, handed to it once and its own for good.
+pub fn hand_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.uid() == uid && meta.gid() == gid {
+        return Ok(());
+    }
+    chown_tree(path, uid, gid)
+}
+
+/// Takes what an app's build wrote back from it: `path` and everything under it owned by
+/// `owner` (the platform), group `gid` (the app's) with [`release_mode`]: the app may still
+/// read it (a dyno, the release phase, the probe of its environment), never write it, nor
+/// chmod it (it no longer owns it). Never follows a link. `path` itself last.
+pub fn take_back(path: &Path, owner: u32, gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            take_back(&entry?.path(), owner, gid)?;
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(owner), Some(gid))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = release_mode(meta.mode() & 0o7777);
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     Ok(())
+}
+
+/// The mode a server-wide tool's file or dir gets so that every app's build may use it: the
+/// owner's read and execute bits copied to the group and others; only the owner writes.
+pub fn shared_mode(mode: u32) -> u32 {
+    let rx = mode & 0o500;
+    (mode & 0o700) | (rx >> 3) | (rx >> 6)
+}
+
+/// Opens `path` (a tool in `cache/.tools`, installed by the platform) to every uid with
+/// [`shared_mode`]. Each dir is changed after what it holds, so a dir below `path` that is
+/// open already was opened whole and is skipped (a tool is installed once, into a new dir):
+/// cheap for what is open, whole for what was just installed. Never follows a link.
+pub fn open_tree(path: &Path) -> io::Result<()> {
+    fn walk(path: &Path, top: bool) -> io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let mode = shared_mode(meta.mode());
+        if meta.file_type().is_symlink() || (!top && meta.is_dir() && meta.mode() & 0o7777 == mode) {
+            return Ok(());
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), false)?;
+            }
+        }
+        if meta.mode() & 0o7777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+    walk(path, true)
+}
+
+/// Lets app group `gid` into `dir` (`releases/<app>`, `envs/<app>`: read and pass, never
+/// write) and every uid through the dirs above it up to the home ([`open_passage`]). Never
+/// follows a link.
+pub fn open_app_dir(home: &Path, dir: &Path, gid: u32) -> io::Result<()> {
+    for above in dir.ancestors().skip(1).take_while(|d| d.starts_with(home)) {
+        open_passage(above)?;
+    }
+    give_to_group(dir, gid, false)
 }
 
 /// Whether a process of `uid`:`gid` (no supplementary groups) may search (pass through) a dir
@@ -368,6 +451,21 @@ mod tests {
             (0o640, 0o640),
         ] {
             assert_eq!(release_mode(mode), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn tools_are_opened_to_every_uid_read_only() {
+        for (mode, want) in [
+            (0o700, 0o755),
+            (0o600, 0o644),
+            (0o500, 0o555),
+            (0o644, 0o644),
+            (0o666, 0o644),  // only the owner writes
+            (0o4755, 0o755), // no set-id bits
+            (0o000, 0o000),
+        ] {
+            assert_eq!(shared_mode(mode), want, "{mode:o}");
         }
     }
 

@@ -151,6 +151,7 @@ pub fn build(
     let seeded = !by_uv
         && venv::from_seed(&seed, &venv_dir)
             .map_err(|source| BuildError::Io { action: "cloning the seed virtualenv".into(), source })?;
+    jail.lend(&venv_dir).map_err(io("handing to the app's uid"))?;
     if !seeded {
         let mut create = match &uv {
             Some(uv) if by_uv => {
@@ -195,7 +196,8 @@ pub fn build(
         output::step(&format!("Installing pip {}", venv::PIP_VERSION));
         let pinned = format!("pip=={}", venv::PIP_VERSION);
         run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
-        if !by_uv {
+        // Not from a venv the app's uid made (privileged mode): every app would start from it.
+        if !by_uv && jail.app_user().is_none() {
             if let Err(e) = venv::keep_as_seed(&venv_dir, &seed) {
                 output::warn(&format!("keeping the seed virtualenv at {}: {e}", seed.display()));
             }
@@ -213,6 +215,7 @@ pub fn build(
             let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
             let path = cache.join("Pipfile.lock.requirements.txt");
             crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
+                .and_then(|()| jail.give(&path))
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
             run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline, jail)?;
         }
@@ -319,7 +322,9 @@ impl Modules {
             .args(PROBED)
             .env_clear()
             .current_dir(dir);
-        // The venv is the build's own making: anything it runs is confined like the build.
+        // The venv is the build's own making: anything it runs is confined like the build, as
+        // the app's uid.
+        let mut probe = crate::job::Job::new(probe, jail.app_user()).into_command();
         if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
             return Modules::default();
         }
@@ -406,7 +411,7 @@ fn install_python(
     // Only this step may write the server's installed Pythons; builds read them.
     std::fs::create_dir_all(&target)
         .map_err(|source| BuildError::Io { action: format!("creating {}", target.display()), source })?;
-    let jail = &jail.with(&target, crate::sandbox::Access::ReadWrite);
+    let jail = &jail.for_platform(&target);
     output::step(&format!("Installing Python {version} (not installed on this server; python_install = 1)"));
     let cache = req.home.cache(req.app);
     let mut c = Command::new(uv);
@@ -575,7 +580,7 @@ fn ensure_tool(
     // Only this step may write the tool's dir; builds read it.
     std::fs::create_dir_all(&root)
         .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
-    let jail = &jail.with(&root, crate::sandbox::Access::ReadWrite);
+    let jail = &jail.for_platform(&root);
     let env = build_env(req);
     let mut create = Command::new(python);
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);

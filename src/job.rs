@@ -301,6 +301,69 @@ mod tests {
         assert!(matches!(run(sh("exit 3"), None, None, |_| {}), Err(JobError::Failed(3))));
     }
 
+    /// The worker case (`users::privileged`): real and effective uid a platform user's, saved
+    /// uid root. A job with an app's user still drops to it (root regained first), one without
+    /// runs as the worker's own uid, and the worker itself is left as it was. In a forked child
+    /// (its ids change for good); only as root.
+    #[test]
+    fn a_worker_with_a_saved_root_uid_runs_jobs_as_the_apps_uid() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        const WORKER: u32 = 299_990;
+        const APP: u32 = 299_991;
+        // SAFETY: the child only makes syscalls and runs jobs, then _exits; its code is its verdict.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let verdict = (|| -> Result<(), u8> {
+                    // SAFETY: plain syscalls with integer arguments.
+                    unsafe {
+                        if libc::setgroups(0, std::ptr::null()) != 0
+                            || libc::setresgid(WORKER, WORKER, 0) != 0
+                            || libc::setresuid(WORKER, WORKER, 0) != 0
+                        {
+                            return Err(10);
+                        }
+                    }
+                    if !crate::users::privileged() {
+                        return Err(11);
+                    }
+                    let ids = |user: Option<&crate::users::AppUser>| {
+                        let mut c = Command::new("sh");
+                        c.args(["-c", "echo $(id -u) $(id -g) $(id -G)"]);
+                        let mut lines = Vec::new();
+                        run(Job::new(c, user), None, None, |l| lines.push(l.to_string())).map(|()| lines)
+                    };
+                    let app = crate::users::AppUser { uid: APP, gid: APP, name: "app".into() };
+                    if ids(Some(&app)).map_err(|_| 12u8)? != vec![format!("{APP} {APP} {APP}")] {
+                        return Err(13);
+                    }
+                    if ids(None).map_err(|_| 14u8)? != vec![format!("{WORKER} {WORKER} {WORKER}")] {
+                        return Err(15);
+                    }
+                    let inside =
+                        crate::users::with_root(|| nix::unistd::geteuid().as_raw()).map_err(|_| 16u8)?;
+                    let after = nix::unistd::getresuid().map_err(|_| 17u8)?;
+                    let back = (after.real.as_raw(), after.effective.as_raw(), after.saved.as_raw());
+                    if inside != 0 || back != (WORKER, WORKER, 0) {
+                        return Err(18);
+                    }
+                    Ok(())
+                })();
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(verdict.err().map_or(0, i32::from)) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "see the codes in the child"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_timeout_kills_the_whole_group() {
         let mut pid = None;

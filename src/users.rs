@@ -13,6 +13,11 @@
 //! the platform's (read-only to the app through its group: [`open_release`]); the shim that
 //! writes its log and reaps it stays root, so it can still signal the dyno.
 //!
+//! A build's app commands and the release phase run as the app's uid too (see `build::Jail`
+//! and `job::Job`): the build dir and a new environment are lent to it ([`chown_tree`]) and
+//! taken back after its last command ([`take_back`]); its cache is its own ([`hand_tree`]);
+//! the server-wide tools platform steps install are opened to every uid ([`open_tree`]).
+//!
 //! Run as any other user (development, tests as a user, the platform user), everything runs as
 //! that one user ("single-user mode") and Landlock is what separates apps.
 
@@ -288,28 +293,32 @@ pub fn shared_mode(mode: u32) -> u32 {
     (mode & 0o700) | (rx >> 3) | (rx >> 6)
 }
 
-/// Opens `path` (a tool in `cache/.tools`, installed by the platform) to every uid with
-/// [`shared_mode`]. Each dir is changed after what it holds, so a dir below `path` that is
-/// open already was opened whole and is skipped (a tool is installed once, into a new dir):
-/// cheap for what is open, whole for what was just installed. Never follows a link.
-pub fn open_tree(path: &Path) -> io::Result<()> {
-    fn walk(path: &Path, top: bool) -> io::Result<()> {
+/// Opens `path` (a tool in `cache/.tools`, installed by the platform) and everything in it to
+/// every uid with [`shared_mode`]. `path` itself is changed last, so unless `again` (the step
+/// that wrote into it just ran) a `path` that is open already was opened whole and is left
+/// alone: cheap at every build for the tools installed before. Never follows a link.
+pub fn open_tree(path: &Path, again: bool) -> io::Result<()> {
+    fn walk(path: &Path) -> io::Result<()> {
         let meta = std::fs::symlink_metadata(path)?;
-        let mode = shared_mode(meta.mode());
-        if meta.file_type().is_symlink() || (!top && meta.is_dir() && meta.mode() & 0o7777 == mode) {
+        if meta.file_type().is_symlink() {
             return Ok(());
         }
         if meta.is_dir() {
             for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path(), false)?;
+                walk(&entry?.path())?;
             }
         }
+        let mode = shared_mode(meta.mode());
         if meta.mode() & 0o7777 != mode {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     }
-    walk(path, true)
+    let meta = std::fs::symlink_metadata(path)?;
+    if !again && (meta.file_type().is_symlink() || meta.mode() & 0o7777 == shared_mode(meta.mode())) {
+        return Ok(());
+    }
+    walk(path)
 }
 
 /// Lets app group `gid` into `dir` (`releases/<app>`, `envs/<app>`: read and pass, never

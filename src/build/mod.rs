@@ -155,11 +155,6 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
     let procfile = process_types(&dir)?;
     let stack = detect(&dir)?;
     let export = started.elapsed();
-    if req.user.is_some() && stack == Stack::Python {
-        // Made by the platform now, so the app owns it with the rest (`envs::link` adds the
-        // venv's link to it later, which the app's uid must pass through).
-        dot_slipway(&dir).map_err(io_err("creating .slipway"))?;
-    }
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
     let jail = Jail::for_build(req, &dir, &env_dir.0, &id).map_err(io_err("creating the build's tmp dir"))?;
     jail.lend(&dir).map_err(io_err(format!("handing {} to the app's uid", dir.display())))?;
@@ -169,6 +164,15 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
         // After the hook, as Heroku: what pre_compile writes counts too.
         if let Some(why) = existing_environment(&dir).or_else(|| unsupported_package_manager(&dir)) {
             return Err(BuildError::Detect(why));
+        }
+        if req.user.is_some() {
+            // Lent to the app with the rest: `envs::link` adds the venv's link to it, which
+            // the app's uid must pass through.
+            let dot = dir.join(".slipway");
+            crate::users::with_root(|| dot_slipway(&dot))
+                .and_then(|r| r)
+                .and_then(|()| jail.lend(&dot))
+                .map_err(io_err("creating .slipway"))?;
         }
     }
     let deps = match stack {
@@ -360,8 +364,8 @@ impl Drop for Scratch {
 
 /// The release's `.slipway` dir when the app has none (one that is not a dir is refused later,
 /// by `envs::link`).
-fn dot_slipway(dir: &Path) -> io::Result<()> {
-    match std::fs::create_dir(dir.join(".slipway")) {
+fn dot_slipway(dot: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dot) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
@@ -537,7 +541,7 @@ fn open_to_app(req: &BuildRequest<'_>, tmp: &Path, user: &crate::users::AppUser)
         let name = entry.file_name();
         // Seeds are copied by the platform, the interpreter probes read by it: both stay closed.
         if name != "seeds" && name != "interpreters" && !name.to_string_lossy().starts_with('.') {
-            crate::users::open_tree(&entry.path())?;
+            crate::users::open_tree(&entry.path(), false)?;
         }
     }
     Ok(())
@@ -836,7 +840,7 @@ pub fn run_step(step: &str, mut command: Command, deadline: Instant, jail: &Jail
     drop(scratch);
     match result {
         Ok(()) => match (&jail.platform, &jail.user) {
-            (Some(dir), Some(_)) => crate::users::open_tree(dir).map_err(|source| BuildError::Io {
+            (Some(dir), Some(_)) => crate::users::open_tree(dir, true).map_err(|source| BuildError::Io {
                 action: format!("opening {} to the apps", dir.display()),
                 source,
             }),

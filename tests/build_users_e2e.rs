@@ -4,7 +4,7 @@
 //! `slipway.db`, write `repos/` or `cache/.tools`, write another app's cache or release, nor
 //! signal another app's dyno, but can write their own build dir and cache. Afterwards the
 //! release dir and its dependency environment are not the app's (it cannot change them), the
-//! cache still is. Not root: nothing to check (single-user mode is the rest of the suite).
+//! cache still is; the seed virtualenv is the platform's. Not root: nothing to check (single-user mode is the rest of the suite).
 
 mod support;
 
@@ -164,6 +164,12 @@ fn builds_and_the_release_phase_run_as_the_apps_uid() {
             assert!(got.starts_with("denied"), "{phase}: {name}: {got}\n{out}");
         }
     }
+    // The seed every new venv is cloned from is made by the platform, never taken from the app's.
+    assert!(out.contains("Making the seed virtualenv of this interpreter"), "{out}");
+    assert!(out.contains("(seed virtualenv)"), "{out}");
+    let seeds = home.join("cache/.tools/seeds");
+    let seed = only_dir(&seeds);
+    assert_eq!(owned_by(&seed, probe_uid), Vec::<PathBuf>::new(), "the app owns parts of the seed");
     let built = probe_lines(&out, "post_compile");
     assert_eq!(built.get("id -u"), Some(&probe_uid.to_string()), "{out}");
     for name in ["write own build dir", "write own cache"] {

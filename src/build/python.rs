@@ -47,7 +47,7 @@ impl Installer {
 }
 
 /// `python -m pip install` without prompts, progress bars or version nagging.
-const PIP_INSTALL: [&str; 7] =
+pub(crate) const PIP_INSTALL: [&str; 7] =
     ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"];
 
 /// The files whose content decides the dependency environment.
@@ -148,6 +148,9 @@ pub fn build(
     let by_uv = uv.is_some() && installer != Installer::Pip;
     // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
     let seed = venv::seed_dir(&req.home.root().join("cache/.tools"), &python.path, &python.version);
+    if !by_uv && jail.app_user().is_some() {
+        venv::make_seed(req, &python.path, &seed, deadline, jail);
+    }
     let seeded = !by_uv
         && venv::from_seed(&seed, &venv_dir)
             .map_err(|source| BuildError::Io { action: "cloning the seed virtualenv".into(), source })?;

@@ -33,7 +33,7 @@ static BUILD_CGROUP: std::sync::Mutex<Option<crate::cgroup::Cgroup>> = std::sync
 
 /// A command about to run as a job: it joins the build's cgroup while one is contained
 /// ([`contain`]), then, given an app's user, drops to its uid ([`crate::users::drop_to`],
-/// which regains root first in a worker whose saved uid is root). Both happen in one
+/// which regains root first in a worker whose saved uid is root) with umask 027. Both happen in one
 /// `pre_exec` registered first, so that what the caller adds to [`Job::command`] afterwards
 /// (a sandbox's Landlock, `sandbox::prepare_dyno`) runs after them, as the app's uid.
 pub struct Job(Command);
@@ -44,13 +44,18 @@ impl Job {
         let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
         let ids = user.map(|u| (u.uid, u.gid));
         if !join.is_empty() || ids.is_some() {
-            // SAFETY: join_raw only calls write(2) and drop_to makes raw syscalls only: both
-            // async-signal-safe.
+            // SAFETY: join_raw only calls write(2), umask cannot fail and drop_to makes raw
+            // syscalls only: all async-signal-safe.
             unsafe {
                 command.pre_exec(move || {
                     crate::cgroup::join_raw(&join)?;
                     match ids {
-                        Some((uid, gid)) => crate::users::drop_to(uid, gid),
+                        Some((uid, gid)) => {
+                            // What the app makes in what is lent to it stays readable by the
+                            // platform's group (`users::lent_mode`); others get nothing.
+                            libc::umask(0o027);
+                            crate::users::drop_to(uid, gid)
+                        }
                         None => Ok(()),
                     }
                 });
@@ -303,8 +308,9 @@ mod tests {
 
     /// The worker case (`users::privileged`): real and effective uid a platform user's, saved
     /// uid root. A job with an app's user still drops to it (root regained first), one without
-    /// runs as the worker's own uid, and the worker itself is left as it was. In a forked child
-    /// (its ids change for good); only as root.
+    /// runs as the worker's own uid; what is lent to the app stays readable and writable by the
+    /// worker (its group), and taken back it is no longer the app's to write; the worker itself
+    /// is left as it was. In a forked child (its ids change for good); only as root.
     #[test]
     fn a_worker_with_a_saved_root_uid_runs_jobs_as_the_apps_uid() {
         if !nix::unistd::geteuid().is_root() {
@@ -340,6 +346,33 @@ mod tests {
                     }
                     if ids(None).map_err(|_| 14u8)? != vec![format!("{WORKER} {WORKER} {WORKER}")] {
                         return Err(15);
+                    }
+                    // A dir the worker made, lent to the app: the app writes it, the worker
+                    // still reads what the app made (its group, inherited) and adds to the dir
+                    // it lent (as the venv's link to `.slipway`); taken back, the app no longer
+                    // writes it.
+                    let dir = std::env::temp_dir().join(format!("slipway-worker-{}", std::process::id()));
+                    std::fs::create_dir(&dir).map_err(|_| 20u8)?;
+                    let as_app = |script: &str| {
+                        let mut c = Command::new("sh");
+                        c.args(["-c", script]).current_dir(&dir);
+                        run(Job::new(c, Some(&app)), None, None, |_| {})
+                    };
+                    crate::users::with_root(|| crate::users::lend_tree(&dir, APP, WORKER))
+                        .map_err(|_| 21u8)?
+                        .map_err(|_| 22u8)?;
+                    as_app("mkdir sub && echo made > sub/file").map_err(|_| 23u8)?;
+                    let read = std::fs::read_to_string(dir.join("sub/file")).map_err(|_| 24u8)?;
+                    std::os::unix::fs::symlink("sub/file", dir.join("link")).map_err(|_| 25u8)?;
+                    crate::users::with_root(|| crate::users::take_back(&dir, WORKER, APP))
+                        .map_err(|_| 26u8)?
+                        .map_err(|_| 27u8)?;
+                    let refused = as_app("echo again > sub/other").is_err();
+                    crate::users::with_root(|| std::fs::remove_dir_all(&dir))
+                        .map_err(|_| 28u8)?
+                        .map_err(|_| 29u8)?;
+                    if read != "made\n" || !refused {
+                        return Err(30);
                     }
                     let inside =
                         crate::users::with_root(|| nix::unistd::geteuid().as_raw()).map_err(|_| 16u8)?;

@@ -14,7 +14,7 @@
 //! writes its log and reaps it stays root, so it can still signal the dyno.
 //!
 //! A build's app commands and the release phase run as the app's uid too (see `build::Jail`
-//! and `job::Job`): the build dir and a new environment are lent to it ([`chown_tree`]) and
+//! and `job::Job`): the build dir and a new environment are lent to it ([`lend_tree`]) and
 //! taken back after its last command ([`take_back`]); its cache is its own ([`hand_tree`]);
 //! the server-wide tools platform steps install are opened to every uid ([`open_tree`]).
 //!
@@ -254,14 +254,46 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
-/// [`chown_tree`] unless `path` is owned by `uid:gid` already (its top is changed last, so
-/// then all of it is): the app's build cache, handed to it once and its own for good.
-pub fn hand_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+/// The mode a file or dir lent to an app's uid gets, its group being the platform's: the
+/// platform's group may read everything, pass and write dirs, and dirs are set-gid, so what the
+/// app creates in them is of that group too (app commands run with umask 027, see
+/// `job::Job`: readable, not writable by the group). So a platform that is not root (a
+/// worker) still reads the build between the app's commands, and writes into the dirs it lent
+/// (the venv's link into `.slipway`). Set-id bits of files are dropped.
+pub fn lent_mode(is_dir: bool, mode: u32) -> u32 {
+    let mode = mode & 0o777;
+    if is_dir {
+        mode | 0o2070
+    } else {
+        mode | 0o040 | ((mode & 0o100) >> 3)
+    }
+}
+
+/// Lends `path` and everything under it to `uid`, group `platform_gid` with [`lent_mode`].
+/// Never follows a link; `path` itself last.
+pub fn lend_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
-    if meta.uid() == uid && meta.gid() == gid {
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            lend_tree(&entry?.path(), uid, platform_gid)?;
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(platform_gid))?;
+    if meta.file_type().is_symlink() {
         return Ok(());
     }
-    chown_tree(path, uid, gid)
+    // After the chown, which clears set-id bits.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(lent_mode(meta.is_dir(), meta.mode())))
+}
+
+/// [`lend_tree`] unless `path` is owned by `uid:platform_gid` already (its top is changed
+/// last, so then all of it is): the app's build cache, handed to it once and its own for good.
+pub fn hand_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.uid() == uid && meta.gid() == platform_gid {
+        return Ok(());
+    }
+    lend_tree(path, uid, platform_gid)
 }
 
 /// Takes what an app's build wrote back from it: `path` and everything under it owned by
@@ -460,6 +492,20 @@ mod tests {
             (0o640, 0o640),
         ] {
             assert_eq!(release_mode(mode), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn what_is_lent_stays_readable_by_the_platforms_group() {
+        for (is_dir, mode, want) in [
+            (true, 0o700, 0o2770), // dirs: the platform's group passes, reads, writes; set-gid
+            (true, 0o755, 0o2775),
+            (false, 0o600, 0o640),  // files: read
+            (false, 0o700, 0o750),  // executables stay executable
+            (false, 0o4755, 0o755), // no set-id bits
+            (false, 0o000, 0o040),
+        ] {
+            assert_eq!(lent_mode(is_dir, mode), want, "{mode:o}");
         }
     }
 

@@ -421,7 +421,8 @@ impl Jail {
             lent: Default::default(),
         };
         if let Some(user) = req.user {
-            crate::users::with_root(|| open_to_app(req, &jail.tmp, user))??;
+            let platform_gid = nix::unistd::getegid().as_raw();
+            crate::users::with_root(|| open_to_app(req, &jail.tmp, user, platform_gid))??;
         }
         let paths = sandbox::BuildPaths {
             home: canonical(req.home.root()),
@@ -477,15 +478,22 @@ impl Jail {
     /// an environment being made. Nothing to do in single-user mode.
     pub fn lend(&self, path: &Path) -> io::Result<()> {
         let Some(user) = &self.user else { return Ok(()) };
-        crate::users::with_root(|| crate::users::chown_tree(path, user.uid, user.gid))??;
+        let platform_gid = nix::unistd::getegid().as_raw();
+        crate::users::with_root(|| crate::users::lend_tree(path, user.uid, platform_gid))??;
         self.lent.borrow_mut().push(path.to_path_buf());
         Ok(())
     }
 
-    /// Gives `path` to the app for good (a file the platform wrote into its cache for it).
-    pub fn give(&self, path: &Path) -> io::Result<()> {
-        let Some(user) = &self.user else { return Ok(()) };
-        crate::users::with_root(|| std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)))?
+    /// Writes `bytes` to `path` in the app's cache for the app (the Pipfile.lock's
+    /// requirements): as root in privileged mode (the cache is the app's), then the app's with
+    /// [`crate::users::lent_mode`].
+    pub fn write_for_app(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let Some(user) = &self.user else { return crate::fsutil::write_atomic(path, bytes, 0o600) };
+        let platform_gid = nix::unistd::getegid().as_raw();
+        crate::users::with_root(|| {
+            crate::fsutil::write_atomic(path, bytes, 0o600)?;
+            crate::users::lend_tree(path, user.uid, platform_gid)
+        })?
     }
 
     /// After the app's last command: kills what it left running in the build's cgroup, then
@@ -522,8 +530,14 @@ fn platform_scratch(dir: &Path) -> PathBuf {
 /// owner's); `releases/<app>` and `envs/<app>` open to its group; its TMPDIR and its cache its
 /// own (the cache for good: handed once); `cache/.tools` passable (not listable), and each
 /// tool in it readable by every uid ([`crate::users::open_tree`], for tools installed before).
-fn open_to_app(req: &BuildRequest<'_>, tmp: &Path, user: &crate::users::AppUser) -> io::Result<()> {
+fn open_to_app(
+    req: &BuildRequest<'_>,
+    tmp: &Path,
+    user: &crate::users::AppUser,
+    platform_gid: u32,
+) -> io::Result<()> {
     use crate::users::{chown_tree, hand_tree, open_app_dir, open_passage};
+    // TMPDIR: the app's alone; the cache: the app's, readable by the platform's group.
     use std::os::unix::fs::PermissionsExt;
     let home = req.home.root();
     open_passage(home)?;
@@ -533,7 +547,7 @@ fn open_to_app(req: &BuildRequest<'_>, tmp: &Path, user: &crate::users::AppUser)
     open_app_dir(home, &req.home.releases(req.app), user.gid)?;
     open_app_dir(home, &req.home.envs(req.app), user.gid)?;
     open_passage(&home.join("cache"))?;
-    hand_tree(&req.home.cache(req.app), user.uid, user.gid)?;
+    hand_tree(&req.home.cache(req.app), user.uid, platform_gid)?;
     let tools = home.join("cache/.tools");
     std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o711))?;
     for entry in std::fs::read_dir(&tools)? {

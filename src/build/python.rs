@@ -217,8 +217,7 @@ pub fn build(
             let lock = super::inputs::read(dir, "Pipfile.lock")?;
             let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
             let path = cache.join("Pipfile.lock.requirements.txt");
-            crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
-                .and_then(|()| jail.give(&path))
+            jail.write_for_app(&path, requirements.as_bytes())
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
             run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline, jail)?;
         }

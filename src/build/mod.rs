@@ -331,9 +331,8 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
     }
     if let Some(user) = req.user {
         // The app's uid reads it through its group; it stays the platform's, which removes it.
-        crate::users::with_root(|| {
-            crate::users::take_back(&guard.0, nix::unistd::geteuid().as_raw(), user.gid)
-        })??;
+        let owner = nix::unistd::geteuid().as_raw();
+        crate::users::with_root(|| crate::users::take_back(&guard.0, owner, user.gid))??;
     }
     Ok(guard)
 }
@@ -537,11 +536,11 @@ fn open_to_app(
     platform_gid: u32,
 ) -> io::Result<()> {
     use crate::users::{chown_tree, hand_tree, open_app_dir, open_passage};
-    // TMPDIR: the app's alone; the cache: the app's, readable by the platform's group.
     use std::os::unix::fs::PermissionsExt;
     let home = req.home.root();
     open_passage(home)?;
     std::fs::set_permissions(home.join("tmp"), std::fs::Permissions::from_mode(0o711))?;
+    // TMPDIR: the app's alone; the cache: the app's, readable by the platform's group.
     chown_tree(tmp, user.uid, user.gid)?;
     std::fs::create_dir_all(req.home.envs(req.app))?;
     open_app_dir(home, &req.home.releases(req.app), user.gid)?;

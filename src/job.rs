@@ -308,8 +308,8 @@ mod tests {
 
     /// The worker case (`users::privileged`): real and effective uid a platform user's, saved
     /// uid root. A job with an app's user still drops to it (root regained first), one without
-    /// runs as the worker's own uid; what is lent to the app stays readable and writable by the
-    /// worker (its group), and taken back it is no longer the app's to write; the worker itself
+    /// runs as the worker's own uid; what is lent to the app stays readable by the worker (its
+    /// group), and taken back it is no longer the app's to write; the worker itself
     /// is left as it was. In a forked child (its ids change for good); only as root.
     #[test]
     fn a_worker_with_a_saved_root_uid_runs_jobs_as_the_apps_uid() {
@@ -348,9 +348,9 @@ mod tests {
                         return Err(15);
                     }
                     // A dir the worker made, lent to the app: the app writes it, the worker
-                    // still reads what the app made (its group, inherited) and adds to the dir
-                    // it lent (as the venv's link to `.slipway`); taken back, the app no longer
-                    // writes it.
+                    // still reads what the app made (its group, inherited), and writes into it
+                    // as root only (as the venv's link into `.slipway`); taken back, the app no
+                    // longer writes it.
                     let dir = std::env::temp_dir().join(format!("slipway-worker-{}", std::process::id()));
                     std::fs::create_dir(&dir).map_err(|_| 20u8)?;
                     let as_app = |script: &str| {
@@ -363,7 +363,13 @@ mod tests {
                         .map_err(|_| 22u8)?;
                     as_app("mkdir sub && echo made > sub/file").map_err(|_| 23u8)?;
                     let read = std::fs::read_to_string(dir.join("sub/file")).map_err(|_| 24u8)?;
-                    std::os::unix::fs::symlink("sub/file", dir.join("link")).map_err(|_| 25u8)?;
+                    // It cannot write there (no group write), and does so as root.
+                    if std::os::unix::fs::symlink("sub/file", dir.join("link")).is_ok() {
+                        return Err(25);
+                    }
+                    crate::users::with_root(|| std::os::unix::fs::symlink("sub/file", dir.join("link")))
+                        .map_err(|_| 31u8)?
+                        .map_err(|_| 32u8)?;
                     crate::users::with_root(|| crate::users::take_back(&dir, WORKER, APP))
                         .map_err(|_| 26u8)?
                         .map_err(|_| 27u8)?;

@@ -255,15 +255,15 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// The mode a file or dir lent to an app's uid gets, its group being the platform's: the
-/// platform's group may read everything, pass and write dirs, and dirs are set-gid, so what the
-/// app creates in them is of that group too (app commands run with umask 027, see
-/// `job::Job`: readable, not writable by the group). So a platform that is not root (a
-/// worker) still reads the build between the app's commands, and writes into the dirs it lent
-/// (the venv's link into `.slipway`). Set-id bits of files are dropped.
+/// platform's group may read everything and pass dirs, never write (tools such as NLTK's
+/// downloader refuse a group-writable data dir), and dirs are set-gid, so what the app creates
+/// in them is of that group too (app commands run with umask 027, see `job::Job`). So a
+/// platform that is not root (a worker) still reads the build between the app's commands; it
+/// writes into them as root. Set-id bits of files are dropped.
 pub fn lent_mode(is_dir: bool, mode: u32) -> u32 {
-    let mode = mode & 0o777;
+    let mode = mode & 0o757;
     if is_dir {
-        mode | 0o2070
+        mode | 0o2050
     } else {
         mode | 0o040 | ((mode & 0o100) >> 3)
     }
@@ -498,9 +498,10 @@ mod tests {
     #[test]
     fn what_is_lent_stays_readable_by_the_platforms_group() {
         for (is_dir, mode, want) in [
-            (true, 0o700, 0o2770), // dirs: the platform's group passes, reads, writes; set-gid
-            (true, 0o755, 0o2775),
-            (false, 0o600, 0o640),  // files: read
+            (true, 0o700, 0o2750), // dirs: the platform's group passes and reads; set-gid
+            (true, 0o775, 0o2755), // never writes
+            (false, 0o600, 0o640), // files: read
+            (false, 0o660, 0o640),
             (false, 0o700, 0o750),  // executables stay executable
             (false, 0o4755, 0o755), // no set-id bits
             (false, 0o000, 0o040),

@@ -121,7 +121,10 @@ pub fn build(
     };
     if crate::envs::is_sealed(&env_path) {
         // O(1): the release links to the environment; nothing is copied or installed.
-        crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+        // Into the app's `.slipway` (lent to it): root's work in a worker.
+        crate::users::root_if_privileged(|| crate::envs::link(dir, req.app, &key))
+            .and_then(|r| r)
+            .map_err(io("linking the release to"))?;
         output::step(&format!("Using cached dependencies (key {key})"));
         let jail = &jail.with(&env_path, crate::sandbox::Access::Read);
         let modules = Modules::of_sealed(&env_path, dir, jail);
@@ -134,7 +137,9 @@ pub fn build(
     crate::envs::prepare(&env_path).map_err(io("clearing"))?;
     std::fs::create_dir(&env_path).map_err(io("creating"))?;
     let made = DepsEnv { key: key.clone(), path: env_path.clone(), fresh: true };
-    crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+    crate::users::root_if_privileged(|| crate::envs::link(dir, req.app, &key))
+        .and_then(|r| r)
+        .map_err(io("linking the release to"))?;
     let jail = &jail.with(&env_path, crate::sandbox::Access::ReadWrite);
     let venv_dir = env_path.clone();
 

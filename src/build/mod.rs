@@ -805,6 +805,17 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     env
 }
 
+/// The environment of a platform step (a server-wide tool or interpreter, the seed venv): in
+/// privileged mode [`build_env`] without the app's config vars, which must not steer what every
+/// app's builds then run (a `PIP_INDEX_URL` of its own); in single-user mode [`build_env`].
+pub fn platform_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
+    if req.user.is_none() {
+        return build_env(req);
+    }
+    let no_config = BTreeMap::new();
+    build_env(&BuildRequest { config: &no_config, ..*req })
+}
+
 /// Where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine).
 const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",

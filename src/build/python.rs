@@ -426,7 +426,7 @@ fn install_python(
         .arg(&target)
         .arg(version)
         .env_clear()
-        .envs(build_env(req))
+        .envs(super::platform_env(req))
         .env("UV_CACHE_DIR", cache.join("uv"))
         .current_dir(&target);
     run_step("uv python install", c, deadline, jail).map_err(|e| match e {
@@ -588,7 +588,7 @@ fn ensure_tool(
     std::fs::create_dir_all(&root)
         .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
     let jail = &jail.for_platform(&root);
-    let env = build_env(req);
+    let env = super::platform_env(req);
     let mut create = Command::new(python);
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
     run_step(&format!("creating the {name} environment"), create, deadline, jail)?;

@@ -158,8 +158,7 @@ pub fn make_seed(
         };
         std::fs::create_dir_all(seeds).map_err(io("creating the parent of"))?;
         crate::home::remove_if_present(&scratch).map_err(io("removing"))?;
-        let no_config = std::collections::BTreeMap::new();
-        let env = super::build_env(&super::BuildRequest { config: &no_config, ..*req });
+        let env = super::platform_env(req);
         let jail = jail.for_platform(seeds);
         super::output::step(&format!("Making the seed virtualenv of this interpreter (pip {PIP_VERSION})"));
         let mut create = Command::new(python);

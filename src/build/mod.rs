@@ -420,6 +420,8 @@ impl Jail {
             lent: Default::default(),
         };
         if let Some(user) = req.user {
+            // Made as this process's user (the platform), which makes environments in it.
+            std::fs::create_dir_all(req.home.envs(req.app))?;
             let platform_gid = nix::unistd::getegid().as_raw();
             crate::users::with_root(|| open_to_app(req, &jail.tmp, user, platform_gid))??;
         }
@@ -542,7 +544,6 @@ fn open_to_app(
     std::fs::set_permissions(home.join("tmp"), std::fs::Permissions::from_mode(0o711))?;
     // TMPDIR: the app's alone; the cache: the app's, readable by the platform's group.
     chown_tree(tmp, user.uid, user.gid)?;
-    std::fs::create_dir_all(req.home.envs(req.app))?;
     open_app_dir(home, &req.home.releases(req.app), user.gid)?;
     open_app_dir(home, &req.home.envs(req.app), user.gid)?;
     open_passage(&home.join("cache"))?;

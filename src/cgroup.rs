@@ -513,8 +513,10 @@ pub fn enter_leaf(base: &Path, leaf: &Path) -> io::Result<()> {
 fn writable(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: access reads a NUL-terminated path and touches no memory of ours otherwise.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    // By the effective ids (AT_EACCESS), not the real ones: a worker whose saved uid is root
+    // asks while it is root again (`users::with_root`).
+    // SAFETY: faccessat reads a NUL-terminated path and touches no memory of ours otherwise.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
 }
 
 /// One cgroup: its path under each hierarchy root (one root for v2; memory, pids and maybe cpu

@@ -123,6 +123,8 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
     );
     let config = store::releases::config_vars(store.conn(), &ctx.app).map_err(|e| e.to_string())?;
     let previous = current_build(&ctx.home, &store, &ctx.app);
+    // Privileged mode: the build's app commands run as the app's own uid.
+    let user = crate::users::for_app(store.conn(), &ctx.app, settings.app_uids).map_err(|e| e.to_string())?;
     let request = build::BuildRequest {
         home: &ctx.home,
         settings: &settings,
@@ -131,6 +133,7 @@ pub fn pre_receive(ctx: &HookContext, stdin: impl BufRead, pushed_by: &str) -> R
         commit: &update.new,
         config: &config,
         previous: previous.as_ref(),
+        user: user.as_ref(),
     };
     let build_started = Instant::now();
     let (built, packing) = build::run(&request).map_err(|e| {

@@ -7,6 +7,10 @@
 //! Limits: while a [`Contained`] guard lives (the build of a push and its release phase, see
 //! [`contain`]), every job starts inside that build's cgroup (`build_memory`, killed at twice
 //! it; `dyno_max_pids` processes), joined between fork and exec.
+//!
+//! Users: a [`Job`] made with an app's user (privileged mode, see `crate::users`) drops to
+//! that uid between fork and exec, right after joining the cgroup and before anything the
+//! caller adds (Landlock comes last), so app commands never run as root nor as the platform.
 
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
@@ -23,6 +27,70 @@ static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// The `cgroup.procs` fds of the current build's cgroup (see [`contain`]).
 static CONTAINER: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// The current build's cgroup, for [`kill_strays`].
+static BUILD_CGROUP: std::sync::Mutex<Option<crate::cgroup::Cgroup>> = std::sync::Mutex::new(None);
+
+/// A command about to run as a job: it joins the build's cgroup while one is contained
+/// ([`contain`]), then, given an app's user, drops to its uid ([`crate::users::drop_to`],
+/// which regains root first in a worker whose saved uid is root) with umask 027. Both happen in one
+/// `pre_exec` registered first, so that what the caller adds to [`Job::command`] afterwards
+/// (a sandbox's Landlock, `sandbox::prepare_dyno`) runs after them, as the app's uid.
+pub struct Job(Command);
+
+impl Job {
+    /// `command` must have no `pre_exec` step yet.
+    pub fn new(mut command: Command, user: Option<&crate::users::AppUser>) -> Job {
+        let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
+        let ids = user.map(|u| (u.uid, u.gid));
+        if !join.is_empty() || ids.is_some() {
+            // SAFETY: join_raw only calls write(2), umask cannot fail and drop_to makes raw
+            // syscalls only: all async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    crate::cgroup::join_raw(&join)?;
+                    match ids {
+                        Some((uid, gid)) => {
+                            // What the app makes in what is lent to it stays readable by the
+                            // platform's group (`users::lent_mode`); others get nothing.
+                            libc::umask(0o027);
+                            crate::users::drop_to(uid, gid)
+                        }
+                        None => Ok(()),
+                    }
+                });
+            }
+        }
+        Job(command)
+    }
+
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.0
+    }
+
+    pub fn into_command(self) -> Command {
+        self.0
+    }
+}
+
+/// SIGKILLs whatever is left in the build's cgroup (a process an app command started in the
+/// background, out of its job's process group), waiting up to a second for it to be empty:
+/// nothing of the app may hold a file of its release open for writing once the platform takes
+/// the release back. Nothing to do without a cgroup.
+pub fn kill_strays() {
+    let Some(cgroup) = BUILD_CGROUP.lock().ok().and_then(|c| c.clone()) else { return };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if crate::users::root_if_privileged(|| cgroup.kill_all()).is_err() || cgroup.procs().is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("processes of the build's cgroup survived SIGKILL for a second");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// A build's cgroup; jobs started while it lives run in it. Dropping it kills what is left
 /// in the cgroup and removes it.
@@ -41,19 +109,27 @@ pub fn contain(
     settings: &crate::settings::Settings,
     warn: impl Fn(&str),
 ) -> Option<Contained> {
-    let layout = crate::cgroup::detect().ok()?;
+    // Root's in a worker whose saved uid is root (`users::privileged`); a no-op for root.
+    let root = |f: &dyn Fn() -> io::Result<()>| crate::users::root_if_privileged(f).and_then(|r| r);
+    let layout = crate::users::root_if_privileged(crate::cgroup::detect).ok()?.ok()?;
     let cgroup = layout.group(&crate::cgroup::build_rel(home.root(), app.as_str(), std::process::id()));
     let limits = crate::cgroup::Limits { memory: settings.build_memory, max_pids: settings.dyno_max_pids };
-    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+    let opened =
+        crate::users::root_if_privileged(|| cgroup.create(limits).and_then(|()| cgroup.open_procs()))
+            .and_then(|r| r);
+    match opened {
         Ok(procs) => {
             if let Ok(mut fds) = CONTAINER.lock() {
                 *fds = crate::cgroup::raw_fds(&procs);
+            }
+            if let Ok(mut current) = BUILD_CGROUP.lock() {
+                *current = Some(cgroup.clone());
             }
             Some(Contained { cgroup, _procs: procs })
         }
         Err(err) => {
             warn(&format!("building without memory and process limits: creating the cgroup: {err}"));
-            if let Err(e) = cgroup.remove(Instant::now(), || {}) {
+            if let Err(e) = root(&|| cgroup.remove(Instant::now(), || {})) {
                 warn(&e.to_string());
             }
             None
@@ -66,7 +142,13 @@ impl Drop for Contained {
         if let Ok(mut fds) = CONTAINER.lock() {
             fds.clear();
         }
-        if let Err(err) = self.cgroup.remove(Instant::now() + Duration::from_secs(5), || {}) {
+        if let Ok(mut current) = BUILD_CGROUP.lock() {
+            *current = None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let removed =
+            crate::users::root_if_privileged(|| self.cgroup.remove(deadline, || {})).and_then(|r| r);
+        if let Err(err) = removed {
             use std::io::Write;
             if writeln!(io::stderr(), "warning: the build's cgroup stays: {err}").is_err() {
                 tracing::warn!(%err, "removing the build's cgroup");
@@ -131,28 +213,22 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Runs `command` (stdin closed, stdout and stderr merged), confined by `sandbox` when given
-/// (enforced between fork and exec, see `sandbox::confine`), and hands each output line to
-/// `on_line` as it arrives.
+/// Runs `job` (stdin closed, stdout and stderr merged), confined by `sandbox` when given
+/// (enforced between fork and exec, see `sandbox::confine`, after the job's own steps: see
+/// [`Job`]), and hands each output line to `on_line` as it arrives.
 pub fn run(
-    mut command: Command,
+    job: Job,
     sandbox: Option<&crate::sandbox::Policy>,
     timeout: Option<Duration>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), JobError> {
+    let mut command = job.into_command();
     if let Some(policy) = sandbox {
         crate::sandbox::confine(&mut command, policy)?;
     }
     let (reader, writer) = io::pipe().map_err(JobError::Spawn)?;
     let writer2 = writer.try_clone().map_err(JobError::Spawn)?;
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
-    let join = CONTAINER.lock().map(|fds| fds.clone()).unwrap_or_default();
-    if !join.is_empty() {
-        // SAFETY: join_raw only calls write(2), which is async-signal-safe.
-        unsafe {
-            command.pre_exec(move || crate::cgroup::join_raw(&join));
-        }
-    }
     let mut child = command.spawn().map_err(JobError::Spawn)?;
     drop(command); // holds the write ends; the reader sees EOF only once they are closed
     let group = Pid::from_raw(child.id() as i32);
@@ -188,8 +264,17 @@ pub fn run(
             break Err(JobError::Cancelled);
         }
     };
-    // The job is over one way or another: nothing of its process group may outlive it.
-    let _ = killpg(group, Signal::SIGKILL);
+    // The job is over one way or another: nothing of its process group may outlive it. A job
+    // running as the app's uid is root's to kill when this is a worker (saved uid root). ESRCH
+    // (the group is gone) is the usual answer; anything else is worth a line.
+    let killed = crate::users::root_if_privileged(|| killpg(group, Signal::SIGKILL));
+    match killed {
+        Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => {}
+        Ok(Err(err)) => tracing::warn!(%err, pgid = group.as_raw(), "killing a job's process group"),
+        Err(err) => {
+            tracing::warn!(%err, pgid = group.as_raw(), "becoming root to kill a job's process group")
+        }
+    }
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {
@@ -216,10 +301,10 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn sh(script: &str) -> Command {
+    fn sh(script: &str) -> Job {
         let mut c = Command::new("sh");
         c.arg("-c").arg(script);
-        c
+        Job::new(c, None)
     }
 
     #[test]
@@ -228,6 +313,103 @@ mod tests {
         run(sh("echo one; echo two >&2; echo three"), None, None, |l| lines.push(l.to_string())).unwrap();
         assert_eq!(lines.len(), 3);
         assert!(matches!(run(sh("exit 3"), None, None, |_| {}), Err(JobError::Failed(3))));
+    }
+
+    /// The worker case (`users::privileged`): real and effective uid a platform user's, saved
+    /// uid root. A job with an app's user still drops to it (root regained first), one without
+    /// runs as the worker's own uid; what is lent to the app stays readable by the worker (its
+    /// group), and taken back it is no longer the app's to write; the worker itself
+    /// is left as it was. In a forked child (its ids change for good); only as root.
+    #[test]
+    fn a_worker_with_a_saved_root_uid_runs_jobs_as_the_apps_uid() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        const WORKER: u32 = 299_990;
+        const APP: u32 = 299_991;
+        // SAFETY: the child only makes syscalls and runs jobs, then _exits; its code is its verdict.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let verdict = (|| -> Result<(), u8> {
+                    // SAFETY: plain syscalls with integer arguments.
+                    unsafe {
+                        if libc::setgroups(0, std::ptr::null()) != 0
+                            || libc::setresgid(WORKER, WORKER, 0) != 0
+                            || libc::setresuid(WORKER, WORKER, 0) != 0
+                        {
+                            return Err(10);
+                        }
+                    }
+                    if !crate::users::privileged() {
+                        return Err(11);
+                    }
+                    let ids = |user: Option<&crate::users::AppUser>| {
+                        let mut c = Command::new("sh");
+                        c.args(["-c", "echo $(id -u) $(id -g) $(id -G)"]);
+                        let mut lines = Vec::new();
+                        run(Job::new(c, user), None, None, |l| lines.push(l.to_string())).map(|()| lines)
+                    };
+                    let app = crate::users::AppUser { uid: APP, gid: APP, name: "app".into() };
+                    if ids(Some(&app)).map_err(|_| 12u8)? != vec![format!("{APP} {APP} {APP}")] {
+                        return Err(13);
+                    }
+                    if ids(None).map_err(|_| 14u8)? != vec![format!("{WORKER} {WORKER} {WORKER}")] {
+                        return Err(15);
+                    }
+                    // A dir the worker made, lent to the app: the app writes it, the worker
+                    // still reads what the app made (its group, inherited), and writes into it
+                    // as root only (as the venv's link into `.slipway`); taken back, the app no
+                    // longer writes it.
+                    let dir = std::env::temp_dir().join(format!("slipway-worker-{}", std::process::id()));
+                    std::fs::create_dir(&dir).map_err(|_| 20u8)?;
+                    let as_app = |script: &str| {
+                        let mut c = Command::new("sh");
+                        c.args(["-c", script]).current_dir(&dir);
+                        run(Job::new(c, Some(&app)), None, None, |_| {})
+                    };
+                    crate::users::with_root(|| crate::users::lend_tree(&dir, APP, WORKER))
+                        .map_err(|_| 21u8)?
+                        .map_err(|_| 22u8)?;
+                    as_app("mkdir sub && echo made > sub/file").map_err(|_| 23u8)?;
+                    let read = std::fs::read_to_string(dir.join("sub/file")).map_err(|_| 24u8)?;
+                    // It cannot write there (no group write), and does so as root.
+                    if std::os::unix::fs::symlink("sub/file", dir.join("link")).is_ok() {
+                        return Err(25);
+                    }
+                    crate::users::with_root(|| std::os::unix::fs::symlink("sub/file", dir.join("link")))
+                        .map_err(|_| 31u8)?
+                        .map_err(|_| 32u8)?;
+                    crate::users::with_root(|| crate::users::take_back(&dir, WORKER, APP))
+                        .map_err(|_| 26u8)?
+                        .map_err(|_| 27u8)?;
+                    let refused = as_app("echo again > sub/other").is_err();
+                    crate::users::with_root(|| std::fs::remove_dir_all(&dir))
+                        .map_err(|_| 28u8)?
+                        .map_err(|_| 29u8)?;
+                    if read != "made\n" || !refused {
+                        return Err(30);
+                    }
+                    let inside =
+                        crate::users::with_root(|| nix::unistd::geteuid().as_raw()).map_err(|_| 16u8)?;
+                    let after = nix::unistd::getresuid().map_err(|_| 17u8)?;
+                    let back = (after.real.as_raw(), after.effective.as_raw(), after.saved.as_raw());
+                    if inside != 0 || back != (WORKER, WORKER, 0) {
+                        return Err(18);
+                    }
+                    Ok(())
+                })();
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(verdict.err().map_or(0, i32::from)) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "see the codes in the child"
+                );
+            }
+        }
     }
 
     #[test]

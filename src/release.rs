@@ -116,13 +116,15 @@ pub fn fail(home: &Home, store: &Store, app: &AppName, version: i64, why: &str) 
 }
 
 /// Runs the Procfile's `release:` command for `version`, if it has one. Output lines go to
-/// `emit` (the push or the terminal) and to the app log as `app[release.1]`.
+/// `emit` (the push or the terminal) and to the app log as `app[release.1]`. In privileged
+/// mode it runs as the app's uid (from `range`, see `crate::users`), like its dynos.
 pub fn release_phase(
     home: &Home,
     store: &Store,
     app: &AppName,
     version: i64,
     timeout: Duration,
+    range: crate::users::UidRange,
     mut emit: impl FnMut(&str),
 ) -> Result<bool, String> {
     let conn = store.conn();
@@ -137,20 +139,28 @@ pub fn release_phase(
     let log_path = home.app_log(app);
     let mut log = LogWriter::open(&log_path).map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let _ = log.event(Source::Slipway, "release.1", &format!("Starting process with command `{command}`"));
+    let user = crate::users::for_app(conn, app, range).map_err(|e| e.to_string())?;
     let mut sh = crate::procfile::shell_command(&command);
     sh.env_clear().envs(env.vars("release.1", None)).current_dir(&env.dir);
-    // Confined like a dyno, in a private working dir of its own, discarded afterwards.
+    // In the build's cgroup first; then, as a dyno: as the app's uid, confined, in a private
+    // working dir of its own, discarded afterwards. Making and removing that dir (chowned to
+    // the app) is root's work in a worker whose saved uid is root.
+    let mut job = job::Job::new(sh, None);
     let key = format!("release-{}", std::process::id());
-    let private =
-        crate::sandbox::prepare_dyno(home.root(), &home.app_dynos(app), &key, &env.dir, None, None, &mut sh)
-            .map_err(|e| e.to_string())?;
-    let result = job::run(sh, None, Some(timeout), |line| {
+    let dynos = home.app_dynos(app);
+    let private = crate::users::root_if_privileged(|| {
+        crate::sandbox::prepare_dyno(home.root(), &dynos, &key, &env.dir, None, user.as_ref(), job.command())
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let result = job::run(job, None, Some(timeout), |line| {
         emit(line);
         let _ = log.event(Source::App, "release.1", line);
     });
     let root = private.root.clone();
-    if let Err(err) = private.remove() {
-        emit(&format!("warning: removing {}: {err}", root.display()));
+    match crate::users::root_if_privileged(|| private.remove()) {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) | Err(err) => emit(&format!("warning: removing {}: {err}", root.display())),
     }
     let (outcome, record) = match &result {
         Ok(()) => ("Process exited with status 0".to_string(), "succeeded".to_string()),
@@ -368,7 +378,9 @@ pub fn finish(
             switch: Duration::ZERO,
         });
     }
-    if let Err(why) = release_phase(home, store, app, version, settings.release_timeout, &mut emit) {
+    if let Err(why) =
+        release_phase(home, store, app, version, settings.release_timeout, settings.app_uids, &mut emit)
+    {
         fail(home, store, app, version, &why);
         return Err(why);
     }

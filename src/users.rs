@@ -17,6 +17,11 @@
 //! the platform's (read-only to the app through its group: [`open_release`]); the shim that
 //! writes its log and reaps it stays root, so it can still signal the dyno.
 //!
+//! A build's app commands and the release phase run as the app's uid too (see `build::Jail`
+//! and `job::Job`): the build dir and a new environment are lent to it ([`lend_tree`]) and
+//! taken back after its last command ([`take_back`]); its cache is its own ([`hand_tree`]);
+//! the server-wide tools platform steps install are opened to every uid ([`open_tree`]).
+//!
 //! Run as any other user (development, tests as a user, the platform user), everything runs as
 //! that one user ("single-user mode") and Landlock is what separates apps.
 
@@ -114,6 +119,16 @@ pub fn with_root<T>(f: impl FnOnce() -> T) -> io::Result<T> {
     nix::unistd::setegid(gid).map_err(io::Error::from)?;
     nix::unistd::seteuid(uid).map_err(io::Error::from)?;
     Ok(out)
+}
+
+/// [`with_root`] when this process is [`privileged`], else `f` as it is (single-user mode,
+/// where a delegated cgroup subtree or the user's own files need no root).
+pub fn root_if_privileged<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    if privileged() {
+        with_root(f)
+    } else {
+        Ok(f())
+    }
 }
 
 /// Who an app's processes run as in privileged mode.
@@ -231,16 +246,125 @@ pub fn drop_to(uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// Changes the owner of `path` and everything under it to `uid:gid`, never following a link
-/// (links themselves are changed, with `lchown`).
+/// (links themselves are changed, with `lchown`). `path` itself last, so a tree whose top has
+/// the new owner was changed whole (a walk cut short is redone next time: see [`hand_tree`]).
 pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             chown_tree(&entry?.path(), uid, gid)?;
         }
     }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// The mode a file or dir lent to an app's uid gets, its group being the platform's: the
+/// platform's group may read everything and pass dirs, never write (tools such as NLTK's
+/// downloader refuse a group-writable data dir), and dirs are set-gid, so what the app creates
+/// in them is of that group too (app commands run with umask 027, see `job::Job`). So a
+/// platform that is not root (a worker) still reads the build between the app's commands; it
+/// writes into them as root. Set-id bits of files are dropped.
+pub fn lent_mode(is_dir: bool, mode: u32) -> u32 {
+    let mode = mode & 0o757;
+    if is_dir {
+        mode | 0o2050
+    } else {
+        mode | 0o040 | ((mode & 0o100) >> 3)
+    }
+}
+
+/// Lends `path` and everything under it to `uid`, group `platform_gid` with [`lent_mode`].
+/// Never follows a link; `path` itself last.
+pub fn lend_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            lend_tree(&entry?.path(), uid, platform_gid)?;
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(platform_gid))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    // After the chown, which clears set-id bits.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(lent_mode(meta.is_dir(), meta.mode())))
+}
+
+/// [`lend_tree`] unless `path` is owned by `uid:platform_gid` already (its top is changed
+/// last, so then all of it is): the app's build cache, handed to it once and its own for good.
+pub fn hand_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.uid() == uid && meta.gid() == platform_gid {
+        return Ok(());
+    }
+    lend_tree(path, uid, platform_gid)
+}
+
+/// Takes what an app's build wrote back from it: `path` and everything under it owned by
+/// `owner` (the platform), group `gid` (the app's) with [`release_mode`]: the app may still
+/// read it (a dyno, the release phase, the probe of its environment), never write it, nor
+/// chmod it (it no longer owns it). Never follows a link. `path` itself last.
+pub fn take_back(path: &Path, owner: u32, gid: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            take_back(&entry?.path(), owner, gid)?;
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(owner), Some(gid))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = release_mode(meta.mode() & 0o7777);
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     Ok(())
+}
+
+/// The mode a server-wide tool's file or dir gets so that every app's build may use it: the
+/// owner's read and execute bits copied to the group and others; only the owner writes.
+pub fn shared_mode(mode: u32) -> u32 {
+    let rx = mode & 0o500;
+    (mode & 0o700) | (rx >> 3) | (rx >> 6)
+}
+
+/// Opens `path` (a tool in `cache/.tools`, installed by the platform) and everything in it to
+/// every uid with [`shared_mode`]. `path` itself is changed last, so unless `again` (the step
+/// that wrote into it just ran) a `path` that is open already was opened whole and is left
+/// alone: cheap at every build for the tools installed before. Never follows a link.
+pub fn open_tree(path: &Path, again: bool) -> io::Result<()> {
+    fn walk(path: &Path) -> io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path())?;
+            }
+        }
+        let mode = shared_mode(meta.mode());
+        if meta.mode() & 0o7777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    if !again && (meta.file_type().is_symlink() || meta.mode() & 0o7777 == shared_mode(meta.mode())) {
+        return Ok(());
+    }
+    walk(path)
+}
+
+/// Lets app group `gid` into `dir` (`releases/<app>`, `envs/<app>`: read and pass, never
+/// write) and every uid through the dirs above it up to the home ([`open_passage`]). Never
+/// follows a link.
+pub fn open_app_dir(home: &Path, dir: &Path, gid: u32) -> io::Result<()> {
+    for above in dir.ancestors().skip(1).take_while(|d| d.starts_with(home)) {
+        open_passage(above)?;
+    }
+    give_to_group(dir, gid, false)
 }
 
 /// Whether a process of `uid`:`gid` (no supplementary groups) may search (pass through) a dir
@@ -372,6 +496,36 @@ mod tests {
             (0o640, 0o640),
         ] {
             assert_eq!(release_mode(mode), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn what_is_lent_stays_readable_by_the_platforms_group() {
+        for (is_dir, mode, want) in [
+            (true, 0o700, 0o2750), // dirs: the platform's group passes and reads; set-gid
+            (true, 0o775, 0o2755), // never writes
+            (false, 0o600, 0o640), // files: read
+            (false, 0o660, 0o640),
+            (false, 0o700, 0o750),  // executables stay executable
+            (false, 0o4755, 0o755), // no set-id bits
+            (false, 0o000, 0o040),
+        ] {
+            assert_eq!(lent_mode(is_dir, mode), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn tools_are_opened_to_every_uid_read_only() {
+        for (mode, want) in [
+            (0o700, 0o755),
+            (0o600, 0o644),
+            (0o500, 0o555),
+            (0o644, 0o644),
+            (0o666, 0o644),  // only the owner writes
+            (0o4755, 0o755), // no set-id bits
+            (0o000, 0o000),
+        ] {
+            assert_eq!(shared_mode(mode), want, "{mode:o}");
         }
     }
 

@@ -43,10 +43,12 @@ while True:
     n += 1
 "#;
 
-/// A build hook that shows the build's cgroup and, on v1, its memory limit. The build's sandbox
-/// keeps `/proc/self` out of reach, so the hook finds its own pid in the cgroups' member lists
-/// under `/sys` (which it may read).
+/// A build hook that shows the build's cgroup: from its own shell's `/proc/$$/cgroup` (as root
+/// the hook runs as the app's uid, which cannot look into the cgroup dirs, like the one-off
+/// below), and from the cgroups' member lists under `/sys` where it may read them, with, on
+/// v1, the memory limit.
 const POST_COMPILE: &str = r#"#!/bin/sh
+while read -r l; do echo "build cgroup: $l"; done < /proc/$$/cgroup
 for f in /sys/fs/cgroup/memory/slipway-*/*/build-*/cgroup.procs /sys/fs/cgroup/slipway-*/*/build-*/cgroup.procs; do
     [ -r "$f" ] && grep -qx "$$" "$f" || continue
     d=${f%/cgroup.procs}

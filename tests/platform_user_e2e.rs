@@ -17,10 +17,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Whether builds and the release phase already run as the app's uid (the `appbuild` branch).
-/// Until then they run as the worker's user: the platform user, never root.
-const BUILDS_RUN_AS_THE_APP: bool = false;
-
 /// A throw-away system user with a shell (sshd runs forced commands through it), deleted
 /// (after killing whatever still runs as it) on drop, also when the test panics.
 struct SystemUser {
@@ -172,8 +168,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     assert!(built.is_some() && released.is_some(), "{out}");
     for uid in [built, released].into_iter().flatten() {
         assert_ne!(uid, 0, "app code ran as root:\n{out}");
-        let expected = if BUILDS_RUN_AS_THE_APP { app_uid } else { user.uid };
-        assert_eq!(uid, expected, "{out}");
+        assert_eq!(uid, app_uid, "{out}");
     }
 
     let web = slip.ps_json("hello").into_iter().find(|d| d["name"] == "web.1" && d["state"] == "up");
@@ -280,7 +275,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     let released =
         printed(&text, "release-uid").unwrap_or_else(|| panic!("no release phase output:\n{text}"));
     assert_ne!(released, 0, "{text}");
-    assert_eq!(released, if BUILDS_RUN_AS_THE_APP { app_uid } else { user.uid }, "{text}");
+    assert_eq!(released, app_uid, "{text}");
 
     let out = ssh(&["ps", "hello"]);
     assert!(

@@ -90,6 +90,9 @@ pub struct BuildRequest<'a> {
     pub config: &'a BTreeMap<String, String>,
     /// The build the app runs now, whose dependency environment may be reused.
     pub previous: Option<&'a Previous>,
+    /// Privileged mode: the app's user, whom its commands run as (see [`Jail`]); None in
+    /// single-user mode.
+    pub user: Option<&'a crate::users::AppUser>,
 }
 
 pub struct Previous {
@@ -154,12 +157,22 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
     let export = started.elapsed();
     let env_dir = write_env_dir(req, &id).map_err(io_err("creating ENV_DIR"))?;
     let jail = Jail::for_build(req, &dir, &env_dir.0, &id).map_err(io_err("creating the build's tmp dir"))?;
+    jail.lend(&dir).map_err(io_err(format!("handing {} to the app's uid", dir.display())))?;
     compile_hook(req, &dir, &env_dir.0, "bin/pre_compile", deadline, &jail)?;
     inputs::check(&dir)?; // again: the hook may have written links
     if stack == Stack::Python {
         // After the hook, as Heroku: what pre_compile writes counts too.
         if let Some(why) = existing_environment(&dir).or_else(|| unsupported_package_manager(&dir)) {
             return Err(BuildError::Detect(why));
+        }
+        if req.user.is_some() {
+            // Lent to the app with the rest: `envs::link` adds the venv's link to it, which
+            // the app's uid must pass through.
+            let dot = dir.join(".slipway");
+            crate::users::with_root(|| dot_slipway(&dot))
+                .and_then(|r| r)
+                .and_then(|()| jail.lend(&dot))
+                .map_err(io_err("creating .slipway"))?;
         }
     }
     let deps = match stack {
@@ -182,6 +195,8 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
         jail.with(&env.path, access)
     });
     compile_hook(req, &dir, &env_dir.0, "bin/post_compile", deadline, hook_jail.as_ref().unwrap_or(&jail))?;
+    // The app's last command ran: its release and environment are the platform's again.
+    jail.give_back().map_err(io_err("taking the build's files back from the app's uid"))?;
     if let Some(env) = deps.as_ref().filter(|e| e.fresh) {
         let env_jail = jail.with(&env.path, crate::sandbox::Access::ReadWrite);
         python::Modules::record(&env.path, &env_jail)
@@ -252,7 +267,11 @@ fn compile_hook(
     env.insert("BUILD_DIR".into(), dir.display().to_string());
     env.insert("CACHE_DIR".into(), cache.display().to_string());
     env.insert("ENV_DIR".into(), env_dir.display().to_string());
-    let mut c = hook_command(&path).map_err(io_err(format!("reading {script}")))?;
+    // The app's file in privileged mode: never through a link, and root's to chmod in a worker.
+    let privileged = jail.app_user().is_some();
+    let mut c = crate::users::root_if_privileged(|| hook_command(&path, privileged))
+        .and_then(|r| r)
+        .map_err(io_err(format!("reading {script}")))?;
     c.env_clear().envs(env).current_dir(dir);
     run_step(script, c, deadline, jail).map_err(|e| match e {
         BuildError::Command { status, .. } => BuildError::Hook { script: script.to_string(), status },
@@ -261,15 +280,18 @@ fn compile_hook(
 }
 
 /// The command that runs a hook: the script itself when it starts with a shebang (made
-/// executable first, as Heroku does), else `bash SCRIPT`.
-fn hook_command(path: &Path) -> io::Result<Command> {
-    use std::os::unix::fs::PermissionsExt;
+/// executable first, as Heroku does), else `bash SCRIPT`. With `no_follow`, a link at `path`
+/// is refused (its mode is changed through the file opened, not by name).
+fn hook_command(path: &Path, no_follow: bool) -> io::Result<Command> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let flags = if no_follow { libc::O_NOFOLLOW } else { 0 };
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
     let mut head = [0u8; 2];
-    let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut head)?;
+    let n = std::io::Read::read(&mut file, &mut head)?;
     if n == 2 && &head == b"#!" {
-        let mut perms = std::fs::metadata(path)?.permissions();
+        let mut perms = file.metadata()?.permissions();
         perms.set_mode(perms.mode() | 0o111);
-        std::fs::set_permissions(path, perms)?;
+        file.set_permissions(perms)?;
         Ok(Command::new(path))
     } else {
         let mut c = Command::new("bash");
@@ -287,7 +309,9 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let tmp = req.home.root().join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+    // Privileged mode: passable by the app's uid, to its TMPDIR and ENV_DIR (see `Jail`).
+    let mode = if req.user.is_some() { 0o711 } else { 0o700 };
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     let prefix = format!("env-{}.", req.app.as_str());
     for stale in std::fs::read_dir(&tmp)?.filter_map(Result::ok) {
         if stale.file_name().to_string_lossy().starts_with(&prefix) {
@@ -305,20 +329,69 @@ fn write_env_dir(req: &BuildRequest<'_>, id: &str) -> io::Result<EnvDir> {
             crate::fsutil::write_atomic(&guard.0.join(key), value.as_bytes(), 0o600)?;
         }
     }
+    if let Some(user) = req.user {
+        // The app's uid reads it through its group; it stays the platform's, which removes it.
+        let owner = nix::unistd::geteuid().as_raw();
+        crate::users::with_root(|| crate::users::take_back(&guard.0, owner, user.gid))??;
+    }
     Ok(guard)
 }
 
 /// Removes ENV_DIR when the build ends.
 struct EnvDir(PathBuf);
 
+/// A platform step's own `HOME`, `TMPDIR` and caches ([`platform_scratch`]), removed when it
+/// drops.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(path: &Path, command: &mut Command) -> io::Result<Scratch> {
+        crate::home::remove_if_present(path)?;
+        std::fs::create_dir(path)?;
+        for key in ["HOME", "TMPDIR", "XDG_CACHE_HOME", "PIP_CACHE_DIR", "UV_CACHE_DIR", "POETRY_CACHE_DIR"] {
+            command.env(key, path);
+        }
+        Ok(Scratch(path.to_path_buf()))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        crate::home::remove_or_warn(&self.0);
+    }
+}
+
+/// The release's `.slipway` dir when the app has none (one that is not a dir is refused later,
+/// by `envs::link`).
+fn dot_slipway(dot: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dot) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// How every build command runs: confined by the build's sandbox (`sandbox::build_policy`),
 /// with `TMPDIR` its own tmp dir (`<home>/tmp/build-<app>.<build id>`, 0700, removed when the
 /// build ends; one left by a build killed outright is removed by the app's next build).
+///
+/// In privileged mode (see `crate::users`) the app's commands run as the app's uid: the jail
+/// carries its user, [`run_step`] drops to it, and what the app must write is handed to it
+/// first — its cache and TMPDIR for good, the build dir and a new environment only until
+/// [`Jail::give_back`]. A platform step (installing a server-wide tool, an interpreter) runs
+/// in a jail from [`Jail::for_platform`]: as this process's own user, never the app's.
 pub struct Jail {
     pub policy: crate::sandbox::Policy,
     tmp: PathBuf,
     /// Only the original removes the tmp dir (not the copies made by [`Jail::with`]).
     owns_tmp: bool,
+    /// Who the app's commands run as (privileged mode); None in single-user mode.
+    user: Option<crate::users::AppUser>,
+    /// A platform step's jail: it runs as this process's user and writes this server-wide
+    /// dir, opened to every app's builds (read-only) once the step succeeded.
+    platform: Option<PathBuf>,
+    /// What was lent to the app (build dir, environment) and must be given back; shared by
+    /// the copies of the jail.
+    lent: std::rc::Rc<std::cell::RefCell<Vec<PathBuf>>>,
 }
 
 impl Jail {
@@ -329,7 +402,8 @@ impl Jail {
         let prefix = format!("build-{}.", req.app.as_str());
         for stale in std::fs::read_dir(&parent)?.filter_map(Result::ok) {
             if stale.file_name().to_string_lossy().starts_with(&prefix) {
-                crate::home::remove_if_present(&stale.path())?;
+                // The app's own when it ran as its uid: root's to remove in a worker.
+                crate::users::root_if_privileged(|| crate::home::remove_if_present(&stale.path()))??;
             }
         }
         let tmp = parent.join(format!("{prefix}{id}"));
@@ -337,7 +411,20 @@ impl Jail {
         // A rule needs its dir to exist when the sandbox is made.
         std::fs::create_dir_all(req.home.cache(req.app).join("home"))?;
         std::fs::create_dir_all(req.home.root().join("cache/.tools"))?;
-        let mut jail = Jail { policy: sandbox::Policy::default(), tmp, owns_tmp: true };
+        let mut jail = Jail {
+            policy: sandbox::Policy::default(),
+            tmp,
+            owns_tmp: true,
+            user: req.user.cloned(),
+            platform: None,
+            lent: Default::default(),
+        };
+        if let Some(user) = req.user {
+            // Made as this process's user (the platform), which makes environments in it.
+            std::fs::create_dir_all(req.home.envs(req.app))?;
+            let platform_gid = nix::unistd::getegid().as_raw();
+            crate::users::with_root(|| open_to_app(req, &jail.tmp, user, platform_gid))??;
+        }
         let paths = sandbox::BuildPaths {
             home: canonical(req.home.root()),
             build_dir: canonical(dir),
@@ -354,15 +441,134 @@ impl Jail {
     pub fn with(&self, path: &Path, access: crate::sandbox::Access) -> Jail {
         let mut policy = self.policy.clone();
         policy.rules.push(crate::sandbox::Rule { path: crate::sandbox::canonical(path), access });
-        Jail { policy, tmp: self.tmp.clone(), owns_tmp: false }
+        Jail {
+            policy,
+            tmp: self.tmp.clone(),
+            owns_tmp: false,
+            user: self.user.clone(),
+            platform: self.platform.clone(),
+            lent: self.lent.clone(),
+        }
     }
+
+    /// For a platform step that writes the server-wide `dir` (a tool of `cache/.tools`, the
+    /// installed interpreters): this jail with `dir` writable, run as this process's own user
+    /// (never the app's: an app must never write what every app's builds run), and in
+    /// privileged mode `dir` opened to every uid read-only once the step succeeded.
+    pub fn for_platform(&self, dir: &Path) -> Jail {
+        let jail = self.with(dir, crate::sandbox::Access::ReadWrite);
+        let mut jail = match self.user {
+            Some(_) => jail.with(&platform_scratch(dir), crate::sandbox::Access::ReadWrite),
+            None => jail,
+        };
+        jail.platform = Some(dir.to_path_buf());
+        jail
+    }
+
+    /// Who the app's commands run as: None in single-user mode.
+    pub fn app_user(&self) -> Option<&crate::users::AppUser> {
+        self.user.as_ref()
+    }
+
+    /// Who this jail's commands run as: the app's user, but not for a platform step.
+    fn runs_as(&self) -> Option<&crate::users::AppUser> {
+        self.user.as_ref().filter(|_| self.platform.is_none())
+    }
+
+    /// Lends `path` (and everything in it) to the app until [`Jail::give_back`]: the build dir,
+    /// an environment being made. Nothing to do in single-user mode.
+    pub fn lend(&self, path: &Path) -> io::Result<()> {
+        let Some(user) = &self.user else { return Ok(()) };
+        let platform_gid = nix::unistd::getegid().as_raw();
+        crate::users::with_root(|| crate::users::lend_tree(path, user.uid, platform_gid))??;
+        self.lent.borrow_mut().push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Writes `bytes` to `path` in the app's cache for the app (the Pipfile.lock's
+    /// requirements): as root in privileged mode (the cache is the app's), then the app's with
+    /// [`crate::users::lent_mode`].
+    pub fn write_for_app(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let Some(user) = &self.user else { return crate::fsutil::write_atomic(path, bytes, 0o600) };
+        let platform_gid = nix::unistd::getegid().as_raw();
+        crate::users::with_root(|| {
+            crate::fsutil::write_atomic(path, bytes, 0o600)?;
+            crate::users::lend_tree(path, user.uid, platform_gid)
+        })?
+    }
+
+    /// After the app's last command: kills what it left running in the build's cgroup, then
+    /// takes back everything lent to it ([`crate::users::take_back`]: owned by this process's
+    /// effective uid again, readable by the app's group, writable by nobody else), so the app
+    /// cannot change its release nor its environment once built. Also done when the jail
+    /// drops (a failed build), before the build's outputs are removed.
+    pub fn give_back(&self) -> io::Result<()> {
+        let Some(user) = &self.user else { return Ok(()) };
+        let lent: Vec<PathBuf> = self.lent.borrow_mut().drain(..).collect();
+        if lent.is_empty() {
+            return Ok(());
+        }
+        crate::job::kill_strays();
+        let owner = nix::unistd::geteuid().as_raw();
+        crate::users::with_root(|| {
+            lent.iter().try_for_each(|path| match crate::users::take_back(path, owner, user.gid) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            })
+        })?
+    }
+}
+
+/// Where a platform step writing `dir` keeps its `HOME`, `TMPDIR` and caches in privileged mode
+/// (not the app's: it would find files it cannot change in them): `.platform-<pid>` beside
+/// `dir`, removed after the step.
+fn platform_scratch(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join(format!(".platform-{}", std::process::id()))
+}
+
+/// Privileged mode, as root: what the app's uid needs before its first command. The home,
+/// `cache/`, `releases/` and `envs/` passable; `tmp/` passable (0711: each dir in it is its
+/// owner's); `releases/<app>` and `envs/<app>` open to its group; its TMPDIR and its cache its
+/// own (the cache for good: handed once); `cache/.tools` passable (not listable), and each
+/// tool in it readable by every uid ([`crate::users::open_tree`], for tools installed before).
+fn open_to_app(
+    req: &BuildRequest<'_>,
+    tmp: &Path,
+    user: &crate::users::AppUser,
+    platform_gid: u32,
+) -> io::Result<()> {
+    use crate::users::{chown_tree, hand_tree, open_app_dir, open_passage};
+    use std::os::unix::fs::PermissionsExt;
+    let home = req.home.root();
+    open_passage(home)?;
+    std::fs::set_permissions(home.join("tmp"), std::fs::Permissions::from_mode(0o711))?;
+    // TMPDIR: the app's alone; the cache: the app's, readable by the platform's group.
+    chown_tree(tmp, user.uid, user.gid)?;
+    open_app_dir(home, &req.home.releases(req.app), user.gid)?;
+    open_app_dir(home, &req.home.envs(req.app), user.gid)?;
+    open_passage(&home.join("cache"))?;
+    hand_tree(&req.home.cache(req.app), user.uid, platform_gid)?;
+    let tools = home.join("cache/.tools");
+    std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o711))?;
+    for entry in std::fs::read_dir(&tools)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        // Seeds are copied by the platform, the interpreter probes read by it: both stay closed.
+        if name != "seeds" && name != "interpreters" && !name.to_string_lossy().starts_with('.') {
+            crate::users::open_tree(&entry.path(), false)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Jail {
     fn drop(&mut self) {
         if self.owns_tmp {
+            if let Err(e) = self.give_back() {
+                output::warn(&format!("taking the build's files back from the app: {e}"));
+            }
             // Best effort: a leftover is removed by the app's next build.
-            let _ = crate::home::remove_if_present(&self.tmp);
+            let _ = crate::users::root_if_privileged(|| crate::home::remove_if_present(&self.tmp));
         }
     }
 }
@@ -600,6 +806,17 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     env
 }
 
+/// The environment of a platform step (a server-wide tool or interpreter, the seed venv): in
+/// privileged mode [`build_env`] without the app's config vars, which must not steer what every
+/// app's builds then run (a `PIP_INDEX_URL` of its own); in single-user mode [`build_env`].
+pub fn platform_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
+    if req.user.is_none() {
+        return build_env(req);
+    }
+    let no_config = BTreeMap::new();
+    build_env(&BuildRequest { config: &no_config, ..*req })
+}
+
 /// Where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine).
 const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
@@ -624,13 +841,36 @@ pub fn tls_env(env: &BTreeMap<String, String>, system_bundle: Option<&Path>) -> 
 
 /// Runs one build command in its own process group, relaying its output indented, within
 /// what is left of the build's time; a timeout or an interrupted push kills the whole group.
+/// In privileged mode it runs as the app's uid (`USER` and `LOGNAME` its name), or, in a
+/// platform step's jail, as this process's user (the dir it wrote then opened to every uid).
 pub fn run_step(step: &str, mut command: Command, deadline: Instant, jail: &Jail) -> Result<(), BuildError> {
     let left = deadline.saturating_duration_since(Instant::now());
     command.env("TMPDIR", &jail.tmp);
-    match crate::job::run(command, Some(&jail.policy), Some(left), |line| {
+    if let Some(user) = jail.runs_as() {
+        command.env("USER", &user.name).env("LOGNAME", &user.name);
+    }
+    let scratch = match (&jail.platform, &jail.user) {
+        (Some(dir), Some(_)) => {
+            Some(Scratch::new(&platform_scratch(dir), &mut command).map_err(|source| BuildError::Io {
+                action: format!("creating {}", platform_scratch(dir).display()),
+                source,
+            })?)
+        }
+        _ => None,
+    };
+    let job = crate::job::Job::new(command, jail.runs_as());
+    let result = crate::job::run(job, Some(&jail.policy), Some(left), |line| {
         output::detail(line.rsplit('\r').next().unwrap_or(line))
-    }) {
-        Ok(()) => Ok(()),
+    });
+    drop(scratch);
+    match result {
+        Ok(()) => match (&jail.platform, &jail.user) {
+            (Some(dir), Some(_)) => crate::users::open_tree(dir, true).map_err(|source| BuildError::Io {
+                action: format!("opening {} to the apps", dir.display()),
+                source,
+            }),
+            _ => Ok(()),
+        },
         Err(crate::job::JobError::Failed(code)) => {
             Err(BuildError::Command { step: step.to_string(), status: format!("exit {code}") })
         }

@@ -47,7 +47,7 @@ impl Installer {
 }
 
 /// `python -m pip install` without prompts, progress bars or version nagging.
-const PIP_INSTALL: [&str; 7] =
+pub(crate) const PIP_INSTALL: [&str; 7] =
     ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"];
 
 /// The files whose content decides the dependency environment.
@@ -121,7 +121,10 @@ pub fn build(
     };
     if crate::envs::is_sealed(&env_path) {
         // O(1): the release links to the environment; nothing is copied or installed.
-        crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+        // Into the app's `.slipway` (lent to it): root's work in a worker.
+        crate::users::root_if_privileged(|| crate::envs::link(dir, req.app, &key))
+            .and_then(|r| r)
+            .map_err(io("linking the release to"))?;
         output::step(&format!("Using cached dependencies (key {key})"));
         let jail = &jail.with(&env_path, crate::sandbox::Access::Read);
         let modules = Modules::of_sealed(&env_path, dir, jail);
@@ -134,7 +137,9 @@ pub fn build(
     crate::envs::prepare(&env_path).map_err(io("clearing"))?;
     std::fs::create_dir(&env_path).map_err(io("creating"))?;
     let made = DepsEnv { key: key.clone(), path: env_path.clone(), fresh: true };
-    crate::envs::link(dir, req.app, &key).map_err(io("linking the release to"))?;
+    crate::users::root_if_privileged(|| crate::envs::link(dir, req.app, &key))
+        .and_then(|r| r)
+        .map_err(io("linking the release to"))?;
     let jail = &jail.with(&env_path, crate::sandbox::Access::ReadWrite);
     let venv_dir = env_path.clone();
 
@@ -148,9 +153,13 @@ pub fn build(
     let by_uv = uv.is_some() && installer != Installer::Pip;
     // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
     let seed = venv::seed_dir(&req.home.root().join("cache/.tools"), &python.path, &python.version);
+    if !by_uv && jail.app_user().is_some() {
+        venv::make_seed(req, &python.path, &seed, deadline, jail);
+    }
     let seeded = !by_uv
         && venv::from_seed(&seed, &venv_dir)
             .map_err(|source| BuildError::Io { action: "cloning the seed virtualenv".into(), source })?;
+    jail.lend(&venv_dir).map_err(io("handing to the app's uid"))?;
     if !seeded {
         let mut create = match &uv {
             Some(uv) if by_uv => {
@@ -195,7 +204,8 @@ pub fn build(
         output::step(&format!("Installing pip {}", venv::PIP_VERSION));
         let pinned = format!("pip=={}", venv::PIP_VERSION);
         run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
-        if !by_uv {
+        // Not from a venv the app's uid made (privileged mode): every app would start from it.
+        if !by_uv && jail.app_user().is_none() {
             if let Err(e) = venv::keep_as_seed(&venv_dir, &seed) {
                 output::warn(&format!("keeping the seed virtualenv at {}: {e}", seed.display()));
             }
@@ -212,7 +222,7 @@ pub fn build(
             let lock = super::inputs::read(dir, "Pipfile.lock")?;
             let requirements = pipfile_requirements(&lock).map_err(BuildError::Detect)?;
             let path = cache.join("Pipfile.lock.requirements.txt");
-            crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
+            jail.write_for_app(&path, requirements.as_bytes())
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
             run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline, jail)?;
         }
@@ -319,7 +329,9 @@ impl Modules {
             .args(PROBED)
             .env_clear()
             .current_dir(dir);
-        // The venv is the build's own making: anything it runs is confined like the build.
+        // The venv is the build's own making: anything it runs is confined like the build, as
+        // the app's uid.
+        let mut probe = crate::job::Job::new(probe, jail.app_user()).into_command();
         if crate::sandbox::confine(&mut probe, &jail.policy).is_err() {
             return Modules::default();
         }
@@ -406,7 +418,7 @@ fn install_python(
     // Only this step may write the server's installed Pythons; builds read them.
     std::fs::create_dir_all(&target)
         .map_err(|source| BuildError::Io { action: format!("creating {}", target.display()), source })?;
-    let jail = &jail.with(&target, crate::sandbox::Access::ReadWrite);
+    let jail = &jail.for_platform(&target);
     output::step(&format!("Installing Python {version} (not installed on this server; python_install = 1)"));
     let cache = req.home.cache(req.app);
     let mut c = Command::new(uv);
@@ -414,7 +426,7 @@ fn install_python(
         .arg(&target)
         .arg(version)
         .env_clear()
-        .envs(build_env(req))
+        .envs(super::platform_env(req))
         .env("UV_CACHE_DIR", cache.join("uv"))
         .current_dir(&target);
     run_step("uv python install", c, deadline, jail).map_err(|e| match e {
@@ -575,8 +587,8 @@ fn ensure_tool(
     // Only this step may write the tool's dir; builds read it.
     std::fs::create_dir_all(&root)
         .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
-    let jail = &jail.with(&root, crate::sandbox::Access::ReadWrite);
-    let env = build_env(req);
+    let jail = &jail.for_platform(&root);
+    let env = super::platform_env(req);
     let mut create = Command::new(python);
     create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
     run_step(&format!("creating the {name} environment"), create, deadline, jail)?;

@@ -133,6 +133,52 @@ pub fn keep_as_seed(venv: &Path, seed: &Path) -> io::Result<()> {
     }
 }
 
+/// Privileged mode, where a venv the app's uid made never becomes the seed (every app's venvs
+/// would start from it): makes the seed of `python` when there is none, as a platform step
+/// (this process's user, `build::Jail::for_platform`) with the build's environment without the
+/// app's config vars, in a scratch venv kept as the seed ([`keep_as_seed`]) and removed.
+/// A failure is a warning: the build then makes its venv the slow way.
+pub fn make_seed(
+    req: &super::BuildRequest<'_>,
+    python: &Path,
+    seed: &Path,
+    deadline: std::time::Instant,
+    jail: &super::Jail,
+) {
+    use std::process::Command;
+    if seed.join("pyvenv.cfg").is_file() {
+        return;
+    }
+    let Some(seeds) = seed.parent() else { return };
+    let scratch = seeds.join(format!(".make-{}", std::process::id()));
+    let made = (|| -> Result<(), super::BuildError> {
+        let io = |action: &str| {
+            let action = format!("{action} {}", scratch.display());
+            move |source| super::BuildError::Io { action, source }
+        };
+        std::fs::create_dir_all(seeds).map_err(io("creating the parent of"))?;
+        crate::home::remove_if_present(&scratch).map_err(io("removing"))?;
+        let env = super::platform_env(req);
+        let jail = jail.for_platform(seeds);
+        super::output::step(&format!("Making the seed virtualenv of this interpreter (pip {PIP_VERSION})"));
+        let mut create = Command::new(python);
+        create.args(["-m", "venv"]).arg(&scratch).env_clear().envs(&env).current_dir(seeds);
+        super::run_step("creating the seed virtualenv", create, deadline, &jail)?;
+        let mut pip = Command::new(scratch.join("bin/python"));
+        pip.args(super::python::PIP_INSTALL)
+            .args(["--upgrade", &format!("pip=={PIP_VERSION}")])
+            .env_clear()
+            .envs(&env)
+            .current_dir(seeds);
+        super::run_step("installing pip into the seed", pip, deadline, &jail)?;
+        keep_as_seed(&scratch, seed).map_err(io("keeping as the seed"))
+    })();
+    if let Err(e) = made {
+        super::output::warn(&format!("no seed virtualenv: {e}"));
+    }
+    crate::home::remove_or_warn(&scratch);
+}
+
 /// Small text files where a venv records absolute paths.
 fn may_hold_paths(path: &Path) -> bool {
     let in_bin = path.parent().and_then(Path::file_name).is_some_and(|d| d == "bin");

@@ -245,7 +245,12 @@ pub fn build(
     match installer {
         Installer::Pip | Installer::Uv => {
             output::step(&format!("Installing dependencies with {with}"));
-            run_step(&format!("{with} install"), deps(&["-r", "requirements.txt"], require_hashes), deadline, jail)?;
+            run_step(
+                &format!("{with} install"),
+                deps(&["-r", "requirements.txt"], require_hashes),
+                deadline,
+                jail,
+            )?;
         }
         Installer::Pipfile => {
             output::step(&format!("Installing dependencies from Pipfile.lock with {with}"));
@@ -254,7 +259,12 @@ pub fn build(
             let path = cache.join("Pipfile.lock.requirements.txt");
             crate::fsutil::write_atomic(&path, requirements.as_bytes(), 0o600)
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
-            run_step(&format!("{with} install"), deps(&["-r", &path.to_string_lossy()], requirements.contains(" --hash=")), deadline, jail)?;
+            run_step(
+                &format!("{with} install"),
+                deps(&["-r", &path.to_string_lossy()], requirements.contains(" --hash=")),
+                deadline,
+                jail,
+            )?;
         }
         Installer::Project => {
             output::step(&format!("Installing the project (pyproject.toml) with {with}"));

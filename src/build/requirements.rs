@@ -99,8 +99,8 @@ pub fn scan(text: &str) -> Scan {
             if name == "--require-hashes" {
                 out.hashes = true;
             }
-            let url_include = matches!(name, "-r" | "--requirement" | "-c" | "--constraint")
-                && line.contains("://");
+            let url_include =
+                matches!(name, "-r" | "--requirement" | "-c" | "--constraint") && line.contains("://");
             if out.not_for_uv.is_none() && (!UV_OPTIONS.contains(&name) || url_include) {
                 out.not_for_uv = Some(if url_include {
                     format!("it includes a file by URL ({line})")
@@ -191,10 +191,20 @@ mod tests {
             ("plain pins and ranges", "flask==3.1\ngunicorn>=22,<24\nrequests[socks]\n", false, false),
             ("comments and markers", "# web\nflask ; python_version >= '3.8'  # the app\n", false, false),
             ("an include and a constraint", "-r base.txt\n-c constraints.txt\nflask\n", false, false),
-            ("index and links", "--index-url https://m/simple\n-f ./wheels\n--no-binary :all:\n", false, false),
+            (
+                "index and links",
+                "--index-url https://m/simple\n-f ./wheels\n--no-binary :all:\n",
+                false,
+                false,
+            ),
             ("an editable", "-e .\n", false, false),
             ("a URL requirement", "pkg @ https://example.com/pkg-1.0-py3-none-any.whl\n", false, false),
-            ("hashes on continued lines", "flask==3.1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n", false, true),
+            (
+                "hashes on continued lines",
+                "flask==3.1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n",
+                false,
+                true,
+            ),
             ("--hash with a space", "flask==3.1 --hash sha256:aa\n", false, true),
             ("--require-hashes", "--require-hashes\nflask==3.1\n", false, true),
             ("a hash in a comment", "flask  # --hash=sha256:aa --pre\n", false, false),
@@ -249,8 +259,16 @@ mod tests {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Result<Vec<(String, String)>, ()>);
         let cases: &[Case<'_>] = &[
             ("none", &[("PATH", "/bin")], Ok(vec![])),
-            ("the index", &[("PIP_INDEX_URL", "https://m/simple")], Ok(vec![pair("UV_DEFAULT_INDEX", "https://m/simple")])),
-            ("uv's own wins", &[("PIP_INDEX_URL", "https://m/simple"), ("UV_DEFAULT_INDEX", "https://u/simple")], Ok(vec![])),
+            (
+                "the index",
+                &[("PIP_INDEX_URL", "https://m/simple")],
+                Ok(vec![pair("UV_DEFAULT_INDEX", "https://m/simple")]),
+            ),
+            (
+                "uv's own wins",
+                &[("PIP_INDEX_URL", "https://m/simple"), ("UV_DEFAULT_INDEX", "https://u/simple")],
+                Ok(vec![]),
+            ),
             ("harmless ones", &[("PIP_NO_INPUT", "1"), ("PIP_DISABLE_PIP_VERSION_CHECK", "1")], Ok(vec![])),
             ("an extra index", &[("PIP_EXTRA_INDEX_URL", "https://x/simple")], Err(())),
             ("a trusted host", &[("PIP_TRUSTED_HOST", "m")], Err(())),

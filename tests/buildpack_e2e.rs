@@ -184,6 +184,8 @@ fn requirements_install_with_the_servers_uv_unless_only_pip_reads_them_right() {
     let (ok, out) = slip.push_local(&uvapp, "uvapp");
     assert!(ok, "{out}");
     assert!(out.contains("Installing uv"), "{out}");
+    // Its environment is uv's from the start: no pip, which `uv sync` would only uninstall.
+    assert!(!out.contains("Installing pip") && !out.contains("- pip=="), "{out}");
 
     // From then on requirements.txt installs with that uv, bytecode compiled (the sealed
     // environment is read-only: dynos could not cache it).

@@ -123,7 +123,7 @@ pub fn build(
     }
     let mut parts: Vec<Vec<u8>> =
         vec![installer.name().into(), python.version.clone().into(), venv::PIP_VERSION.into()];
-    if uv.is_some() && installer.installs_with_uv() {
+    if installer == Installer::UvLock || (uv.is_some() && installer.installs_with_uv()) {
         // uv compiles the bytecode of what it installs (UV_COMPILE_BYTECODE below); an
         // environment made before it did is made again, once.
         parts.push(b"uv-compile-bytecode".to_vec());
@@ -167,6 +167,12 @@ pub fn build(
         .map_err(|source| BuildError::Io { action: format!("creating {}", cache.display()), source })?;
     let venv_python = venv_dir.join("bin/python");
 
+    // A uv.lock app's environment is uv's from the start (`uv venv`, no pip: `uv sync` would
+    // remove it again).
+    let uv = match uv {
+        None if installer == Installer::UvLock => Some(ensure_tool(req, &python.path, "uv", deadline, jail)?),
+        uv => uv,
+    };
     output::step("Creating virtualenv");
     let by_uv = uv.is_some() && installer != Installer::Pip;
     // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
@@ -229,9 +235,12 @@ pub fn build(
         }
         c
     };
+    // `uv sync` makes the environment exactly the lock's: a pip not in it would be installed
+    // here only to be uninstalled there (~1 s of a cold build).
+    let pin_pip = !(by_uv && installer == Installer::UvLock);
     if seeded {
         output::step(&format!("Using pip {} (seed virtualenv)", venv::PIP_VERSION));
-    } else {
+    } else if pin_pip {
         output::step(&format!("Installing pip {}", venv::PIP_VERSION));
         let pinned = format!("pip=={}", venv::PIP_VERSION);
         run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;

@@ -24,6 +24,7 @@
 #   uv alone      with uv: `uv venv` + `uv pip install flask gunicorn` of the cold app's
 #                 requirements, by hand, with the interpreter the cold push used and an empty
 #                 cache of its own (what issue 15's uv target compares the cold uv push with)
+#   uv alone + bytecode   the same with `--compile-bytecode`, as the build installs
 # Each row is measured with the default readiness settle (`boot_settle = 3`: a release is live
 # only after its web dynos stayed up that long) and with `boot_settle = 0`; the daemon is
 # restarted between the two (it reads the setting at start). The cold rows run once per settle
@@ -41,7 +42,9 @@
 #   BENCH_RUNS           runs per row and settle (default 5, at least 5 for the docs)
 #   BENCH_SETTLES        the boot_settle values to measure (default "3 0")
 #   BENCH_COLD           1 (default) runs the cold rows; 0 skips them (no network needed)
-#   BENCH_OUTPUT         a file (outside the temp dir) to append every push's output to
+#   BENCH_OUTPUT         a file (outside the temp dir) to append every push's output to, each
+#                        line with its arrival time (seconds since the push started), and what
+#                        the router answered while the bench waited for the new code
 #   BENCH_UV_DIR         a dir holding a `uv` executable: put first on the PATH of the bench's
 #                        sshd sessions (sshd_config SetEnv), so builds install with uv (the
 #                        cold uv row); without it, uv is used when it is on this PATH already
@@ -203,37 +206,58 @@ def commit(repo, files, message):
 
 
 def push(repo, url, key):
+    """Pushes; returns the start, the seconds it took and its output. With BENCH_OUTPUT the
+    output goes there with each line's arrival time (seconds since the start) in front."""
     env = dict(os.environ, GIT_SSH_COMMAND=key)
     t0 = time.monotonic()
-    out = subprocess.run(["git", "-C", repo, "push", url, "main"], capture_output=True, text=True, env=env, timeout=900)
+    p = subprocess.Popen(["git", "-C", repo, "push", url, "main"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in p.stderr:
+        lines.append((time.monotonic() - t0, line))
+    p.wait(timeout=900)
     took = time.monotonic() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"push to {url} failed:\n{out.stdout}{out.stderr}")
+    stderr = "".join(line for _, line in lines)
+    if p.returncode != 0:
+        raise RuntimeError(f"push to {url} failed:\n{stderr}")
     if E.get("BENCH_OUTPUT"):
         with open(E["BENCH_OUTPUT"], "a") as f:
-            f.write(f"=== git push {url} ({took:.2f} s)\n{out.stderr}\n")
-    return t0, took, out.stderr
+            f.write(f"=== git push {url} ({took:.2f} s)\n")
+            f.writelines(f"{at:7.3f} {line}" for at, line in lines)
+    return t0, took, stderr
 
 
 def slipway_url(app):
     return f"ssh://{USER}@127.0.0.1:{SSH_PORT}/{app}"
 
 
-def get(url, host=None):
+def get(url, host=None, seen=None):
     req = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.read().decode()
-    except Exception:
+    except Exception as e:
+        if seen is not None:
+            seen.append(repr(e)[:100])
         return None
 
 
 def served(app, want, t0, deadline=120):
-    """Seconds from t0 until the router serves a body starting with `want`."""
+    """Seconds from t0 until the router serves a body starting with `want`. With BENCH_OUTPUT,
+    what the polls saw before (each new answer, with its time since t0) goes there too."""
     end = time.monotonic() + deadline
+    answers = []
     while time.monotonic() < end:
-        body = get(f"http://{ROUTER}/", f"{app}.localhost")
+        seen = []
+        body = get(f"http://{ROUTER}/", f"{app}.localhost", seen)
+        answer = (body or "")[:40] if body is not None else seen[0]
+        if not answers or answers[-1][1] != answer:
+            answers.append((time.monotonic() - t0, answer))
         if body is not None and body.startswith(want):
+            if E.get("BENCH_OUTPUT"):
+                with open(E["BENCH_OUTPUT"], "a") as f:
+                    f.write(f"=== polls of {app} until {want!r}\n")
+                    f.writelines(f"{at:7.3f} {a}\n" for at, a in answers)
             return time.monotonic() - t0
         time.sleep(0.005)
     raise RuntimeError(f"{app} never served {want!r}")
@@ -317,17 +341,19 @@ def cmd_round(settle, cold):
         sw("apps:destroy", app, "--confirm", app, timeout=120)
         m = re.search(r"Using Python \S+ \((.+)\)", output)
         if E.get("B_UV") and m:
-            # uv by itself, as the build would run it: a venv and the requirements, cold cache.
-            scratch = os.path.join(WORK, f"uv-alone-{n}")
-            env = dict(os.environ, UV_CACHE_DIR=os.path.join(scratch, "cache"))
-            t0 = time.monotonic()
-            for args in (["venv", "--quiet", "--python", m.group(1), os.path.join(scratch, "venv")],
-                         ["pip", "install", "--quiet", "--python", os.path.join(scratch, "venv/bin/python"), "flask", "gunicorn"]):
-                out = subprocess.run([E["B_UV"], *args], capture_output=True, text=True, env=env, timeout=600)
-                if out.returncode != 0:
-                    raise RuntimeError(f"uv {' '.join(args)}: {out.stderr}")
-            record(f"uv alone|{tag}", time.monotonic() - t0)
-            shutil.rmtree(scratch)
+            # uv by itself: a venv and the requirements, cold cache; then the same compiling
+            # the bytecode, as the build does.
+            for row, extra in (("uv alone", []), ("uv alone + bytecode", ["--compile-bytecode"])):
+                scratch = os.path.join(WORK, f"uv-alone-{n}")
+                env = dict(os.environ, UV_CACHE_DIR=os.path.join(scratch, "cache"))
+                t0 = time.monotonic()
+                for args in (["venv", "--quiet", "--python", m.group(1), os.path.join(scratch, "venv")],
+                             ["pip", "install", "--quiet", *extra, "--python", os.path.join(scratch, "venv/bin/python"), "flask", "gunicorn"]):
+                    out = subprocess.run([E["B_UV"], *args], capture_output=True, text=True, env=env, timeout=600)
+                    if out.returncode != 0:
+                        raise RuntimeError(f"uv {' '.join(args)}: {out.stderr}")
+                record(f"{row}|{tag}", time.monotonic() - t0)
+                shutil.rmtree(scratch)
 
     if E.get("PIKU_REMOTE") and E.get("PIKU_URL"):
         app = "bench-piku"
@@ -359,7 +385,8 @@ def cmd_report():
     w()
     w("| what | boot_settle | min | median | max | median / floor | median phases of the push's `Done in` line |")
     w("|---|---|---|---|---|---|---|")
-    order = ["floor", "ssh", "warm stdlib", "warm flask", "config:set", "cold pip", "cold uv", "uv alone", "piku warm stdlib"]
+    order = ["floor", "ssh", "warm stdlib", "warm flask", "config:set", "cold pip", "cold uv", "uv alone",
+             "uv alone + bytecode", "piku warm stdlib"]
     keys = sorted(rows, key=lambda k: (order.index(k.split("|")[0]) if k.split("|")[0] in order else 99, k))
     for key in keys:
         what, tag = key.split("|")

@@ -138,15 +138,7 @@ fn a_stale_uv_lock_is_refused_with_uvs_advice() {
     assert!(!out.contains("uv sync"), "{out}");
 
     // python3.11 is this machine's python3; any installed 3.10+ would do.
-    let minor = ["3.11", "3.12", "3.13", "3.10"]
-        .into_iter()
-        .find(|m| {
-            std::process::Command::new(format!("python{m}"))
-                .arg("-V")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("a python3.1x on PATH");
+    let minor = python_minor();
     repo.commit_files(&[(".python-version", &format!("{minor}\n"))], "pin the version");
     let (ok, out) = slip.push_local(&repo, "uvapp");
     assert!(!ok, "{out}");
@@ -154,6 +146,82 @@ fn a_stale_uv_lock_is_refused_with_uvs_advice() {
     assert!(out.contains("needs to be updated, but `--locked` was provided"), "{out}");
     assert!(out.contains("uv lock"), "{out}");
     assert!(out.contains("unable to install dependencies using uv"), "{out}");
+}
+
+/// The first `python3.1x` on PATH (3.10+, what uv.lock apps here pin).
+fn python_minor() -> &'static str {
+    ["3.11", "3.12", "3.13", "3.10"]
+        .into_iter()
+        .find(|m| {
+            std::process::Command::new(format!("python{m}"))
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a python3.1x on PATH")
+}
+
+/// Whether any file under `dir` has a name that `wanted` accepts (links are not followed).
+fn has_file(dir: &std::path::Path, wanted: &dyn Fn(&str) -> bool) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok).any(|e| {
+        let kind = e.file_type().expect("file type");
+        (kind.is_dir() && has_file(&e.path(), wanted))
+            || (kind.is_file() && wanted(&e.file_name().to_string_lossy()))
+    })
+}
+
+#[test]
+fn requirements_install_with_the_servers_uv_unless_only_pip_reads_them_right() {
+    let slip = slipway();
+    // No uv on this PATH: a uv.lock app makes the build install it for the server (first use).
+    let lock = "version = 1\nrevision = 5\nrequires-python = \">=3.8\"\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\n";
+    let pyproject =
+        "[project]\nname = \"app\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = []\n";
+    let minor = format!("{}\n", python_minor());
+    let uvapp = GitRepo::init(&slip.root().join("uvapp"));
+    uvapp.commit_files(
+        &app_with(&[("uv.lock", lock), ("pyproject.toml", pyproject), (".python-version", &minor)]),
+        "uv app",
+    );
+    let (ok, out) = slip.push_local(&uvapp, "uvapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("Installing uv"), "{out}");
+    // Its environment is uv's from the start: no pip, which `uv sync` would only uninstall.
+    assert!(!out.contains("Installing pip") && !out.contains("- pip=="), "{out}");
+
+    // From then on requirements.txt installs with that uv, bytecode compiled (the sealed
+    // environment is read-only: dynos could not cache it).
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let files = app_with(&[("requirements.txt", "six==1.16.0\n"), (".python-version", &minor)]);
+    repo.commit_files(&files, "six");
+    let (ok, out) = slip.push_local(&repo, "reqs");
+    assert!(ok, "{out}");
+    assert!(out.contains("Installing dependencies with uv"), "{out}");
+    assert!(!out.contains("Installing uv"), "{out}");
+    let envs = slip.home.join("envs/reqs");
+    let six_pyc = |name: &str| name.starts_with("six.cpython-") && name.ends_with(".pyc");
+    assert!(has_file(&envs, &six_pyc), "six.py not compiled in {envs:?}");
+
+    // An option uv would ignore (pip honours it): the same build with pip.
+    repo.commit_files(&[("requirements.txt", "--prefer-binary\nsix==1.16.0\n")], "prefer binary");
+    let (ok, out) = slip.push_local(&repo, "reqs");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Installing with pip, not uv: requirements.txt: it uses --prefer-binary, which uv does not read as pip does"),
+        "{out}"
+    );
+    assert!(out.contains("Installing dependencies with pip"), "{out}");
+
+    // Hashes put uv in pip's hash-checking mode: a requirement without one is refused.
+    repo.commit_files(
+        &[("requirements.txt", "six==1.16.0 --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\nidna==3.7\n")],
+        "hashes",
+    );
+    let (ok, out) = slip.push_local(&repo, "reqs");
+    assert!(!ok, "{out}");
+    assert!(out.contains("Installing dependencies with uv"), "{out}");
+    assert!(out.contains("idna"), "{out}");
+    assert!(out.to_lowercase().contains("hash"), "{out}");
 }
 
 #[test]

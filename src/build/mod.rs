@@ -14,6 +14,7 @@ pub mod output;
 pub mod pipfile;
 pub mod probes;
 pub mod python;
+pub mod requirements;
 pub mod slug;
 pub mod slugignore;
 pub mod venv;

@@ -33,6 +33,11 @@ enum Installer {
 }
 
 impl Installer {
+    /// Whether uv installs the dependencies when the server has it.
+    fn installs_with_uv(self) -> bool {
+        matches!(self, Installer::Uv | Installer::UvLock | Installer::Pipfile | Installer::Project)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Installer::Pip => "pip",
@@ -100,10 +105,29 @@ pub fn build(
         None => jail.with(&real, crate::sandbox::Access::Read),
     };
 
-    let uv = find_on_path("uv");
-    let installer = choose_installer(dir, uv.is_some());
+    let uv = find_uv(req);
+    let env = build_env(req);
+    let mut installer = choose_installer(dir, uv.is_some());
+    // uv installs requirements.txt only when it would install it as pip does.
+    let mut require_hashes = false;
+    let mut uv_vars = Vec::new();
+    if installer == Installer::Uv {
+        let scan = super::requirements::scan_tree(dir, "requirements.txt");
+        match scan.not_for_uv.map_or_else(|| super::requirements::uv_env(&env), Err) {
+            Ok(vars) => (require_hashes, uv_vars) = (scan.hashes, vars),
+            Err(why) => {
+                output::step(&format!("Installing with pip, not uv: {why}"));
+                installer = Installer::Pip;
+            }
+        }
+    }
     let mut parts: Vec<Vec<u8>> =
         vec![installer.name().into(), python.version.clone().into(), venv::PIP_VERSION.into()];
+    if installer == Installer::UvLock || (uv.is_some() && installer.installs_with_uv()) {
+        // uv compiles the bytecode of what it installs (UV_COMPILE_BYTECODE below); an
+        // environment made before it did is made again, once.
+        parts.push(b"uv-compile-bytecode".to_vec());
+    }
     for file in DEPENDENCY_FILES {
         parts.push(file.as_bytes().to_vec());
         parts.push(super::inputs::read_opt(dir, file)?.unwrap_or_default().into_bytes());
@@ -146,9 +170,14 @@ pub fn build(
     let cache = req.home.cache(req.app);
     std::fs::create_dir_all(cache.join("home"))
         .map_err(|source| BuildError::Io { action: format!("creating {}", cache.display()), source })?;
-    let env = build_env(req);
     let venv_python = venv_dir.join("bin/python");
 
+    // A uv.lock app's environment is uv's from the start (`uv venv`, no pip: `uv sync` would
+    // remove it again).
+    let uv = match uv {
+        None if installer == Installer::UvLock => Some(ensure_tool(req, &python.path, "uv", deadline, jail)?),
+        uv => uv,
+    };
     output::step("Creating virtualenv");
     let by_uv = uv.is_some() && installer != Installer::Pip;
     // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
@@ -179,12 +208,12 @@ pub fn build(
 
     let pip = |args: &[&str]| {
         let mut c = match &uv {
-            Some(uv) => {
+            Some(uv) if by_uv => {
                 let mut c = Command::new(uv);
                 c.args(["pip", "install", "--python"]).arg(&venv_python);
                 c
             }
-            None => {
+            _ => {
                 let mut c = Command::new(&venv_python);
                 c.args(PIP_INSTALL);
                 c
@@ -196,11 +225,31 @@ pub fn build(
             .env("PIP_CACHE_DIR", cache.join("pip"))
             .env("UV_CACHE_DIR", cache.join("uv"))
             .current_dir(dir);
+        if by_uv {
+            c.envs(uv_vars.iter().map(|(k, v)| (k, v)));
+        }
         c
     };
+    // What the dynos import is compiled at install (pip does it by default, uv when asked):
+    // a sealed environment is read-only, so Python could never cache what it compiles at
+    // import, and every dyno start would compile flask & co. again (0.35-1.7 s more to the first answer here).
+    // `hashes`: the requirements pin hashes, which puts pip in hash-checking mode.
+    let deps = |args: &[&str], hashes: bool| {
+        let mut c = pip(args);
+        if by_uv {
+            c.env("UV_COMPILE_BYTECODE", "1");
+            if hashes {
+                c.arg("--require-hashes");
+            }
+        }
+        c
+    };
+    // `uv sync` makes the environment exactly the lock's: a pip not in it would be installed
+    // here only to be uninstalled there (~1 s of a cold build).
+    let pin_pip = !(by_uv && installer == Installer::UvLock);
     if seeded {
         output::step(&format!("Using pip {} (seed virtualenv)", venv::PIP_VERSION));
-    } else {
+    } else if pin_pip {
         output::step(&format!("Installing pip {}", venv::PIP_VERSION));
         let pinned = format!("pip=={}", venv::PIP_VERSION);
         run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
@@ -211,11 +260,16 @@ pub fn build(
             }
         }
     }
-    let with = if uv.is_some() { "uv" } else { "pip" };
+    let with = if by_uv { "uv" } else { "pip" };
     match installer {
         Installer::Pip | Installer::Uv => {
             output::step(&format!("Installing dependencies with {with}"));
-            run_step(&format!("{with} install"), pip(&["-r", "requirements.txt"]), deadline, jail)?;
+            run_step(
+                &format!("{with} install"),
+                deps(&["-r", "requirements.txt"], require_hashes),
+                deadline,
+                jail,
+            )?;
         }
         Installer::Pipfile => {
             output::step(&format!("Installing dependencies from Pipfile.lock with {with}"));
@@ -224,11 +278,16 @@ pub fn build(
             let path = cache.join("Pipfile.lock.requirements.txt");
             jail.write_for_app(&path, requirements.as_bytes())
                 .map_err(|source| BuildError::Io { action: format!("writing {}", path.display()), source })?;
-            run_step(&format!("{with} install"), pip(&["-r", &path.to_string_lossy()]), deadline, jail)?;
+            run_step(
+                &format!("{with} install"),
+                deps(&["-r", &path.to_string_lossy()], requirements.contains(" --hash=")),
+                deadline,
+                jail,
+            )?;
         }
         Installer::Project => {
             output::step(&format!("Installing the project (pyproject.toml) with {with}"));
-            run_step(&format!("{with} install"), pip(&["."]), deadline, jail)?;
+            run_step(&format!("{with} install"), deps(&["."], false), deadline, jail)?;
         }
         Installer::UvLock => {
             let uv = match uv {
@@ -246,6 +305,7 @@ pub fn build(
                 .env("UV_PYTHON", &python.path)
                 .env("UV_PYTHON_DOWNLOADS", "never")
                 .env("UV_CACHE_DIR", cache.join("uv"))
+                .env("UV_COMPILE_BYTECODE", "1")
                 .current_dir(dir);
             run_step("uv sync", sync, deadline, jail).map_err(|e| install_failed(e, "uv"))?;
         }
@@ -578,7 +638,7 @@ fn ensure_tool(
         return Ok(found);
     }
     let requirement = tool_requirement(name);
-    let root = req.home.root().join("cache/.tools").join(requirement.replace("==", "-"));
+    let root = tool_dir(req, name);
     let exe = root.join("bin").join(name);
     if exe.is_file() {
         return Ok(exe);
@@ -603,6 +663,17 @@ fn ensure_tool(
         return Err(e);
     }
     Ok(exe)
+}
+
+/// Where [`ensure_tool`] installs `name`: `cache/.tools/NAME` (`uv-VERSION` for uv).
+fn tool_dir(req: &BuildRequest<'_>, name: &str) -> PathBuf {
+    req.home.root().join("cache/.tools").join(tool_requirement(name).replace("==", "-"))
+}
+
+/// The uv this server has: on PATH, else the one an earlier build installed for a `uv.lock`
+/// ([`ensure_tool`]); none is fetched for requirements.txt.
+fn find_uv(req: &BuildRequest<'_>) -> Option<PathBuf> {
+    find_on_path("uv").or_else(|| Some(tool_dir(req, "uv").join("bin/uv")).filter(|exe| exe.is_file()))
 }
 
 /// The uv Heroku's buildpack pins (its `requirements/uv.txt`); uv enforces a project's own

@@ -275,7 +275,14 @@ fn remove_abandoned_builds(home: &Home, store: &Store, app: &AppName) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if !known.contains(&name) {
-                crate::home::remove_or_warn(&entry.path());
+                // A build killed before it took its files back left them the app's: a worker
+                // (saved uid root) removes them as root.
+                if let Err(err) =
+                    crate::users::root_if_privileged(|| crate::home::remove_or_warn(&entry.path()))
+                {
+                    crate::home::remove_or_warn(&entry.path());
+                    tracing::warn!(%err, "becoming root to remove an abandoned build");
+                }
             }
         }
     }

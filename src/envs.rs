@@ -44,7 +44,9 @@ pub fn is_sealed(env: &Path) -> bool {
 /// the parent. The caller builds the venv at `env` and [`seal`]s it when the build succeeded.
 pub fn prepare(env: &Path) -> io::Result<()> {
     if std::fs::symlink_metadata(env).is_ok() {
-        remove(env)?;
+        // A leftover of a build killed before it took its files back is the app's: a worker
+        // (saved uid root) removes it as root, or the app's every later build would fail here.
+        crate::users::root_if_privileged(|| remove(env))??;
     }
     if let Some(parent) = env.parent() {
         std::fs::create_dir_all(parent)?;

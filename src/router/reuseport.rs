@@ -116,7 +116,9 @@ mod tests {
 
     #[test]
     fn two_listeners_share_an_address_and_the_old_one_can_hand_over() {
-        let old = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // An address of its own in 127/8: bind(0) with SO_REUSEPORT may hand out a port that
+        // another test's SO_REUSEPORT listener on 127.0.0.1 holds, and the count would be off.
+        let old = bind("127.77.0.1:0".parse().unwrap()).unwrap();
         let addr = old.local_addr().unwrap();
         can_bind(addr).unwrap();
         let new = bind(addr).unwrap();

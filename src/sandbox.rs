@@ -305,12 +305,30 @@ pub fn prepare_dyno(
         }
         let (uid, gid) = (user.uid, user.gid);
         command.env("USER", &user.name).env("LOGNAME", &user.name);
-        // SAFETY: drop_to makes raw syscalls only.
+        // The working dir is entered as the app's uid, after the drop: `current_dir` would be
+        // entered before it, by a worker whose effective uid (the platform user's) may not
+        // enter the app's own `app/`.
+        let app_dir = match std::ffi::CString::new(private.app_dir().as_os_str().as_encoded_bytes()) {
+            Ok(dir) => dir,
+            Err(e) => {
+                discard(private);
+                return Err(SandboxError::AppUser(io::Error::new(io::ErrorKind::InvalidInput, e)));
+            }
+        };
+        // SAFETY: drop_to and chdir are raw syscalls (async-signal-safe).
         unsafe {
-            command.pre_exec(move || crate::users::drop_to(uid, gid));
+            command.pre_exec(move || {
+                crate::users::drop_to(uid, gid)?;
+                if libc::chdir(app_dir.as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
+    } else {
+        command.current_dir(private.app_dir());
     }
-    command.current_dir(private.app_dir()).env("HOME", private.app_dir()).env("TMPDIR", private.tmp());
+    command.env("HOME", private.app_dir()).env("TMPDIR", private.tmp());
     let paths = DynoPaths {
         home: canonical(home),
         release_dir: canonical(release_dir),

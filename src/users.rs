@@ -101,24 +101,44 @@ pub fn privileged() -> bool {
     nix::unistd::getresuid().is_ok_and(|ids| ids.effective.is_root() || ids.saved.is_root())
 }
 
-/// Runs `f` with effective uid and gid 0 and returns to the effective ids this process had
-/// (nothing to do when it is root already). For a worker with a saved uid 0 ([`privileged`]):
-/// chowning a build's dirs to its app, making a cgroup. glibc applies `seteuid` to every
-/// thread of the process. Fails when root is out of reach.
+/// Runs `f` with effective uid and gid 0 on this thread only, then returns to the effective
+/// ids it had (nothing to do when it is root already). For a worker with a saved uid 0
+/// ([`privileged`]): chowning a build's dirs to its app, making a cgroup, signalling an app's
+/// processes. Raw `setresuid`/`setresgid` calls, not glibc's, which would switch every thread
+/// of the process: the slug packed on another thread meanwhile would be written as root, in
+/// dirs the platform user then cannot write. Fails when root is out of reach.
 pub fn with_root<T>(f: impl FnOnce() -> T) -> io::Result<T> {
-    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-    if uid.is_root() {
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    if uid == 0 {
         return Ok(f());
     }
-    nix::unistd::seteuid(nix::unistd::Uid::from_raw(0)).map_err(io::Error::from)?;
-    if let Err(err) = nix::unistd::setegid(nix::unistd::Gid::from_raw(0)) {
-        nix::unistd::seteuid(uid).map_err(io::Error::from)?;
-        return Err(err.into());
-    }
+    set_thread_effective(0, 0)?;
     let out = f();
-    nix::unistd::setegid(gid).map_err(io::Error::from)?;
-    nix::unistd::seteuid(uid).map_err(io::Error::from)?;
+    set_thread_effective(uid, gid)?;
     Ok(out)
+}
+
+/// Sets this thread's effective uid and gid (the kernel keeps credentials per thread). Going to
+/// root: the uid first (a saved uid 0 allows it), then the gid (root may); going back: the gid
+/// first, while still root.
+fn set_thread_effective(uid: u32, gid: u32) -> io::Result<()> {
+    const KEEP: libc::c_long = -1;
+    let call = |nr: libc::c_long, id: u32| {
+        // SAFETY: setresuid/setresgid with integer arguments; -1 keeps that id.
+        let r = unsafe { libc::syscall(nr, KEEP, id as libc::c_long, KEEP) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if uid == 0 {
+        call(libc::SYS_setresuid, 0)?;
+        call(libc::SYS_setresgid, gid)
+    } else {
+        call(libc::SYS_setresgid, gid)?;
+        call(libc::SYS_setresuid, uid)
+    }
 }
 
 /// [`with_root`] when this process is [`privileged`], else `f` as it is (single-user mode,

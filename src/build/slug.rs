@@ -16,11 +16,14 @@ use flate2::Compression;
 /// truncated slug under the final name. Returns the slug's size in bytes.
 pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
     if let Some(parent) = slug.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
     }
     let tmp = slug.with_extension("tmp");
     let result = (|| {
-        let file = BufWriter::with_capacity(1 << 20, crate::fsutil::create_new(&tmp, 0o600)?);
+        let file = BufWriter::with_capacity(
+            1 << 20,
+            crate::fsutil::create_new(&tmp, 0o600).map_err(|e| at(&tmp, e))?,
+        );
         // Level 1: slugs are written once per deploy and the push waits on it; the size gain
         // of higher levels is small for virtualenvs full of already-compressed wheels data.
         let encoder = GzEncoder::new(file, Compression::fast());
@@ -37,8 +40,8 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
         crate::home::remove_or_warn(&tmp);
         return Err(err);
     }
-    std::fs::rename(&tmp, slug)?;
-    Ok(std::fs::metadata(slug)?.len())
+    std::fs::rename(&tmp, slug).map_err(|e| at(slug, e))?;
+    Ok(std::fs::metadata(slug).map_err(|e| at(slug, e))?.len())
 }
 
 /// The release dir's path of the venv link the slug follows (see the module's doc).
@@ -54,21 +57,27 @@ fn followed(name: &Path, path: &Path, meta: &std::fs::Metadata) -> Option<PathBu
 
 /// `tar`'s `append_dir_all`, in name order, following only the venv link.
 fn append_tree<W: Write>(builder: &mut tar::Builder<W>, name: &Path, dir: &Path) -> io::Result<()> {
-    builder.append_dir(name, dir)?;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+    builder.append_dir(name, dir).map_err(|e| at(dir, e))?;
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).and_then(|d| d.collect::<io::Result<_>>()).map_err(|e| at(dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let (path, rel) = (entry.path(), name.join(entry.file_name()));
-        let meta = path.symlink_metadata()?;
+        let meta = path.symlink_metadata().map_err(|e| at(&path, e))?;
         if let Some(target) = followed(&rel, &path, &meta) {
             append_tree(builder, &rel, &target)?;
         } else if meta.is_dir() {
             append_tree(builder, &rel, &path)?;
         } else {
-            builder.append_path_with_name(&path, &rel)?;
+            builder.append_path_with_name(&path, &rel).map_err(|e| at(&path, e))?;
         }
     }
     Ok(())
+}
+
+/// `err` naming the entry it happened at (the first error of a tree walk, with its path).
+fn at(path: &Path, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
 /// A slug being packed on a thread of its own, so that the push does not wait for tar and gzip

@@ -424,7 +424,16 @@ impl Command {
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let home = Home::resolve(cli.home);
+    // The hook's home is the one its repository is in (git runs it there), whatever `--home`,
+    // `SLIPWAY_HOME` or the default say: the worker it may become, and the daemon it asks for
+    // one, are that home's.
+    let hook_home = match cli.command {
+        Command::Hook { .. } => {
+            crate::deploy::HookContext::from_repo(std::path::Path::new(".")).ok().map(|c| c.home)
+        }
+        _ => None,
+    };
+    let home = hook_home.unwrap_or_else(|| Home::resolve(cli.home));
     // As root on a home another user owns, act as that user (the home stays the one resolved
     // here). The hook and the shim already run as whoever git or the daemon runs as; the
     // daemon stays root (per-app users; what it creates in the home it gives to the owner) and

@@ -261,6 +261,20 @@ impl Supervisor {
                             tracing::warn!(dir = %dir.display(), %err, "removing a destroyed app's dynos dir")
                         }
                     }
+                    // Its build cache is the app's uid's (builds write it as the app), which
+                    // the owner's `apps:destroy` may not remove either. Neither `cache/` nor
+                    // `cache/<app>` may be a link (the owner could plant one): only real dirs go.
+                    let cache = self.home.cache(&app);
+                    let real_dir = |p: &std::path::Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+                    if cache.parent().is_some_and(real_dir) && real_dir(&cache) {
+                        match std::fs::remove_dir_all(&cache) {
+                            Ok(()) => tracing::info!(dir = %cache.display(), "removed a destroyed app's cache"),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(err) => {
+                                tracing::warn!(dir = %cache.display(), %err, "removing a destroyed app's cache")
+                            }
+                        }
+                    }
                 }
                 Ok(Input::Converge { app, spec, reply: Some(id) })
             }),

@@ -65,32 +65,6 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 "#;
 
-/// The real, effective, saved and filesystem uids of a process (`Uid:` in /proc/PID/status).
-fn uids(pid: u64) -> Vec<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn web_pid(slip: &Slipway, app: &str) -> Option<(u64, u16)> {
-    slip.ps_json(app)
-        .into_iter()
-        .find(|d| d["name"] == "web.1" && d["state"] == "up")
-        .and_then(|d| Some((d["pid"].as_u64()?, d["port"].as_u64()? as u16)))
-}
-
-fn wait_web(slip: &Slipway, app: &str) -> (u64, u16) {
-    let mut found = None;
-    wait_until(Duration::from_secs(30), || {
-        found = web_pid(slip, app);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("{app} web.1 not up\n{}", slip.diagnostics()))
-}
-
 fn app_uid(slip: &Slipway, app: &str) -> u32 {
     let info = slip.app_info(app);
     info["uid"].as_u64().unwrap_or_else(|| panic!("{app} has no uid: {info}")) as u32
@@ -110,14 +84,7 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     slip.start_daemon();
     let range: Vec<u32> = app_uids(slip.ports).split('-').map(|n| n.parse().unwrap()).collect();
 
-    let victim_repo = GitRepo::init(&slip.root().join("victim"));
-    victim_repo.commit_files(
-        &[("server", stdlib_server("'victim'")), ("Procfile", "web: python3 server\n".into())],
-        "v",
-    );
-    let (ok, out) = slip.push_local(&victim_repo, "victim");
-    assert!(ok, "{out}\n{}", slip.diagnostics());
-    let (victim_pid, victim_port) = wait_web(&slip, "victim");
+    let (victim_pid, victim_port) = slip.push_victim();
 
     slip.cmd_ok(&["apps:create", "probe"]);
     slip.cmd_ok(&["config:set", "probe", &format!("VICTIM_PID={victim_pid}")]);
@@ -133,18 +100,18 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     );
     let (ok, out) = slip.push_local(&repo, "probe");
     assert!(ok, "{out}\n{}", slip.diagnostics());
-    let (probe_pid, probe_port) = wait_web(&slip, "probe");
+    let (probe_pid, probe_port) = slip.wait_web("probe");
 
     // Different uids, neither root nor the daemon's, from the test's range, as apps:info says.
-    let daemon_pid = slip.json(&["status", "--json"])["daemon"]["pid"].as_u64().expect("daemon pid");
+    let daemon_pid = slip.json(&["status", "--json"])["daemon"]["pid"].as_u64().expect("daemon pid") as u32;
     let (victim_uid, probe_uid) = (app_uid(&slip, "victim"), app_uid(&slip, "probe"));
-    assert_eq!(uids(victim_pid), vec![victim_uid; 4], "victim web.1");
-    assert_eq!(uids(probe_pid), vec![probe_uid; 4], "probe web.1");
+    assert_eq!(process_uids(victim_pid), vec![victim_uid; 4], "victim web.1");
+    assert_eq!(process_uids(probe_pid), vec![probe_uid; 4], "probe web.1");
     assert_ne!(victim_uid, probe_uid);
     let shown = slip.ps_json("probe").into_iter().find(|d| d["name"] == "web.1").map(|d| d["uid"].clone());
     assert_eq!(shown, Some(Value::from(probe_uid)), "ps --json shows the dyno's uid");
     for uid in [victim_uid, probe_uid] {
-        assert!(uid != 0 && !uids(daemon_pid).contains(&uid), "uid {uid}");
+        assert!(uid != 0 && !process_uids(daemon_pid).contains(&uid), "uid {uid}");
         assert!((range[0]..=range[1]).contains(&uid), "uid {uid} outside app_uids {range:?}");
     }
 
@@ -178,7 +145,7 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
         let got = results.get(name).unwrap_or_else(|| panic!("no {name}: {body}"));
         assert!(got.starts_with(want), "{name}: {got} (want {want})\n{body}");
     }
-    assert!(process_alive(victim_pid as u32), "the victim's dyno was killed");
+    assert!(process_alive(victim_pid), "the victim's dyno was killed");
     assert_eq!(http_get(victim_port, "/").map(|(s, _)| s), Some(200));
 
     // By file modes too: the release is the platform's, read-only to the app's group; the
@@ -204,16 +171,16 @@ fn each_app_runs_as_a_uid_of_its_own_and_the_router_not_as_root() {
     assert_eq!(text.trim(), format!("{probe_uid} {probe_uid} []"), "{}", describe(&out));
 
     // The router dropped root after binding.
-    let router_pid = slip.json(&["status", "--json"])["router"]["pid"].as_u64().expect("router pid");
-    let router = uids(router_pid);
+    let router_pid = slip.json(&["status", "--json"])["router"]["pid"].as_u64().expect("router pid") as u32;
+    let router = process_uids(router_pid);
     assert!(!router.is_empty() && !router.contains(&0), "router uids {router:?}");
 
     // A rename keeps the uid (and the rewritten venv stays readable to it); a destroy frees it
     // for the next app.
     slip.cmd_ok(&["apps:rename", "probe", "probe2"]);
     assert_eq!(app_uid(&slip, "probe2"), probe_uid);
-    let (renamed_pid, _) = wait_web(&slip, "probe2");
-    assert_eq!(uids(renamed_pid), vec![probe_uid; 4]);
+    let (renamed_pid, _) = slip.wait_web("probe2");
+    assert_eq!(process_uids(renamed_pid), vec![probe_uid; 4]);
     slip.cmd_ok(&["apps:destroy", "victim", "--confirm", "victim"]);
     slip.cmd_ok(&["apps:create", "newcomer"]);
     assert_eq!(app_uid(&slip, "newcomer"), victim_uid, "the destroyed app's uid is free again");

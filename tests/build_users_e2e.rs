@@ -67,13 +67,6 @@ fn probe_lines(out: &str, phase: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn web_pid(slip: &Slipway, app: &str) -> Option<u64> {
-    slip.ps_json(app)
-        .into_iter()
-        .find(|d| d["name"] == "web.1" && d["state"] == "up")
-        .and_then(|d| d["pid"].as_u64())
-}
-
 /// Every path under `root` (itself included) owned by `uid`.
 fn owned_by(root: &Path, uid: u32) -> Vec<PathBuf> {
     let mut all = list_tree(root);
@@ -103,19 +96,7 @@ fn builds_and_the_release_phase_run_as_the_apps_uid() {
     slip.start_daemon();
     let home = slip.home.clone();
 
-    let victim_repo = GitRepo::init(&slip.root().join("victim"));
-    victim_repo.commit_files(
-        &[("server", stdlib_server("'victim'")), ("Procfile", "web: python3 server\n".into())],
-        "v",
-    );
-    let (ok, out) = slip.push_local(&victim_repo, "victim");
-    assert!(ok, "{out}\n{}", slip.diagnostics());
-    let mut victim_pid = None;
-    wait_until(Duration::from_secs(30), || {
-        victim_pid = web_pid(&slip, "victim");
-        victim_pid.is_some()
-    });
-    let victim_pid = victim_pid.unwrap_or_else(|| panic!("victim web.1 not up\n{}", slip.diagnostics()));
+    let (victim_pid, _) = slip.push_victim();
     let victim_release = only_dir(&home.join("releases/victim"));
     std::fs::create_dir_all(home.join("cache/victim")).unwrap();
 
@@ -176,7 +157,7 @@ fn builds_and_the_release_phase_run_as_the_apps_uid() {
         let got = built.get(name).unwrap_or_else(|| panic!("no '{name}' line\n{out}"));
         assert!(got.starts_with("ALLOWED"), "{name}: {got}\n{out}");
     }
-    assert!(process_alive(victim_pid as u32), "the victim's dyno was signalled");
+    assert!(process_alive(victim_pid), "the victim's dyno was signalled");
     for planted in ["repos", "cache/.tools", "cache/victim"] {
         assert!(!home.join(planted).join("probe-was-here").exists(), "{planted}");
     }
@@ -196,7 +177,7 @@ fn builds_and_the_release_phase_run_as_the_apps_uid() {
     // Its dyno runs from that release, and a second push (the environment reused) works too.
     let mut up = false;
     wait_until(Duration::from_secs(30), || {
-        up = web_pid(&slip, "probe").is_some();
+        up = slip.dyno_up("probe", "web.1").is_some();
         up
     });
     assert!(up, "probe web.1 not up\n{}", slip.diagnostics());

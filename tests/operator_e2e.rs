@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{describe, process_alive, run_with_timeout, wait_until, GitRepo, Slipway, BIN};
+use support::{
+    describe, process_alive, process_uids, run_with_timeout, wait_until, GitRepo, Slipway, SystemUser, BIN,
+};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -73,80 +75,6 @@ fn a_second_daemon_refuses_even_when_the_pid_file_is_deleted() {
 // Case 7: run as root on a home another user owns
 // ---------------------------------------------------------------------------------------------
 
-/// A throw-away system user, deleted (after killing whatever still runs as it) on drop, also
-/// when the test panics.
-struct SystemUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl SystemUser {
-    fn create() -> SystemUser {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        let name = format!("slipway-t{:08x}", nanos ^ std::process::id().rotate_left(16));
-        let mut last = String::new();
-        // useradd fails when another process holds /etc/passwd's lock for a moment.
-        let created = wait_until(Duration::from_secs(20), || {
-            let out = run_with_timeout(
-                Command::new("useradd").args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    &name,
-                ]),
-                None,
-                Duration::from_secs(20),
-            );
-            last = describe(&out);
-            out.status.success()
-        });
-        assert!(created, "useradd {name} failed:\n{last}");
-        let id = |flag: &str| -> u32 {
-            let out = run_with_timeout(Command::new("id").args([flag, &name]), None, Duration::from_secs(10));
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("id {flag} {name}"))
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        SystemUser { name, uid, gid }
-    }
-
-    /// Pids of live processes whose real uid is this user's.
-    fn processes(&self) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-        dir.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| proc_uid(*pid) == Some(self.uid) && process_alive(*pid))
-            .collect()
-    }
-}
-
-impl Drop for SystemUser {
-    fn drop(&mut self) {
-        for _round in 0..3 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            pids.iter().for_each(|pid| support::kill_pid(*pid));
-            wait_until(Duration::from_secs(2), || pids.iter().all(|pid| !process_alive(*pid)));
-        }
-        let out = run_with_timeout(Command::new("userdel").arg(&self.name), None, Duration::from_secs(20));
-        if !out.status.success() {
-            eprintln!("[operator_e2e] userdel {} failed:\n{}", self.name, describe(&out));
-        }
-    }
-}
-
-/// The real uid of a process, from the `Uid:` line of /proc/PID/status.
-fn proc_uid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
-}
-
 /// A slipway environment whose home belongs to `user` (its temp dir opened to everyone so the
 /// user, and `nobody`, can reach the home).
 fn home_owned_by(user: &SystemUser) -> Slipway {
@@ -162,7 +90,7 @@ fn root_on_a_home_owned_by_another_user_acts_as_that_user_and_its_daemon_stays_r
         println!("skipped: needs root (creates a system user)");
         return;
     }
-    let user = SystemUser::create();
+    let user = SystemUser::create("slipway", false);
     let slip = home_owned_by(&user); // dropped first: its daemon stops before the user goes
     let key = slip.client_key("id_alice");
 
@@ -185,7 +113,7 @@ fn root_on_a_home_owned_by_another_user_acts_as_that_user_and_its_daemon_stays_r
     let out = slip.cmd(&["daemon"]);
     assert!(out.status.success(), "slipway daemon as root:\n{}\n{}", describe(&out), slip.diagnostics());
     let pid = daemon_pid(&slip);
-    assert_eq!(proc_uid(pid), Some(0), "daemon {pid} does not run as root");
+    assert_eq!(process_uids(pid).first(), Some(&0), "daemon {pid} does not run as root");
     let socket = slip.home.join("run").join("slipway.sock");
     for path in [socket.clone(), slip.home.join("run/slipway.pid"), slip.home.join("logs/slipway.log")] {
         assert_eq!(fs::metadata(&path).unwrap().uid(), user.uid, "{} is not {}'s", path.display(), user.name);
@@ -226,7 +154,7 @@ fn root_that_cannot_switch_users_is_told_the_runuser_command_and_touches_nothing
         println!("skipped: needs root (creates a system user)");
         return;
     }
-    let user = SystemUser::create();
+    let user = SystemUser::create("slipway", false);
     let slip = home_owned_by(&user);
     // Root without CAP_SETUID/CAP_SETGID (as in a locked-down container).
     let mut cmd = Command::new("setpriv");

@@ -17,86 +17,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// A throw-away system user with a shell (sshd runs forced commands through it), deleted
-/// (after killing whatever still runs as it) on drop, also when the test panics.
-struct SystemUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl SystemUser {
-    fn create() -> SystemUser {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        let name = format!("slpw-t{:08x}", nanos ^ std::process::id().rotate_left(16));
-        let mut last = String::new();
-        // useradd fails when another process holds /etc/passwd's lock for a moment.
-        let created = wait_until(Duration::from_secs(20), || {
-            let out = run_with_timeout(
-                // `-p *`: no password, yet not locked (sshd without PAM refuses locked accounts).
-                Command::new("useradd").args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/bin/sh",
-                    "-p",
-                    "*",
-                    &name,
-                ]),
-                None,
-                Duration::from_secs(20),
-            );
-            last = describe(&out);
-            out.status.success()
-        });
-        assert!(created, "useradd {name} failed:\n{last}");
-        let id = |flag: &str| -> u32 {
-            let out = run_with_timeout(Command::new("id").args([flag, &name]), None, Duration::from_secs(10));
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("id {flag} {name}"))
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        SystemUser { name, uid, gid }
-    }
-
-    fn processes(&self) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-        dir.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| uids(*pid).first() == Some(&self.uid) && process_alive(*pid))
-            .collect()
-    }
-}
-
-impl Drop for SystemUser {
-    fn drop(&mut self) {
-        for _round in 0..3 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            pids.iter().for_each(|pid| support::kill_pid(*pid));
-            wait_until(Duration::from_secs(2), || pids.iter().all(|pid| !process_alive(*pid)));
-        }
-        let out = run_with_timeout(Command::new("userdel").arg(&self.name), None, Duration::from_secs(20));
-        if !out.status.success() {
-            eprintln!("[platform_user_e2e] userdel {} failed:\n{}", self.name, describe(&out));
-        }
-    }
-}
-
-/// Real, effective, saved and filesystem uid of a process.
-fn uids(pid: u32) -> Vec<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// The number printed after `label=` in `text` (`release-uid=200003`).
 fn printed(text: &str, label: &str) -> Option<u32> {
     let at = text.find(&format!("{label}="))? + label.len() + 1;
@@ -113,7 +33,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
         println!("skipped: needs root (creates a system user, runs a root daemon)");
         return;
     }
-    let user = SystemUser::create();
+    let user = SystemUser::create("slpw", true);
     let mut slip = Slipway::new(); // dropped first: its daemon and dynos stop before the user goes
                                    // Processes started by sshd read the settings file only.
     let settings = format!(
@@ -142,7 +62,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     slip.start_daemon();
     let daemon =
         fs::read_to_string(slip.home.join("run/slipway.pid")).unwrap().trim().parse::<u32>().unwrap();
-    assert_eq!(uids(daemon), vec![0; 4], "the daemon runs as root");
+    assert_eq!(process_uids(daemon), vec![0; 4], "the daemon runs as root");
     let status = slip.cmd_ok(&["status"]);
     assert!(status.contains("per-app users"), "{status}");
 
@@ -174,7 +94,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     let web = slip.ps_json("hello").into_iter().find(|d| d["name"] == "web.1" && d["state"] == "up");
     let web = web.unwrap_or_else(|| panic!("web.1 is not up\n{}", slip.diagnostics()));
     let (pid, port) = (web["pid"].as_u64().unwrap() as u32, web["port"].as_u64().unwrap() as u16);
-    assert_eq!(uids(pid), vec![app_uid; 4], "web.1 runs as the app");
+    assert_eq!(process_uids(pid), vec![app_uid; 4], "web.1 runs as the app");
     let served = http_get(port, "/").map(|(code, body)| (code, body.contains("hello from the app")));
     assert_eq!(served, Some((200, true)), "web.1 serves");
 
@@ -198,7 +118,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
         dropped.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(20), || one_off(&slip).is_some()), "{}", slip.diagnostics());
     let sleeper = one_off(&slip).unwrap() as u32;
-    assert_eq!(uids(sleeper), vec![app_uid; 4], "the one-off runs as the app");
+    assert_eq!(process_uids(sleeper), vec![app_uid; 4], "the one-off runs as the app");
     client.kill().unwrap();
     client.wait().unwrap();
     let gone = wait_until(Duration::from_secs(30), || !process_alive(sleeper) && one_off(&slip).is_none());
@@ -225,7 +145,7 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     let caller = local.spawn().unwrap();
     assert!(wait_until(Duration::from_secs(20), || one_off(&slip).is_some()), "{}", slip.diagnostics());
     let sleeper = one_off(&slip).unwrap() as u32;
-    assert_eq!(uids(caller.id()), vec![user.uid; 4], "the caller is the platform user");
+    assert_eq!(process_uids(caller.id()), vec![user.uid; 4], "the caller is the platform user");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(caller.id() as i32), nix::sys::signal::Signal::SIGINT)
         .unwrap();
     let out = caller.wait_with_output().unwrap();
@@ -363,9 +283,15 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
             .any(|d| d["name"] == "web.1" && d["state"] == "up" && d["pid"].as_u64() != Some(u64::from(pid)))
     });
     assert!(restarted, "web.1 did not restart\n{}", slip.diagnostics());
-    let new_port =
-        slip.ps_json("hello").iter().find(|d| d["name"] == "web.1").unwrap()["port"].as_u64().unwrap();
-    assert!(http_get(new_port as u16, "/").is_some(), "the restarted dyno serves");
+    // The new web.1 (the old one may still be listed while it stops).
+    let new_port = slip
+        .ps_json("hello")
+        .iter()
+        .find(|d| d["name"] == "web.1" && d["state"] == "up" && d["pid"].as_u64() != Some(u64::from(pid)))
+        .and_then(|d| d["port"].as_u64())
+        .expect("the restarted web.1 is up") as u16;
+    let serves = wait_until(Duration::from_secs(10), || http_get(new_port, "/").is_some());
+    assert!(serves, "the restarted dyno serves\n{}", slip.diagnostics());
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "root wrote through the planted link");
     assert_eq!((owner(&victim), fs::metadata(&victim).unwrap().mode() & 0o777), (0, 0o600));
     assert!(fs::symlink_metadata(&log).unwrap().file_type().is_symlink());
@@ -453,7 +379,7 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
     let building = sleepers();
     assert_eq!(building.len(), 1, "{building:?}");
     for pid in &building {
-        assert_ne!(uids(*pid).first(), Some(&0), "a build command runs as root");
+        assert_ne!(process_uids(*pid).first(), Some(&0), "a build command runs as root");
     }
     let hook = fs::read_dir("/proc")
         .unwrap()
@@ -461,7 +387,7 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["error"])
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .find(|pid| {
             // The platform user's hook (other tests' hooks may run meanwhile, as root).
-            uids(*pid as u32).first() == Some(&user.uid)
+            process_uids(*pid as u32).first() == Some(&user.uid)
                 && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                     c.windows(16).any(|w| w == b"hook\0pre-receive")
                         && !c.windows(8).any(|w| w == b"\0worker\0")

@@ -185,13 +185,6 @@ fn up_web(slip: &Slipway, app: &str) -> Vec<Value> {
         .collect()
 }
 
-fn web_pid_port(slip: &Slipway, app: &str, name: &str) -> Option<(u32, u16)> {
-    slip.ps_json(app)
-        .into_iter()
-        .find(|d| d["name"] == name && d["state"] == "up")
-        .and_then(|d| Some((d["pid"].as_u64()? as u32, d["port"].as_u64()? as u16)))
-}
-
 #[test]
 fn builds_and_dynos_are_confined() {
     let mut slip = Slipway::new();
@@ -202,20 +195,7 @@ fn builds_and_dynos_are_confined() {
     let keys_before = std::fs::read_to_string(slip.home.join(".ssh/authorized_keys")).unwrap();
 
     // The victim: another app with a running web dyno.
-    let victim_repo = GitRepo::init(&slip.root().join("victim"));
-    victim_repo.commit_files(
-        &[("server", stdlib_server("'victim'")), ("Procfile", "web: python3 server\n".into())],
-        "v",
-    );
-    let (ok, out) = slip.push_local(&victim_repo, "victim");
-    assert!(ok, "{out}\n{}", slip.diagnostics());
-    let mut victim = None;
-    wait_until(Duration::from_secs(30), || {
-        victim = web_pid_port(&slip, "victim", "web.1");
-        victim.is_some()
-    });
-    let (victim_pid, victim_port) =
-        victim.unwrap_or_else(|| panic!("victim web.1 not up\n{}", slip.diagnostics()));
+    let (victim_pid, victim_port) = slip.push_victim();
     let victim_dirs: Vec<_> =
         std::fs::read_dir(slip.home.join("releases/victim")).unwrap().flatten().collect();
     assert_eq!(victim_dirs.len(), 1);
@@ -261,7 +241,7 @@ fn builds_and_dynos_are_confined() {
     assert!(both, "two web dynos did not come up\n{}", slip.diagnostics());
     let mut seen = Vec::new();
     for name in ["web.1", "web.2"] {
-        let (_, port) = web_pid_port(&slip, "probe", name).unwrap();
+        let (_, port) = slip.dyno_up("probe", name).unwrap();
         let mut answer = None;
         wait_until(Duration::from_secs(15), || {
             answer = http_get(port, "/");

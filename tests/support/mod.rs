@@ -1182,3 +1182,115 @@ ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 "#
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Users and uids
+// ---------------------------------------------------------------------------------------------
+
+/// The real, effective, saved and filesystem uids of a process (`Uid:` in /proc/PID/status);
+/// empty when it is gone.
+pub fn process_uids(pid: u32) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// A throw-away system user (`useradd --system`, no home made), deleted on drop (after killing
+/// whatever still runs as it), also when the test panics. Root only.
+pub struct SystemUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SystemUser {
+    /// A user named `PREFIX-t<8 hex>`; with `login`, it has a shell and no password yet is not
+    /// locked (`-p *`: sshd without PAM refuses locked accounts, and runs forced commands
+    /// through the shell), else the shell is nologin.
+    pub fn create(prefix: &str, login: bool) -> SystemUser {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let name = format!("{prefix}-t{:08x}", nanos ^ std::process::id().rotate_left(16));
+        let mut args = vec!["--system", "--no-create-home", "--shell"];
+        args.extend(if login { ["/bin/sh", "-p", "*"].as_slice() } else { ["/usr/sbin/nologin"].as_slice() });
+        args.push(&name);
+        let mut last = String::new();
+        // useradd fails when another process holds /etc/passwd's lock for a moment.
+        let created = wait_until(Duration::from_secs(20), || {
+            let out = run_with_timeout(Command::new("useradd").args(&args), None, Duration::from_secs(20));
+            last = describe(&out);
+            out.status.success()
+        });
+        assert!(created, "useradd {name} failed:\n{last}");
+        let id = |flag: &str| -> u32 {
+            let out = run_with_timeout(Command::new("id").args([flag, &name]), None, Duration::from_secs(10));
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("id {flag} {name}"))
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        SystemUser { name, uid, gid }
+    }
+
+    /// Pids of live processes whose real uid is this user's.
+    pub fn processes(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_uids(*pid).first() == Some(&self.uid) && process_alive(*pid))
+            .collect()
+    }
+}
+
+impl Drop for SystemUser {
+    fn drop(&mut self) {
+        for _round in 0..3 {
+            let pids = self.processes();
+            if pids.is_empty() {
+                break;
+            }
+            pids.iter().for_each(|pid| kill_pid(*pid));
+            wait_until(Duration::from_secs(2), || pids.iter().all(|pid| !process_alive(*pid)));
+        }
+        let out = run_with_timeout(Command::new("userdel").arg(&self.name), None, Duration::from_secs(20));
+        if !out.status.success() {
+            eprintln!("[support] userdel {} failed:\n{}", self.name, describe(&out));
+        }
+    }
+}
+
+impl Slipway {
+    /// The pid and port of `app`'s dyno `name` (e.g. `web.1`) once `ps` shows it up.
+    pub fn dyno_up(&self, app: &str, name: &str) -> Option<(u32, u16)> {
+        self.ps_json(app)
+            .into_iter()
+            .find(|d| d["name"] == name && d["state"] == "up")
+            .and_then(|d| Some((d["pid"].as_u64()? as u32, d["port"].as_u64()? as u16)))
+    }
+
+    /// [`Slipway::dyno_up`] for `web.1`, waited for (30 s); panics with the diagnostics.
+    pub fn wait_web(&self, app: &str) -> (u32, u16) {
+        let mut found = None;
+        wait_until(Duration::from_secs(30), || {
+            found = self.dyno_up(app, "web.1");
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("{app}'s web.1 is not up\n{}", self.diagnostics()))
+    }
+
+    /// Pushes app `victim` (a stdlib web server answering `victim`) and waits for its web.1:
+    /// the other app that containment tests attack. Its pid and port.
+    pub fn push_victim(&self) -> (u32, u16) {
+        let repo = GitRepo::init(&self.root().join("victim"));
+        repo.commit_files(
+            &[("server", stdlib_server("'victim'")), ("Procfile", "web: python3 server\n".into())],
+            "v",
+        );
+        let (ok, out) = self.push_local(&repo, "victim");
+        assert!(ok, "{out}\n{}", self.diagnostics());
+        self.wait_web("victim")
+    }
+}

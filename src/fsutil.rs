@@ -354,10 +354,135 @@ pub fn path_beneath(root: &Path, rel: impl AsRef<Path>) -> Result<PathBuf, Benea
     Ok(root.join(rel))
 }
 
+/// One entry met by [`walk_tree_nofollow`]: held by an `O_PATH|O_NOFOLLOW` descriptor, so what is
+/// changed through it is that very inode (a link itself, never what it points to), whatever
+/// is renamed or swapped in its place meanwhile.
+pub struct Node {
+    fd: OwnedFd,
+    /// `st_mode` (type and permission bits), `st_uid`, `st_gid`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Node {
+    fn open(dir: libc::c_int, name: &std::ffi::CStr) -> io::Result<Node> {
+        // SAFETY: openat with a NUL-terminated name; the result is checked.
+        let fd =
+            unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor from the kernel.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fstatat of our descriptor itself (AT_EMPTY_PATH) into a zeroed stat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), &mut st, libc::AT_EMPTY_PATH) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Node { fd, mode: st.st_mode, uid: st.st_uid, gid: st.st_gid })
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub fn is_link(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// The path that reaches this very inode (`/proc/self/fd/N`).
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Changes its owner and group (a link's own, never its target's).
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        // SAFETY: fchownat of our descriptor itself (AT_EMPTY_PATH).
+        if unsafe { libc::fchownat(self.fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sets its permission bits; nothing for a link (links have none of their own).
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.is_link() {
+            return Ok(());
+        }
+        std::fs::set_permissions(self.proc_path(), std::fs::Permissions::from_mode(mode))
+    }
+}
+
+/// Calls `visit` on `path` and everything below it, children before their dir, never
+/// following a link: `path` is opened `O_NOFOLLOW` (the dirs above it are the platform's), and
+/// each entry through its dir's own descriptor (`openat(O_PATH|O_NOFOLLOW)`), so a dir that
+/// an app's process swaps for a link meanwhile is never entered, and nothing outside the tree
+/// is ever changed. For root changing trees an app's uid wrote (`users::take_back`).
+pub fn walk_tree_nofollow(path: &Path, visit: &mut dyn FnMut(&Node) -> io::Result<()>) -> io::Result<()> {
+    let name = CString::new(path.as_os_str().as_bytes())?;
+    let top = Node::open(libc::AT_FDCWD, &name)?;
+    walk_node(&top, visit)
+}
+
+fn walk_node(node: &Node, visit: &mut dyn FnMut(&Node) -> io::Result<()>) -> io::Result<()> {
+    if node.is_dir() {
+        // The names, read through this very dir; each then opened relative to it.
+        for entry in std::fs::read_dir(node.proc_path())? {
+            let name = CString::new(entry?.file_name().as_bytes())?;
+            let child = match Node::open(node.fd.as_raw_fd(), &name) {
+                Ok(child) => child,
+                // Removed meanwhile: nothing to change.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            walk_node(&child, visit)?;
+        }
+    }
+    visit(node)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// A tree walk changes the tree's entries and links themselves, never what a link points
+    /// to: neither a file nor a dir outside it (which is not entered).
+    #[test]
+    fn a_tree_walk_changes_links_themselves_never_their_targets() {
+        use std::os::unix::fs::MetadataExt;
+        if !is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (tree, outside) = (tmp.path().join("tree"), tmp.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::create_dir_all(outside.join("dir")).unwrap();
+        std::fs::write(tree.join("sub/file"), "x").unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::fs::set_permissions(outside.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(outside.join("secret"), tree.join("to-file")).unwrap();
+        symlink(outside.join("dir"), tree.join("to-dir")).unwrap();
+        let mut seen = Vec::new();
+        walk_tree_nofollow(&tree, &mut |node| {
+            node.chown(299_991, 299_991)?;
+            node.chmod(0o750)?;
+            seen.push((node.is_dir(), node.is_link()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 5, "tree, sub, sub/file and the two links: {seen:?}");
+        assert_eq!(seen.last(), Some(&(true, false)), "the top comes last");
+        for path in ["", "sub", "sub/file", "to-file", "to-dir"] {
+            assert_eq!(std::fs::symlink_metadata(tree.join(path)).unwrap().uid(), 299_991, "{path}");
+        }
+        assert_eq!(std::fs::metadata(tree.join("sub/file")).unwrap().mode() & 0o777, 0o750);
+        let secret = std::fs::metadata(outside.join("secret")).unwrap();
+        assert_eq!((secret.uid(), secret.mode() & 0o777), (0, 0o600), "a link's target changed");
+        assert_eq!(std::fs::metadata(outside.join("dir")).unwrap().uid(), 0, "a link's dir changed");
+    }
 
     /// As root, logs are opened without following any link below the home (the dir holding
     /// `logs/`), and what root creates in a dir another user owns is that user's.

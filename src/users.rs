@@ -294,20 +294,14 @@ pub fn lent_mode(is_dir: bool, mode: u32) -> u32 {
 }
 
 /// Lends `path` and everything under it to `uid`, group `platform_gid` with [`lent_mode`].
-/// Never follows a link; `path` itself last.
+/// Never follows a link, not even one swapped in meanwhile ([`crate::fsutil::walk_tree_nofollow`]);
+/// `path` itself last.
 pub fn lend_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            lend_tree(&entry?.path(), uid, platform_gid)?;
-        }
-    }
-    std::os::unix::fs::lchown(path, Some(uid), Some(platform_gid))?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    // After the chown, which clears set-id bits.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(lent_mode(meta.is_dir(), meta.mode())))
+    crate::fsutil::walk_tree_nofollow(path, &mut |node| {
+        node.chown(uid, platform_gid)?;
+        // After the chown, which clears set-id bits.
+        node.chmod(lent_mode(node.is_dir(), node.mode))
+    })
 }
 
 /// [`lend_tree`] unless `path` is owned by `uid:platform_gid` already (its top is changed
@@ -323,23 +317,17 @@ pub fn hand_tree(path: &Path, uid: u32, platform_gid: u32) -> io::Result<()> {
 /// Takes what an app's build wrote back from it: `path` and everything under it owned by
 /// `owner` (the platform), group `gid` (the app's) with [`release_mode`]: the app may still
 /// read it (a dyno, the release phase, the probe of its environment), never write it, nor
-/// chmod it (it no longer owns it). Never follows a link. `path` itself last.
+/// chmod it (it no longer owns it). Never follows a link, not even one an app's process swaps
+/// in meanwhile ([`crate::fsutil::walk_tree_nofollow`]). `path` itself last.
 pub fn take_back(path: &Path, owner: u32, gid: u32) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            take_back(&entry?.path(), owner, gid)?;
+    crate::fsutil::walk_tree_nofollow(path, &mut |node| {
+        node.chown(owner, gid)?;
+        let mode = release_mode(node.mode & 0o7777);
+        if node.is_link() || node.mode & 0o7777 == mode {
+            return Ok(());
         }
-    }
-    std::os::unix::fs::lchown(path, Some(owner), Some(gid))?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    let mode = release_mode(meta.mode() & 0o7777);
-    if meta.mode() & 0o7777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
+        node.chmod(mode)
+    })
 }
 
 /// The mode a server-wide tool's file or dir gets so that every app's build may use it: the

@@ -96,15 +96,15 @@ pub fn seal(env: &Path) -> io::Result<()> {
 /// Removes an environment, sealed or not: its dirs are made writable again first (as any
 /// non-root owner must, to unlink their entries). Links are never followed.
 pub fn remove(env: &Path) -> io::Result<()> {
+    // Its dirs writable again, never through a link (root removes the app's leftovers too).
     fn open_up(dir: &Path) -> io::Result<()> {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                open_up(&entry.path())?;
+        crate::fsutil::walk_tree_nofollow(dir, &mut |node| {
+            if node.is_dir() {
+                node.chmod(0o700)
+            } else {
+                Ok(())
             }
-        }
-        Ok(())
+        })
     }
     match std::fs::symlink_metadata(env) {
         Ok(meta) if meta.is_dir() => {

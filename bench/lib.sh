@@ -71,3 +71,22 @@ bench_cleanup() {
     fi
     rm -rf "$WORK"
 }
+
+# Installs Debian packages PKG... with apt-get (root only), without letting a package start its
+# service: the nginx package starts the system nginx (port 80) from its postinst, and a
+# policy-rc.d answering 101 ("action forbidden") keeps it stopped (one is made only if there
+# is none already, and removed afterwards).
+bench_apt_install() {
+    local made_policy=0 rc=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    {
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends "$@"
+    } >&2 || rc=$?
+    ((made_policy == 0)) || rm -f /usr/sbin/policy-rc.d
+    ((rc == 0)) || die "apt-get install $* failed"
+}

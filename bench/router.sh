@@ -93,21 +93,7 @@ done
 if ! command -v wrk >/dev/null || [[ ! -x $NGINX ]]; then
     ((EUID == 0)) || die "wrk and nginx are missing; run as root, or: apt-get install wrk nginx"
     log "installing wrk and nginx with apt-get"
-    # The nginx package starts the system nginx (port 80) from its postinst; a policy-rc.d that
-    # answers 101 ("action forbidden") keeps it stopped. Only if there is none already.
-    made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    rc=0
-    {
-        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends wrk nginx
-    } >&2 || rc=$?
-    ((made_policy == 0)) || rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get install wrk nginx failed"
+    bench_apt_install wrk nginx
 fi
 command -v wrk >/dev/null || die "wrk is required"
 [[ -x $NGINX ]] || die "nginx is required at $NGINX"

@@ -96,20 +96,7 @@ done
 if ! command -v h2load >/dev/null || [[ ! -x $NGINX ]]; then
     ((EUID == 0)) || die "h2load or nginx is missing; run as root, or: apt-get install nghttp2-client nginx"
     log "installing nghttp2-client and nginx with apt-get"
-    # A policy-rc.d answering 101 keeps the package from starting the system nginx.
-    made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    rc=0
-    {
-        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends nghttp2-client nginx
-    } >&2 || rc=$?
-    ((made_policy == 0)) || rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get install nghttp2-client nginx failed"
+    bench_apt_install nghttp2-client nginx
 fi
 command -v h2load >/dev/null || die "h2load is required"
 [[ -x $NGINX ]] || die "nginx is required at $NGINX"

@@ -568,8 +568,14 @@ impl Drop for Jail {
             if let Err(e) = self.give_back() {
                 output::warn(&format!("taking the build's files back from the app: {e}"));
             }
-            // Best effort: a leftover is removed by the app's next build.
-            let _ = crate::users::root_if_privileged(|| crate::home::remove_if_present(&self.tmp));
+            // A leftover is removed by the app's next build; say so rather than drop it silently.
+            match crate::users::root_if_privileged(|| crate::home::remove_if_present(&self.tmp)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) | Err(e) => output::warn(&format!(
+                    "could not remove {} ({e}); the app's next build removes it",
+                    self.tmp.display()
+                )),
+            }
         }
     }
 }

@@ -124,9 +124,10 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
     let gone = wait_until(Duration::from_secs(30), || !process_alive(sleeper) && one_off(&slip).is_none());
     assert!(gone, "the one-off outlived its SSH client\n{}", slip.diagnostics());
 
-    let mut local = Command::new("setpriv");
-    local
-        .args([
+    // `slipway --home H ARGS` run by the platform user, from the home.
+    let as_owner = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
             "--reuid",
             &user.uid.to_string(),
             "--regid",
@@ -137,11 +138,12 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
         ])
         .arg("--home")
         .arg(&slip.home)
-        .args(["run", "hello", "sleep", "300"])
-        .current_dir(&slip.home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(args)
+        .current_dir(&slip.home);
+        cmd
+    };
+    let mut local = as_owner(&["run", "hello", "sleep", "300"]);
+    local.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let caller = local.spawn().unwrap();
     assert!(wait_until(Duration::from_secs(20), || one_off(&slip).is_some()), "{}", slip.diagnostics());
     let sleeper = one_off(&slip).unwrap() as u32;
@@ -166,24 +168,9 @@ fn a_root_daemon_on_the_platform_users_home_runs_app_code_as_the_apps_uid() {
         times.sort();
         times[2]
     };
-    let mut as_owner = Command::new("setpriv");
-    as_owner
-        .args([
-            "--reuid",
-            &user.uid.to_string(),
-            "--regid",
-            &user.gid.to_string(),
-            "--init-groups",
-            "--",
-            BIN,
-        ])
-        .arg("--home")
-        .arg(&slip.home)
-        .args(["run", "hello", "true"])
-        .current_dir(&slip.home);
     let mut as_root = Command::new(BIN);
     as_root.arg("--home").arg(&slip.home).args(["run", "hello", "true"]).current_dir(&slip.home);
-    let (worker, in_place) = (median(as_owner), median(as_root));
+    let (worker, in_place) = (median(as_owner(&["run", "hello", "true"])), median(as_root));
     // Root's own `run` needs no worker: it becomes the owner keeping root in reserve.
     assert_eq!(slip.cmd_ok(&["run", "hello", "id", "-u"]).trim(), app_uid.to_string());
     eprintln!("run hello true: through a worker {worker:?}, root in place {in_place:?} (medians of 5)");

@@ -38,24 +38,11 @@ fn push(slip: &Slipway, repo: &GitRepo, files: &[(String, String)], message: &st
 }
 
 fn web_port(slip: &Slipway, release: &str) -> u16 {
-    let mut port = None;
-    wait_until(Duration::from_secs(20), || {
-        port = slip.ps_json("hello").iter().find_map(|d| {
-            let ok = d["name"] == "web.1" && d["state"] == "up" && d["release"] == release;
-            ok.then(|| d["port"].as_u64()).flatten()
-        });
-        port.is_some()
-    });
-    port.unwrap_or_else(|| panic!("no up web.1 of {release}\n{}", slip.diagnostics())) as u16
+    slip.release_web_port("hello", release, Duration::from_secs(20))
 }
 
 fn get(port: u16, path: &str) -> String {
-    let mut body = None;
-    wait_until(Duration::from_secs(10), || {
-        body = http_get(port, path).filter(|(s, _)| *s == 200).map(|(_, b)| b);
-        body.is_some()
-    });
-    body.unwrap_or_default()
+    get_200(port, path, Duration::from_secs(10))
 }
 
 fn dyno_env(port: u16) -> Value {

@@ -1271,6 +1271,20 @@ impl Slipway {
             .and_then(|d| Some((d["pid"].as_u64()? as u32, d["port"].as_u64()? as u16)))
     }
 
+    /// The port of `app`'s web.1 of `release` (`v3`) once it is up, waited for up to `timeout`;
+    /// panics with the diagnostics.
+    pub fn release_web_port(&self, app: &str, release: &str, timeout: Duration) -> u16 {
+        let mut port = None;
+        wait_until(timeout, || {
+            port = self.ps_json(app).iter().find_map(|d| {
+                let ok = d["name"] == "web.1" && d["state"] == "up" && d["release"] == release;
+                ok.then(|| d["port"].as_u64()).flatten()
+            });
+            port.is_some()
+        });
+        port.unwrap_or_else(|| panic!("no up web.1 of {release}\n{}", self.diagnostics())) as u16
+    }
+
     /// [`Slipway::dyno_up`] for `web.1`, waited for (30 s); panics with the diagnostics.
     pub fn wait_web(&self, app: &str) -> (u32, u16) {
         let mut found = None;
@@ -1293,4 +1307,15 @@ impl Slipway {
         assert!(ok, "{out}\n{}", self.diagnostics());
         self.wait_web("victim")
     }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port` once it answers 200, tried until `timeout`;
+/// empty when it never did.
+pub fn get_200(port: u16, path: &str, timeout: Duration) -> String {
+    let mut body = None;
+    wait_until(timeout, || {
+        body = http_get(port, path).filter(|(s, _)| *s == 200).map(|(_, b)| b);
+        body.is_some()
+    });
+    body.unwrap_or_default()
 }

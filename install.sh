@@ -43,7 +43,8 @@ Usage: $0 [--home DIR] [--user NAME] [--router-addr ADDR] [--domain DOMAIN]
        $0 --uninstall [--purge] [--dry-run] [--force] [--home DIR] [--user NAME]
 
 Run as root. Install slipway on this machine: system packages, the slipway binary
-($BIN), the system user, sshd, the firewall rule that keeps the dyno
+($BIN), the system user, uv for Python builds ('slipway tools:install';
+without the package index builds use pip), sshd, the firewall rule that keeps the dyno
 ports for the router ('slipway firewall', reloaded at every start of the daemon under
 systemd), and the slipway daemon, which runs as root.
 Safe to run again; that is also how you upgrade: the binary is replaced, the
@@ -434,6 +435,21 @@ configure_settings() {
     # What the daemon will use, for the next steps printed at the end.
     ROUTER_ADDR=$(setting router_addr)
     DOMAIN=$(setting domain)
+}
+
+# ---------------------------------------------------------------------------
+# Build tools
+# ---------------------------------------------------------------------------
+# install_build_tools: the platform's uv and the pinned pip's wheel, in HOME_DIR/cache/.tools
+# ('slipway tools:install' as the slipway user; proxies come from the build_env setting), so
+# that a Python app's very first push installs requirements.txt with uv, seconds faster than
+# pip. It needs the package index once; without it the install goes on with a warning, builds
+# use pip, and running this script (or 'slipway tools:install') again later retries.
+install_build_tools() {
+    say "Installing uv for Python builds ('slipway tools:install'; needs the package index once)"
+    if ! as_slipway tools:install; then
+        warn "uv is not installed (the reason is above): Python builds install with pip until 'slipway tools:install' (as $SLIPWAY_USER) or this script succeeds."
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -837,6 +853,7 @@ main() {
     build_and_install_binary
     setup_user
     configure_settings
+    install_build_tools
     setup_firewall
     setup_sshd
     if have_systemd; then start_daemon_systemd; else start_daemon_plain; fi

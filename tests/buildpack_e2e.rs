@@ -224,6 +224,54 @@ fn requirements_install_with_the_servers_uv_unless_only_pip_reads_them_right() {
     assert!(out.to_lowercase().contains("hash"), "{out}");
 }
 
+/// `slipway tools:install` (install.sh runs it) makes the platform's uv and the pinned pip's
+/// wheel once, ahead of any push: a server's very first requirements.txt build then installs
+/// with uv and gives the new venv pip from that wheel, without the index.
+#[test]
+fn tools_install_makes_uv_for_the_first_push_and_pip_comes_from_its_wheel() {
+    let slip = slipway();
+    let first = slip.cmd_ok(&["tools:install"]);
+    let tool = slip.home.join(format!("cache/.tools/uv-{}", slipway::build::tools::UV_VERSION));
+    assert!(first.contains(&format!("installed at {}", tool.join("bin/uv").display())), "{first}");
+    let wheel = tool.join("wheels").join(slipway::build::tools::pip_wheel_name());
+    assert!(wheel.is_file(), "{first}");
+    // Whole: nothing is fetched again.
+    let again = slip.cmd_ok(&["tools:install"]);
+    assert!(again.contains("is installed") && again.contains("nothing to do"), "{again}");
+
+    let repo = GitRepo::init(&slip.root().join("work"));
+    let minor = format!("{}\n", python_minor());
+    repo.commit_files(
+        &app_with(&[("requirements.txt", "six==1.16.0\n"), (".python-version", &minor)]),
+        "six",
+    );
+    let (ok, out) = slip.push_local(&repo, "first");
+    assert!(ok, "{out}");
+    assert!(!out.contains("Installing uv"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Installing pip {} (from the server's wheel)",
+            slipway::build::venv::PIP_VERSION
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Installing dependencies with uv"), "{out}");
+    // pip is in the environment, at the pin, and works (as `heroku run pip list` would).
+    let env = std::fs::read_dir(slip.home.join("envs/first"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().join("bin/pip").exists())
+        .expect("an environment with pip")
+        .path();
+    let version =
+        std::process::Command::new(env.join("bin/python")).args(["-m", "pip", "--version"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout)
+            .starts_with(&format!("pip {}", slipway::build::venv::PIP_VERSION)),
+        "{version:?}"
+    );
+}
+
 #[test]
 fn a_stale_pipfile_lock_is_refused_before_installing() {
     let slip = slipway();

@@ -476,6 +476,24 @@ fn install_starts_the_daemon_as_root() {
     );
 }
 
+/// install.sh makes uv for Python builds as the slipway user; a failure (no package index) is a
+/// warning, and the install goes on (builds then use pip).
+#[test]
+fn install_makes_the_build_tools_as_the_slipway_user_and_goes_on_without_them() {
+    let made = function("as_slipway() { echo \"as slipway: $*\"; }; install_build_tools");
+    assert!(made.contains("as slipway: tools:install"), "{made}");
+    let failed = Command::new("bash")
+        .arg("-c")
+        .arg("source \"$1\" --help && as_slipway() { return 1; } && install_build_tools && echo went-on")
+        .arg("bash")
+        .arg(script())
+        .output()
+        .expect("run bash");
+    let (stdout, stderr) = text(&failed);
+    assert!(failed.status.success() && stdout.contains("went-on"), "{stdout}{stderr}");
+    assert!(stderr.contains("uv is not installed") && stderr.contains("builds install with pip"), "{stderr}");
+}
+
 #[test]
 fn the_uninstall_dry_run_mentions_the_firewall_rule() {
     let home = fake_home();

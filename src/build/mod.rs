@@ -17,6 +17,7 @@ pub mod python;
 pub mod requirements;
 pub mod slug;
 pub mod slugignore;
+pub mod tools;
 pub mod venv;
 
 use std::collections::BTreeMap;
@@ -780,8 +781,17 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     } else {
         BTreeMap::new()
     };
+    env.extend(server_env(req.settings, &req.home.cache(req.app).join("home")));
+    env
+}
+
+/// What every build command gets from the server, over the app's config vars: a fixed `PATH`,
+/// `HOME`, `LANG`, the proxy, index and CA variables slipway itself was started with, the
+/// system's CA bundle ([`tls_env`]), and last the `build_env` setting.
+pub fn server_env(settings: &crate::settings::Settings, home: &Path) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("HOME".into(), req.home.cache(req.app).join("home").display().to_string());
+    env.insert("HOME".into(), home.display().to_string());
     env.insert("LANG".into(), "C.UTF-8".into());
     env.insert("PYTHONUNBUFFERED".into(), "1".into());
     for key in [
@@ -807,7 +817,7 @@ pub fn build_env(req: &BuildRequest<'_>) -> BTreeMap<String, String> {
     for (k, v) in tls_env(&env, bundle) {
         env.insert(k, v);
     }
-    for (k, v) in &req.settings.build_env {
+    for (k, v) in &settings.build_env {
         env.insert(k.clone(), v.clone());
     }
     env

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{build_env, interpreter, nltk, output, run_step, venv, BuildError, BuildRequest, Jail};
+use super::{build_env, interpreter, nltk, output, run_step, tools, venv, BuildError, BuildRequest, Jail};
 
 /// Where the virtualenv lives inside a release dir; dynos get its `bin` first on PATH.
 pub const VENV: &str = ".slipway/venv";
@@ -175,7 +175,9 @@ pub fn build(
     // A uv.lock app's environment is uv's from the start (`uv venv`, no pip: `uv sync` would
     // remove it again).
     let uv = match uv {
-        None if installer == Installer::UvLock => Some(ensure_tool(req, &python.path, "uv", deadline, jail)?),
+        None if installer == Installer::UvLock => {
+            Some(ensure_tool(req, &python.path, tools::Tool::Uv, deadline, jail)?)
+        }
         uv => uv,
     };
     output::step("Creating virtualenv");
@@ -250,9 +252,22 @@ pub fn build(
     if seeded {
         output::step(&format!("Using pip {} (seed virtualenv)", venv::PIP_VERSION));
     } else if pin_pip {
-        output::step(&format!("Installing pip {}", venv::PIP_VERSION));
-        let pinned = format!("pip=={}", venv::PIP_VERSION);
-        run_step("installing pip", pip(&["--upgrade", &pinned]), deadline, jail)?;
+        // uv gets pip from the wheel kept with the platform's uv (no index, no download: ~0.3 s
+        // of a cold build here, more when the index is slow); else from the index.
+        let wheel = if by_uv { tools::pip_wheel(&tools_root(req)) } else { None };
+        let pinned = match &wheel {
+            Some(wheel) => {
+                output::step(&format!("Installing pip {} (from the server's wheel)", venv::PIP_VERSION));
+                vec!["--no-index".to_string(), wheel.display().to_string()]
+            }
+            None => {
+                output::step(&format!("Installing pip {}", venv::PIP_VERSION));
+                vec![format!("pip=={}", venv::PIP_VERSION)]
+            }
+        };
+        let mut args = vec!["--upgrade"];
+        args.extend(pinned.iter().map(String::as_str));
+        run_step("installing pip", pip(&args), deadline, jail)?;
         // Not from a venv the app's uid made (privileged mode): every app would start from it.
         if !by_uv && jail.app_user().is_none() {
             if let Err(e) = venv::keep_as_seed(&venv_dir, &seed) {
@@ -292,7 +307,7 @@ pub fn build(
         Installer::UvLock => {
             let uv = match uv {
                 Some(uv) => uv,
-                None => ensure_tool(req, &python.path, "uv", deadline, jail)?,
+                None => ensure_tool(req, &python.path, tools::Tool::Uv, deadline, jail)?,
             };
             // `--locked`: a uv.lock that no longer matches pyproject.toml fails the build (uv
             // says so and how to fix it) instead of being ignored (`--frozen`) or rewritten.
@@ -310,7 +325,7 @@ pub fn build(
             run_step("uv sync", sync, deadline, jail).map_err(|e| install_failed(e, "uv"))?;
         }
         Installer::Poetry => {
-            let poetry = ensure_tool(req, &python.path, "poetry", deadline, jail)?;
+            let poetry = ensure_tool(req, &python.path, tools::Tool::Poetry, deadline, jail)?;
             let path = format!(
                 "{}:{}",
                 venv_dir.join("bin").display(),
@@ -473,7 +488,7 @@ fn install_python(
                 req.settings.python
             ))
         })?;
-    let uv = ensure_tool(req, &host.path, "uv", deadline, jail)?;
+    let uv = ensure_tool(req, &host.path, tools::Tool::Uv, deadline, jail)?;
     let target = python_install_dir(req);
     // Only this step may write the server's installed Pythons; builds read them.
     std::fs::create_dir_all(&target)
@@ -625,67 +640,39 @@ pub fn find_manage_py(dir: &Path) -> Option<String> {
     found.into_iter().next().map(|(_, p)| p)
 }
 
-/// `uv` / `poetry` for lock files when the server has none on PATH: installed once per server
-/// into `cache/.tools/<name>` (`uv-<version>` for the pinned uv; this needs the package index).
+/// `name` from the server's PATH, else the platform's copy in `cache/.tools`, made first when
+/// there is none yet (see `tools`): a platform step, run as this process's user with the
+/// platform's environment, never as the app.
 fn ensure_tool(
     req: &BuildRequest<'_>,
     python: &Path,
-    name: &str,
+    tool: tools::Tool,
     deadline: Instant,
     jail: &Jail,
 ) -> Result<PathBuf, BuildError> {
-    if let Some(found) = find_on_path(name) {
+    if let Some(found) = find_on_path(tool.name()) {
         return Ok(found);
     }
-    let requirement = tool_requirement(name);
-    let root = tool_dir(req, name);
-    let exe = root.join("bin").join(name);
-    if exe.is_file() {
-        return Ok(exe);
-    }
-    output::step(&format!("Installing {} for this server (first use)", requirement.replace("==", " ")));
-    // Only this step may write the tool's dir; builds read it.
-    std::fs::create_dir_all(&root)
-        .map_err(|source| BuildError::Io { action: format!("creating {}", root.display()), source })?;
-    let jail = &jail.for_platform(&root);
+    let root = tools_root(req);
+    // Only these steps may write the tool's dir; builds read it.
+    let jail = &jail.for_platform(&tool.dir(&root));
     let env = super::platform_env(req);
-    let mut create = Command::new(python);
-    create.args(["-m", "venv"]).arg(&root).env_clear().envs(&env);
-    run_step(&format!("creating the {name} environment"), create, deadline, jail)?;
-    let mut install = Command::new(root.join("bin/python"));
-    install.args(PIP_INSTALL).arg(&requirement);
-    install.env_clear().envs(&env);
-    if let Err(e) = run_step(&format!("installing {name}"), install, deadline, jail) {
-        // A half-made tool dir would pass for installed next time (its bin/NAME may exist).
-        if let Err(rm) = std::fs::remove_dir_all(&root) {
-            output::warn(&format!("could not remove the half-installed {}: {rm}", root.display()));
-        }
-        return Err(e);
-    }
-    Ok(exe)
+    let run = |what: &str, command: Command| run_step(what, command, deadline, jail);
+    tools::ensure(tool, python, &root, &env, run, |line| output::step(line)).map_err(|e| match e {
+        tools::EnsureError::Step(e) => e,
+        tools::EnsureError::Io { action, source } => BuildError::Io { action, source },
+    })
 }
 
-/// Where [`ensure_tool`] installs `name`: `cache/.tools/NAME` (`uv-VERSION` for uv).
-fn tool_dir(req: &BuildRequest<'_>, name: &str) -> PathBuf {
-    req.home.root().join("cache/.tools").join(tool_requirement(name).replace("==", "-"))
+/// `cache/.tools`: the platform's tools, seeds and interpreter probes.
+fn tools_root(req: &BuildRequest<'_>) -> PathBuf {
+    req.home.root().join("cache/.tools")
 }
 
-/// The uv this server has: on PATH, else the one an earlier build installed for a `uv.lock`
-/// ([`ensure_tool`]); none is fetched for requirements.txt.
+/// The uv this server has: on PATH, else the platform's (`slipway tools:install`, or made by
+/// an earlier build for a `uv.lock`); none is fetched for requirements.txt.
 fn find_uv(req: &BuildRequest<'_>) -> Option<PathBuf> {
-    find_on_path("uv").or_else(|| Some(tool_dir(req, "uv").join("bin/uv")).filter(|exe| exe.is_file()))
-}
-
-/// The uv Heroku's buildpack pins (its `requirements/uv.txt`); uv enforces a project's own
-/// `[tool.uv] required-version` itself.
-pub const UV_VERSION: &str = "0.12.5";
-
-/// What `ensure_tool` installs: uv pinned as on Heroku, poetry as PyPI has it.
-fn tool_requirement(name: &str) -> String {
-    match name {
-        "uv" => format!("uv=={UV_VERSION}"),
-        other => other.to_string(),
-    }
+    find_on_path("uv").or_else(|| tools::Tool::Uv.installed(&tools_root(req)))
 }
 
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -803,8 +790,8 @@ mod tests {
 
     #[test]
     fn tools_are_pinned_as_on_heroku() {
-        assert_eq!(tool_requirement("uv"), format!("uv=={UV_VERSION}"));
-        assert_eq!(tool_requirement("poetry"), "poetry");
+        assert_eq!(tools::Tool::Uv.requirement(), format!("uv=={}", tools::UV_VERSION));
+        assert_eq!(tools::Tool::Poetry.requirement(), "poetry");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod releases;
 mod run;
 mod settings;
 mod ssh;
+mod tools;
 
 use std::path::PathBuf;
 
@@ -322,6 +323,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Install the platform's uv (and pip's wheel) for Python builds ahead of the first push;
+    /// install.sh runs it. Needs the package index once.
+    #[command(name = "tools:install")]
+    ToolsInstall,
     /// Internal: git hooks.
     #[command(name = "hook", hide = true)]
     Hook {
@@ -409,6 +414,7 @@ impl Command {
             Command::Daemon { .. }
                 | Command::Backup { .. }
                 | Command::Restore { .. }
+                | Command::ToolsInstall
                 | Command::SettingsSet { .. }
                 | Command::SettingsUnset { .. }
                 | Command::Hook { .. }
@@ -518,6 +524,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Hook { hook: HookKind::PreReceive } => hook::pre_receive(who),
         Command::SshServe { key } => ssh::serve(home, &key),
         Command::Firewall { dry_run, tool } => firewall::apply(home, dry_run, tool.as_deref()),
+        Command::ToolsInstall => tools::install(home),
         Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
         Command::Worker { who, words } => crate::worker::run(home, who.as_deref(), words),

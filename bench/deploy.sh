@@ -25,6 +25,11 @@
 #                 requirements, by hand, with the interpreter the cold push used and an empty
 #                 cache of its own (what issue 15's uv target compares the cold uv push with)
 #   uv alone + bytecode   the same with `--compile-bytecode`, as the build installs
+#   stdlib boot alone, flask boot alone   the warm app's own start, by hand: its command
+#                 (`python app.py`, `gunicorn app:app` with WEB_CONCURRENCY=2 as a 512 MB dyno
+#                 has) from the app's source dir with its environment's bin first on PATH, until
+#                 it answers with the new code on a free port; "floor + … boot" adds it to the
+#                 same round's floor: the physical lower bound of the warm rows
 # Each row is measured with the default readiness settle (`boot_settle = 3`: a release is live
 # only after its web dynos stayed up that long) and with `boot_settle = 0`; the daemon is
 # restarted between the two (it reads the setting at start). The cold rows run once per settle
@@ -42,6 +47,9 @@
 #   BENCH_RUNS           runs per row and settle (default 5, at least 5 for the docs)
 #   BENCH_SETTLES        the boot_settle values to measure (default "3 0")
 #   BENCH_COLD           1 (default) runs the cold rows; 0 skips them (no network needed)
+#   BENCH_TOOLS          1 (default) runs `slipway tools:install` first, as install.sh does:
+#                        builds then install with the platform's uv (row "cold uv, tools:install");
+#                        0 leaves it out (the pip path, row "cold pip", unless uv is on PATH)
 #   BENCH_OUTPUT         a file (outside the temp dir) to append every push's output to, each
 #                        line with its arrival time (seconds since the push started), and what
 #                        the router answered while the bench waited for the new code
@@ -57,6 +65,7 @@ RUNS=${BENCH_RUNS:-5}
 SETTLES=${BENCH_SETTLES:-3 0}
 COLD=${BENCH_COLD:-1}
 COLD_BOTH=${BENCH_COLD_BOTH:-0}
+TOOLS=${BENCH_TOOLS:-1}
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -67,6 +76,7 @@ for tool in git python3 ssh ssh-keygen /usr/sbin/sshd; do
 done
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 && $RUNS -le 50 ]] || die "BENCH_RUNS must be 1..50"
 [[ $COLD == 0 || $COLD == 1 ]] || die "BENCH_COLD must be 0 or 1"
+[[ $TOOLS == 0 || $TOOLS == 1 ]] || die "BENCH_TOOLS must be 0 or 1"
 for s in $SETTLES; do [[ $s =~ ^[0-9]+$ ]] || die "BENCH_SETTLES: '$s' is not whole seconds"; done
 [[ $PORTS =~ ^([0-9]+)-([0-9]+)$ ]] || die "SLIPWAY_BENCH_PORTS must be START-END"
 PORT_LO=${BASH_REMATCH[1]} PORT_HI=${BASH_REMATCH[2]}
@@ -143,6 +153,18 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || REV="$REV + uncommitted src changes"
 VERSION="$("$BIN" --version) (binary built $(date -u -r "$SRC_BIN" '+%Y-%m-%d %H:%M UTC'), checkout $REV)"
 if [[ -n ${BENCH_UV_DIR:-} ]]; then UV=$BENCH_UV_DIR/uv; else UV=$(command -v uv || true); fi
+UV_KIND=""
+[[ -z $UV ]] || UV_KIND="uv"
+if [[ $TOOLS == 1 ]]; then
+    log "slipway tools:install (as install.sh runs it)"
+    t0=$(date +%s.%N)
+    "$BIN" --home "$H" tools:install >"$WORK/tools.log" 2>&1 || die "slipway tools:install failed: $(tail -5 "$WORK/tools.log")"
+    TOOLS_SECONDS=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
+    if [[ -z $UV ]]; then
+        UV=$(ls "$H"/cache/.tools/uv-*/bin/uv)
+        UV_KIND="uv, tools:install"
+    fi
+fi
 
 cat >"$PY" <<'PYEOF'
 import json, os, re, shutil, statistics, subprocess, sys, time, urllib.request
@@ -331,10 +353,17 @@ def cmd_round(settle, cold):
         raise RuntimeError(f"config:set over SSH: {out.stderr!r}")
     record(f"config:set|{tag}", served("warm-stdlib", f"w{n} g{n}", t0))
 
+    # The warm apps' own boots, by hand: the physical lower bound is the floor plus these.
+    for name, argv, want in (("stdlib", ["python", "app.py"], f"w{n}"), ("flask", ["gunicorn", "app:app"], f"f{n}")):
+        took = boot_alone(f"warm-{name}", argv, want)
+        record(f"{name} boot alone|{tag}", took)
+        record(f"floor + {name} boot|{tag}", load()["rows"][f"floor|{tag}"][-1] + took)
+
     if cold:
-        # The installer follows the PATH of sshd's sessions: uv when it is there, else pip.
-        kind = "uv" if E.get("B_UV") else "pip"
-        app = f"cold-{kind}-{n}"
+        # The installer follows the PATH of sshd's sessions (uv when it is there), else the
+        # platform's uv (tools:install), else pip.
+        kind = E.get("B_UV_KIND") or "pip"
+        app = f"cold-{n}"
         repo = new_repo(app, {"app.py": FLASK % "c", "requirements.txt": "flask\ngunicorn\n"})
         t0, _, output = push(repo, slipway_url(app), SSH_BENCH)
         record(f"cold {kind}|{tag}", served(app, "c", t0), phases_of(output))
@@ -362,6 +391,36 @@ def cmd_round(settle, cold):
         record(f"piku warm stdlib|{tag}", served_url(url, f"w{n}", t0))
 
 
+def boot_alone(app, argv, want, deadline=60):
+    """Seconds from starting the app's own command (its environment's bin first on PATH, from
+    its source dir, as a 512 MB dyno: PORT, WEB_CONCURRENCY=2) until it answers `want`."""
+    import glob, signal, socket
+    envs = glob.glob(os.path.join(HOME, "envs", app, "*", "bin", "python"))
+    if len(envs) != 1:
+        raise RuntimeError(f"{app}: expected one environment, found {envs}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": os.path.dirname(envs[0]) + ":/usr/bin:/bin", "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "PYTHONUNBUFFERED": "1", "HOME": WORK, "LANG": "C.UTF-8"}
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, cwd=os.path.join(WORK, "src", app), env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = t0 + deadline
+        while time.monotonic() < end:
+            body = get(f"http://127.0.0.1:{port}/")
+            if body is not None and body.startswith(want):
+                return time.monotonic() - t0
+            if p.poll() is not None:
+                raise RuntimeError(f"{app}: {argv} exited with {p.returncode}")
+            time.sleep(0.005)
+        raise RuntimeError(f"{app}: {argv} never answered {want!r}")
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
 def served_url(url, want, t0, deadline=120):
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -385,8 +444,9 @@ def cmd_report():
     w()
     w("| what | boot_settle | min | median | max | median / floor | median phases of the push's `Done in` line |")
     w("|---|---|---|---|---|---|---|")
-    order = ["floor", "ssh", "warm stdlib", "warm flask", "config:set", "cold pip", "cold uv", "uv alone",
-             "uv alone + bytecode", "piku warm stdlib"]
+    order = ["floor", "ssh", "warm stdlib", "floor + stdlib boot", "stdlib boot alone", "warm flask",
+             "floor + flask boot", "flask boot alone", "config:set", "cold pip", "cold uv",
+             "cold uv, tools:install", "uv alone", "uv alone + bytecode", "piku warm stdlib"]
     keys = sorted(rows, key=lambda k: (order.index(k.split("|")[0]) if k.split("|")[0] in order else 99, k))
     for key in keys:
         what, tag = key.split("|")
@@ -411,7 +471,7 @@ COMMANDS = {"setup": cmd_setup, "round": lambda s, c: cmd_round(s, c == "1"), "r
 COMMANDS[CMD](*ARGS)
 PYEOF
 
-py() { B_WORK=$WORK B_UV=$UV B_USER=$USER_NAME B_SSH_PORT=$SSH_PORT B_RUNS=$RUNS \
+py() { B_WORK=$WORK B_UV=$UV B_UV_KIND=$UV_KIND B_USER=$USER_NAME B_SSH_PORT=$SSH_PORT B_RUNS=$RUNS \
     B_SSH_BENCH="$(ssh_cmd "$WORK/keys/bench")" B_SSH_FLOOR="$(ssh_cmd "$WORK/keys/floor")" \
     python3 "$PY" "$BIN" "$H" "$RESULTS" "$@" & wait "$!"; }
 json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -422,11 +482,11 @@ py set cpu_model "$(json "$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- 
 py set kernel "\"Linux $(uname -r)\""
 py set version "$(json "$VERSION")"
 py set load_before "$(json "$(cut -d' ' -f1 /proc/loadavg)")"
-if [[ -n $UV ]]; then
-    py set cold_note '"The cold row is the uv path (uv is on PATH); hide uv from PATH to measure the pip path."'
-else
-    py set cold_note '"The cold row is the pip path; the uv path was not measured (uv is not on PATH)."'
-fi
+case $UV_KIND in
+    uv) py set cold_note '"The cold row is the uv path (uv is on PATH); hide uv from PATH and set BENCH_TOOLS=0 to measure the pip path."' ;;
+    "uv, tools:install") py set cold_note "$(json "The cold row is the uv path with the platform's uv, as install.sh leaves a server (\`slipway tools:install\`, once: ${TOOLS_SECONDS} s here); BENCH_TOOLS=0 measures the pip path.")" ;;
+    *) py set cold_note '"The cold row is the pip path; the uv path was not measured (no uv on PATH, BENCH_TOOLS=0)."' ;;
+esac
 
 first=1
 for settle in $SETTLES; do

@@ -289,8 +289,12 @@ pub fn unused(
 /// `release::prune`). Returns the keys removed; a store error removes nothing.
 pub fn collect(home: &Home, store: &Store, app: &AppName, keep: usize) -> io::Result<Vec<String>> {
     let Ok(entries) = std::fs::read_dir(home.envs(app)) else { return Ok(Vec::new()) };
-    let present: Vec<String> =
-        entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    // Keys are hex; a dot name is the environments' slug parts (`build::slug::PARTS_DIR`).
+    let present: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
     let conn = store.conn();
     let gather = || -> store::Result<(Vec<ReleaseUse>, Option<i64>, Vec<i64>)> {
         let rows = store::releases::list(conn, app)?;
@@ -313,7 +317,36 @@ pub fn collect(home: &Home, store: &Store, app: &AppName, keep: usize) -> io::Re
         remove(&home.envs(app).join(&key))?;
         removed.push(key);
     }
+    remove_orphan_parts(&home.envs(app))?;
     Ok(removed)
+}
+
+/// Removes the slug parts (`build::slug::EnvPart`) in `envs` whose environment is not there
+/// sealed any more, and the temp files of packers that are gone (`.KEY.gz.PID.tmp`; a live
+/// one may be the slug thread of the release being collected after).
+pub fn remove_orphan_parts(envs: &Path) -> io::Result<()> {
+    let parts = envs.join(crate::build::slug::PARTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&parts) else { return Ok(()) };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !keep_part(&name, &|key| is_sealed(&envs.join(key)), &|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        }) {
+            remove(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the entry `name` of the slug parts' dir stays: a part of a sealed environment, or
+/// the temp file of a packer still running.
+fn keep_part(name: &str, sealed: &dyn Fn(&str) -> bool, alive: &dyn Fn(i32) -> bool) -> bool {
+    if let Some(tmp) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+        let pid = tmp.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
+        return pid.is_some_and(|p| p > 0 && alive(p));
+    }
+    name.strip_suffix(".gz").is_some_and(|key| !key.is_empty() && !key.contains('.') && sealed(key))
 }
 
 #[cfg(test)]
@@ -322,6 +355,26 @@ mod tests {
 
     fn r(version: i64, status: &str, key: Option<&str>) -> ReleaseUse {
         ReleaseUse { version, status: status.into(), deps_key: key.map(String::from) }
+    }
+
+    #[test]
+    fn which_slug_parts_stay() {
+        let sealed = |key: &str| key == "k1";
+        let alive = |pid: i32| pid == 42;
+        let cases: &[(&str, bool)] = &[
+            ("k1.gz", true),
+            ("k2.gz", false),
+            ("k1", false),
+            (".gz", false),
+            (".k1.gz.42.tmp", true),
+            (".k1.gz.43.tmp", false),
+            (".k1.gz.x.tmp", false),
+            (".k1.gz.0.tmp", false),
+            ("k1.gz.tmp", false),
+        ];
+        for (name, want) in cases {
+            assert_eq!(keep_part(name, &sealed, &alive), *want, "{name}");
+        }
     }
 
     #[test]

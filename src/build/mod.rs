@@ -224,7 +224,8 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
     let packing = if bound <= req.settings.max_slug_bytes {
         // It cannot be over the limit: pack it while the release goes live.
         output::step("Compressing the slug while the release goes live");
-        slug::Packing::start(dir.clone(), slug_path.clone()).map_err(io_err("packing the slug"))?
+        let part = deps_key.as_ref().map(|key| slug::EnvPart::of(&req.home.envs(req.app), key));
+        slug::Packing::start(dir.clone(), slug_path.clone(), part).map_err(io_err("packing the slug"))?
     } else {
         let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;
         if slug_bytes > req.settings.max_slug_bytes {

@@ -658,7 +658,7 @@ fn ensure_tool(
     let jail = &jail.for_platform(&tool.dir(&root));
     let env = super::platform_env(req);
     let run = |what: &str, command: Command| run_step(what, command, deadline, jail);
-    tools::ensure(tool, python, &root, &env, run, |line| output::step(line)).map_err(|e| match e {
+    tools::ensure(tool, python, &root, &env, run, output::step).map_err(|e| match e {
         tools::EnsureError::Step(e) => e,
         tools::EnsureError::Io { action, source } => BuildError::Io { action, source },
     })

@@ -3,6 +3,14 @@
 //! but for one: the release's `.slipway/venv`, a link to the app's shared dependency
 //! environment (`envs`), whose files the slug holds at `.slipway/venv/` (so a slug alone,
 //! restored from a backup, still has its dependencies; `envs::adopt` puts them back).
+//!
+//! A slug is one tar archive, gzipped; when its release links a sealed environment it is
+//! written as three gzip members (which every gzip reader, `tar xzf` included, reads as one
+//! stream): the release's own entries, the environment's entries, and the end-of-archive
+//! blocks. The middle member depends only on the environment, which never changes once sealed,
+//! so it is packed once per environment and kept (`envs/<app>/.slug-parts/<key>.gz`, see
+//! [`EnvPart`]); every later slug with that environment copies it instead of compressing
+//! thousands of files again while the release's dynos boot.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -15,8 +23,58 @@ use flate2::Compression;
 /// Packs `dir` into `slug`, writing to a temporary name first so a crash never leaves a
 /// truncated slug under the final name. Returns the slug's size in bytes.
 pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
+    pack_reusing(dir, slug, None)
+}
+
+/// A sealed environment and where its slug part is kept: the environment's entries, as the
+/// middle gzip member of every slug whose release links it (see the module's doc).
+#[derive(Debug, Clone)]
+pub struct EnvPart {
+    /// `envs/<app>/<key>`, sealed.
+    pub env: PathBuf,
+    /// `envs/<app>/.slug-parts/<key>.gz`.
+    pub part: PathBuf,
+}
+
+/// The dir, in an app's `envs/`, that keeps its environments' slug parts.
+pub const PARTS_DIR: &str = ".slug-parts";
+
+impl EnvPart {
+    /// The part of the environment `key` of the app whose environments are in `envs`.
+    pub fn of(envs: &Path, key: &str) -> EnvPart {
+        EnvPart { env: envs.join(key), part: envs.join(PARTS_DIR).join(format!("{key}.gz")) }
+    }
+}
+
+/// Level 1: slugs are written once per deploy and the push waits on them; the size gain of
+/// higher levels is small for virtualenvs full of already-compressed wheels data.
+fn encoder<W: Write>(w: W) -> GzEncoder<W> {
+    GzEncoder::new(w, Compression::fast())
+}
+
+fn builder<W: Write>(w: W) -> tar::Builder<W> {
+    let mut builder = tar::Builder::new(w);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    builder
+}
+
+/// [`pack`], the environment's entries taken from `part` (made first when missing) when the
+/// release's venv link leads to `part.env`.
+pub fn pack_reusing(dir: &Path, slug: &Path, part: Option<&EnvPart>) -> io::Result<u64> {
     if let Some(parent) = slug.parent() {
         std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
+    }
+    let link = dir.join(VENV_LINK);
+    let part = part.filter(|p| {
+        let target = std::fs::canonicalize(&link).ok();
+        std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
+            && target.is_some()
+            && target == std::fs::canonicalize(&p.env).ok()
+            && crate::envs::is_sealed(&p.env)
+    });
+    if let Some(part) = part {
+        ensure_part(part)?;
     }
     let tmp = slug.with_extension("tmp");
     let result = (|| {
@@ -24,14 +82,23 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
             1 << 20,
             crate::fsutil::create_new(&tmp, 0o600).map_err(|e| at(&tmp, e))?,
         );
-        // Level 1: slugs are written once per deploy and the push waits on it; the size gain
-        // of higher levels is small for virtualenvs full of already-compressed wheels data.
-        let encoder = GzEncoder::new(file, Compression::fast());
-        let mut builder = tar::Builder::new(encoder);
-        builder.follow_symlinks(false);
-        builder.mode(tar::HeaderMode::Complete);
-        append_tree(&mut builder, Path::new("."), dir)?;
-        let mut file = builder.into_inner()?.finish()?;
+        let mut file = match part {
+            None => {
+                let mut builder = builder(encoder(file));
+                append_tree(&mut builder, Path::new("."), dir, Venv::Follow)?;
+                builder.into_inner()?.finish()?
+            }
+            Some(part) => {
+                let mut builder = builder(Unterminated::new(encoder(file)));
+                append_tree(&mut builder, Path::new("."), dir, Venv::Skip)?;
+                let mut file = builder.into_inner()?.into_inner()?.finish()?;
+                let mut kept = File::open(&part.part).map_err(|e| at(&part.part, e))?;
+                io::copy(&mut kept, &mut file).map_err(|e| at(&part.part, e))?;
+                let mut end = encoder(file);
+                end.write_all(&[0; END_OF_ARCHIVE])?;
+                end.finish()?
+            }
+        };
         file.flush()?;
         file.get_ref().sync_all()?;
         Ok::<_, io::Error>(())
@@ -42,6 +109,82 @@ pub fn pack(dir: &Path, slug: &Path) -> io::Result<u64> {
     }
     std::fs::rename(&tmp, slug).map_err(|e| at(slug, e))?;
     Ok(std::fs::metadata(slug).map_err(|e| at(slug, e))?.len())
+}
+
+/// Makes `part.part` from the sealed environment when it is not there yet: its entries under
+/// `./.slipway/venv`, gzipped, without the end-of-archive blocks; written to a fresh temp file,
+/// fsynced and renamed into place, so a part under its name is always whole.
+fn ensure_part(part: &EnvPart) -> io::Result<()> {
+    if std::fs::symlink_metadata(&part.part).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let parent = part.part.parent().ok_or_else(|| io::Error::other("a slug part has no parent dir"))?;
+    std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
+    let tmp = parent.join(format!(
+        ".{}.{}.tmp",
+        part.part.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    crate::home::remove_if_present(&tmp).map_err(|e| at(&tmp, e))?;
+    let result = (|| {
+        let file = BufWriter::with_capacity(
+            1 << 20,
+            crate::fsutil::create_new(&tmp, 0o600).map_err(|e| at(&tmp, e))?,
+        );
+        let mut builder = builder(Unterminated::new(encoder(file)));
+        append_tree(&mut builder, Path::new(VENV_LINK), &part.env, Venv::Follow)?;
+        let mut file = builder.into_inner()?.into_inner()?.finish()?;
+        file.flush()?;
+        file.get_ref().sync_all()?;
+        Ok::<_, io::Error>(())
+    })();
+    if let Err(err) = result {
+        crate::home::remove_or_warn(&tmp);
+        return Err(err);
+    }
+    std::fs::rename(&tmp, &part.part).map_err(|e| at(&part.part, e))
+}
+
+/// The two zero blocks that end a tar archive (what `tar::Builder` writes when it finishes).
+const END_OF_ARCHIVE: usize = 1024;
+
+/// A writer that passes a tar stream on without its end-of-archive blocks, so that the stream
+/// can be continued by another (the next gzip member of a slug).
+struct Unterminated<W: Write> {
+    inner: W,
+    /// The last bytes written, held back until more follow.
+    tail: Vec<u8>,
+}
+
+impl<W: Write> Unterminated<W> {
+    fn new(inner: W) -> Self {
+        Unterminated { inner, tail: Vec::with_capacity(2 * END_OF_ARCHIVE) }
+    }
+
+    /// The inner writer, once the stream ended with exactly the end-of-archive blocks (held
+    /// back and dropped here).
+    fn into_inner(self) -> io::Result<W> {
+        if self.tail.len() != END_OF_ARCHIVE || self.tail.iter().any(|b| *b != 0) {
+            return Err(io::Error::other("the tar stream did not end with its end-of-archive blocks"));
+        }
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Unterminated<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > END_OF_ARCHIVE {
+            let ready = self.tail.len() - END_OF_ARCHIVE;
+            self.inner.write_all(&self.tail[..ready])?;
+            self.tail.drain(..ready);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The release dir's path of the venv link the slug follows (see the module's doc).
@@ -55,8 +198,22 @@ fn followed(name: &Path, path: &Path, meta: &std::fs::Metadata) -> Option<PathBu
         .flatten()
 }
 
-/// `tar`'s `append_dir_all`, in name order, following only the venv link.
-fn append_tree<W: Write>(builder: &mut tar::Builder<W>, name: &Path, dir: &Path) -> io::Result<()> {
+/// What [`append_tree`] does with the release's venv link.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Venv {
+    /// Packs the environment it leads to in its place.
+    Follow,
+    /// Leaves it out (the environment's entries come from its part).
+    Skip,
+}
+
+/// `tar`'s `append_dir_all`, in name order, following only the venv link (or skipping it).
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    name: &Path,
+    dir: &Path,
+    venv: Venv,
+) -> io::Result<()> {
     builder.append_dir(name, dir).map_err(|e| at(dir, e))?;
     let mut entries: Vec<_> =
         std::fs::read_dir(dir).and_then(|d| d.collect::<io::Result<_>>()).map_err(|e| at(dir, e))?;
@@ -65,9 +222,11 @@ fn append_tree<W: Write>(builder: &mut tar::Builder<W>, name: &Path, dir: &Path)
         let (path, rel) = (entry.path(), name.join(entry.file_name()));
         let meta = path.symlink_metadata().map_err(|e| at(&path, e))?;
         if let Some(target) = followed(&rel, &path, &meta) {
-            append_tree(builder, &rel, &target)?;
+            if venv == Venv::Follow {
+                append_tree(builder, &rel, &target, venv)?;
+            }
         } else if meta.is_dir() {
-            append_tree(builder, &rel, &path)?;
+            append_tree(builder, &rel, &path, venv)?;
         } else {
             builder.append_path_with_name(&path, &rel).map_err(|e| at(&path, e))?;
         }
@@ -94,9 +253,11 @@ enum PackState {
 }
 
 impl Packing {
-    /// Starts packing `dir` into `slug` on a new thread.
-    pub fn start(dir: PathBuf, slug: PathBuf) -> io::Result<Packing> {
-        let handle = std::thread::Builder::new().name("slug".into()).spawn(move || pack(&dir, &slug))?;
+    /// Starts packing `dir` into `slug` on a new thread (reusing the environment's `part`).
+    pub fn start(dir: PathBuf, slug: PathBuf, part: Option<EnvPart>) -> io::Result<Packing> {
+        let handle = std::thread::Builder::new()
+            .name("slug".into())
+            .spawn(move || pack_reusing(&dir, &slug, part.as_ref()))?;
         Ok(Packing { state: Some(PackState::Running(handle)) })
     }
 
@@ -183,10 +344,10 @@ fn gzip_bound(bytes: u64) -> u64 {
     bytes + (bytes / 16_384 + 1) * 5 + 64
 }
 
-/// Unpacks a slug into `dir` (which must not exist yet).
+/// Unpacks a slug into `dir` (which must not exist yet); every gzip member of it.
 pub fn unpack(slug: &Path, dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(File::open(slug)?));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(File::open(slug)?));
     archive.set_preserve_permissions(true);
     archive.unpack(dir)
 }
@@ -250,6 +411,113 @@ mod tests {
         assert_eq!(std::fs::read_link(out.join("other-link")).unwrap(), Path::new("/etc/passwd"));
     }
 
+    /// Every entry of an unpacked tree: its path, kind, mode and content or link target.
+    fn listing(root: &Path) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = Vec::new();
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for path in entries {
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                let mode = meta.permissions().mode() & 0o7777;
+                if meta.file_type().is_symlink() {
+                    out.push(format!("{rel} -> {}", std::fs::read_link(&path).unwrap().display()));
+                } else if meta.is_dir() {
+                    out.push(format!("{rel}/ {mode:o}"));
+                    walk(root, &path, out);
+                } else {
+                    out.push(format!("{rel} {mode:o} {}", std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+        walk(root, root, &mut out);
+        out
+    }
+
+    /// A sealed environment `envs/hello/KEY` and a release linking it.
+    fn release_with_env(root: &Path, build: &str, key: &str) -> PathBuf {
+        let env = root.join("envs/hello").join(key);
+        if !env.exists() {
+            std::fs::create_dir_all(env.join("lib/site-packages/flask")).unwrap();
+            std::fs::write(env.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+            std::fs::write(env.join("lib/site-packages/flask/__init__.py"), format!("# {key}\n")).unwrap();
+            std::fs::create_dir_all(env.join("bin")).unwrap();
+            std::os::unix::fs::symlink("/usr/bin/python3", env.join("bin/python")).unwrap();
+            crate::envs::seal(&env).unwrap();
+        }
+        let release = root.join("releases/hello").join(build);
+        std::fs::create_dir_all(release.join(".slipway")).unwrap();
+        std::fs::write(release.join("app.py"), format!("print('{build}')\n")).unwrap();
+        std::fs::write(release.join(".slipway/note"), "n\n").unwrap();
+        std::os::unix::fs::symlink(format!("../../../../envs/hello/{key}"), release.join(".slipway/venv"))
+            .unwrap();
+        release
+    }
+
+    #[test]
+    fn a_slug_takes_its_environment_from_the_kept_part_and_unpacks_as_a_whole_one_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let part = EnvPart::of(&root.join("envs/hello"), "k1");
+        let b1 = release_with_env(root, "b1", "k1");
+        let whole = root.join("slugs/whole.tar.gz");
+        pack(&b1, &whole).unwrap();
+        let split = root.join("slugs/b1.tar.gz");
+        let size = pack_reusing(&b1, &split, Some(&part)).unwrap();
+        assert!(part.part.is_file(), "the part is kept");
+        assert!(packed_size_bound(&b1).unwrap() >= size);
+        let (a, b) = (root.join("out-whole"), root.join("out-split"));
+        unpack(&whole, &a).unwrap();
+        unpack(&split, &b).unwrap();
+        assert_eq!(listing(&a), listing(&b));
+        assert!(listing(&b)
+            .iter()
+            .any(|l| l == ".slipway/venv/lib/site-packages/flask/__init__.py 444 # k1\n"));
+
+        // The next release with that environment copies the part as it is.
+        let made = std::fs::metadata(&part.part).unwrap();
+        let b2 = release_with_env(root, "b2", "k1");
+        pack_reusing(&b2, &root.join("slugs/b2.tar.gz"), Some(&part)).unwrap();
+        let again = std::fs::metadata(&part.part).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((made.ino(), made.mtime_nsec()), (again.ino(), again.mtime_nsec()));
+        let out = root.join("out-b2");
+        unpack(&root.join("slugs/b2.tar.gz"), &out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("app.py")).unwrap(), "print('b2')\n");
+        assert!(out.join(".slipway/venv/lib/site-packages/flask/__init__.py").is_file());
+
+        // GNU tar reads the three members as one archive, end to end.
+        let tar =
+            std::process::Command::new("tar").arg("-tzf").arg(root.join("slugs/b2.tar.gz")).output().unwrap();
+        assert!(tar.status.success(), "{tar:?}");
+        let names = String::from_utf8_lossy(&tar.stdout);
+        assert!(names.lines().any(|l| l == "app.py"), "{names}");
+        assert!(names.lines().any(|l| l == ".slipway/venv/lib/site-packages/flask/__init__.py"), "{names}");
+
+        // A part is used only for the environment the release links: another one packs whole.
+        let b3 = release_with_env(root, "b3", "k2");
+        pack_reusing(&b3, &root.join("slugs/b3.tar.gz"), Some(&part)).unwrap();
+        let out = root.join("out-b3");
+        unpack(&root.join("slugs/b3.tar.gz"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join(".slipway/venv/lib/site-packages/flask/__init__.py")).unwrap(),
+            "# k2\n"
+        );
+    }
+
+    #[test]
+    fn an_unterminated_tar_stream_holds_back_exactly_the_end_of_archive() {
+        let mut w = Unterminated::new(Vec::new());
+        w.write_all(&[7; 600]).unwrap();
+        w.write_all(&[0; END_OF_ARCHIVE]).unwrap();
+        assert_eq!(w.into_inner().unwrap(), vec![7; 600]);
+        let mut w = Unterminated::new(Vec::new());
+        w.write_all(&[7; 2000]).unwrap();
+        assert!(w.into_inner().is_err(), "a stream that did not end in zero blocks");
+    }
+
     #[test]
     fn the_bound_is_never_below_the_packed_size() {
         let tmp = tempfile::tempdir().unwrap();
@@ -299,9 +567,10 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("app.py"), "print('hi')\n").unwrap();
         let slug = tmp.path().join("slugs/b1.tar.gz");
-        let size = Packing::start(src.clone(), slug.clone()).unwrap().wait().unwrap();
+        let size = Packing::start(src.clone(), slug.clone(), None).unwrap().wait().unwrap();
         assert_eq!(size, std::fs::metadata(&slug).unwrap().len());
-        let failing = Packing::start(tmp.path().join("missing"), tmp.path().join("slugs/b2.tar.gz")).unwrap();
+        let failing =
+            Packing::start(tmp.path().join("missing"), tmp.path().join("slugs/b2.tar.gz"), None).unwrap();
         assert!(failing.wait().is_err());
         assert!(!tmp.path().join("slugs/b2.tar.gz").exists());
         assert_eq!(Packing::done(Ok(7)).wait().unwrap(), 7);

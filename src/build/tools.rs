@@ -249,7 +249,7 @@ mod tests {
             |_| {},
         );
         assert!(matches!(failed, Err(EnsureError::Step("offline"))), "{failed:?}");
-        assert_eq!(seen, [format!("creating the uv environment")]);
+        assert_eq!(seen, ["creating the uv environment".to_string()]);
         assert!(!Tool::Uv.dir(tools.path()).exists(), "the half-made dir is removed");
 
         // A dir an older slipway (or a killed maker) left without the marker is made again.

@@ -89,9 +89,25 @@ fn env_key(slip: &Slipway, release: &str) -> String {
     key
 }
 
+/// The app's environments (`envs/hello/<key>`; the dot dir beside them keeps their slug parts).
 fn envs(slip: &Slipway) -> Vec<String> {
     let mut keys: Vec<String> = std::fs::read_dir(slip.home.join("envs/hello"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    keys.retain(|k| !k.starts_with('.'));
+    keys.sort();
+    keys
+}
+
+/// The environments whose slug part is kept (`envs/hello/.slug-parts/<key>.gz`): packed once,
+/// copied into every slug of a release linking it, removed with the environment.
+fn parts(slip: &Slipway) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(slip.home.join("envs/hello/.slug-parts"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".gz").map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     keys.sort();
     keys
@@ -155,6 +171,7 @@ fn releases_share_sealed_environments_until_no_retained_release_needs_them() {
     assert_eq!(env_key(&slip, "v2"), a);
     assert_eq!(inode("v1"), inode("v2"));
     assert_eq!(envs(&slip), vec![a.clone()]);
+    assert_eq!(parts(&slip), vec![a.clone()]);
     let port = web_port(&slip, "v2");
     assert_eq!(get(port, "/"), "two");
     // A dyno cannot write its environment: root passes the mode bits, Landlock refuses.
@@ -203,6 +220,7 @@ fn releases_share_sealed_environments_until_no_retained_release_needs_them() {
     let c = env_key(&slip, "v6");
     assert_eq!(get(web_port(&slip, "v6"), "/"), "six");
     assert_eq!(envs(&slip), sorted(vec![b.clone(), c.clone()]), "A should have been collected");
+    assert_eq!(parts(&slip), sorted(vec![b.clone(), c.clone()]), "A's slug part should have gone with it");
 
     // apps:destroy removes every environment of the app.
     slip.cmd_ok(&["apps:destroy", "hello", "--confirm", "hello"]);

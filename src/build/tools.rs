@@ -147,7 +147,7 @@ pub fn ensure<E>(
     crate::home::remove_if_present(&dir).map_err(io(format!("removing the unfinished {}", dir.display())))?;
     // Made here, empty: a build's sandbox lets its steps write this dir only, not its parent.
     std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    say(&format!("Installing {} for this server (first use)", tool.requirement().replace("==", " ")));
+    say(&format!("Installing {} for this server's builds (once)", tool.requirement().replace("==", " ")));
     let made = (|| {
         for (what, mut command) in steps(tool, python, &dir) {
             command.env_clear().envs(env).env("HOME", &dir).current_dir(tools);

@@ -79,7 +79,8 @@ fn only_dir(dir: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        // Not `envs/<app>/.slug-parts` (the environments' packed slug parts).
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()

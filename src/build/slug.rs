@@ -76,13 +76,8 @@ pub fn pack_reusing(dir: &Path, slug: &Path, part: Option<&EnvPart>) -> io::Resu
     if let Some(part) = part {
         ensure_part(part)?;
     }
-    let tmp = slug.with_extension("tmp");
-    let result = (|| {
-        let file = BufWriter::with_capacity(
-            1 << 20,
-            crate::fsutil::create_new(&tmp, 0o600).map_err(|e| at(&tmp, e))?,
-        );
-        let mut file = match part {
+    write_via(&slug.with_extension("tmp"), slug, |file| {
+        Ok(match part {
             None => {
                 let mut builder = builder(encoder(file));
                 append_tree(&mut builder, Path::new("."), dir, Venv::Follow)?;
@@ -98,17 +93,30 @@ pub fn pack_reusing(dir: &Path, slug: &Path, part: Option<&EnvPart>) -> io::Resu
                 end.write_all(&[0; END_OF_ARCHIVE])?;
                 end.finish()?
             }
-        };
+        })
+    })?;
+    Ok(std::fs::metadata(slug).map_err(|e| at(slug, e))?.len())
+}
+
+/// Writes `path` through the new file `tmp`: `write` gets it buffered and hands it back when
+/// done; it is then flushed, fsynced and renamed over `path` (so `path` is always whole), or
+/// removed when anything failed.
+fn write_via(
+    tmp: &Path,
+    path: &Path,
+    write: impl FnOnce(BufWriter<File>) -> io::Result<BufWriter<File>>,
+) -> io::Result<()> {
+    let result = (|| {
+        let file = crate::fsutil::create_new(tmp, 0o600).map_err(|e| at(tmp, e))?;
+        let mut file = write(BufWriter::with_capacity(1 << 20, file))?;
         file.flush()?;
-        file.get_ref().sync_all()?;
-        Ok::<_, io::Error>(())
+        file.get_ref().sync_all()
     })();
     if let Err(err) = result {
-        crate::home::remove_or_warn(&tmp);
+        crate::home::remove_or_warn(tmp);
         return Err(err);
     }
-    std::fs::rename(&tmp, slug).map_err(|e| at(slug, e))?;
-    Ok(std::fs::metadata(slug).map_err(|e| at(slug, e))?.len())
+    std::fs::rename(tmp, path).map_err(|e| at(path, e))
 }
 
 /// Makes `part.part` from the sealed environment when it is not there yet: its entries under
@@ -126,23 +134,11 @@ fn ensure_part(part: &EnvPart) -> io::Result<()> {
         std::process::id()
     ));
     crate::home::remove_if_present(&tmp).map_err(|e| at(&tmp, e))?;
-    let result = (|| {
-        let file = BufWriter::with_capacity(
-            1 << 20,
-            crate::fsutil::create_new(&tmp, 0o600).map_err(|e| at(&tmp, e))?,
-        );
+    write_via(&tmp, &part.part, |file| {
         let mut builder = builder(Unterminated::new(encoder(file)));
         append_tree(&mut builder, Path::new(VENV_LINK), &part.env, Venv::Follow)?;
-        let mut file = builder.into_inner()?.into_inner()?.finish()?;
-        file.flush()?;
-        file.get_ref().sync_all()?;
-        Ok::<_, io::Error>(())
-    })();
-    if let Err(err) = result {
-        crate::home::remove_or_warn(&tmp);
-        return Err(err);
-    }
-    std::fs::rename(&tmp, &part.part).map_err(|e| at(&part.part, e))
+        builder.into_inner()?.into_inner()?.finish()
+    })
 }
 
 /// The two zero blocks that end a tar archive (what `tar::Builder` writes when it finishes).

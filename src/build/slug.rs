@@ -119,12 +119,18 @@ fn write_via(
     std::fs::rename(tmp, path).map_err(|e| at(path, e))
 }
 
-/// Makes `part.part` from the sealed environment when it is not there yet: its entries under
-/// `./.slipway/venv`, gzipped, without the end-of-archive blocks; written to a fresh temp file,
-/// fsynced and renamed into place, so a part under its name is always whole.
+/// Makes `part.part` from the sealed environment unless it is there and newer than the
+/// environment's seal: its entries under `./.slipway/venv`, gzipped, without the
+/// end-of-archive blocks; written to a fresh temp file, fsynced and renamed into place, so a
+/// part under its name is always whole. (An environment removed and built again under the same
+/// key, say by hand, is sealed anew: its old part is older than the new marker and is made
+/// again.)
 fn ensure_part(part: &EnvPart) -> io::Result<()> {
-    if std::fs::symlink_metadata(&part.part).is_ok_and(|m| m.is_file()) {
-        return Ok(());
+    let modified = |path: &Path| std::fs::symlink_metadata(path).and_then(|m| m.modified()).ok();
+    let kept = std::fs::symlink_metadata(&part.part).is_ok_and(|m| m.is_file());
+    match (kept, modified(&part.part), modified(&part.env.join(crate::envs::SEALED))) {
+        (true, Some(made), Some(sealed)) if made >= sealed => return Ok(()),
+        _ => {}
     }
     let parent = part.part.parent().ok_or_else(|| io::Error::other("a slug part has no parent dir"))?;
     std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
@@ -491,6 +497,15 @@ mod tests {
         let names = String::from_utf8_lossy(&tar.stdout);
         assert!(names.lines().any(|l| l == "app.py"), "{names}");
         assert!(names.lines().any(|l| l == ".slipway/venv/lib/site-packages/flask/__init__.py"), "{names}");
+
+        // An environment sealed again under the same key (removed and rebuilt) gets a new part.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options().write(true).open(&part.part).unwrap().set_modified(old).unwrap();
+        pack_reusing(&b2, &root.join("slugs/b2.tar.gz"), Some(&part)).unwrap();
+        assert!(
+            std::fs::metadata(&part.part).unwrap().modified().unwrap() > old,
+            "the stale part was made again"
+        );
 
         // A part is used only for the environment the release links: another one packs whole.
         let b3 = release_with_env(root, "b3", "k2");

@@ -230,7 +230,27 @@ fn requirements_install_with_the_servers_uv_unless_only_pip_reads_them_right() {
 #[test]
 fn tools_install_makes_uv_for_the_first_push_and_pip_comes_from_its_wheel() {
     let slip = slipway();
-    let first = slip.cmd_ok(&["tools:install"]);
+    // Without the package index: one sentence, a non-zero exit, nothing left that could pass
+    // for a tool (builds go on with pip).
+    let mut offline = slip.command(&["tools:install"]);
+    offline.env("SLIPWAY_BUILD_ENV", "PIP_INDEX_URL=http://127.0.0.1:9/simple PIP_RETRIES=0");
+    let out = run_with_timeout(&mut offline, None, std::time::Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "uv {} is not installed: installing uv failed",
+            slipway::build::tools::UV_VERSION
+        )) && stderr.contains("Python builds install with pip until 'slipway tools:install' succeeds"),
+        "{stderr}"
+    );
+    assert!(!slip.home.join(format!("cache/.tools/uv-{}", slipway::build::tools::UV_VERSION)).exists());
+
+    // A 24 MB download: more time than an ordinary command gets.
+    let made =
+        run_with_timeout(&mut slip.command(&["tools:install"]), None, std::time::Duration::from_secs(300));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let first = String::from_utf8_lossy(&made.stdout).into_owned();
     let tool = slip.home.join(format!("cache/.tools/uv-{}", slipway::build::tools::UV_VERSION));
     assert!(first.contains(&format!("installed at {}", tool.join("bin/uv").display())), "{first}");
     let wheel = tool.join("wheels").join(slipway::build::tools::pip_wheel_name());

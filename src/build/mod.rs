@@ -220,11 +220,12 @@ pub fn run(req: &BuildRequest<'_>) -> Result<(Built, slug::Packing), BuildError>
             slugignore::apply(&dir, &slugignore::parse(&text)).map_err(io_err("applying .slugignore"))?;
         output::step(&format!("Removed {removed} path(s) listed in .slugignore"));
     }
-    let bound = slug::packed_size_bound(&dir).map_err(io_err("measuring the slug"))?;
+    // The environment's entries come from its kept part when it has one (see `slug`).
+    let part = deps_key.as_ref().map(|key| slug::EnvPart::of(&req.home.envs(req.app), key));
+    let bound = slug::packed_size_bound_reusing(&dir, part.as_ref()).map_err(io_err("measuring the slug"))?;
     let packing = if bound <= req.settings.max_slug_bytes {
         // It cannot be over the limit: pack it while the release goes live.
         output::step("Compressing the slug while the release goes live");
-        let part = deps_key.as_ref().map(|key| slug::EnvPart::of(&req.home.envs(req.app), key));
         slug::Packing::start(dir.clone(), slug_path.clone(), part).map_err(io_err("packing the slug"))?
     } else {
         let slug_bytes = slug::pack(&dir, &slug_path).map_err(io_err("packing the slug"))?;

@@ -65,14 +65,7 @@ pub fn pack_reusing(dir: &Path, slug: &Path, part: Option<&EnvPart>) -> io::Resu
     if let Some(parent) = slug.parent() {
         std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
     }
-    let link = dir.join(VENV_LINK);
-    let part = part.filter(|p| {
-        let target = std::fs::canonicalize(&link).ok();
-        std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
-            && target.is_some()
-            && target == std::fs::canonicalize(&p.env).ok()
-            && crate::envs::is_sealed(&p.env)
-    });
+    let part = usable_part(dir, part);
     if let Some(part) = part {
         ensure_part(part)?;
     }
@@ -119,6 +112,28 @@ fn write_via(
     std::fs::rename(tmp, path).map_err(|e| at(path, e))
 }
 
+/// `part` when the release `dir`'s venv link leads to its environment, sealed.
+fn usable_part<'a>(dir: &Path, part: Option<&'a EnvPart>) -> Option<&'a EnvPart> {
+    let link = dir.join(VENV_LINK);
+    part.filter(|p| {
+        let target = std::fs::canonicalize(&link).ok();
+        std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
+            && target.is_some()
+            && target == std::fs::canonicalize(&p.env).ok()
+            && crate::envs::is_sealed(&p.env)
+    })
+}
+
+/// Whether the kept part is there and newer than its environment's seal marker.
+fn part_is_fresh(part: &EnvPart) -> bool {
+    let modified = |path: &Path| std::fs::symlink_metadata(path).and_then(|m| m.modified()).ok();
+    let kept = std::fs::symlink_metadata(&part.part).is_ok_and(|m| m.is_file());
+    match (kept, modified(&part.part), modified(&part.env.join(crate::envs::SEALED))) {
+        (true, Some(made), Some(sealed)) => made >= sealed,
+        _ => false,
+    }
+}
+
 /// Makes `part.part` from the sealed environment unless it is there and newer than the
 /// environment's seal: its entries under `./.slipway/venv`, gzipped, without the
 /// end-of-archive blocks; written to a fresh temp file, fsynced and renamed into place, so a
@@ -126,11 +141,8 @@ fn write_via(
 /// key, say by hand, is sealed anew: its old part is older than the new marker and is made
 /// again.)
 fn ensure_part(part: &EnvPart) -> io::Result<()> {
-    let modified = |path: &Path| std::fs::symlink_metadata(path).and_then(|m| m.modified()).ok();
-    let kept = std::fs::symlink_metadata(&part.part).is_ok_and(|m| m.is_file());
-    match (kept, modified(&part.part), modified(&part.env.join(crate::envs::SEALED))) {
-        (true, Some(made), Some(sealed)) if made >= sealed => return Ok(()),
-        _ => {}
+    if part_is_fresh(part) {
+        return Ok(());
     }
     let parent = part.part.parent().ok_or_else(|| io::Error::other("a slug part has no parent dir"))?;
     std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
@@ -298,33 +310,51 @@ impl Drop for Packing {
 /// incompressible data stored in blocks). When it is within `SLIPWAY_MAX_SLUG_MB`, the slug
 /// cannot be over the limit and may be packed while the release goes live.
 pub fn packed_size_bound(dir: &Path) -> io::Result<u64> {
-    fn walk(dir: &Path, rel: &Path, total: &mut u64) -> io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = rel.join(entry.file_name());
-            let meta = entry.path().symlink_metadata()?;
-            if let Some(target) = followed(&name, &entry.path(), &meta) {
-                *total += tar_entry_bound(name.as_os_str().len(), 0, 0);
-                walk(&target, &name, total)?;
-                continue;
-            }
-            let name_len = name.as_os_str().len();
-            let link_len = if meta.file_type().is_symlink() {
-                std::fs::read_link(entry.path())?.as_os_str().len()
-            } else {
-                0
-            };
-            let size = if meta.is_file() { meta.len() } else { 0 };
-            *total += tar_entry_bound(name_len, link_len, size);
-            if meta.is_dir() {
-                walk(&entry.path(), &name, total)?;
-            }
-        }
-        Ok(())
+    packed_size_bound_reusing(dir, None)
+}
+
+/// [`packed_size_bound`] of what [`pack_reusing`] writes: with a part it will copy as it is
+/// (see [`usable_part`], [`part_is_fresh`]), the release's own entries are walked and the
+/// part's exact size added, instead of walking the thousands of files of the environment at
+/// every deploy.
+pub fn packed_size_bound_reusing(dir: &Path, part: Option<&EnvPart>) -> io::Result<u64> {
+    if let Some(part) = usable_part(dir, part).filter(|p| part_is_fresh(p)) {
+        let mut tar = tar_entry_bound(1, 0, 0);
+        walk_bound(dir, Path::new("."), &mut tar, Venv::Skip)?;
+        let kept = std::fs::metadata(&part.part)?.len();
+        return Ok(gzip_bound(tar) + kept + gzip_bound(END_OF_ARCHIVE as u64));
     }
     let mut tar = tar_entry_bound(1, 0, 0);
-    walk(dir, Path::new("."), &mut tar)?;
+    walk_bound(dir, Path::new("."), &mut tar, Venv::Follow)?;
     Ok(gzip_bound(tar + 2 * BLOCK))
+}
+
+/// Adds the tar bound of every entry under `dir` (named from `rel`) to `total`.
+fn walk_bound(dir: &Path, rel: &Path, total: &mut u64, venv: Venv) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = rel.join(entry.file_name());
+        let meta = entry.path().symlink_metadata()?;
+        if let Some(target) = followed(&name, &entry.path(), &meta) {
+            if venv == Venv::Follow {
+                *total += tar_entry_bound(name.as_os_str().len(), 0, 0);
+                walk_bound(&target, &name, total, venv)?;
+            }
+            continue;
+        }
+        let name_len = name.as_os_str().len();
+        let link_len = if meta.file_type().is_symlink() {
+            std::fs::read_link(entry.path())?.as_os_str().len()
+        } else {
+            0
+        };
+        let size = if meta.is_file() { meta.len() } else { 0 };
+        *total += tar_entry_bound(name_len, link_len, size);
+        if meta.is_dir() {
+            walk_bound(&entry.path(), &name, total, venv)?;
+        }
+    }
+    Ok(())
 }
 
 const BLOCK: u64 = 512;
@@ -481,7 +511,9 @@ mod tests {
         // The next release with that environment copies the part as it is.
         let made = std::fs::metadata(&part.part).unwrap();
         let b2 = release_with_env(root, "b2", "k1");
-        pack_reusing(&b2, &root.join("slugs/b2.tar.gz"), Some(&part)).unwrap();
+        let bound = packed_size_bound_reusing(&b2, Some(&part)).unwrap();
+        let size = pack_reusing(&b2, &root.join("slugs/b2.tar.gz"), Some(&part)).unwrap();
+        assert!(bound >= size && bound < packed_size_bound(&b2).unwrap(), "{bound} {size}");
         let again = std::fs::metadata(&part.part).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!((made.ino(), made.mtime_nsec()), (again.ino(), again.mtime_nsec()));

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -129,11 +130,12 @@ pub fn ensure<E>(
     }
     std::fs::create_dir_all(tools).map_err(io(format!("creating {}", tools.display())))?;
     let lock_path = tools.join(format!(".{}.lock", tool.name()));
+    // `cache/.tools` is the platform's; still, a link there is never written through.
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .custom_flags_nofollow()
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&lock_path)
         .map_err(io(format!("opening {}", lock_path.display())))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
@@ -164,19 +166,6 @@ pub fn ensure<E>(
         return Err(e);
     }
     Ok(dir.join("bin").join(tool.name()))
-}
-
-/// `O_NOFOLLOW` for the lock file: `cache/.tools` is the platform's, but a link there must
-/// still never be written through.
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
-    }
 }
 
 #[cfg(test)]

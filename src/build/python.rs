@@ -111,8 +111,12 @@ pub fn build(
     // uv installs requirements.txt only when it would install it as pip does.
     let mut require_hashes = false;
     let mut uv_vars = Vec::new();
-    if installer == Installer::Uv {
-        let scan = super::requirements::scan_tree(dir, "requirements.txt");
+    // A requirements.txt of comments and blank lines asks for nothing: no installer is started
+    // for it (pip would only warn that it was given no requirement; uv likewise).
+    let scan = matches!(installer, Installer::Pip | Installer::Uv)
+        .then(|| super::requirements::scan_tree(dir, "requirements.txt"));
+    let nothing_required = scan.as_ref().is_some_and(|s| s.lines == 0);
+    if let Some(scan) = scan.filter(|_| installer == Installer::Uv) {
         match scan.not_for_uv.map_or_else(|| super::requirements::uv_env(&env), Err) {
             Ok(vars) => (require_hashes, uv_vars) = (scan.hashes, vars),
             Err(why) => {
@@ -277,6 +281,9 @@ pub fn build(
     }
     let with = if by_uv { "uv" } else { "pip" };
     match installer {
+        Installer::Pip | Installer::Uv if nothing_required => {
+            output::step("No dependencies in requirements.txt (only comments and blank lines)");
+        }
         Installer::Pip | Installer::Uv => {
             output::step(&format!("Installing dependencies with {with}"));
             run_step(

@@ -48,6 +48,9 @@ pub struct Scan {
     pub not_for_uv: Option<String>,
     /// Whether it pins hashes (`--hash`), which puts pip in hash-checking mode.
     pub hashes: bool,
+    /// How many logical lines (requirements and options) it has, comments and blank lines
+    /// left out: none means there is nothing to install.
+    pub lines: usize,
 }
 
 /// The file's logical lines, as pip reads them: `\` at the end of a line continues it, and
@@ -94,6 +97,7 @@ fn option_name(line: &str) -> &str {
 pub fn scan(text: &str) -> Scan {
     let mut out = Scan::default();
     for line in logical_lines(text) {
+        out.lines += 1;
         if line.starts_with('-') {
             let name = option_name(&line);
             if name == "--require-hashes" {
@@ -144,6 +148,7 @@ pub fn scan_tree(dir: &Path, rel: &str) -> Scan {
         };
         let one = scan(&text);
         total.hashes |= one.hashes;
+        total.lines += one.lines;
         if total.not_for_uv.is_none() {
             total.not_for_uv = one.not_for_uv.map(|why| format!("{}: {why}", file.display()));
         }
@@ -183,6 +188,14 @@ pub fn uv_env(env: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_of_comments_and_blank_lines_asks_for_nothing() {
+        assert_eq!(scan("# only a comment\n\n   \n# another\n").lines, 0);
+        assert_eq!(scan("").lines, 0);
+        assert_eq!(scan("flask\n# web\n-r base.txt\n").lines, 2);
+        assert_eq!(scan("flask==3.1 \\\n  --hash=sha256:00\n").lines, 1);
+    }
 
     #[test]
     fn what_uv_takes_as_pip_does() {
@@ -236,7 +249,7 @@ mod tests {
         std::fs::write(d.path().join("req/prod.txt"), "-r base.txt\ngunicorn\n").unwrap();
         std::fs::write(d.path().join("req/base.txt"), "six==1.16 --hash=sha256:aa\n").unwrap();
         let got = scan_tree(d.path(), "requirements.txt");
-        assert_eq!(got, Scan { not_for_uv: None, hashes: true });
+        assert_eq!(got, Scan { not_for_uv: None, hashes: true, lines: 5 });
         std::fs::write(d.path().join("req/base.txt"), "--pre\nsix\n").unwrap();
         let got = scan_tree(d.path(), "requirements.txt");
         assert!(got.not_for_uv.as_deref().unwrap().starts_with("req/base.txt: it uses --pre"), "{got:?}");
@@ -247,7 +260,7 @@ mod tests {
         assert!(scan_tree(d.path(), "requirements.txt").not_for_uv.is_some());
         // A cycle ends.
         std::fs::write(d.path().join("requirements.txt"), "-r requirements.txt\nflask\n").unwrap();
-        assert_eq!(scan_tree(d.path(), "requirements.txt"), Scan::default());
+        assert_eq!(scan_tree(d.path(), "requirements.txt"), Scan { lines: 2, ..Scan::default() });
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl Home {
     pub fn cache(&self, app: &AppName) -> PathBuf {
         self.root.join("cache").join(app.as_str())
     }
+    /// `cache/.tools`: the platform's build tools (`build::tools`), interpreters, seeds and
+    /// interpreter probes, read-only to apps.
+    pub fn tools(&self) -> PathBuf {
+        self.root.join("cache/.tools")
+    }
     pub fn app_logs(&self, app: &AppName) -> PathBuf {
         self.root.join("logs").join(app.as_str())
     }

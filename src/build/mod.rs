@@ -414,7 +414,7 @@ impl Jail {
         std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
         // A rule needs its dir to exist when the sandbox is made.
         std::fs::create_dir_all(req.home.cache(req.app).join("home"))?;
-        std::fs::create_dir_all(req.home.root().join("cache/.tools"))?;
+        std::fs::create_dir_all(req.home.tools())?;
         let mut jail = Jail {
             policy: sandbox::Policy::default(),
             tmp,
@@ -552,7 +552,7 @@ fn open_to_app(
     open_app_dir(home, &req.home.envs(req.app), user.gid)?;
     open_passage(&home.join("cache"))?;
     hand_tree(&req.home.cache(req.app), user.uid, platform_gid)?;
-    let tools = home.join("cache/.tools");
+    let tools = req.home.tools();
     std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o711))?;
     for entry in std::fs::read_dir(&tools)? {
         let entry = entry?;
@@ -594,7 +594,7 @@ fn build_tools(req: &BuildRequest<'_>) -> Vec<PathBuf> {
     if let Some(home) = &roots.home {
         tools.push(home.join(".local/share/uv/python"));
     }
-    tools.push(req.home.root().join("cache/.tools"));
+    tools.push(req.home.tools());
     for name in [req.settings.python.as_str(), "uv", "poetry"] {
         let found = if name.contains('/') { Some(PathBuf::from(name)) } else { python::find_on_path(name) };
         if let Some(exe) = found.filter(|p| p.exists()).map(|p| canonical(&p)) {

@@ -81,7 +81,7 @@ pub fn build(
     let mut python_dirs = req.settings.python_dirs.clone();
     python_dirs.push(python_install_dir(req));
     let mut roots = interpreter::Roots::for_this_user(&python_dirs);
-    roots.probe_cache = Some(req.home.root().join("cache/.tools/interpreters"));
+    roots.probe_cache = Some(req.home.tools().join("interpreters"));
     let last = req.previous.and_then(|p| interpreter::venv_major(&p.dir.join(VENV)));
     let manager = if !dir.join("requirements.txt").is_file() && dir.join("uv.lock").is_file() {
         interpreter::Manager::Uv
@@ -187,7 +187,7 @@ pub fn build(
     output::step("Creating virtualenv");
     let by_uv = uv.is_some() && installer != Installer::Pip;
     // `python -m venv` runs ensurepip (seconds): a seed made once per interpreter is cloned instead.
-    let seed = venv::seed_dir(&req.home.root().join("cache/.tools"), &python.path, &python.version);
+    let seed = venv::seed_dir(&req.home.tools(), &python.path, &python.version);
     if !by_uv && jail.app_user().is_some() {
         venv::make_seed(req, &python.path, &seed, deadline, jail);
     }
@@ -258,7 +258,7 @@ pub fn build(
     } else if pin_pip {
         // uv gets pip from the wheel kept with the platform's uv (no index, no download: ~0.3 s
         // of a cold build here, more when the index is slow); else from the index.
-        let wheel = if by_uv { tools::pip_wheel(&tools_root(req)) } else { None };
+        let wheel = if by_uv { tools::pip_wheel(&req.home.tools()) } else { None };
         let pinned = match &wheel {
             Some(wheel) => {
                 output::step(&format!("Installing pip {} (from the server's wheel)", venv::PIP_VERSION));
@@ -473,7 +473,7 @@ pub fn shadowed(dir: &Path, name: &str) -> bool {
 /// Where `python_install` puts the interpreters it installs, one server-wide dir (`uv python
 /// install --install-dir`); interpreter discovery always looks there.
 fn python_install_dir(req: &BuildRequest<'_>) -> PathBuf {
-    req.home.root().join("cache/.tools/python")
+    req.home.tools().join("python")
 }
 
 /// `uv python install VERSION` into [`python_install_dir`] (uv itself installed first when the
@@ -660,7 +660,7 @@ fn ensure_tool(
     if let Some(found) = find_on_path(tool.name()) {
         return Ok(found);
     }
-    let root = tools_root(req);
+    let root = req.home.tools();
     // Only these steps may write the tool's dir; builds read it.
     let jail = &jail.for_platform(&tool.dir(&root));
     let env = super::platform_env(req);
@@ -671,15 +671,10 @@ fn ensure_tool(
     })
 }
 
-/// `cache/.tools`: the platform's tools, seeds and interpreter probes.
-fn tools_root(req: &BuildRequest<'_>) -> PathBuf {
-    req.home.root().join("cache/.tools")
-}
-
 /// The uv this server has: on PATH, else the platform's (`slipway tools:install`, or made by
 /// an earlier build for a `uv.lock`); none is fetched for requirements.txt.
 fn find_uv(req: &BuildRequest<'_>) -> Option<PathBuf> {
-    find_on_path("uv").or_else(|| tools::Tool::Uv.installed(&tools_root(req)))
+    find_on_path("uv").or_else(|| tools::Tool::Uv.installed(&req.home.tools()))
 }
 
 pub fn find_on_path(name: &str) -> Option<PathBuf> {

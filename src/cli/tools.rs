@@ -12,7 +12,7 @@ use crate::home::Home;
 
 pub fn install(home: &Home) -> anyhow::Result<i32> {
     let settings = crate::settings::Settings::load(home)?;
-    let root = home.root().join("cache/.tools");
+    let root = home.tools();
     let tool = Tool::Uv;
     let requirement = tool.requirement().replace("==", " ");
     if let Some(exe) = tool.installed(&root) {

@@ -342,9 +342,8 @@ pub fn remove_orphan_parts(envs: &Path) -> io::Result<()> {
 /// Whether the entry `name` of the slug parts' dir stays: a part of a sealed environment, or
 /// the temp file of a packer still running.
 fn keep_part(name: &str, sealed: &dyn Fn(&str) -> bool, alive: &dyn Fn(i32) -> bool) -> bool {
-    if let Some(tmp) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
-        let pid = tmp.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
-        return pid.is_some_and(|p| p > 0 && alive(p));
+    if name.starts_with('.') {
+        return crate::build::slug::part_tmp_pid(name).is_some_and(alive);
     }
     name.strip_suffix(".gz").is_some_and(|key| !key.is_empty() && !key.contains('.') && sealed(key))
 }

@@ -146,17 +146,26 @@ fn ensure_part(part: &EnvPart) -> io::Result<()> {
     }
     let parent = part.part.parent().ok_or_else(|| io::Error::other("a slug part has no parent dir"))?;
     std::fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        part.part.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = part_tmp(&part.part, std::process::id());
     crate::home::remove_if_present(&tmp).map_err(|e| at(&tmp, e))?;
     write_via(&tmp, &part.part, |file| {
         let mut builder = builder(Unterminated::new(encoder(file)));
         append_tree(&mut builder, Path::new(VENV_LINK), &part.env, Venv::Follow)?;
         builder.into_inner()?.into_inner()?.finish()
     })
+}
+
+/// The temp file process `pid` writes the part `part` through: `.KEY.gz.PID.tmp` beside it.
+fn part_tmp(part: &Path, pid: u32) -> PathBuf {
+    let name = part.file_name().unwrap_or_default().to_string_lossy();
+    part.with_file_name(format!(".{name}.{pid}.tmp"))
+}
+
+/// The pid of the packer whose temp file ([`part_tmp`]) is named `name`; None for any other
+/// name.
+pub fn part_tmp_pid(name: &str) -> Option<i32> {
+    let tmp = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    tmp.rsplit('.').next()?.parse::<i32>().ok().filter(|pid| *pid > 0)
 }
 
 /// The two zero blocks that end a tar archive (what `tar::Builder` writes when it finishes).
@@ -548,6 +557,16 @@ mod tests {
             std::fs::read_to_string(out.join(".slipway/venv/lib/site-packages/flask/__init__.py")).unwrap(),
             "# k2\n"
         );
+    }
+
+    #[test]
+    fn a_parts_temp_file_names_its_packer() {
+        let tmp = part_tmp(Path::new("/h/envs/a/.slug-parts/k1.gz"), 42);
+        assert_eq!(tmp, Path::new("/h/envs/a/.slug-parts/.k1.gz.42.tmp"));
+        assert_eq!(part_tmp_pid(&tmp.file_name().unwrap().to_string_lossy()), Some(42));
+        for other in ["k1.gz", ".k1.gz", ".k1.gz.x.tmp", ".k1.gz.0.tmp", "k1.gz.42.tmp"] {
+            assert_eq!(part_tmp_pid(other), None, "{other}");
+        }
     }
 
     #[test]

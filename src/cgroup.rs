@@ -572,12 +572,12 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Opens each hierarchy's `cgroup.procs` for writing: [`join_raw`] in a `pre_exec` then
-    /// moves the new process in before it runs anything.
-    pub fn open_procs(&self) -> io::Result<Vec<File>> {
+    /// Opens each hierarchy's join file ([`join_file`]) for writing: [`join_raw`] in a
+    /// `pre_exec` then moves the new process in before it runs anything.
+    pub fn open_join(&self) -> io::Result<Vec<File>> {
         self.dirs()
             .iter()
-            .map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")))
+            .map(|d| std::fs::OpenOptions::new().write(true).open(d.join(join_file(self.v2))))
             .collect()
     }
 
@@ -707,7 +707,24 @@ fn enable_controllers(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Moves the calling process into the cgroups whose `cgroup.procs` are open as `fds`. Only
+/// The file a new process writes `0` to, between fork and exec, to enter a cgroup.
+///
+/// v1: `tasks`, which moves only the calling thread. Between fork and exec the child has no
+/// other thread, so that is the whole process; and the kernel (5.17 and later) moves the calling
+/// thread alone without its global threadgroup lock, whose write side waits for an RCU grace
+/// period: 0.1 ms per dyno start instead of 5–25 ms through `cgroup.procs` on this project's
+/// test machine (docs/BENCHMARKS.md). v2 has no such file for domain cgroups (`cgroup.threads`
+/// moves threads only within a threaded subtree): `cgroup.procs`.
+pub fn join_file(v2: bool) -> &'static str {
+    if v2 {
+        "cgroup.procs"
+    } else {
+        "tasks"
+    }
+}
+
+/// Moves the calling process into the cgroups whose join files ([`join_file`]) are open as
+/// `fds`; it must have one thread (a child between fork and exec). Only
 /// `write(2)`: safe between fork and exec.
 pub fn join_raw(fds: &[RawFd]) -> io::Result<()> {
     for fd in fds {
@@ -1069,6 +1086,42 @@ mod tests {
         let v2: Vec<&str> = limit_writes(true, l).into_iter().map(|(_, f, _, _)| f).collect();
         assert_eq!(v2, ["memory.max", "memory.swap.max", "memory.oom.group", "pids.max", "cpu.weight"]);
         assert!(!v2.contains(&"memory.high"));
+    }
+
+    #[test]
+    fn a_new_process_joins_by_the_file_that_moves_it_alone() {
+        assert_eq!(join_file(false), "tasks");
+        assert_eq!(join_file(true), "cgroup.procs");
+    }
+
+    /// The real kernel: a child that writes `0` to the opened join files between fork and exec
+    /// runs its first instruction in the cgroup of every hierarchy. Needs root (cgroupfs).
+    #[test]
+    fn a_child_joins_every_hierarchy_before_exec() {
+        use std::os::unix::process::CommandExt;
+        let Ok(layout) = detect() else {
+            eprintln!("skipped: no usable cgroups here ({:?})", detect().err());
+            return;
+        };
+        let home = tempfile::tempdir().expect("tempdir");
+        let rel = dyno_rel(home.path(), "joins", 1);
+        let cgroup = layout.group(&rel);
+        cgroup.create(Limits { memory: 64 << 20, max_pids: 16 }).expect("create");
+        let files = cgroup.open_join().expect("open");
+        let fds = raw_fds(&files);
+        let mut command = std::process::Command::new("cat");
+        command.arg("/proc/self/cgroup");
+        // SAFETY: join_raw only calls write(2).
+        unsafe {
+            command.pre_exec(move || join_raw(&fds));
+        }
+        let out = command.output().expect("cat");
+        drop(files);
+        cgroup.remove(Instant::now() + Duration::from_secs(5), || {}).expect("remove");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let inside = text.lines().filter(|l| l.ends_with(&format!("/{}", rel.display()))).count();
+        assert_eq!(inside, cgroup.dirs().len(), "in every hierarchy:\n{text}");
     }
 
     #[test]

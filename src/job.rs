@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 
-/// The `cgroup.procs` fds of the current build's cgroup (see [`contain`]).
+/// The join-file fds ([`crate::cgroup::join_file`]) of the current build's cgroup (see [`contain`]).
 static CONTAINER: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
 
 /// The current build's cgroup, for [`kill_strays`].
@@ -114,9 +114,8 @@ pub fn contain(
     let layout = crate::users::root_if_privileged(crate::cgroup::detect).ok()?.ok()?;
     let cgroup = layout.group(&crate::cgroup::build_rel(home.root(), app.as_str(), std::process::id()));
     let limits = crate::cgroup::Limits { memory: settings.build_memory, max_pids: settings.dyno_max_pids };
-    let opened =
-        crate::users::root_if_privileged(|| cgroup.create(limits).and_then(|()| cgroup.open_procs()))
-            .and_then(|r| r);
+    let opened = crate::users::root_if_privileged(|| cgroup.create(limits).and_then(|()| cgroup.open_join()))
+        .and_then(|r| r);
     match opened {
         Ok(procs) => {
             if let Ok(mut fds) = CONTAINER.lock() {

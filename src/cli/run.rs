@@ -104,7 +104,7 @@ fn signal_group(group: Pid, sig: Option<Signal>) {
     }
 }
 
-/// Creates one-off dyno `id`'s cgroup and opens its `cgroup.procs` for the command to join;
+/// Creates one-off dyno `id`'s cgroup and opens its join files for the command to join;
 /// None (logged) when cgroups are unavailable or it cannot be made.
 fn contain(
     home: &Home,
@@ -116,7 +116,7 @@ fn contain(
 ) -> Option<(crate::cgroup::Cgroup, Vec<std::fs::File>)> {
     let layout = crate::cgroup::detect().ok()?;
     let cgroup = layout.group(&crate::cgroup::dyno_rel(home.root(), app.as_str(), id));
-    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+    match cgroup.create(limits).and_then(|()| cgroup.open_join()) {
         Ok(files) => Some((cgroup, files)),
         Err(err) => {
             logs::append_event(
@@ -208,7 +208,7 @@ pub struct Ended {
 }
 
 /// Starts `command` in `env` as dyno `name` (with `PORT` when given), in a new process group (the terminal's foreground
-/// group when stdin is our controlling terminal), in the cgroups whose `cgroup.procs` are open
+/// group when stdin is our controlling terminal), in the cgroups whose join files are open
 /// as `join` (none: no cgroup), confined like every dyno in a private working dir of its own
 /// (`dynos/<app>/<key>`), as `user` when given (privileged mode).
 #[allow(clippy::too_many_arguments)]

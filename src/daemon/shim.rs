@@ -28,14 +28,15 @@
 //!
 //! Limits: given `--cgroup`, the shim creates the dyno's cgroup with its limits (memory hard
 //! limit at twice `--memory`, `--max-pids`, the default CPU weight; see [`crate::cgroup`])
-//! before the dyno starts, and the dyno joins it between fork and exec (a `write` of "0" to
-//! `cgroup.procs` opened beforehand), so not one of its processes runs outside. A watcher
-//! thread reads the cgroup's memory twice a second: above the quota it logs `Error R14 (Memory
-//! quota exceeded)` (at most every 20 s while over); when the kernel OOM-killed in the cgroup
-//! (at twice the quota) it logs `Error R15 (Memory quota vastly exceeded)` and kills the dyno,
-//! which the daemon then restarts like any crash. When the dyno is over, whatever is left in
-//! the cgroup is killed and the cgroup removed before the shim exits. A cgroup that cannot be
-//! created is logged and the dyno runs without limits.
+//! before the dyno starts, and the dyno joins it between fork and exec (a `write` of "0" to a
+//! file opened beforehand: v1 `tasks`, v2 `cgroup.procs`; see [`crate::cgroup::join_file`]), so
+//! not one of its processes runs outside. A watcher thread reads the cgroup's memory twice a
+//! second: above the quota it logs `Error R14 (Memory quota exceeded)` (at most every 20 s
+//! while over); when the kernel OOM-killed in the cgroup (at twice the quota) it logs `Error
+//! R15 (Memory quota vastly exceeded)` and kills the dyno, which the daemon then restarts like
+//! any crash. When the dyno is over, whatever is left in the cgroup is killed and the cgroup
+//! removed before the shim exits. A cgroup that cannot be created is logged and the dyno runs
+//! without limits.
 //!
 //! Inside the shim, one reader thread per pipe drains the dyno's output and queues formatted
 //! batches for one writer thread, which owns the log. The readers never wait for the disk: a
@@ -258,7 +259,7 @@ pub fn run(args: ShimArgs) -> i32 {
     0
 }
 
-/// Creates the dyno's cgroup with its limits and opens its `cgroup.procs` files for the
+/// Creates the dyno's cgroup with its limits and opens its join files for the
 /// dyno to join in `pre_exec`. A cgroup half made is removed again.
 fn contain(
     rel: &std::path::Path,
@@ -266,7 +267,7 @@ fn contain(
 ) -> Result<(crate::cgroup::Cgroup, Vec<std::fs::File>), String> {
     let layout = crate::cgroup::detect()?;
     let cgroup = layout.group(rel);
-    match cgroup.create(limits).and_then(|()| cgroup.open_procs()) {
+    match cgroup.create(limits).and_then(|()| cgroup.open_join()) {
         Ok(files) => Ok((cgroup, files)),
         Err(err) => {
             if let Err(e) = cgroup.remove(Instant::now(), || {}) {

@@ -120,20 +120,18 @@ pub fn run(args: ShimArgs) -> i32 {
             None
         }
     });
-    let join_fds = contained.as_ref().map(|(_, files)| crate::cgroup::raw_fds(files)).unwrap_or_default();
+    let mut join = contained.as_ref().map(|(_, entry)| entry.joiner());
     let mut command = crate::procfile::shell_command(&args.command);
-    command
-        .current_dir(&args.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: only async-signal-safe calls (write, signal, umask) between fork and exec. Ignored
-    // signals survive exec, so the dyno must get the default dispositions back.
+    command.current_dir(&args.dir).stdin(Stdio::null()).process_group(0);
+    // SAFETY: only async-signal-safe calls (an atomic load, write, signal, umask) between fork
+    // and exec. Ignored signals survive exec, so the dyno must get the default dispositions back.
     unsafe {
         command.pre_exec(move || {
-            // Into the dyno's cgroup before anything of the app runs.
-            crate::cgroup::join_raw(&join_fds)?;
+            // Into the dyno's cgroup before anything of the app runs (unless it was created
+            // there: `cgroup::Entry`).
+            if let Some(join) = &mut join {
+                join()?;
+            }
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
                 let _ = signal(sig, SigHandler::SigDfl);
             }
@@ -143,16 +141,17 @@ pub fn run(args: ShimArgs) -> i32 {
         });
     }
     let private = confine(&args, &mut command);
-    let spawned = match &private {
-        Ok(_) => command.spawn(),
-        Err(err) => Err(std::io::Error::other(err.clone())),
+    let spawned = match (&private, &contained) {
+        (Ok(_), Some((_, entry))) => entry.spawn(&mut command),
+        (Ok(_), None) => crate::cgroup::spawn_piped(&mut command),
+        (Err(err), _) => Err(std::io::Error::other(err.clone())),
     };
     drop(command);
-    let cgroup = contained.map(|(cgroup, files)| {
-        drop(files);
+    let cgroup = contained.map(|(cgroup, entry)| {
+        drop(entry);
         cgroup
     });
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(c) => c,
         Err(err) => {
             let _ = log.event(Source::Slipway, &args.dyno, &format!("Failed to start process: {err}"));
@@ -170,7 +169,7 @@ pub fn run(args: ShimArgs) -> i32 {
     unsafe {
         libc::malloc_trim(0);
     }
-    let pid = child.id() as i32;
+    let pid = child.pid;
     let start = process::start_time(pid).unwrap_or(0);
     if let Some(path) = &args.announce {
         if let Err(err) = announce(path, pid, start) {
@@ -186,13 +185,10 @@ pub fn run(args: ShimArgs) -> i32 {
     report_and_release_stdout(pid, start);
 
     let (queue, writer) = spawn_writer(log, args.dyno.clone());
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(out, queue.clone(), args.dyno.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, queue.clone(), args.dyno.clone()));
-    }
+    let readers = [
+        spawn_reader(child.stdout, queue.clone(), args.dyno.clone()),
+        spawn_reader(child.stderr, queue.clone(), args.dyno.clone()),
+    ];
 
     let watcher = match (&cgroup, &args.limits) {
         (Some(cgroup), Some((_, limits))) => {
@@ -259,16 +255,16 @@ pub fn run(args: ShimArgs) -> i32 {
     0
 }
 
-/// Creates the dyno's cgroup with its limits and opens its join files for the
-/// dyno to join in `pre_exec`. A cgroup half made is removed again.
+/// Creates the dyno's cgroup with its limits and opens what the dyno enters it by
+/// ([`crate::cgroup::Entry`]). A cgroup half made is removed again.
 fn contain(
     rel: &std::path::Path,
     limits: crate::cgroup::Limits,
-) -> Result<(crate::cgroup::Cgroup, Vec<std::fs::File>), String> {
+) -> Result<(crate::cgroup::Cgroup, crate::cgroup::Entry), String> {
     let layout = crate::cgroup::detect()?;
     let cgroup = layout.group(rel);
-    match cgroup.create(limits).and_then(|()| cgroup.open_join()) {
-        Ok(files) => Ok((cgroup, files)),
+    match cgroup.create(limits).and_then(|()| crate::cgroup::Entry::open(&cgroup)) {
+        Ok(entry) => Ok((cgroup, entry)),
         Err(err) => {
             if let Err(e) = cgroup.remove(Instant::now(), || {}) {
                 diagnose(&format!("slipway dyno-shim: {e}"));

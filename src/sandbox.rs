@@ -424,9 +424,10 @@ pub fn confine(command: &mut Command, policy: &Policy) -> Result<(), SandboxErro
             // Its shared entries only (no links: they lead into per-process dirs).
             for entry in list_dir(&r.path) {
                 let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let link =
-                    std::fs::symlink_metadata(&entry).map(|m| m.file_type().is_symlink()).unwrap_or(true);
-                if proc_entry_shared(&name) && !link {
+                // The name first: most entries are processes, not worth a stat each.
+                if proc_entry_shared(&name)
+                    && !std::fs::symlink_metadata(&entry).map(|m| m.file_type().is_symlink()).unwrap_or(true)
+                {
                     paths.push((entry, r.access));
                 }
             }

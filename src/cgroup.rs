@@ -879,9 +879,10 @@ fn clone_into(command: &mut std::process::Command, dir: &File) -> Result<Spawned
     // CLONE_VM, so the child gets a copy of this single-threaded process (see above).
     let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
     if pid == 0 {
-        // The child: exec, or report why not and exit. Never returns into the caller.
-        let err = command.exec();
-        let message = err.to_string();
+        // The child: exec, or report why not and exit. Never returns (nor unwinds) into the
+        // caller's code.
+        let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command.exec().to_string()))
+            .unwrap_or_else(|_| "panicked before exec".into());
         // SAFETY: write(2) from a live buffer to our own fd, then _exit, which runs nothing
         // of the parent's (no atexit handlers, no destructors).
         unsafe {
@@ -897,16 +898,28 @@ fn clone_into(command: &mut std::process::Command, dir: &File) -> Result<Spawned
     // The parent's copies of the write ends go with the command's stdio.
     command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut message = String::new();
-    let read = File::from(fail_r).read_to_string(&mut message);
-    if read.is_err() || !message.is_empty() {
-        // SAFETY: reaping our own child.
-        unsafe {
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    let failed = match File::from(fail_r).read_to_string(&mut message) {
+        Ok(_) if message.is_empty() => None,
+        Ok(_) => Some(io::Error::other(message)),
+        // Not knowing whether it runs, it must not: it is killed.
+        Err(err) => {
+            // SAFETY: a signal to our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            Some(err)
         }
-        let err = read.err().unwrap_or_else(|| io::Error::other(message));
-        return Err(CloneError::Exec(err));
+    };
+    match failed {
+        None => Ok(Spawned { pid, stdout: out_r.into(), stderr: err_r.into(), cloned: true }),
+        Some(err) => {
+            // SAFETY: reaping our own child, which has exited or been killed.
+            unsafe {
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            Err(CloneError::Exec(err))
+        }
     }
-    Ok(Spawned { pid, stdout: out_r.into(), stderr: err_r.into(), cloned: true })
 }
 
 /// Every cgroup directory of this home's apps: `(app, name, cgroup)`, `name` being a dyno id or

@@ -19,6 +19,8 @@ set -euo pipefail
 readonly DEFAULT_HOME=/var/lib/slipway
 readonly DEFAULT_USER=slipway
 readonly BIN=/usr/local/bin/slipway
+# The per-dyno shim the daemon starts from beside $BIN (src/bin/slipway-shim.rs).
+readonly SHIM_BIN=/usr/local/bin/slipway-shim
 readonly UNIT=/etc/systemd/system/slipway.service
 # What `systemctl enable slipway` creates (WantedBy=multi-user.target in the template).
 readonly UNIT_LINK=/etc/systemd/system/multi-user.target.wants/slipway.service
@@ -240,23 +242,35 @@ build_and_install_binary() {
             warn "could not give $SRC_DIR/target back to uid:gid $owner; chown -R it (as root) before building as yourself."
     fi
 
-    [ -x "$SRC_DIR/target/release/slipway" ] || die "the build did not produce target/release/slipway."
+    local f
+    for f in slipway slipway-shim; do
+        [ -x "$SRC_DIR/target/release/$f" ] || die "the build did not produce target/release/$f."
+    done
     NEW_VERSION=$(binary_version "$SRC_DIR/target/release/slipway")
-    if cmp -s "$SRC_DIR/target/release/slipway" "$BIN"; then
+    if cmp -s "$SRC_DIR/target/release/slipway" "$BIN" &&
+        cmp -s "$SRC_DIR/target/release/slipway-shim" "$SHIM_BIN"; then
         say "$BIN is up to date: $(version_change "$OLD_VERSION" "$NEW_VERSION")"
         return
     fi
-    say "Installing $BIN"
-    # Install under a temporary name, then rename over the old binary: rename is
-    # atomic, and a running daemon keeps executing the old inode instead of
-    # crashing on a file rewritten under it ("Text file busy" at best).
+    say "Installing $BIN and $SHIM_BIN"
     mkdir -p "$(dirname "$BIN")"
-    tmp="$(dirname "$BIN")/.slipway.new.$$"
-    TMP_FILES+=("$tmp")
-    install -o root -g root -m 0755 "$SRC_DIR/target/release/slipway" "$tmp"
-    mv -f "$tmp" "$BIN"
+    # The shim first: a daemon that starts in between finds the new one beside the old binary
+    # (the shim's arguments are the same), never a new binary without it.
+    install_binary "$SRC_DIR/target/release/slipway-shim" "$SHIM_BIN"
+    install_binary "$SRC_DIR/target/release/slipway" "$BIN"
     NEW_VERSION=$(binary_version "$BIN")
     say "$(version_change "$OLD_VERSION" "$NEW_VERSION")"
+}
+
+# install_binary SRC DEST: installs SRC as DEST (root's, 0755) under a temporary name, then
+# renames it over the old one: rename is atomic, and running processes keep executing the
+# old inode instead of crashing on a file rewritten under them ("Text file busy" at best).
+install_binary() {
+    local tmp
+    tmp="$(dirname "$2")/.slipway.new.$$"
+    TMP_FILES+=("$tmp")
+    install -o root -g root -m 0755 "$1" "$tmp"
+    mv -f "$tmp" "$2"
 }
 
 # ---------------------------------------------------------------------------
@@ -677,8 +691,8 @@ remove_firewall() {
 # The user and the home are --purge's (see uninstall).
 uninstall_files() {
     local f
-    printf '%s\t%s\n' "$BIN" "the slipway binary" "$UNIT" "the systemd unit" \
-        "$UNIT_LINK" "the unit's enablement link"
+    printf '%s\t%s\n' "$BIN" "the slipway binary" "$SHIM_BIN" "the dyno shim binary" \
+        "$UNIT" "the systemd unit" "$UNIT_LINK" "the unit's enablement link"
     # Temporary files of an install that was killed half-way.
     for f in "$(dirname "$BIN")"/.slipway.new.* "$UNIT".new.*; do
         if [ -e "$f" ]; then printf '%s\t%s\n' "$f" "a leftover temporary file"; fi

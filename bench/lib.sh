@@ -29,13 +29,18 @@ bench_workdir() {
 }
 
 # Installs the script's `cleanup` as the exit trap, then fills the work dir: the binary under
-# test (a copy, so a concurrent rebuild cannot swap it), bench/lib.py, an empty results file.
+# test (a copy, so a concurrent rebuild cannot swap it) with the `slipway-shim` beside it when
+# there is one (the daemon shims dynos with it, else with `slipway dyno-shim`), bench/lib.py, an
+# empty results file.
 bench_prepare() {
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     mkdir -p "$WORK/bin" "$WORK/src"
     cp "$SRC_BIN" "$BIN"
+    if [[ -x $(dirname "$SRC_BIN")/slipway-shim ]]; then
+        cp "$(dirname "$SRC_BIN")/slipway-shim" "$WORK/bin/slipway-shim"
+    fi
     cp "$ROOT/bench/lib.py" "$WORK/benchlib.py"
     echo '{}' >"$RESULTS"
 }

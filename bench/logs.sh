@@ -184,7 +184,7 @@ def daemon_pid():
 
 
 def shims(app):
-    """dyno name -> pid of every `slipway dyno-shim` writing APP's log."""
+    """dyno name -> pid of every shim (`slipway-shim`, or `slipway dyno-shim`) writing APP's log."""
     found = {}
     logpath = os.path.join(HOME, "logs", app, "app.log")
     for entry in os.listdir("/proc"):
@@ -195,7 +195,8 @@ def shims(app):
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
         except OSError:
             continue
-        if len(argv) > 5 and argv[1] == "dyno-shim" and "--log" in argv and "--dyno" in argv:
+        shim = argv[0].endswith("/slipway-shim") or (len(argv) > 1 and argv[1] == "dyno-shim")
+        if len(argv) > 5 and shim and "--log" in argv and "--dyno" in argv:
             if argv[argv.index("--log") + 1] == logpath:
                 found[argv[argv.index("--dyno") + 1]] = int(entry)
     return found
@@ -641,7 +642,7 @@ fi
 
 # ----- teardown check ------------------------------------------------------------------------------
 timeout 60 "$BIN" --home "$H" ps:stop --all >/dev/null
-left=$(pgrep -f "dyno-shim --log $H/" || true)
+left=$(pgrep -f -- "-shim --log $H/" || true)
 [[ -z $left ]] || die "shims still running after ps:stop --all: $left"
 warn=$(grep -cE '\b(WARN|ERROR)\b' "$H/logs/slipway.log" 2>/dev/null || true)
 ((${warn:-0} == 0)) || { log "WARN/ERROR lines in the daemon's log:"; grep -E '\b(WARN|ERROR)\b' "$H/logs/slipway.log" | head -10 >&2; }

@@ -590,7 +590,7 @@ log "nginx access log: $access_lines lines"
 # ----- teardown check ------------------------------------------------------------------------------
 timeout 60 "$BIN" --home "$H" ps:stop --all >/dev/null
 sleep 0.5
-left=$(pgrep -f "dyno-shim --log $H/" | paste -sd' ' - || true)
+left=$(pgrep -f -- "-shim --log $H/" | paste -sd' ' - || true)
 for p in ${DYNO_PIDS//,/ }; do
     if alive "$p"; then left+=" $p"; fi
 done

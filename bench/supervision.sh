@@ -107,7 +107,7 @@ def daemon_pid():
 
 
 def shims():
-    """pid -> dyno name of every `slipway dyno-shim` of this home."""
+    """pid -> dyno name of every shim of this home (`slipway-shim …`, or `slipway dyno-shim …`)."""
     found = {}
     marker = os.path.join(HOME, "logs") + "/"
     for entry in os.listdir("/proc"):
@@ -119,7 +119,8 @@ def shims():
         except OSError:
             continue
         argv = [a.decode(errors="replace") for a in argv]
-        if len(argv) > 5 and argv[1] == "dyno-shim" and "--log" in argv:
+        shim = argv[0].endswith("/slipway-shim") or (len(argv) > 1 and argv[1] == "dyno-shim")
+        if len(argv) > 5 and shim and "--log" in argv:
             logpath = argv[argv.index("--log") + 1]
             if logpath.startswith(marker):
                 app = logpath[len(marker):].split("/")[0]

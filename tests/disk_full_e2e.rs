@@ -109,8 +109,9 @@ fn shims(home: &Path) -> Vec<(String, u32)> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<String> =
             cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let mine = args.iter().any(|a| a == "dyno-shim")
-            && args.iter().any(|a| a.starts_with(&*home.to_string_lossy()));
+        // `slipway-shim …`, or `slipway dyno-shim …` (a daemon without the small shim beside it).
+        let shim = args[0].ends_with("/slipway-shim") || args.iter().any(|a| a == "dyno-shim");
+        let mine = shim && args.iter().any(|a| a.starts_with(&*home.to_string_lossy()));
         if let (true, Some(i)) = (mine, args.iter().position(|a| a == "--dyno")) {
             if let Some(name) = args.get(i + 1) {
                 found.push((name.clone(), pid));

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = "/usr/local/bin/slipway";
+const SHIM_BIN: &str = "/usr/local/bin/slipway-shim";
 const UNIT: &str = "/etc/systemd/system/slipway.service";
 /// A user that does not exist, so nothing can be stopped or deleted even by mistake.
 const NO_USER: &str = "slipwaytestnosuchuser";
@@ -86,7 +87,7 @@ fn dry_run_purge_lists_everything_and_removes_nothing() {
     let out = bash(&["--uninstall", "--dry-run", "--purge", "--home", home_str, "--user", NO_USER]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "dry run failed: {stderr}\n{stdout}");
-    for path in [BIN, UNIT, "/etc/systemd/system/multi-user.target.wants/slipway.service"] {
+    for path in [BIN, SHIM_BIN, UNIT, "/etc/systemd/system/multi-user.target.wants/slipway.service"] {
         assert!(stdout.contains(path), "the plan lacks {path}:\n{stdout}");
     }
     assert!(stdout.contains(&format!("Would remove {home_str} ")), "the plan lacks the home:\n{stdout}");

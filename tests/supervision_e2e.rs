@@ -84,6 +84,49 @@ fn scaling_up_and_down_touches_only_what_changes() {
     assert_eq!(formation["formation"]["worker"], 0);
 }
 
+/// The parent of `pid` (from `/proc/PID/stat`, after the command's closing parenthesis).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Each dyno's shim is the small `slipway-shim` binary beside `slipway` (its private memory is
+/// the per-dyno cost of supervision); a daemon whose binary has none beside it (an install that
+/// copied `slipway` alone) shims with itself, `slipway dyno-shim`. Either way the dyno serves.
+#[test]
+fn dynos_are_shimmed_by_the_small_binary_or_by_slipway_itself_without_it() {
+    for alone in [false, true] {
+        let mut slip = Slipway::new();
+        if alone {
+            let dir = slip.root().join("bin");
+            std::fs::create_dir_all(&dir).expect("mkdir bin");
+            std::fs::copy(support::BIN, dir.join("slipway")).expect("copy slipway");
+            slip.bin = dir.join("slipway");
+        }
+        slip.start_daemon();
+        deploy(&slip, "");
+        let web = wait_up(&slip, &["web.1"]);
+        let shim = pid_of(&web[0]).and_then(parent_of).expect("the dyno's parent");
+        let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).expect("the shim's cmdline");
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if alone {
+            assert_eq!(args[0], slip.bin.to_string_lossy(), "{args:?}");
+            assert_eq!(args[1], "dyno-shim", "{args:?}");
+        } else {
+            let beside = std::path::Path::new(support::BIN).with_file_name("slipway-shim");
+            assert_eq!(args[0], beside.to_string_lossy(), "{args:?}");
+            assert_eq!(args[1], "--log", "{args:?}");
+        }
+        let port = web[0].get("port").and_then(Value::as_u64).expect("port") as u16;
+        assert!(
+            wait_until(Duration::from_secs(10), || http_get(port, "/").is_some_and(|(s, _)| s == 200)),
+            "{}",
+            slip.diagnostics()
+        );
+    }
+}
+
 #[test]
 fn a_killed_dyno_comes_back_and_a_crash_loop_backs_off() {
     let mut slip = Slipway::new();

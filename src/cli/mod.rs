@@ -366,38 +366,10 @@ pub enum Command {
         #[arg(last = true, required = true)]
         words: Vec<String>,
     },
-    /// Internal: the per-dyno output shim started by the daemon.
+    /// Internal: the per-dyno output shim started by the daemon (when the `slipway-shim`
+    /// binary is not beside this one).
     #[command(name = "dyno-shim", hide = true)]
-    DynoShim {
-        #[arg(long)]
-        log: PathBuf,
-        #[arg(long)]
-        log_max_bytes: Option<u64>,
-        #[arg(long)]
-        log_files: Option<u32>,
-        #[arg(long)]
-        dyno: String,
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        announce: Option<PathBuf>,
-        /// Seconds between SIGTERM and SIGKILL (the daemon's stop_timeout).
-        #[arg(long)]
-        stop_timeout: Option<f64>,
-        /// The dyno's cgroup, relative to the cgroup roots (with --memory and --max-pids).
-        #[arg(long, requires_all = ["memory", "max_pids"])]
-        cgroup: Option<PathBuf>,
-        /// The dyno's memory quota in bytes (R14 above it, R15 at twice it).
-        #[arg(long)]
-        memory: Option<u64>,
-        #[arg(long)]
-        max_pids: Option<u32>,
-        /// The app's uid (and gid) the dyno drops to (privileged mode: the daemon runs as root).
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
+    DynoShim(crate::daemon::shim::ShimCli),
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,7 +391,7 @@ impl Command {
                 | Command::SettingsUnset { .. }
                 | Command::Hook { .. }
                 | Command::SshServe { .. }
-                | Command::DynoShim { .. }
+                | Command::DynoShim(_)
                 | Command::Router
                 | Command::RouterLog
                 | Command::Firewall { .. }
@@ -460,7 +432,7 @@ fn stays_root(command: &Command) -> bool {
     matches!(
         command,
         Command::Hook { .. }
-            | Command::DynoShim { .. }
+            | Command::DynoShim(_)
             | Command::Daemon { .. }
             | Command::Router
             | Command::RouterLog
@@ -528,43 +500,7 @@ pub fn dispatch(home: &Home, command: Command, who: Option<&str>) -> anyhow::Res
         Command::Router => crate::router::service::run(home).map(|()| 0),
         Command::RouterLog => crate::router::log::run_helper(home).map(|()| 0),
         Command::Worker { who, words } => crate::worker::run(home, who.as_deref(), words),
-        Command::DynoShim {
-            log,
-            log_max_bytes,
-            log_files,
-            dyno,
-            dir,
-            announce,
-            stop_timeout,
-            cgroup,
-            memory,
-            max_pids,
-            uid,
-            command,
-        } => {
-            // Rotation policy: given by the daemon, else the home's settings (a daemon older
-            // than this binary does not pass it; its dynos must still start).
-            let recorded = crate::logs::LogPolicy::for_app_log(&log);
-            let log_policy = crate::logs::LogPolicy {
-                max_bytes: log_max_bytes.unwrap_or(recorded.max_bytes),
-                files: log_files.unwrap_or(recorded.files),
-            };
-            Ok(crate::daemon::shim::run(crate::daemon::shim::ShimArgs {
-                log,
-                log_policy,
-                dyno,
-                dir,
-                command: command.join(" "),
-                announce,
-                stop_timeout: stop_timeout
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(std::time::Duration::from_secs_f64),
-                limits: cgroup
-                    .zip(memory.zip(max_pids))
-                    .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
-                uid,
-            }))
-        }
+        Command::DynoShim(args) => Ok(args.run()),
     }
 }
 

@@ -44,7 +44,7 @@
 //! again), a stalled one fills the queue and the readers drop and count beyond it. Either
 //! way the dyno's pipes keep draining, so the dyno never blocks on a full pipe nor gets EPIPE.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -62,6 +62,70 @@ use crate::logs::{LogWriter, Source};
 
 /// Lines longer than this are split, so one runaway line cannot grow memory without bound.
 pub const MAX_LINE: usize = 10_000;
+
+/// The shim's command line, as the daemon passes it: `slipway-shim ARGS` (the small binary
+/// beside `slipway`, see `src/bin/slipway-shim.rs`) or `slipway dyno-shim ARGS`.
+#[derive(clap::Args, Debug)]
+pub struct ShimCli {
+    #[arg(long)]
+    log: PathBuf,
+    #[arg(long)]
+    log_max_bytes: Option<u64>,
+    #[arg(long)]
+    log_files: Option<u32>,
+    #[arg(long)]
+    dyno: String,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    announce: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL (the daemon's stop_timeout).
+    #[arg(long)]
+    stop_timeout: Option<f64>,
+    /// The dyno's cgroup, relative to the cgroup roots (with --memory and --max-pids).
+    #[arg(long, requires_all = ["memory", "max_pids"])]
+    cgroup: Option<PathBuf>,
+    /// The dyno's memory quota in bytes (R14 above it, R15 at twice it).
+    #[arg(long)]
+    memory: Option<u64>,
+    #[arg(long)]
+    max_pids: Option<u32>,
+    /// The app's uid (and gid) the dyno drops to (privileged mode: the daemon runs as root).
+    #[arg(long)]
+    uid: Option<u32>,
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+impl ShimCli {
+    /// Runs the shim; returns the shim process's exit code.
+    pub fn run(self) -> i32 {
+        // Rotation policy: given by the daemon, else the home's settings (a daemon older than
+        // this binary does not pass it; its dynos must still start).
+        let recorded = crate::logs::LogPolicy::for_app_log(&self.log);
+        let log_policy = crate::logs::LogPolicy {
+            max_bytes: self.log_max_bytes.unwrap_or(recorded.max_bytes),
+            files: self.log_files.unwrap_or(recorded.files),
+        };
+        run(ShimArgs {
+            log: self.log,
+            log_policy,
+            dyno: self.dyno,
+            dir: self.dir,
+            command: self.command.join(" "),
+            announce: self.announce,
+            stop_timeout: self
+                .stop_timeout
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(std::time::Duration::from_secs_f64),
+            limits: self
+                .cgroup
+                .zip(self.memory.zip(self.max_pids))
+                .map(|(rel, (memory, max_pids))| (rel, crate::cgroup::Limits { memory, max_pids })),
+            uid: self.uid,
+        })
+    }
+}
 
 pub struct ShimArgs {
     pub log: PathBuf,
@@ -580,18 +644,16 @@ fn diagnose(message: &str) {
 /// Drains one of the dyno's pipes into the writer's queue until the dyno closes it. It never
 /// waits for the disk and never stops early: a reader that died would close the pipe and the
 /// dyno's next write would fail with EPIPE.
-fn spawn_reader(
-    mut stream: impl Read + Send + 'static,
-    queue: Queue,
-    dyno: String,
-) -> std::thread::JoinHandle<()> {
+fn spawn_reader(stream: std::fs::File, queue: Queue, dyno: String) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut chunk = vec![0u8; 64 * 1024];
+        // A pipe's worth; never zeroed, so a dyno that prints little keeps most of it
+        // untouched (not resident): the shim's private memory is the per-dyno cost.
+        let mut chunk = Vec::with_capacity(64 * 1024);
         let mut lines = LineSplitter::new(MAX_LINE);
         loop {
             // Nothing in here should panic; if something does, keep draining anyway.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let n = match stream.read(&mut chunk) {
+                let n = match read_into(&stream, &mut chunk) {
                     Ok(0) => return false,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
@@ -608,6 +670,22 @@ fn spawn_reader(
         // A final line without a newline still counts.
         write_batch(&queue, &dyno, &lines.finish());
     })
+}
+
+/// One `read(2)` from `file` into `buf`'s capacity, replacing its contents.
+fn read_into(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    buf.clear();
+    // SAFETY: the kernel writes at most `capacity` bytes into the buffer, and exactly the `n`
+    // it returns are marked initialized.
+    unsafe {
+        let n = libc::read(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.capacity());
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.set_len(n as usize);
+        Ok(n as usize)
+    }
 }
 
 /// Formats a batch of lines with one timestamp and queues them for one write: a burst costs

@@ -80,7 +80,10 @@ pub struct Supervisor {
     barred: VecDeque<Effect>,
     retry_armed: bool,
     retry_delay: Duration,
-    shim_binary: PathBuf,
+    /// This binary (`slipway`), for what the daemon runs of its own (rollbacks).
+    binary: PathBuf,
+    /// How a shim is started: the program and the arguments before the shim's own.
+    shim: (PathBuf, Vec<&'static str>),
     router: crate::router::keeper::RouterLink,
     /// Where dynos get their cgroups, or why they run without (see `crate::cgroup`).
     cgroups: Result<crate::cgroup::Layout, String>,
@@ -119,7 +122,12 @@ impl Supervisor {
             barred: VecDeque::new(),
             retry_armed: false,
             retry_delay: Duration::from_millis(100),
-            shim_binary: current_binary(),
+            binary: current_binary(),
+            shim: {
+                let binary = current_binary();
+                let small = shim_beside(&binary);
+                shim_program(&binary, small.is_file())
+            },
             router,
             cgroups: {
                 let cgroups = crate::cgroup::detect();
@@ -515,9 +523,9 @@ impl Supervisor {
                 return Some(Input::SpawnFailed { dyno: id, message });
             }
         }
-        let mut command = Command::new(&self.shim_binary);
+        let mut command = Command::new(&self.shim.0);
         command
-            .arg("dyno-shim")
+            .args(&self.shim.1)
             .arg("--log")
             .arg(self.home.app_log(&app))
             .arg("--log-max-bytes")
@@ -658,7 +666,7 @@ impl Supervisor {
     /// An automatic rollback is an ordinary `slipway rollback` (deploy lock, release phase,
     /// zero-downtime rollout), run as a child of the daemon with the reason as its author.
     fn roll_back(&self, app: &AppName, to: i64, why: &str) {
-        let mut command = Command::new(&self.shim_binary);
+        let mut command = Command::new(&self.binary);
         command
             .arg("--home")
             .arg(self.home.root())
@@ -831,6 +839,21 @@ fn shim_stderr(home: &Home) -> Stdio {
 
 /// The running binary, even after it was replaced on disk by an upgrade (Linux then reports
 /// the old path with " (deleted)"; the new file at that path is the one to run).
+/// The `slipway-shim` binary's place: beside `binary`.
+fn shim_beside(binary: &std::path::Path) -> PathBuf {
+    binary.with_file_name("slipway-shim")
+}
+
+/// The program a shim runs as: the small `slipway-shim` beside the daemon's binary when it is
+/// there (its private memory is the per-dyno cost, see `src/bin/slipway-shim.rs`), else the
+/// daemon's own binary as `slipway dyno-shim` (an install that copied `slipway` alone).
+fn shim_program(binary: &std::path::Path, small_exists: bool) -> (PathBuf, Vec<&'static str>) {
+    match small_exists {
+        true => (shim_beside(binary), Vec::new()),
+        false => (binary.to_path_buf(), vec!["dyno-shim"]),
+    }
+}
+
 fn current_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slipway"));
     let s = exe.to_string_lossy();

@@ -559,6 +559,8 @@ pub struct Slipway {
     pub https_addr: String,
     /// Extra environment for every slipway command and the daemon (e.g. a short boot timeout).
     pub env: Vec<(String, String)>,
+    /// The `slipway` binary every command runs ([`BIN`] unless a test copies it elsewhere).
+    pub bin: PathBuf,
     daemon: Option<Child>,
     // Last field: dropped (the directory removed) after Drop::drop has killed everything.
     tmp: tempfile::TempDir,
@@ -567,6 +569,7 @@ pub struct Slipway {
 /// `slipway --home HOME ARGS...` with `SLIPWAY_HOME`, `SLIPWAY_PORTS`, `SLIPWAY_ROUTER_ADDR` and
 /// `SLIPWAY_HTTPS_ADDR` set and `cwd` as working directory.
 fn slipway_command(
+    bin: &Path,
     home: &Path,
     ports: (u16, u16),
     addrs: (&str, &str),
@@ -574,7 +577,7 @@ fn slipway_command(
     args: &[&str],
 ) -> Command {
     let (router_addr, https_addr) = addrs;
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     cmd.arg("--home")
         .arg(home)
         .args(args)
@@ -643,6 +646,7 @@ impl Slipway {
             https_addr: format!("127.0.0.1:{}", free_port()),
             env: Vec::new(),
             daemon: None,
+            bin: PathBuf::from(BIN),
             tmp,
         }
     }
@@ -671,6 +675,7 @@ impl Slipway {
     /// the temp dir as working directory.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = slipway_command(
+            &self.bin,
             &self.home,
             self.ports,
             (&self.router_addr, &self.https_addr),
@@ -757,7 +762,7 @@ impl Slipway {
             .expect("spawn slipway daemon --foreground");
         self.daemon = Some(child);
         let mut exited = None;
-        let (home, ports, root) = (&self.home, self.ports, self.tmp.path());
+        let (bin, home, ports, root) = (&self.bin, &self.home, self.ports, self.tmp.path());
         let router = (self.router_addr.as_str(), self.https_addr.as_str());
         let daemon = &mut self.daemon;
         let ready = wait_until(DAEMON_READY_TIMEOUT, || {
@@ -767,7 +772,7 @@ impl Slipway {
                     return true;
                 }
             }
-            let mut status = slipway_command(home, ports, router, root, &["status"]);
+            let mut status = slipway_command(bin, home, ports, router, root, &["status"]);
             run_with_timeout(&mut status, None, Duration::from_secs(10)).status.success()
         });
         if let Some(status) = exited {

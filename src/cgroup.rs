@@ -853,7 +853,7 @@ struct CloneArgs {
 /// ends are returned; a failure to exec comes back through a close-on-exec pipe, as in
 /// `Command::spawn`.
 ///
-/// Sound only in a process with one thread (checked: otherwise `Clone`): the child, a copy made
+/// Sound only in a process with one thread (checked: otherwise `Refused`): the child, a copy made
 /// without glibc's fork handlers, may then allocate, and no lock can be held by a thread that
 /// does not exist in it. glibc's cached thread id of the child stays the parent's; nothing on
 /// this path reads it (fd and id syscalls, `execvp`).

@@ -91,16 +91,24 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// Each dyno's shim is the small `slipway-shim` binary beside `slipway` (its private memory is
-/// the per-dyno cost of supervision); a daemon whose binary has none beside it (an install that
-/// copied `slipway` alone) shims with itself, `slipway dyno-shim`. Either way the dyno serves.
+/// the per-dyno cost of supervision); a daemon whose binary has none of its own version beside
+/// it (an install that copied `slipway` alone, or over an older one) shims with itself,
+/// `slipway dyno-shim`. Either way the dyno serves.
 #[test]
 fn dynos_are_shimmed_by_the_small_binary_or_by_slipway_itself_without_it() {
-    for alone in [false, true] {
+    for beside in ["the built one", "none", "another version"] {
+        let alone = beside != "the built one";
         let mut slip = Slipway::new();
         if alone {
             let dir = slip.root().join("bin");
             std::fs::create_dir_all(&dir).expect("mkdir bin");
             std::fs::copy(support::BIN, dir.join("slipway")).expect("copy slipway");
+            if beside == "another version" {
+                let stale = dir.join("slipway-shim");
+                std::fs::write(&stale, "#!/bin/sh\necho slipway-shim 0.0.1\n").expect("write");
+                std::fs::set_permissions(&stale, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .expect("chmod");
+            }
             slip.bin = dir.join("slipway");
         }
         slip.start_daemon();
@@ -111,8 +119,8 @@ fn dynos_are_shimmed_by_the_small_binary_or_by_slipway_itself_without_it() {
         let args: Vec<String> =
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         if alone {
-            assert_eq!(args[0], slip.bin.to_string_lossy(), "{args:?}");
-            assert_eq!(args[1], "dyno-shim", "{args:?}");
+            assert_eq!(args[0], slip.bin.to_string_lossy(), "{beside} beside: {args:?}");
+            assert_eq!(args[1], "dyno-shim", "{beside} beside: {args:?}");
         } else {
             let beside = std::path::Path::new(support::BIN).with_file_name("slipway-shim");
             assert_eq!(args[0], beside.to_string_lossy(), "{args:?}");

@@ -126,7 +126,21 @@ impl Supervisor {
             shim: {
                 let binary = current_binary();
                 let small = shim_beside(&binary);
-                shim_program(&binary, small.is_file())
+                let answer = std::process::Command::new(&small)
+                    .arg("--version")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .ok()
+                    .filter(|out| out.status.success())
+                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+                let program = shim_program(&binary, answer.as_deref());
+                if program.1.is_empty() {
+                    tracing::info!(shim = %program.0.display(), "dynos are shimmed by slipway-shim");
+                } else {
+                    tracing::info!(looked_for = %small.display(), "no slipway-shim of this version: dynos are shimmed by slipway dyno-shim");
+                }
+                program
             },
             router,
             cgroups: {
@@ -840,15 +854,18 @@ fn shim_stderr(home: &Home) -> Stdio {
 /// The running binary, even after it was replaced on disk by an upgrade (Linux then reports
 /// the old path with " (deleted)"; the new file at that path is the one to run).
 /// The `slipway-shim` binary's place: beside `binary`.
-fn shim_beside(binary: &std::path::Path) -> PathBuf {
+fn shim_beside(binary: &Path) -> PathBuf {
     binary.with_file_name("slipway-shim")
 }
 
-/// The program a shim runs as: the small `slipway-shim` beside the daemon's binary when it is
-/// there (its private memory is the per-dyno cost, see `src/bin/slipway-shim.rs`), else the
-/// daemon's own binary as `slipway dyno-shim` (an install that copied `slipway` alone).
-fn shim_program(binary: &std::path::Path, small_exists: bool) -> (PathBuf, Vec<&'static str>) {
-    match small_exists {
+/// The program a shim runs as, given what `slipway-shim --version` beside the daemon's binary
+/// answered (None: it is not there or failed): that small binary when it is this version's
+/// (its private memory is the per-dyno cost, see `src/bin/slipway-shim.rs`), else the daemon's
+/// own binary as `slipway dyno-shim` (an install that copied `slipway` alone, or over an older
+/// one whose shim may not know this daemon's arguments).
+fn shim_program(binary: &Path, version_answer: Option<&str>) -> (PathBuf, Vec<&'static str>) {
+    let ours = format!("slipway-shim {}", env!("CARGO_PKG_VERSION"));
+    match version_answer.map(str::trim) == Some(ours.as_str()) {
         true => (shim_beside(binary), Vec::new()),
         false => (binary.to_path_buf(), vec!["dyno-shim"]),
     }
@@ -860,5 +877,22 @@ fn current_binary() -> PathBuf {
     match s.strip_suffix(" (deleted)") {
         Some(path) => PathBuf::from(path),
         None => exe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_shim_only_of_this_version() {
+        let binary = Path::new("/usr/local/bin/slipway");
+        let ours = format!("slipway-shim {}\n", env!("CARGO_PKG_VERSION"));
+        let small = (PathBuf::from("/usr/local/bin/slipway-shim"), Vec::new());
+        let itself = (binary.to_path_buf(), vec!["dyno-shim"]);
+        assert_eq!(shim_program(binary, Some(&ours)), small);
+        assert_eq!(shim_program(binary, Some("slipway-shim 0.0.1\n")), itself);
+        assert_eq!(shim_program(binary, Some("")), itself);
+        assert_eq!(shim_program(binary, None), itself);
     }
 }

@@ -6,7 +6,9 @@
 #   cargo build --release && bash bench/logs.sh > section.md
 #
 # Progress goes to stderr; the Markdown results go to stdout (a `###` section, for under
-# `## Logs` in docs/BENCHMARKS.md).
+# `## Logs` in docs/BENCHMARKS.md). Run it as root: the writers (dynos, confined by Landlock to
+# their release, their private dir and, under a root daemon, /dev/shm) meet the bench through a
+# marks dir in /dev/shm, the one place outside their own that they may write.
 # Everything runs in a fresh temporary SLIPWAY_HOME with its own daemon, and is torn down on
 # exit (ps:stop --all, daemon --stop, then SIGKILL to anything still mentioning the temp dir).
 #
@@ -60,8 +62,11 @@ command -v python3 >/dev/null || die "python3 is required"
 ((RATE % N_DYNOS == 0 && (RATE == 0 || RATE / N_DYNOS >= 1000))) || die "BENCH_RATE must be 0 or a multiple of BENCH_DYNOS, at least 1000 per dyno"
 [[ $STEADY_S =~ ^[0-9]+$ && $STEADY_S -ge 1 && $STEADY_S -le 60 ]] || die "BENCH_STEADY_SECONDS must be 1..60"
 
+[[ $(id -u) == 0 ]] || die "run it as root: a dyno may write outside its own dir only to /dev/shm, and only under a root daemon"
 bench_workdir
-MARKS=$WORK/marks
+# The writers' ready/go/done marks: in /dev/shm, which dynos of a root daemon may write (each
+# scenario's dir is 1777: the dynos run as their app's uid).
+MARKS=/dev/shm/$(basename "$WORK").marks
 
 # Nothing that names $WORK is exported (see bench_workdir).
 export SLIPWAY_PORTS=$PORTS SLIPWAY_STOP_TIMEOUT=5
@@ -72,6 +77,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     bench_cleanup 0
+    rm -rf "$MARKS"
     exit "$rc"
 }
 bench_prepare
@@ -245,6 +251,7 @@ def cmd_run(key, app, ptype, count, per_dyno, mode, rate="0"):
     count, per_dyno, rate = int(count), int(per_dyno), float(rate)
     marks = os.path.join(MARKS, ptype)
     os.makedirs(marks, exist_ok=True)
+    os.chmod(marks, 0o1777)
     names = [f"{ptype}.{k}" for k in range(1, count + 1)]
     total = count * per_dyno
     # Bytes the app lines will add: stamp (32) + " app[" + dyno + "]: " + payload + "\n".

@@ -254,8 +254,8 @@ build_and_install_binary() {
     fi
     say "Installing $BIN and $SHIM_BIN"
     mkdir -p "$(dirname "$BIN")"
-    # The shim first: a daemon that starts in between finds the new one beside the old binary
-    # (the shim's arguments are the same), never a new binary without it.
+    # The shim first: a daemon started in between (the old binary) finds a shim of another
+    # version beside it and shims with itself; a new binary never runs without its shim.
     install_binary "$SRC_DIR/target/release/slipway-shim" "$SHIM_BIN"
     install_binary "$SRC_DIR/target/release/slipway" "$BIN"
     NEW_VERSION=$(binary_version "$BIN")

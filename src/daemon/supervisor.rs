@@ -110,6 +110,7 @@ impl Supervisor {
             domain: settings.domain.clone(),
             router_port: settings.router_addr.port(),
         };
+        let binary = current_binary();
         Supervisor {
             world: World::new(limits),
             home,
@@ -122,26 +123,8 @@ impl Supervisor {
             barred: VecDeque::new(),
             retry_armed: false,
             retry_delay: Duration::from_millis(100),
-            binary: current_binary(),
-            shim: {
-                let binary = current_binary();
-                let small = shim_beside(&binary);
-                let answer = std::process::Command::new(&small)
-                    .arg("--version")
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::null())
-                    .output()
-                    .ok()
-                    .filter(|out| out.status.success())
-                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
-                let program = shim_program(&binary, answer.as_deref());
-                if program.1.is_empty() {
-                    tracing::info!(shim = %program.0.display(), "dynos are shimmed by slipway-shim");
-                } else {
-                    tracing::info!(looked_for = %small.display(), "no slipway-shim of this version: dynos are shimmed by slipway dyno-shim");
-                }
-                program
-            },
+            shim: find_shim(&binary),
+            binary,
             router,
             cgroups: {
                 let cgroups = crate::cgroup::detect();
@@ -851,11 +834,30 @@ fn shim_stderr(home: &Home) -> Stdio {
     crate::fsutil::open_append(&home.daemon_log()).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
-/// The running binary, even after it was replaced on disk by an upgrade (Linux then reports
-/// the old path with " (deleted)"; the new file at that path is the one to run).
 /// The `slipway-shim` binary's place: beside `binary`.
 fn shim_beside(binary: &Path) -> PathBuf {
     binary.with_file_name("slipway-shim")
+}
+
+/// How the daemon whose binary is `binary` starts its shims: asks the `slipway-shim` beside it
+/// for its version once ([`shim_program`] decides) and says what it chose in the daemon's log.
+fn find_shim(binary: &Path) -> (PathBuf, Vec<&'static str>) {
+    let small = shim_beside(binary);
+    let answer = Command::new(&small)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    let program = shim_program(binary, answer.as_deref());
+    if program.1.is_empty() {
+        tracing::info!(shim = %program.0.display(), "dynos are shimmed by slipway-shim");
+    } else {
+        tracing::info!(looked_for = %small.display(), "no slipway-shim of this version: dynos are shimmed by slipway dyno-shim");
+    }
+    program
 }
 
 /// The program a shim runs as, given what `slipway-shim --version` beside the daemon's binary
@@ -871,6 +873,8 @@ fn shim_program(binary: &Path, version_answer: Option<&str>) -> (PathBuf, Vec<&'
     }
 }
 
+/// The running binary, even after it was replaced on disk by an upgrade (Linux then reports
+/// the old path with " (deleted)"; the new file at that path is the one to run).
 fn current_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slipway"));
     let s = exe.to_string_lossy();

@@ -1343,15 +1343,18 @@ mod tests {
             0 => {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                     .unwrap_or_else(|_| "the child panicked".into());
-                let _ = File::from(w).write_all(out.as_bytes());
+                // A report that could not be written shows as the child's exit status.
+                let code = if File::from(w).write_all(out.as_bytes()).is_ok() { 0 } else { 1 };
                 // SAFETY: ends the forked child without running the harness's code.
-                unsafe { libc::_exit(0) }
+                unsafe { libc::_exit(code) }
             }
             pid => {
                 drop(w);
                 let mut out = String::new();
                 File::from(r).read_to_string(&mut out).expect("read");
-                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait");
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let status = nix::sys::wait::waitpid(pid, None).expect("wait");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0), "the child's report: {out}");
                 out
             }
         }
